@@ -1,0 +1,45 @@
+"""tfrecsys: recommender-systems training on TensorFlow/Keras 2, served over the TF Serving API.
+
+Importing the package pins the Keras flavour before TensorFlow loads: tensorflow-recommenders 0.7.7 and
+MultiWorkerMirroredStrategy only work with tf-keras (Keras 2), so ``TF_USE_LEGACY_KERAS=1`` is set here and
+a process that already runs Keras 3 fails at once with the fix spelled out, instead of deep inside fit.
+"""
+
+import os
+import sys
+
+__version__ = "0.1.0"
+
+if "tensorflow" not in sys.modules:
+    if os.environ.get("TF_USE_LEGACY_KERAS", "1") not in ("1", "true", "True"):
+        raise ImportError(
+            "tfrecsys needs Keras 2 (tf-keras) but TF_USE_LEGACY_KERAS="
+            f"{os.environ['TF_USE_LEGACY_KERAS']!r} is set. Unset it or set TF_USE_LEGACY_KERAS=1.")
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    # TF 2.16 prints three harmless cuFFT/cuDNN/cuBLAS registration lines even at level 2.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402  (must follow the environment set-up above)
+
+if not tf.keras.__name__.startswith("tf_keras"):
+    raise ImportError(
+        f"tfrecsys needs Keras 2 (tf-keras) but tf.keras is Keras {getattr(tf.keras, '__version__', '3')}: TensorFlow was "
+        "imported before tfrecsys without TF_USE_LEGACY_KERAS=1. Set TF_USE_LEGACY_KERAS=1 in the environment "
+        "or import tfrecsys before tensorflow.")
+
+
+def _skip_autograph_of_tf_keras():
+    """Skip AutoGraph conversion of tf_keras internals.
+
+    On TF 2.16.2 + tf-keras 2.16.0 the first ``fit`` of every process spends 5-10 s converting tf_keras' own
+    train-step code with AutoGraph (measured, see stack-pins-and-gotchas.md). That code is already graph-safe,
+    so converting it buys nothing; losses and weights are identical with the rule in place.
+    """
+    from tensorflow.python.autograph.core import config as autograph_config
+
+    rule = autograph_config.DoNotConvert("tf_keras")
+    if not any(getattr(r, "module_prefix", None) == "tf_keras" for r in autograph_config.CONVERSION_RULES):
+        autograph_config.CONVERSION_RULES = (rule,) + tuple(autograph_config.CONVERSION_RULES)
+
+
+_skip_autograph_of_tf_keras()
