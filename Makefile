@@ -1,0 +1,43 @@
+# The README's two commands: `make quickstart` and `make test`. Both create the environment first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+UV_VERSION := 0.13.9
+# A uv on PATH is used as is; otherwise it is installed from PyPI into .uv/ (no root, no global change).
+UV := $(or $(shell command -v uv 2>/dev/null),.uv/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: env quickstart test bench lock clean help
+
+help:
+	@echo "make quickstart  create .venv, then simulate -> train -> export -> serve -> query -> Beam score"
+	@echo "make test        create .venv, then run the test suite"
+	@echo "make bench       create .venv, then run the benchmarks (figures go to bench/RESULTS.md by hand)"
+	@echo "make lock        regenerate requirements.lock from pyproject.toml"
+
+env: $(VENV)/.installed
+
+.uv/bin/uv:
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -r requirements.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e .
+	touch $@
+
+quickstart: env
+	$(VENV)/bin/tfrecsys-quickstart --workdir=runs/quickstart
+
+test: env
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
+
+bench: env
+	$(VENV)/bin/python -m bench.run_all
+
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --quiet -o requirements.lock
+
+clean:
+	rm -rf runs .pytest_cache

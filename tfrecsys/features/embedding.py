@@ -1,0 +1,110 @@
+"""Raw ids → embedding rows, inside the model so that a SavedModel takes raw ids and strings."""
+
+import tensorflow as tf
+
+from tfrecsys.features.schema import DenseFeature, FeatureSchema, IdFeature, SequenceFeature, Vocabulary
+
+
+class IdLookup(tf.keras.layers.Layer):
+    """Maps raw ids (int64 or string, any shape) to row indices in ``[0, vocab.size)``.
+
+    ``num_buckets``: id ``x`` in ``[0, n)`` → ``x``; anything else → ``n + (x mod num_oov)``.
+    ``vocabulary``: OOV rows first (``[0, num_oov)``), then the vocabulary in order.
+    ``hash_buckets``: ``hash(x) mod hash_buckets`` (Keras ``Hashing``, stable across processes).
+    """
+
+    def __init__(self, vocab: Vocabulary, dtype_name: str = "int64", **kwargs):
+        super().__init__(**kwargs)
+        self.vocab = vocab
+        self.dtype_name = dtype_name
+        if vocab.vocabulary is not None:
+            vocabulary = vocab.vocabulary if isinstance(vocab.vocabulary, str) else list(vocab.vocabulary)
+            lookup = tf.keras.layers.StringLookup if dtype_name == "string" else tf.keras.layers.IntegerLookup
+            self._table = lookup(vocabulary=vocabulary, num_oov_indices=vocab.num_oov, mask_token=None,
+                                 output_mode="int")
+        elif vocab.hash_buckets is not None:
+            self._table = tf.keras.layers.Hashing(num_bins=vocab.hash_buckets)
+        else:
+            self._table = None
+
+    def call(self, ids):
+        if self._table is not None:
+            return tf.cast(self._table(ids), tf.int64)
+        n = tf.constant(self.vocab.num_buckets, tf.int64)
+        in_range = tf.logical_and(ids >= 0, ids < n)
+        return tf.where(in_range, ids, n + tf.math.floormod(ids, self.vocab.num_oov))
+
+    def get_config(self):
+        vocabulary = self.vocab.vocabulary
+        return {**super().get_config(), "dtype_name": self.dtype_name,
+                "vocab": {"num_buckets": self.vocab.num_buckets, "hash_buckets": self.vocab.hash_buckets,
+                          "num_oov": self.vocab.num_oov,
+                          "vocabulary": list(vocabulary) if isinstance(vocabulary, tuple) else vocabulary}}
+
+    @classmethod
+    def from_config(cls, config):
+        vocab = dict(config.pop("vocab"))
+        if isinstance(vocab.get("vocabulary"), list):
+            vocab["vocabulary"] = tuple(vocab["vocabulary"])
+        return cls(Vocabulary(**vocab), **config)
+
+
+class FeatureEmbedding(tf.keras.layers.Layer):
+    """Embeds every input of a schema.
+
+    Input: the parsed feature dict (raw ids; sequences padded ``[batch, max_len]`` with ``<name>_length``).
+    Output dict:
+      * id feature ``name`` → ``[batch, dim]``;
+      * sequence ``name`` → ``[batch, max_len, dim]`` and ``name + "_mask"`` → bool ``[batch, max_len]``;
+        a sequence that ``shares`` an id feature uses that feature's lookup and table, so a history item and
+        the target item live in one space (what DIN-style attention compares);
+      * dense ``name`` → float32 ``[batch, dim]``.
+    ``include``: feature names to embed (default: every input); training-only towers pass their own list.
+    """
+
+    def __init__(self, schema: FeatureSchema, include=None, **kwargs):
+        super().__init__(**kwargs)
+        self.schema = schema
+        self.include = list(include) if include is not None else [f.name for f in schema.inputs]
+        self._features = [schema[name] for name in self.include]
+        self._lookups = {}
+        self._tables = {}
+        for feature in self._features:
+            if isinstance(feature, DenseFeature) or feature.table in self._tables:
+                continue
+            owner = schema[feature.table]
+            self._lookups[feature.table] = IdLookup(owner.vocab, owner.dtype, name=f"{feature.table}_lookup")
+            self._tables[feature.table] = tf.keras.layers.Embedding(
+                owner.vocab.size, owner.embedding_dim, name=f"{feature.table}_embedding",
+                embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
+
+    def table_size(self, table: str) -> int:
+        return self.schema[table].vocab.size
+
+    def call(self, features):
+        out = {}
+        for feature in self._features:
+            if feature.name not in features:
+                raise KeyError(f"input feature {feature.name!r} is missing; got {sorted(features)}")
+            value = features[feature.name]
+            if isinstance(feature, DenseFeature):
+                value = tf.cast(value, tf.float32)
+                out[feature.name] = tf.reshape(value, [-1, feature.dim])
+                continue
+            rows = self._lookups[feature.table](value)
+            out[feature.name] = self._tables[feature.table](rows)
+            if isinstance(feature, SequenceFeature):
+                out[feature.name + "_mask"] = tf.sequence_mask(
+                    features[feature.length_name], feature.max_len)
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "schema": self.schema.to_json(), "include": self.include}
+
+    @classmethod
+    def from_config(cls, config):
+        config["schema"] = FeatureSchema.from_config(config["schema"])
+        return cls(**config)
+
+
+__all__ = ["IdLookup", "FeatureEmbedding", "IdFeature"]

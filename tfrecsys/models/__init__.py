@@ -1,0 +1,4 @@
+"""Model families, each registered under its config name (``config.model.name``)."""
+
+from tfrecsys.models import dnn  # noqa: F401  (registers "dnn")
+from tfrecsys.models.registry import available, build_model, register  # noqa: F401
