@@ -1,0 +1,1 @@
+"""The absl binaries: thin wrappers that parse flags and call the library."""
