@@ -1,10 +1,19 @@
 """Shared pytest set-up: tfrecsys is imported first so TensorFlow always loads with Keras 2."""
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 import tfrecsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports tensorflow)
+
+BIN = os.path.dirname(sys.executable)
+SERVER_START_TIMEOUT_S = 120
 
 
 def free_port() -> int:
@@ -17,3 +26,55 @@ def free_port() -> int:
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
+
+
+def start_server(args: list[str], log_path) -> subprocess.Popen:
+    """``tfrecsys-serve`` on 127.0.0.1 with ``args``; its output goes to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([os.path.join(BIN, "tfrecsys-serve"), "--bind_address=127.0.0.1", *args],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_server(process: subprocess.Popen) -> int:
+    """SIGTERM, as docker and Kubernetes stop a server; kill only if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def wait_until_serving(process: subprocess.Popen, target: str, model_name: str, log_path,
+                       timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+    """Returns once ``model_name`` is AVAILABLE at ``target``; fails at once, with the server's log, if the
+    process exits first."""
+    from tfrecsys.serving.client import ServingClient
+
+    deadline = time.monotonic() + timeout_s
+    with ServingClient(target) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"tfrecsys-serve exited with {process.returncode}:\n{open(log_path).read()}")
+            try:
+                client.wait_until_available(model_name, timeout_s=2)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+@contextlib.contextmanager
+def served_model(model_base_path: str, model_name: str, log_dir, *extra_args: str):
+    """Serves one model base path for the ``with`` block and yields the gRPC target ``127.0.0.1:<port>``."""
+    port = free_port()
+    log_path = os.path.join(log_dir, f"tfrecsys-serve-{port}.log")
+    process = start_server([f"--port={port}", f"--model_name={model_name}", f"--model_base_path={model_base_path}",
+                            *extra_args], log_path)
+    try:
+        wait_until_serving(process, f"127.0.0.1:{port}", model_name, log_path)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_server(process)
