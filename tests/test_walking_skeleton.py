@@ -1,0 +1,180 @@
+"""The whole path for the dnn model: simulator data → train → SavedModel → gRPC Predict → Beam scores.
+
+One small run (60k simulated impressions, 300 steps) is shared by the module; every check compares against
+the scores of the trained Keras model in this process.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import served_model
+from tfrecsys.config import load_config
+from tfrecsys.data.input import DataError
+from tfrecsys.data.simulator import ClickLogConfig, write_click_log
+from tfrecsys.export.saved_model import export_saved_model
+from tfrecsys.export.trained import export_trained, first_records, load_trained_model
+from tfrecsys.scoring.pipeline import score
+from tfrecsys.serving.client import ServingClient
+from tfrecsys.train.loop import train_and_evaluate
+
+CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "dnn_simulator.py")
+BIN = os.path.dirname(sys.executable)
+
+
+def small_config(data_dir: str, **overrides):
+    return load_config(CONFIG, {"data.dir": data_dir, "train.steps": 300, "train.steps_per_loop": 100,
+                                "train.batch_size": 256, **overrides})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("skeleton")
+    data_dir, model_dir, export_base = str(root / "data"), str(root / "model"), str(root / "export")
+    write_click_log(ClickLogConfig(num_events=60_000, num_shards=2), data_dir)
+    config = small_config(data_dir)
+    metrics = train_and_evaluate(config, model_dir, verbose=0)
+    export_path = export_trained(config, model_dir, export_base)
+    model, schema, _ = load_trained_model(config, model_dir)
+    eval_files = sorted(glob.glob(os.path.join(data_dir, "eval-*.tfrecord")))
+    records = first_records(eval_files, 10_000)
+    features = schema.parse_examples(tf.constant(records), with_labels=False, serving=True)
+    keras_scores = model(features, training=False)["score"].numpy()
+    return dict(root=root, data_dir=data_dir, model_dir=model_dir, export_base=export_base,
+                export_path=export_path, metrics=metrics, config=config, schema=schema, records=records,
+                features={k: v.numpy() for k, v in features.items()}, keras_scores=keras_scores,
+                eval_files=eval_files)
+
+
+def test_dnn_learns_the_simulated_preferences(run):
+    assert run["metrics"]["score"]["auc"] >= 0.70
+    saved = json.load(open(os.path.join(run["model_dir"], "eval_metrics.json")))
+    assert saved["step"] == 300 and saved["score"]["auc"] == pytest.approx(run["metrics"]["score"]["auc"])
+
+
+def test_export_layout_and_signatures(run):
+    assert run["export_path"] == os.path.join(run["export_base"], "dnn", "1")
+    assert os.listdir(os.path.join(run["export_base"], "dnn")) == ["1"]  # no staging directory left behind
+    loaded = tf.saved_model.load(run["export_path"])
+    inputs = loaded.signatures["serving_default"].structured_input_signature[1]
+    assert sorted(inputs) == sorted(run["schema"].input_signature(serving=True))
+    assert "click" not in inputs
+    assert inputs["hist_item_id"].shape.as_list() == [None, 20] and inputs["user_id"].dtype == tf.int64
+    assert loaded.signatures["serving_examples"].structured_input_signature[1]["inputs"].dtype == tf.string
+    assert os.path.getsize(os.path.join(run["export_path"], "assets.extra", "tf_serving_warmup_requests")) > 0
+
+
+def test_reloaded_savedmodel_gives_the_keras_scores(run):
+    loaded = tf.saved_model.load(run["export_path"])
+    raw = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in run["features"].items()})
+    examples = loaded.signatures["serving_examples"](inputs=tf.constant(run["records"]))
+    assert np.abs(raw["score"].numpy() - run["keras_scores"]).max() < 1e-5
+    assert np.abs(examples["score"].numpy() - run["keras_scores"]).max() < 1e-5
+
+
+def test_grpc_predict_gives_the_keras_scores_and_survives_bad_requests(run):
+    import grpc
+
+    rows = slice(0, 200)
+    inputs = {k: v[rows] for k, v in run["features"].items()}
+    with served_model(os.path.join(run["export_base"], "dnn"), "dnn", run["root"]) as target:
+        with ServingClient(target) as client:
+            served = client.predict("dnn", inputs)["score"]
+            assert np.abs(served - run["keras_scores"][rows]).max() < 1e-5
+
+            with pytest.raises(grpc.RpcError) as unknown:
+                client.predict("no_such_model", inputs)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            missing = {k: v for k, v in inputs.items() if k != "item_price"}
+            with pytest.raises(grpc.RpcError) as error:
+                client.predict("dnn", missing)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "item_price" in error.value.details()
+            wrong_dtype = {**inputs, "user_id": inputs["user_id"].astype(np.float32)}
+            with pytest.raises(grpc.RpcError) as error:
+                client.predict("dnn", wrong_dtype)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in error.value.details()
+
+            again = client.predict("dnn", inputs)["score"]
+            np.testing.assert_array_equal(again, served)
+
+
+def test_beam_scores_are_the_keras_scores(run):
+    output = str(run["root"] / "scores" / "dnn")
+    summary = score(run["eval_files"][0], os.path.join(run["export_base"], "dnn"), output)
+    keys = [tf.train.Example.FromString(r).features.feature["example_id"].int64_list.value[0]
+            for r in run["records"]]
+    keras = dict(zip(keys, run["keras_scores"]))
+    rows = [json.loads(line) for path in summary.output_files for line in open(path)]
+    assert summary.rows_scored == len(rows) == len(keras)
+    assert sorted(r["example_id"] for r in rows) == sorted(keras)
+    assert max(abs(r["score"] - keras[r["example_id"]]) for r in rows) < 1e-5
+
+
+def test_training_resumes_from_its_checkpoint(run):
+    config = small_config(run["data_dir"], **{"train.steps": 400})
+    metrics = train_and_evaluate(config, run["model_dir"], verbose=0)
+    assert json.load(open(os.path.join(run["model_dir"], "eval_metrics.json")))["step"] == 400
+    assert metrics["score"]["auc"] >= 0.70
+
+
+def test_export_never_overwrites_a_version(run):
+    model, schema, _ = load_trained_model(run["config"], run["model_dir"])
+    base = str(run["root"] / "versions")
+    assert export_saved_model(model, schema, base, "dnn").endswith("/dnn/1")
+    assert export_saved_model(model, schema, base, "dnn").endswith("/dnn/2")
+    with pytest.raises(FileExistsError, match="dnn/2 exists already"):
+        export_saved_model(model, schema, base, "dnn", version=2)
+    assert sorted(os.listdir(os.path.join(base, "dnn"))) == ["1", "2"]
+
+
+def test_training_on_missing_data_names_the_pattern(tmp_path):
+    config = small_config(str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="nowhere/train-"):
+        train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
+
+
+def test_training_on_a_corrupt_shard_names_the_file(run, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for path in glob.glob(os.path.join(run["data_dir"], "*.tfrecord")):
+        content = open(path, "rb").read()
+        if "train-00001" in path:
+            content = content[: len(content) // 2] + b"\xff" * 64 + content[len(content) // 2 + 64:]
+        (data_dir / os.path.basename(path)).write_bytes(content)
+    config = small_config(str(data_dir), **{"train.steps": 200, "train.steps_per_loop": 200})
+    with pytest.raises(DataError, match=r"train-00001-of-00002\.tfrecord: record \d+: corrupted record"):
+        train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
+
+    result = subprocess.run([os.path.join(BIN, "tfrecsys-train"), f"--config={CONFIG}",
+                             f"--config.data.dir={data_dir}", f"--model_dir={tmp_path / 'cli_model'}",
+                             "--config.train.steps=200", "--config.train.steps_per_loop=200"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "tfrecsys-train: error: cannot read input data:" in result.stderr
+    assert "train-00001-of-00002.tfrecord" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_schema_mismatch_fails_at_start_naming_the_feature(run, tmp_path):
+    config = small_config(run["data_dir"])
+    config.features.item_price = dict(kind="id", num_buckets=10)
+    with pytest.raises(DataError, match="feature 'item_price' is float_list in the data but the schema says int64"):
+        train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
+
+
+@pytest.mark.parametrize("binary, expected_flags", [
+    ("tfrecsys-simulate", ["--config", "--output_dir"]),
+    ("tfrecsys-train", ["--config", "--model_dir", "--collective"]),
+    ("tfrecsys-export", ["--config", "--model_dir", "--export_base", "--version"]),
+    ("tfrecsys-quickstart", ["--workdir", "--config", "--port", "--step_timeout"]),
+])
+def test_help_explains_every_flag(binary, expected_flags):
+    result = subprocess.run([os.path.join(BIN, binary), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for flag in expected_flags:
+        assert f"{flag}:" in result.stdout, f"{binary} --help does not explain {flag}"
