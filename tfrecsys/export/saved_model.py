@@ -62,14 +62,13 @@ def existing_versions(model_path: str) -> list[int]:
                   if _VERSION.match(name.rstrip("/")))
 
 
-def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base: str, model_name: str,
-                       version: Optional[int] = None, warmup_examples: Sequence[bytes] = (),
-                       metadata: Optional[dict] = None) -> str:
-    """Writes ``model`` as ``<export_base>/<model_name>/<version>`` and returns that path.
+def write_version(export_base: str, model_name: str, write, version: Optional[int] = None) -> str:
+    """Creates ``<export_base>/<model_name>/<version>`` atomically and returns its path.
 
-    ``version`` defaults to one more than the highest existing version (1 for the first export); an
-    existing version is never overwritten. ``warmup_examples``: serialized tf.train.Example rows that become
-    TF Serving warmup requests for ``serving_default``.
+    ``write(staging_path, version)`` fills a hidden staging directory beside the final one, which is then
+    renamed into place; on any failure the staging directory is removed and no version appears. ``version``
+    defaults to one more than the highest existing version (1 for the first export); an existing version is
+    never overwritten. Every exporter (ranking, retrieval, ...) goes through here.
     """
     model_path = os.path.join(export_base, model_name)
     versions = existing_versions(model_path)
@@ -80,20 +79,8 @@ def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base
     final_path = os.path.join(model_path, str(version))
     staging_path = os.path.join(model_path, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     tf.io.gfile.makedirs(model_path)
-
-    module = ServingModule(model, schema)
-    signatures = {SERVING_DEFAULT: module.serve.get_concrete_function(),
-                  SERVING_EXAMPLES: module.serve_examples.get_concrete_function()}
     try:
-        tf.saved_model.save(module, staging_path, signatures=signatures)
-        extra = os.path.join(staging_path, "assets.extra")
-        tf.io.gfile.makedirs(extra)
-        if warmup_examples:
-            _write_warmup_requests(os.path.join(extra, WARMUP_FILE), schema, model_name, list(warmup_examples))
-        outputs = sorted(signatures[SERVING_DEFAULT].structured_outputs)
-        with tf.io.gfile.GFile(os.path.join(extra, "tfrecsys.json"), "w") as f:
-            json.dump({"model_name": model_name, "version": version, "outputs": outputs,
-                       "schema": schema.to_json(), **(metadata or {})}, f, indent=2, sort_keys=True)
+        write(staging_path, version)
         tf.io.gfile.rename(staging_path, final_path)
     except BaseException:
         if tf.io.gfile.exists(staging_path):
@@ -101,6 +88,39 @@ def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base
         raise
     logging.info("exported %s version %d to %s", model_name, version, final_path)
     return final_path
+
+
+def write_extra_metadata(saved_model_path: str, content: dict) -> None:
+    """``assets.extra/tfrecsys.json``: what the export holds, for people and tools (TF Serving ignores it)."""
+    extra = os.path.join(saved_model_path, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.gfile.GFile(os.path.join(extra, "tfrecsys.json"), "w") as f:
+        json.dump(content, f, indent=2, sort_keys=True)
+
+
+def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base: str, model_name: str,
+                       version: Optional[int] = None, warmup_examples: Sequence[bytes] = (),
+                       metadata: Optional[dict] = None) -> str:
+    """Writes a ranking ``model`` as ``<export_base>/<model_name>/<version>`` and returns that path.
+
+    ``warmup_examples``: serialized tf.train.Example rows that become TF Serving warmup requests for
+    ``serving_default``.
+    """
+    module = ServingModule(model, schema)
+    signatures = {SERVING_DEFAULT: module.serve.get_concrete_function(),
+                  SERVING_EXAMPLES: module.serve_examples.get_concrete_function()}
+
+    def write(path, version):
+        tf.saved_model.save(module, path, signatures=signatures)
+        if warmup_examples:
+            tf.io.gfile.makedirs(os.path.join(path, "assets.extra"))
+            _write_warmup_requests(os.path.join(path, "assets.extra", WARMUP_FILE), schema, model_name,
+                                   list(warmup_examples))
+        write_extra_metadata(path, {"model_name": model_name, "version": version,
+                                    "outputs": sorted(signatures[SERVING_DEFAULT].structured_outputs),
+                                    "schema": schema.to_json(), **(metadata or {})})
+
+    return write_version(export_base, model_name, write, version)
 
 
 def _write_warmup_requests(path: str, schema: FeatureSchema, model_name: str, examples: list) -> None:

@@ -55,12 +55,16 @@ def build_and_compile(config, schema: FeatureSchema):
     """The registry model for ``config``, compiled with its tasks' losses, weights and metrics."""
     tasks = tasks_from_config(config.tasks)
     model = build_model(config, schema)
-    model.compile(
-        optimizer=_optimizer(config.train.optimizer, config.train.learning_rate),
-        loss={t.name: t.make_loss() for t in tasks},
-        loss_weights={t.name: t.weight for t in tasks},
-        metrics={t.name: t.make_metrics() for t in tasks},
-        steps_per_execution=config.train.steps_per_execution)
+    if hasattr(model, "compile_kwargs"):
+        # A model that computes its own loss and metrics in train_step (a tfrs.Model, a custom step) says
+        # what compile needs instead of the per-task defaults.
+        kwargs = model.compile_kwargs(tasks)
+    else:
+        kwargs = dict(loss={t.name: t.make_loss() for t in tasks},
+                      loss_weights={t.name: t.weight for t in tasks},
+                      metrics={t.name: t.make_metrics() for t in tasks})
+    model.compile(optimizer=_optimizer(config.train.optimizer, config.train.learning_rate),
+                  steps_per_execution=config.train.steps_per_execution, **kwargs)
     return model
 
 
@@ -143,13 +147,19 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1) 
 
 
 def _by_task(raw: dict, task_names) -> dict:
-    """Keras names metrics ``auc`` for one output and ``<output>_auc`` for several; give both one shape."""
+    """Groups Keras' flat metric names by task: ``<task>_auc`` (several outputs) or ``auc`` (one output)
+    become ``{task: {"auc": …}}``; names that belong to no task (a model's own metrics) stay at the top."""
     out = {"loss": float(raw["loss"])}
+    claimed = {"loss"}
     for task in task_names:
         prefix = f"{task}_"
         values = {k[len(prefix):]: float(v) for k, v in raw.items() if k.startswith(prefix)}
-        if len(task_names) == 1:
-            values.update({k: float(v) for k, v in raw.items() if k != "loss" and not k.startswith(prefix)})
+        claimed.update(k for k in raw if k.startswith(prefix))
         values.pop("loss", None)
         out[task] = values
+    rest = {k: float(v) for k, v in raw.items() if k not in claimed}
+    if len(task_names) == 1:
+        out[task_names[0]].update(rest)
+    else:
+        out.update(rest)
     return out
