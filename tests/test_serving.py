@@ -27,16 +27,19 @@ from tests.conftest import BIN, free_port, start_server, stop_server, wait_until
 from tests.contract_models import example_rows, export_contract_model, to_example, to_serving_inputs
 from tfrecsys.serving import servables
 from tfrecsys.serving.client import ServingClient
+from tfrecsys.serving.config_files import read_batching_parameters, read_monitoring_config
 from tfrecsys.serving.server import ModelServer
 
 MODEL = "contract"
 ROWS = 8
 SERVING_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving")
 SERVE_FLAGS = ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file",
-               "--bind_address", "--file_system_poll_wait_seconds", "--grpc_max_threads", "--saved_model_tags",
-               "--enable_model_warmup")
+               "--model_config_file_poll_wait_seconds", "--bind_address", "--file_system_poll_wait_seconds",
+               "--enable_batching", "--batching_parameters_file", "--monitoring_config_file", "--grpc_max_threads",
+               "--grpc_channel_arguments", "--rest_api_num_threads", "--rest_api_timeout_in_ms",
+               "--max_request_bytes", "--saved_model_tags", "--enable_model_warmup")
 QUERY_FLAGS = ("--server", "--model_name", "--model_version", "--signature_name", "--inputs", "--tfrecord",
-               "--num_rows", "--output_filter", "--timeout")
+               "--num_rows", "--output_filter", "--timeout", "--api")
 CLI_TIMEOUT_S = 60
 
 
@@ -355,8 +358,8 @@ def test_help_explains_every_flag(binary, expected_flags):
     result = run_cli(binary, "--help")
     assert result.returncode == 0, result.stderr
     for flag in expected_flags:
-        # absl lists a flag as "--name: help", or "--[no]name: help" for a bool.
-        assert re.search(rf"^  --(\[no\])?{flag[2:]}: \w", result.stdout, re.MULTILINE), flag
+        # absl lists a flag as "--name: help", "--[no]name: help" for a bool, "--name: <a|b>: help" for an enum.
+        assert re.search(rf"^  --(\[no\])?{flag[2:]}: [\w<]", result.stdout, re.MULTILINE), flag
 
 
 def test_serve_without_a_version_fails_naming_the_path(tmp_path):
@@ -455,22 +458,42 @@ def test_shipped_models_config_is_a_valid_model_server_config():
     assert (model.name, model.base_path, model.model_platform) == ("dnn", "/models/dnn", "tensorflow")
 
 
+SHIPPED_CONFIG_FILES = ("models.config", "batching_parameters.txt", "monitoring.config")
+REAL_SERVER_FLAGS = ("--model_config_file=/config/models.config", "--enable_batching=true",
+                     "--batching_parameters_file=/config/batching_parameters.txt",
+                     "--monitoring_config_file=/config/monitoring.config")
+
+
 def test_deployment_manifests_give_the_real_server_the_shipped_config():
-    """docker-compose and Kubernetes must mount the export where models.config says and pass that config."""
-    with open(os.path.join(SERVING_DIR, "models.config")) as config_file:
-        models_config = config_file.read()
+    """docker-compose and Kubernetes must mount the export where models.config says and pass the three shipped
+    config files (the very files tfrecsys-serve reads in test_serving_conformance.py)."""
+    shipped = {}
+    for name in SHIPPED_CONFIG_FILES:
+        with open(os.path.join(SERVING_DIR, name)) as config_file:
+            shipped[name] = config_file.read()
     with open(os.path.join(SERVING_DIR, "docker-compose.yml")) as compose_file:
         [service] = yaml.safe_load(compose_file)["services"].values()
-    assert "--model_config_file=/config/models.config" in service["command"]
-    assert {volume.rsplit(":", 2)[1] for volume in service["volumes"]} == {"/models/dnn", "/config/models.config"}
+    assert set(REAL_SERVER_FLAGS) <= set(service["command"])
+    assert {volume.split(":")[0] for volume in service["volumes"][1:]} == {f"./{n}" for n in SHIPPED_CONFIG_FILES}
+    assert {volume.rsplit(":", 2)[1] for volume in service["volumes"]} == {
+        "/models/dnn", *(f"/config/{name}" for name in SHIPPED_CONFIG_FILES)}
     with open(os.path.join(SERVING_DIR, "k8s", "tf-serving.yaml")) as manifest_file:
         manifests = {document["kind"]: document for document in yaml.safe_load_all(manifest_file)}
-    assert manifests["ConfigMap"]["data"]["models.config"] == models_config
+    assert manifests["ConfigMap"]["data"] == shipped
     pod = manifests["Deployment"]["spec"]["template"]["spec"]
     [container] = pod["containers"]
-    assert "--model_config_file=/config/models.config" in container["args"]
+    assert set(REAL_SERVER_FLAGS) <= set(container["args"])
     assert {mount["mountPath"] for mount in container["volumeMounts"]} == {"/config", "/models/dnn"}
     assert container["readinessProbe"]["httpGet"]["path"].startswith("/v1/models/dnn")
+    annotations = manifests["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == read_monitoring_config(os.path.join(SERVING_DIR, "monitoring.config"))
+
+
+def test_shipped_batching_and_monitoring_files_parse_as_tf_serving_protos():
+    batching = read_batching_parameters(os.path.join(SERVING_DIR, "batching_parameters.txt"))
+    assert (batching.max_batch_size, batching.batch_timeout_micros, batching.max_enqueued_batches,
+            batching.num_batch_threads) == (1024, 2000, 64, 2)
+    assert read_monitoring_config(os.path.join(SERVING_DIR, "monitoring.config")) == "/monitoring/prometheus/metrics"
 
 
 def write_warmup_requests(version_dir: str, requests: list[predict_pb2.PredictRequest]) -> None:

@@ -1,4 +1,4 @@
-"""tfrecsys-query: send one Predict request to a TF Serving gRPC API and print the outputs as JSON.
+"""tfrecsys-query: send one Predict (or Classify, Regress) request to a TF Serving gRPC API; print JSON.
 
 Works against tfrecsys-serve and tensorflow_model_server alike. Either give the raw features as JSON
 (their dtypes and shapes are read from the model's GetModelMetadata, so a JSON int becomes int64, a number
@@ -8,8 +8,11 @@ or let it send the first rows of a TFRecord file of tf.train.Example to the exam
   tfrecsys-query --server=127.0.0.1:8500 --model_name=dnn \\
       --inputs='{"user_id": [1, 2], "item_id": [7, 9], "price": [0.5, 1.5], ...}'
   tfrecsys-query --server=127.0.0.1:8500 --model_name=dnn --tfrecord=data/eval.tfrecord --num_rows=5
+  tfrecsys-query --server=127.0.0.1:8500 --model_name=dnn --tfrecord=data/eval.tfrecord --api=regress \\
+      --signature_name=regress_score
 
-Prints {"<output>": [...], ...} on stdout; exits 1 with the server's status and message on failure.
+Prints {"<output>": [...], ...} on stdout (Classify: {"classes": [[[label, score], ...], ...]}, Regress:
+{"outputs": [...]}); exits 1 with the server's status and message on failure.
 """
 
 import json
@@ -47,6 +50,9 @@ flags.DEFINE_string("tfrecord", None, f"TFRecord file of serialized tf.train.Exa
                     "signature. Exactly one of --inputs and --tfrecord.")
 flags.DEFINE_integer("num_rows", 10, "How many records of --tfrecord to send in the one request.", lower_bound=1)
 flags.DEFINE_list("output_filter", [], "Comma-separated outputs to return; default: every output.")
+flags.DEFINE_enum("api", "predict", ["predict", "classify", "regress"], "PredictionService API to call. Classify "
+                  "and Regress send the --tfrecord rows to a classify_<output> / regress_<output> signature, "
+                  "named by --signature_name.")
 flags.DEFINE_float("timeout", 10.0, "Deadline in seconds for each gRPC call.", lower_bound=0.001)
 
 
@@ -55,9 +61,20 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if (FLAGS.inputs is None) == (FLAGS.tfrecord is None):
         raise app.UsageError("Give exactly one of --inputs and --tfrecord")
+    if FLAGS.api != "predict" and (FLAGS.tfrecord is None or not FLAGS.signature_name):
+        raise app.UsageError(f"--api={FLAGS.api} needs --tfrecord and --signature_name (e.g. "
+                             f"{FLAGS.api}_score)")
     try:
         with ServingClient(FLAGS.server, timeout=FLAGS.timeout) as client:
-            outputs = _query_inputs(client) if FLAGS.inputs is not None else _query_tfrecord(client)
+            if FLAGS.api == "classify":
+                print(json.dumps({"classes": client.classify(FLAGS.model_name, _records(), FLAGS.signature_name,
+                                                             FLAGS.model_version)}))
+                return 0
+            if FLAGS.api == "regress":
+                outputs = {"outputs": client.regress(FLAGS.model_name, _records(), FLAGS.signature_name,
+                                                     FLAGS.model_version)}
+            else:
+                outputs = _query_inputs(client) if FLAGS.inputs is not None else _query_tfrecord(client)
     except grpc.RpcError as error:
         return _fail(f"{error.code().name}: {error.details()}")
     except tf.errors.OpError as error:  # e.g. a corrupt --tfrecord
@@ -88,7 +105,8 @@ def _query_inputs(client: ServingClient) -> dict[str, np.ndarray]:
     return client.predict(FLAGS.model_name, arrays, signature_name, FLAGS.model_version, FLAGS.output_filter)
 
 
-def _query_tfrecord(client: ServingClient) -> dict[str, np.ndarray]:
+def _records() -> list[bytes]:
+    """The first --num_rows records of --tfrecord."""
     if not tf.io.gfile.exists(FLAGS.tfrecord):
         raise ValueError(f"--tfrecord {FLAGS.tfrecord} does not exist")
     compression = "GZIP" if FLAGS.tfrecord.endswith(".gz") else ""
@@ -96,6 +114,11 @@ def _query_tfrecord(client: ServingClient) -> dict[str, np.ndarray]:
     records = list(dataset.as_numpy_iterator())
     if not records:
         raise ValueError(f"No records in {FLAGS.tfrecord}")
+    return records
+
+
+def _query_tfrecord(client: ServingClient) -> dict[str, np.ndarray]:
+    records = _records()
     return client.predict(FLAGS.model_name, {EXAMPLES_INPUT: np.array(records, dtype=object)},
                           FLAGS.signature_name or EXAMPLES_SIGNATURE, FLAGS.model_version, FLAGS.output_filter)
 

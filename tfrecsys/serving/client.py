@@ -5,6 +5,7 @@ It talks to tfrecsys-serve and to the real tensorflow_model_server alike:
     with ServingClient("127.0.0.1:8500") as client:
         client.wait_until_available("dnn", timeout_s=30)
         scores = client.predict("dnn", {"user_id": np.array([1, 2], np.int64), ...})["score"]
+        scores = client.regress("dnn", serialized_examples, signature_name="regress_score")
 
 Arrays are sent with the dtype they have (the server rejects a dtype its signature does not take, naming
 the input) and come back exactly as the server computed them. Failed calls raise ``grpc.RpcError`` with
@@ -16,8 +17,10 @@ import time
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2, input_pb2,
+                                     model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
 
 from tfrecsys.serving.tensors import TensorSpec, tensor_spec
 
@@ -43,6 +46,7 @@ class ServingClient:
         self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def predict(self, model_name: str, inputs: dict[str, np.ndarray], signature_name: str = DEFAULT_SIGNATURE,
                 version: int | None = None, output_filter: list[str] | None = None,
@@ -56,6 +60,37 @@ class ServingClient:
         request.output_filter.extend(output_filter or [])
         response = self._prediction.Predict(request, timeout=timeout or self.timeout)
         return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+
+    def classify(self, model_name: str, examples, signature_name: str, version: int | None = None,
+                 context=None, timeout: float | None = None) -> list[list[tuple[str, float]]]:
+        """Classify tf.train.Examples (messages or serialized bytes), with an optional context Example merged
+        into each; returns per example its ``(label, score)`` classes."""
+        request = classification_pb2.ClassificationRequest(input=_input(examples, context))
+        _set_model_spec(request.model_spec, model_name, version)
+        request.model_spec.signature_name = signature_name
+        response = self._prediction.Classify(request, timeout=timeout or self.timeout)
+        return [[(one.label, one.score) for one in row.classes] for row in response.result.classifications]
+
+    def regress(self, model_name: str, examples, signature_name: str, version: int | None = None,
+                context=None, timeout: float | None = None) -> np.ndarray:
+        """Regress tf.train.Examples (messages or serialized bytes); returns one float32 per example."""
+        request = regression_pb2.RegressionRequest(input=_input(examples, context))
+        _set_model_spec(request.model_spec, model_name, version)
+        request.model_spec.signature_name = signature_name
+        response = self._prediction.Regress(request, timeout=timeout or self.timeout)
+        return np.array([regression.value for regression in response.result.regressions], np.float32)
+
+    def reload_config(self, config, timeout: float | None = None) -> None:
+        """ModelService.HandleReloadConfigRequest: the server serves exactly ``config``'s models (a
+        ModelServerConfig) once this returns; a failure raises grpc.RpcError with the server's status."""
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.CopyFrom(config)
+        self._models.HandleReloadConfigRequest(request, timeout=timeout or self.timeout)
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """grpc.health.v1 status of ``service`` ("" for the server, or a model name): "SERVING", "NOT_SERVING"."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout or self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def metadata(self, model_name: str, version: int | None = None,
                  timeout: float | None = None) -> dict[str, dict[str, TensorSpec]]:
@@ -112,6 +147,16 @@ class ServingClient:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _input(examples, context=None) -> input_pb2.Input:
+    """Examples (messages or serialized bytes) as a Classify/Regress ``Input``, with ``context`` if given."""
+    messages = [tf.train.Example.FromString(e) if isinstance(e, bytes) else e for e in examples]
+    if context is None:
+        return input_pb2.Input(example_list=input_pb2.ExampleList(examples=messages))
+    context = tf.train.Example.FromString(context) if isinstance(context, bytes) else context
+    return input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
+        examples=messages, context=context))
 
 
 def _set_model_spec(model_spec, model_name: str, version: int | None) -> None:

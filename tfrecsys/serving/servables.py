@@ -1,73 +1,49 @@
-"""Loaded model versions and the transport-free TF Serving API calls over them.
+"""Loaded model versions, and the TF Serving API calls that resolve a request's ModelSpec to one of them.
 
 ``ModelRegistry`` maps model name → integer version → ``Servable`` (a SavedModel loaded with
 ``tf.saved_model.load``), kept in step with each model's base path as TF Serving keeps it: the versions the
 model's version policy aspires to are loaded, the others unloaded, and a version is never unloaded before its
-successor is available. ``predict``, ``get_model_metadata`` and ``get_model_status`` take and return the
-tensorflow_serving.apis protos, so the gRPC and REST front ends share one behaviour, and raise
-``ServingError`` with the status code and message ``tensorflow_model_server`` gives for the same request
-(tensorflow_serving/servables/tensorflow/predict_util.cc, get_model_metadata_impl.cc,
-model_servers/get_model_status_impl.cc, core/manager.h, model_servers/server_core.cc).
+successor is available. ``reload_config`` replaces the served models, as ModelService.HandleReloadConfigRequest
+and ``--model_config_file_poll_wait_seconds`` do. ``predict``, ``classify``, ``regress``, ``multi_inference``,
+``get_model_metadata``, ``get_model_status`` and ``reload_config`` take and return the tensorflow_serving.apis
+protos, so the gRPC and REST front ends share one behaviour, and raise ``ServingError`` with the status code
+and message ``tensorflow_model_server`` gives for the same request (core/manager.h, model_servers/server_core.cc,
+get_model_status_impl.cc, get_model_metadata_impl.cc, model_service_impl.cc; the per-version work is in
+``tfrecsys.serving.inference``).
 
 Only the SavedModel on disk is used: signature inputs and outputs come from the SignatureDefs in
 ``saved_model.pb``, never from tfrecsys model code.
 """
 
-import dataclasses
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from absl import logging
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2,
-                                     prediction_log_pb2)
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     inference_pb2, model_management_pb2, model_pb2, predict_pb2,
+                                     prediction_log_pb2, regression_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
-from tfrecsys.serving.tensors import shape_fits, shape_text, tensor_spec
+from tfrecsys.serving import inference
+from tfrecsys.serving.batching import BatchScheduler
+from tfrecsys.serving.errors import ModelLoadError, ServingError
+from tfrecsys.serving.inference import DEFAULT_MAX_TENSOR_BYTES, Servable, call_signature
+from tfrecsys.serving.monitoring import ServingMetrics
 
-DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+__all__ = ["DEFAULT_SIGNATURE", "ModelLoadError", "ModelRegistry", "Servable", "ServingError", "State"]
+
+DEFAULT_SIGNATURE = inference.DEFAULT_SIGNATURE
 SIGNATURE_DEF_FIELD = "signature_def"
 WARMUP_REQUESTS_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # TF Serving refuses warmup files with more records than this (saved_model_warmup_util.h).
 MAX_WARMUP_RECORDS = 1000
 
 State = get_model_status_pb2.ModelVersionStatus.State
-_GRPC_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class ServingError(Exception):
-    """A failed request, with the gRPC status code TF Serving answers the same request with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-class ModelLoadError(Exception):
-    """A model cannot be served: bad config, missing base path, no version, or an unloadable SavedModel."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Servable:
-    """One loaded version of a model.
-
-    ``signature_defs`` are the SignatureDefs saved in ``saved_model.pb`` (what GetModelMetadata returns and
-    what requests are checked against); ``signatures`` are the loaded functions that run them. ``module`` is
-    the loaded object itself: the signature functions only hold weak references to its variables.
-    """
-
-    name: str
-    version: int
-    path: str
-    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
-    signatures: Mapping[str, Callable]
-    module: object
 
 
 def single_model_config(model_name: str, model_base_path: str) -> model_server_config_pb2.ModelServerConfig:
@@ -120,7 +96,10 @@ def load_servable(name: str, version: int, path: str, saved_model_tags=("serve",
                   enable_model_warmup: bool = True) -> Servable:
     """Loads one SavedModel version and, as TF Serving does by default, replays its warmup requests."""
     meta_graph = _read_meta_graph(path, saved_model_tags)
-    module = tf.saved_model.load(path, tags=list(saved_model_tags))
+    try:
+        module = tf.saved_model.load(path, tags=list(saved_model_tags))
+    except (tf.errors.OpError, ValueError, OSError) as error:
+        raise ModelLoadError(f"Could not load the SavedModel at {path}: {error}") from error
     servable = Servable(name=name, version=version, path=path, signature_defs=dict(meta_graph.signature_def),
                         signatures=dict(module.signatures), module=module)
     if enable_model_warmup:
@@ -134,8 +113,11 @@ def _read_meta_graph(path: str, saved_model_tags) -> meta_graph_pb2.MetaGraphDef
     saved_model_file = os.path.join(path, "saved_model.pb")
     if not tf.io.gfile.exists(saved_model_file):
         raise ModelLoadError(f"No saved_model.pb in {path}: a version directory must hold a SavedModel")
-    with tf.io.gfile.GFile(saved_model_file, "rb") as model_file:
-        saved_model = saved_model_pb2.SavedModel.FromString(model_file.read())
+    try:
+        with tf.io.gfile.GFile(saved_model_file, "rb") as model_file:
+            saved_model = saved_model_pb2.SavedModel.FromString(model_file.read())
+    except Exception as error:  # noqa: BLE001  (a truncated or foreign file fails this load only)
+        raise ModelLoadError(f"Could not parse {saved_model_file}: {error}") from error
     for meta_graph in saved_model.meta_graphs:
         if set(meta_graph.meta_info_def.tags) == set(saved_model_tags):
             return meta_graph
@@ -147,9 +129,9 @@ def _read_meta_graph(path: str, saved_model_tags) -> meta_graph_pb2.MetaGraphDef
 def replay_warmup_requests(servable: Servable) -> int:
     """Runs the PredictionLog records of ``assets.extra/tf_serving_warmup_requests`` against ``servable``.
 
-    Same file, format and failure rule as TF Serving (saved_model_warmup_util.cc): a failing warmup request
-    fails the load, so a broken export is caught here instead of by the real server in production. Returns
-    the number of records replayed.
+    Same file, format, log types (predict, classify, regress, multi_inference) and failure rule as TF Serving
+    (saved_model_warmup_util.cc): a failing warmup request fails the load, so a broken export is caught here
+    instead of by the real server in production. Returns the number of records replayed.
     """
     warmup_path = os.path.join(servable.path, WARMUP_REQUESTS_FILE)
     if not tf.io.gfile.exists(warmup_path):
@@ -164,10 +146,16 @@ def replay_warmup_requests(servable: Servable) -> int:
                                      f"at {warmup_path}")
             log = prediction_log_pb2.PredictionLog.FromString(record)
             log_type = log.WhichOneof("log_type")
-            if log_type != "predict_log":
-                raise ModelLoadError(f"Unsupported log_type for warmup: {log_type} in {warmup_path} "
-                                     "(tfrecsys-serve serves Predict only)")
-            run_predict(servable, log.predict_log.request)
+            if log_type == "predict_log":
+                inference.run_predict(servable, log.predict_log.request)
+            elif log_type == "classify_log":
+                inference.run_classify(servable, log.classify_log.request)
+            elif log_type == "regress_log":
+                inference.run_regress(servable, log.regress_log.request)
+            elif log_type == "multi_inference_log":
+                inference.run_multi_inference(servable, log.multi_inference_log.request)
+            else:
+                raise ModelLoadError(f"Unsupported log_type for warmup: {log_type} in {warmup_path}")
     except tf.errors.DataLossError as error:
         raise ModelLoadError(f"{error.message}. Please verify your warmup data is in TFRecord format: "
                              f"{warmup_path}") from error
@@ -183,37 +171,118 @@ class ModelRegistry:
 
     ``refresh`` brings the loaded versions in line with the base paths and version policies; requests
     resolve a ModelSpec with ``servable`` from any thread while a refresh runs, and always see either the
-    old or the new set of versions.
+    old or the new set of versions. Signatures run through ``execute`` (a direct call, or the batch
+    scheduler when ``batch_scheduler`` is given); ``metrics`` counts examples of Classify and Regress.
     """
 
     def __init__(self, config: model_server_config_pb2.ModelServerConfig, saved_model_tags=("serve",),
-                 enable_model_warmup: bool = True):
+                 enable_model_warmup: bool = True, batch_scheduler: BatchScheduler | None = None,
+                 metrics: ServingMetrics | None = None, max_request_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
         self._configs = _model_configs(config)
         self._saved_model_tags = tuple(saved_model_tags)
         self._enable_model_warmup = enable_model_warmup
+        self._batch_scheduler = batch_scheduler
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._loaded: dict[str, dict[int, Servable]] = {name: {} for name in self._configs}
         # version → (state, error message) per model, as GetModelStatus reports it.
         self._states: dict[str, dict[int, tuple[int, str]]] = {name: {} for name in self._configs}
+        self._availability_listeners = []
+
+    def add_availability_listener(self, listener) -> None:
+        """``listener(model_name, available: bool)`` is called after every change of the served versions."""
+        self._availability_listeners.append(listener)
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._configs)
 
     def loaded(self, name: str) -> dict[int, Servable]:
         """The loaded versions of model ``name`` (a snapshot)."""
         with self._lock:
             return dict(self._loaded.get(name, {}))
 
+    def execute(self, servable: Servable, signature_name: str, inputs, deadline: float | None = None):
+        """Runs a signature of ``servable``, batched with concurrent requests when batching is on."""
+        if self._batch_scheduler is None:
+            return call_signature(servable, signature_name, inputs)
+        return self._batch_scheduler.run(self._batch_key(servable, signature_name),
+                                         lambda arrays: call_signature(servable, signature_name, arrays),
+                                         inputs, deadline)
+
     def refresh(self, strict: bool = False) -> list[Servable]:
         """Loads the aspired versions not yet loaded, then unloads the versions no longer aspired.
 
-        With ``strict`` (server start) a missing base path, a model without versions or a failed load raises
-        ModelLoadError. Otherwise (polling) failures are logged, the versions already serving keep serving,
-        and a version that failed to load is not retried. Returns the newly loaded servables.
+        With ``strict`` (server start) a missing base path, a model without versions, a failed load or a
+        version label on a version that is not available raises ModelLoadError. Otherwise (polling) failures
+        are logged, the versions already serving keep serving, and a version that failed to load is not
+        retried. Returns the newly loaded servables.
         """
         with self._refresh_lock:
+            with self._lock:
+                configs = dict(self._configs)
             newly_loaded = []
-            for name, model_config in self._configs.items():
+            for name, model_config in configs.items():
                 newly_loaded += self._refresh_model(name, model_config, strict)
+            if strict:
+                try:
+                    self._check_labels(configs)
+                except ServingError as error:
+                    raise ModelLoadError(error.message) from error
             return newly_loaded
+
+    def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> list[Servable]:
+        """Serves exactly the models of ``config``: new models load, removed models unload, changed policies
+        and labels apply. Like ServerCore::ReloadConfig it returns once the new models are available, and
+        fails (the config still in force) when one cannot load or a label names a version not available."""
+        try:
+            configs = _model_configs(config)
+        except ModelLoadError as error:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+        with self._refresh_lock:
+            with self._lock:
+                removed = set(self._configs) - set(configs)
+                self._configs = configs
+                for name in configs:
+                    self._loaded.setdefault(name, {})
+                    self._states.setdefault(name, {})
+                unloaded = {name: self._loaded.pop(name) for name in removed}
+                for name, versions in unloaded.items():
+                    self._states[name] = {version: (State.END, "") for version in versions}
+            for name in sorted(removed):
+                for version, servable in sorted(unloaded[name].items()):
+                    self._forget_batches(servable)
+                    logging.info("Unloaded servable version {name: %s version: %d}", name, version)
+                self._notify(name)
+            newly_loaded, failures = [], []
+            for name, model_config in configs.items():
+                before = self.loaded(name)
+                newly_loaded += self._refresh_model(name, model_config, strict=False)
+                if not self.loaded(name) and not before:
+                    failures.append(name)
+            if failures:
+                details = "; ".join(self._last_error(name) for name in failures)
+                raise ServingError(grpc.StatusCode.UNKNOWN,
+                                   f"Some models did not become available: {{{', '.join(failures)}}}. {details}")
+            self._check_labels(configs)
+            return newly_loaded
+
+    def _last_error(self, name: str) -> str:
+        with self._lock:
+            errors = [error for _, error in self._states.get(name, {}).values() if error]
+        return errors[-1] if errors else f"No version of {name} was found under {self._configs[name].base_path}"
+
+    def _check_labels(self, configs: dict) -> None:
+        """Version labels may only name available versions (server_core.cc UpdateModelVersionLabelMap)."""
+        for name, model_config in configs.items():
+            loaded = self.loaded(name)
+            for label, version in sorted(model_config.version_labels.items()):
+                if version not in loaded:
+                    raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, (
+                        f"Request to assign label to version {version} of model {name}, which is not currently "
+                        "available for inference"))
 
     def _refresh_model(self, name: str, model_config, strict: bool) -> list[Servable]:
         try:
@@ -266,13 +335,31 @@ class ModelRegistry:
 
     def _swap(self, name: str, current: dict[int, Servable], serving: dict[int, Servable]) -> None:
         with self._lock:
+            if name not in self._configs:  # removed by a config reload meanwhile
+                return
             self._loaded[name] = serving
             for version in serving:
                 self._states[name][version] = (State.AVAILABLE, "")
             for version in current.keys() - serving.keys():
                 self._states[name][version] = (State.END, "")
         for version in sorted(current.keys() - serving.keys()):
+            self._forget_batches(current[version])
             logging.info("Unloaded servable version {name: %s version: %d}", name, version)
+        if current.keys() != serving.keys():
+            self._notify(name)
+
+    def _batch_key(self, servable: Servable, signature_name: str) -> tuple:
+        return (servable.name, servable.version, id(servable), signature_name)
+
+    def _forget_batches(self, servable: Servable) -> None:
+        if self._batch_scheduler is not None:
+            for signature_name in servable.signature_defs:
+                self._batch_scheduler.forget(self._batch_key(servable, signature_name))
+
+    def _notify(self, name: str) -> None:
+        available = bool(self.loaded(name))
+        for listener in self._availability_listeners:
+            listener(name, available)
 
     def servable(self, model_spec: model_pb2.ModelSpec) -> Servable:
         """The servable a request's ModelSpec names: its version, its version label, or the latest version."""
@@ -280,7 +367,8 @@ class ModelRegistry:
         versions = self.loaded(name)
         choice = model_spec.WhichOneof("version_choice")
         if choice == "version_label":
-            model_config = self._configs.get(name)
+            with self._lock:
+                model_config = self._configs.get(name)
             labels = model_config.version_labels if model_config is not None else {}
             if model_spec.version_label not in labels:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -313,8 +401,8 @@ class ModelRegistry:
 def _model_configs(config: model_server_config_pb2.ModelServerConfig) -> dict:
     """name → ModelConfig, after the checks TF Serving makes when it reads a config."""
     if config.WhichOneof("config") != "model_config_list":
-        raise ModelLoadError("The model server config must have a model_config_list (custom_model_config is "
-                             "not supported)")
+        raise ModelLoadError("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                             "ModelConfigList is currently supported")
     models = {}
     for model_config in config.model_config_list.config:
         if not model_config.name:
@@ -332,109 +420,62 @@ def _model_configs(config: model_server_config_pb2.ModelServerConfig) -> dict:
     return models
 
 
-def predict(registry: ModelRegistry, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    """PredictionService.Predict: resolve the servable, then run the request against it."""
+def _require_model_spec(request) -> None:
     if not request.HasField("model_spec"):
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-    return run_predict(registry.servable(request.model_spec), request)
 
 
-def run_predict(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-    """Checks the request against the signature in TF Serving's order, runs it, and returns the outputs."""
-    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    signature_def = servable.signature_defs.get(signature_name)
-    function = servable.signatures.get(signature_name)
-    if signature_def is None or function is None:
-        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f'Serving signature key "{signature_name}" not found.')
-    _check_input_names(signature_def, request)
-    inputs = {alias: _input_array(alias, proto, signature_def.inputs[alias])
-              for alias, proto in request.inputs.items()}
-    aliases = _output_aliases(signature_def, request.output_filter)
-    outputs = _call_signature(function, inputs, signature_def)
-    response = predict_pb2.PredictResponse()
-    response.model_spec.name = request.model_spec.name
-    response.model_spec.version.value = servable.version
-    response.model_spec.signature_name = signature_name
-    for alias in aliases:
-        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias].numpy()))
+def _deadline(timeout_s: float | None) -> float | None:
+    return None if timeout_s is None else time.monotonic() + timeout_s
+
+
+def predict(registry: ModelRegistry, request: predict_pb2.PredictRequest,
+            timeout_s: float | None = None) -> predict_pb2.PredictResponse:
+    """PredictionService.Predict: resolve the servable, then run the request against it."""
+    _require_model_spec(request)
+    return inference.run_predict(registry.servable(request.model_spec), request, registry.execute,
+                                 _deadline(timeout_s), registry.max_request_bytes)
+
+
+def classify(registry: ModelRegistry, request: classification_pb2.ClassificationRequest,
+             timeout_s: float | None = None) -> classification_pb2.ClassificationResponse:
+    """PredictionService.Classify over a ``tensorflow/serving/classify`` signature."""
+    _require_model_spec(request)
+    response, examples = inference.run_classify(registry.servable(request.model_spec), request, registry.execute,
+                                                _deadline(timeout_s), registry.max_request_bytes)
+    _record_examples(registry, request.model_spec.name, examples)
     return response
 
 
-def _check_input_names(signature_def: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest) -> None:
-    """Missing and unexpected inputs, with the names spelled out as predict_util.cc spells them."""
-    sent, expected = set(request.inputs), set(signature_def.inputs)
-    if len(sent) != len(expected):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
-            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{_join(sent)}}}) != "
-            f"len({{{_join(expected)}}}). Sent extra: {{{_join(sent - expected)}}}. "
-            f"Missing but required: {{{_join(expected - sent)}}}."))
-    unknown = sorted(sent - expected)
-    if unknown:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
-            f"input tensor alias not found in signature: {unknown[0]}. Inputs expected to be in the set "
-            f"{{{_join(expected)}}}."))
+def regress(registry: ModelRegistry, request: regression_pb2.RegressionRequest,
+            timeout_s: float | None = None) -> regression_pb2.RegressionResponse:
+    """PredictionService.Regress over a ``tensorflow/serving/regress`` signature."""
+    _require_model_spec(request)
+    response, examples = inference.run_regress(registry.servable(request.model_spec), request, registry.execute,
+                                               _deadline(timeout_s), registry.max_request_bytes)
+    _record_examples(registry, request.model_spec.name, examples)
+    return response
 
 
-def _input_array(alias: str, proto, tensor_info: meta_graph_pb2.TensorInfo) -> np.ndarray:
-    """The request tensor as an array, checked against the signature's dtype and shape.
-
-    The real server lets the session reject a wrong dtype ("Expects arg[0] to be int64 but float is
-    provided"), which does not say which input was wrong; here the message names it.
-    """
-    try:
-        array = tf.make_ndarray(proto)
-    except (TypeError, ValueError) as error:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}") from error
-    if proto.dtype != tensor_info.dtype:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
-            f"Expects input {alias} to be {tf.as_dtype(tensor_info.dtype).name} but "
-            f"{tf.as_dtype(proto.dtype).name} is provided"))
-    _, signature_shape = tensor_spec(tensor_info)
-    if not shape_fits(array.shape, signature_shape):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
-            f"Input {alias} has shape {shape_text(array.shape)}, which the signature's shape "
-            f"{shape_text(signature_shape)} does not accept"))
-    return array
+def multi_inference(registry: ModelRegistry, request: inference_pb2.MultiInferenceRequest,
+                    timeout_s: float | None = None) -> inference_pb2.MultiInferenceResponse:
+    """PredictionService.MultiInference: the servable is the first task's (multi_inference_helper.cc)."""
+    model_spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+    response, examples = inference.run_multi_inference(registry.servable(model_spec), request, registry.execute,
+                                                       _deadline(timeout_s), registry.max_request_bytes)
+    _record_examples(registry, model_spec.name, examples)
+    return response
 
 
-def _output_aliases(signature_def: meta_graph_pb2.SignatureDef, output_filter) -> list[str]:
-    """The outputs to return: ``output_filter`` if given (each known, none twice), else every output."""
-    seen = []
-    for alias in output_filter:
-        if alias not in signature_def.outputs:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
-                f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
-                f"{{{_join(signature_def.outputs)}}}."))
-        if alias in seen:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"duplicate output tensor alias: {alias}")
-        seen.append(alias)
-    return seen or list(signature_def.outputs)
-
-
-def _call_signature(function: Callable, inputs: dict[str, np.ndarray],
-                    signature_def: meta_graph_pb2.SignatureDef) -> dict:
-    """Runs the signature; a TensorFlow error keeps its own status code, as the session's would in TF Serving."""
-    tensors = {alias: tf.constant(array, dtype=tf.as_dtype(signature_def.inputs[alias].dtype))
-               for alias, array in inputs.items()}
-    try:
-        return function(**tensors)
-    except tf.errors.OpError as error:
-        raise ServingError(_GRPC_CODE_BY_NUMBER.get(error.error_code, grpc.StatusCode.UNKNOWN),
-                           error.message) from error
-    except (TypeError, ValueError) as error:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-
-
-def _join(names) -> str:
-    return ",".join(sorted(names))
+def _record_examples(registry: ModelRegistry, model_name: str, count: int) -> None:
+    if registry.metrics is not None:
+        registry.metrics.record_examples(model_name, count)
 
 
 def get_model_metadata(registry: ModelRegistry, request: get_model_metadata_pb2.GetModelMetadataRequest
                        ) -> get_model_metadata_pb2.GetModelMetadataResponse:
     """PredictionService.GetModelMetadata: the servable's SignatureDefs packed as a SignatureDefMap."""
-    if not request.HasField("model_spec"):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    _require_model_spec(request)
     if not request.metadata_field:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            "GetModelMetadataRequest must specify at least one metadata_field")
@@ -455,8 +496,7 @@ def get_model_metadata(registry: ModelRegistry, request: get_model_metadata_pb2.
 def get_model_status(registry: ModelRegistry, request: get_model_status_pb2.GetModelStatusRequest
                      ) -> get_model_status_pb2.GetModelStatusResponse:
     """ModelService.GetModelStatus: the state of one version, or of every version the server has seen."""
-    if not request.HasField("model_spec"):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    _require_model_spec(request)
     spec = request.model_spec
     version = spec.version.value if spec.HasField("version") else None
     response = get_model_status_pb2.GetModelStatusResponse()
@@ -467,4 +507,18 @@ def get_model_status(registry: ModelRegistry, request: get_model_status_pb2.GetM
         if error:
             version_status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
             version_status.status.error_message = error
+    return response
+
+
+def reload_config(registry: ModelRegistry, request: model_management_pb2.ReloadConfigRequest
+                  ) -> model_management_pb2.ReloadConfigResponse:
+    """ModelService.HandleReloadConfigRequest: serve exactly ``request.config``'s models. On failure the
+    status is both the RPC's and the response's (model_service_impl.cc)."""
+    for index, model_config in enumerate(request.config.model_config_list.config):
+        logging.info("Config entry index : %d path : %s name : %s platform : %s", index, model_config.base_path,
+                     model_config.name, model_config.model_platform)
+    for servable in registry.reload_config(request.config):
+        logging.info("Serving model %s version %d from %s", servable.name, servable.version, servable.path)
+    response = model_management_pb2.ReloadConfigResponse()
+    response.status.SetInParent()
     return response

@@ -1,0 +1,259 @@
+"""The SavedModel contract, checked for every registered model family as ``saved_model_cli show --all``
+reports it and as TF Serving loads it (a TF1 session over the MetaGraph, the loader tensorflow_model_server
+uses).
+
+Every family in ``tfrecsys.models.available()`` needs an entry in FAMILY_CASES: a small config and the
+exporter that family uses. A family without one fails here on purpose, so no family ships unchecked.
+"""
+
+import contextlib
+import dataclasses
+import io
+import os
+import re
+from typing import Callable
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.tools import saved_model_cli
+from tensorflow_serving.apis import prediction_log_pb2
+
+from tests.serving_dnn import DNN_CONFIG, SMALL_DNN, export_ranking_model, synthetic_examples
+from tfrecsys.config import load_config
+from tfrecsys.export import saved_model as contract
+from tfrecsys.features.schema import FeatureSchema, IdFeature, SequenceFeature
+from tfrecsys.export.trained import first_records
+from tfrecsys.models import available, build_model
+from tfrecsys.models.tasks import tasks_from_config
+from tfrecsys.serving import servables
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyCase:
+    config: str
+    overrides: dict
+    # (config path, overrides, export_base, model_name) → exported version path
+    export: Callable[..., str] = export_ranking_model
+    kind: str = "ranking"
+
+
+def export_two_tower(config_path: str, overrides: dict, export_base: str, model_name: str) -> str:
+    """A small simulated retrieval world, the model built on it (untrained) and its own exporter."""
+    from tfrecsys.data.retrieval_simulator import RetrievalWorldConfig, write_retrieval_world
+
+    data_dir = os.path.join(export_base, "data")
+    config = load_config(config_path, {**overrides, "data.dir": data_dir})
+    write_retrieval_world(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
+    schema = FeatureSchema.from_config(config.features)
+    model = build_model(config, schema)
+    warmup = first_records(sorted(tf.io.gfile.glob(os.path.join(data_dir, config.data.eval_files))), 4)
+    model(schema.parse_examples(tf.constant(warmup), with_labels=False, serving=True), training=False)
+    return model.export_saved_models(export_base, model_name, warmup_examples=warmup)
+
+
+TWO_TOWER_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "two_tower_simulator.py")
+SMALL_TWO_TOWER = {"data.simulator.num_users": 60, "data.simulator.num_items": 40,
+                   "data.simulator.events_per_user": 4.0, "model.hidden_units": (8,), "model.output_dim": 8,
+                   "model.num_sampled": 8, "model.export_k": 5}
+FAMILY_CASES = {
+    "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
+    "two_tower": FamilyCase(TWO_TOWER_CONFIG, SMALL_TWO_TOWER, export_two_tower, kind="retrieval"),
+}
+CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
+
+
+def parse_saved_model_cli(text: str) -> tuple[dict, set]:
+    """``saved_model_cli show --all`` output → ({signature: {"inputs", "outputs", "method"}}, op names)."""
+    signatures = {}
+    for block in re.split(r"\nsignature_def\['", text)[1:]:
+        name, body = block.split("']:", 1)
+        entry = {"inputs": {}, "outputs": {}, "method": re.search(r"Method name is: (\S*)", body).group(1)}
+        for kind, alias, dtype, shape, tensor in re.findall(
+                r"(inputs|outputs)\['([^']+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (.+?)\s+name: (\S+)", body):
+            entry[kind][alias] = (dtype, shape, tensor)
+        signatures[name] = entry
+    ops = re.search(r"contains the following ops: \{(.*?)\}", text, re.S)
+    return signatures, set(re.findall(r"'(\w+)'", ops.group(1))) if ops else set()
+
+
+def cli_shape(shape) -> str:
+    dims = ["-1" if size is None else str(size) for size in shape]
+    return f"({', '.join(dims)})" if len(dims) > 1 else f"({dims[0]})"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """family → (export path, config, saved_model_cli output), built on first use."""
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            case = FAMILY_CASES[family]
+            base = str(tmp_path_factory.mktemp(family))
+            path = case.export(case.config, case.overrides, base, family)
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                saved_model_cli._show_all(path)
+            cache[family] = (path, load_config(case.config, case.overrides), output.getvalue())
+        return cache[family]
+
+    return get
+
+
+def test_every_registered_family_has_a_contract_case():
+    missing = sorted(set(available()) - set(FAMILY_CASES))
+    assert not missing, (f"model families {missing} have no small export-contract case in "
+                         f"tests/test_export_contract.py FAMILY_CASES: add a small config and its exporter")
+
+
+RANKING_FAMILIES = sorted(name for name, case in FAMILY_CASES.items() if case.kind == "ranking")
+RETRIEVAL_FAMILIES = sorted(name for name, case in FAMILY_CASES.items() if case.kind == "retrieval")
+
+
+@pytest.mark.parametrize("family", RETRIEVAL_FAMILIES)
+def test_retrieval_signatures_return_top_k_item_ids_and_scores(exports, family):
+    """A retrieval query model answers Predict with the best K corpus items per query; it has no per-row
+    output, so no classify/regress signature, and TF Serving runs it as saved (same answers as TF2)."""
+    path, config, output = exports(family)
+    signatures, ops = parse_saved_model_cli(output)
+    schema = FeatureSchema.from_config(config.features)
+    k = FAMILY_CASES[family].overrides["model.export_k"]
+    query_features = set(config.model.query_features)
+    query_inputs = {name: spec for name, spec in schema.input_signature(serving=True).items()
+                    if name in query_features or name.removesuffix("_length") in query_features}
+    assert set(signatures) == {"__saved_model_init_op", contract.SERVING_DEFAULT, contract.SERVING_EXAMPLES}
+    default = signatures[contract.SERVING_DEFAULT]
+    assert default["method"] == contract.PREDICT_METHOD
+    assert {alias: info[:2] for alias, info in default["inputs"].items()} == {
+        name: (CLI_DTYPES[spec.dtype], cli_shape(spec.shape.as_list())) for name, spec in query_inputs.items()}
+    assert {alias: info[:2] for alias, info in default["outputs"].items()} == {
+        "item_ids": ("DT_INT64", f"(-1, {k})"), "scores": ("DT_FLOAT", f"(-1, {k})")}
+    assert signatures[contract.SERVING_EXAMPLES]["outputs"].keys() == default["outputs"].keys()
+    assert not {op for op in ops if "Xla" in op} and contract.xla_compiled_functions(path) == {}
+    rows = synthetic_examples(schema, 3, seed=2)
+    features = {name: value for name, value in schema.parse_examples(
+        tf.constant(rows), with_labels=False, serving=True).items() if name in query_inputs}
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        signature_def = tf.compat.v1.saved_model.load(session, ["serve"], path).signature_def[contract.SERVING_DEFAULT]
+        feed = {signature_def.inputs[name].name: value.numpy() for name, value in features.items()}
+        ids = session.run(signature_def.outputs["item_ids"].name, feed)
+    loaded = tf.saved_model.load(path).signatures[contract.SERVING_DEFAULT](**features)
+    np.testing.assert_array_equal(ids, loaded["item_ids"].numpy())
+    assert np.all(np.diff(loaded["scores"].numpy(), axis=1) <= 0)  # best first
+    servable = servables.load_servable(family, 1, path, enable_model_warmup=False)
+    assert servables.replay_warmup_requests(servable) > 0
+
+
+@pytest.mark.parametrize("family", RANKING_FAMILIES)
+def test_signatures_as_saved_model_cli_shows_them(exports, family):
+    path, config, output = exports(family)
+    signatures, ops = parse_saved_model_cli(output)
+    schema = FeatureSchema.from_config(config.features)
+    task_names = sorted(task.name for task in tasks_from_config(config.tasks))
+
+    default = signatures[contract.SERVING_DEFAULT]
+    assert default["method"] == contract.PREDICT_METHOD
+    expected_inputs = {name: (CLI_DTYPES[spec.dtype], cli_shape(spec.shape.as_list()))
+                       for name, spec in schema.input_signature(serving=True).items()}
+    assert {alias: info[:2] for alias, info in default["inputs"].items()} == expected_inputs
+    not_served = {f.name for f in schema.features if f.training_only}
+    assert not_served.isdisjoint(default["inputs"]), "labels and training-only features must not be inputs"
+    assert {alias: info[:2] for alias, info in default["outputs"].items()} == {
+        task: ("DT_FLOAT", "(-1)") for task in task_names}
+
+    examples = signatures[contract.SERVING_EXAMPLES]
+    assert examples["method"] == contract.PREDICT_METHOD
+    assert {alias: info[:2] for alias, info in examples["inputs"].items()} == {"inputs": ("DT_STRING", "(-1)")}
+    shared_input = examples["inputs"]["inputs"][2]
+    for task in task_names:
+        classify = signatures[contract.classify_signature(task)]
+        regress = signatures[contract.regress_signature(task)]
+        assert classify["method"] == "tensorflow/serving/classify"
+        assert regress["method"] == "tensorflow/serving/regress"
+        assert classify["inputs"] == regress["inputs"] == {"inputs": ("DT_STRING", "(-1)", shared_input)}
+        assert {alias: info[:2] for alias, info in classify["outputs"].items()} == {"scores": ("DT_FLOAT", "(-1, 1)")}
+        assert {alias: info[:2] for alias, info in regress["outputs"].items()} == {"outputs": ("DT_FLOAT", "(-1)")}
+    assert not {op for op in ops if "Xla" in op}, f"serving graph has XLA ops: {ops}"
+    assert contract.xla_compiled_functions(path) == {}
+
+
+@pytest.mark.parametrize("family", RANKING_FAMILIES)
+def test_tf_serving_session_runs_classify_and_regress_from_one_input(exports, family):
+    """What MultiInference does in tensorflow_model_server: one Session.run of several Example signatures
+    fed through their shared input tensor; the answers equal the TF2 signatures'."""
+    path, config, _ = exports(family)
+    schema = FeatureSchema.from_config(config.features)
+    rows = synthetic_examples(schema, 5, seed=7)
+    task_names = sorted(task.name for task in tasks_from_config(config.tasks))
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.load(session, ["serve"], path)
+        signature_defs = meta_graph.signature_def
+        fetches = {}
+        for task in task_names:
+            fetches[f"classify_{task}"] = signature_defs[contract.classify_signature(task)].outputs["scores"].name
+            fetches[f"regress_{task}"] = signature_defs[contract.regress_signature(task)].outputs["outputs"].name
+        feed = signature_defs[contract.SERVING_EXAMPLES].inputs["inputs"].name
+        session_outputs = session.run(fetches, {feed: rows})
+    loaded = tf.saved_model.load(path)
+    by_examples = loaded.signatures[contract.SERVING_EXAMPLES](inputs=tf.constant(rows))
+    features = schema.parse_examples(tf.constant(rows), with_labels=False, serving=True)
+    by_features = loaded.signatures[contract.SERVING_DEFAULT](**features)
+    for task in task_names:
+        np.testing.assert_allclose(session_outputs[f"classify_{task}"][:, 0], by_examples[task].numpy(), atol=1e-6)
+        np.testing.assert_allclose(session_outputs[f"regress_{task}"], by_examples[task].numpy(), atol=1e-6)
+        np.testing.assert_allclose(by_features[task].numpy(), by_examples[task].numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", RANKING_FAMILIES)
+def test_raw_ids_unknown_to_the_vocabulary_are_served(exports, family):
+    """Lookup and hashing live in the SavedModel: a client sends raw ids, and one never seen in training
+    lands in an OOV row instead of failing the request."""
+    path, config, _ = exports(family)
+    schema = FeatureSchema.from_config(config.features)
+    features = {name: value.numpy() for name, value in schema.parse_examples(
+        tf.constant(synthetic_examples(schema, 3, seed=1)), with_labels=False, serving=True).items()}
+    for feature in schema.serving_inputs:
+        if isinstance(feature, (IdFeature, SequenceFeature)):
+            unseen = b"never-seen" if feature.dtype == "string" else 10**12
+            features[feature.name] = np.full_like(features[feature.name], unseen)
+    outputs = tf.saved_model.load(path).signatures[contract.SERVING_DEFAULT](
+        **{name: tf.constant(value) for name, value in features.items()})
+    for value in outputs.values():
+        assert np.all(np.isfinite(value.numpy()))
+
+
+@pytest.mark.parametrize("family", RANKING_FAMILIES)
+def test_warmup_requests_are_in_tf_serving_format_and_replay(exports, family):
+    path, _, _ = exports(family)
+    warmup = os.path.join(path, "assets.extra", contract.WARMUP_FILE)
+    log_types = [prediction_log_pb2.PredictionLog.FromString(record).WhichOneof("log_type")
+                 for record in tf.data.TFRecordDataset(warmup).as_numpy_iterator()]
+    assert set(log_types) == {"predict_log", "classify_log", "regress_log"}
+    servable = servables.load_servable(family, 1, path, enable_model_warmup=False)
+    assert servables.replay_warmup_requests(servable) == len(log_types)
+
+
+class JitScorer(tf.keras.Model):
+    """A ranker whose scoring path is XLA-compiled: what TF Serving cannot run without experimental flags."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = tf.keras.layers.Dense(1)
+
+    @tf.function(jit_compile=True)
+    def _score(self, x):
+        return tf.sigmoid(tf.squeeze(self.dense(x), -1))
+
+    def call(self, features, training=None):
+        return {"score": self._score(tf.expand_dims(features["item_price"], -1))}
+
+
+def test_export_refuses_a_serving_path_that_needs_xla(tmp_path):
+    schema = FeatureSchema.from_config({"item_price": {"kind": "dense"}, "click": {"kind": "label"}})
+    model = JitScorer()
+    model({"item_price": tf.constant([0.5])})
+    with pytest.raises(ValueError,
+                       match=r"needs XLA to serve \(.*serving_default: .*__score.*--xla_cpu_compilation_enabled"):
+        contract.export_saved_model(model, schema, str(tmp_path), "jit")
+    assert os.listdir(tmp_path / "jit") == []  # the staging directory is gone, no version appeared
