@@ -98,7 +98,7 @@ def main(argv):
 
     _run("tfrecsys-score", f"--input={os.path.join(data_dir, 'eval-*.tfrecord')}",
          f"--model_base_path={model_base_path}", f"--output={os.path.join(scores, MODEL_NAME)}")
-    scored_rows = sum(1 for path in glob.glob(os.path.join(scores, "*.jsonl")) for _ in open(path))
+    scored_rows = sum(1 for path in glob.glob(os.path.join(scores, f"{MODEL_NAME}-*-of-*.jsonl")) for _ in open(path))
     with open(os.path.join(model_dir, "eval_metrics.json")) as f:
         metrics = json.load(f)
     with open(os.path.join(data_dir, "metadata.json")) as f:

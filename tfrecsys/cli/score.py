@@ -1,14 +1,30 @@
-"""tfrecsys-score: batch-score TFRecords of tf.train.Example with an exported SavedModel on Apache Beam.
+"""tfrecsys-score: batch-score TFRecord or Parquet rows with exported SavedModels on Apache Beam.
 
-Reads the records matching --input, feeds them serialized to the SavedModel's --signature_name signature
-through Beam RunInference, and writes one JSON line per row, {"<key_feature>": key, "<output>": value, ...},
-to sharded files <output>-SSSSS-of-NNNNN.jsonl. Prints the rows scored and the files written.
+Reads the rows matching --input (TFRecord files of tf.train.Example, or Parquet files whose columns are the
+model's features), feeds them as serialized examples to each model's --signature_name signature through Beam
+RunInference, and writes keyed rows tagged with the model's name and version to sharded files
+<output>-SSSSS-of-NNNNN.<jsonl|parquet|tfrecord>:
 
-Beam pipeline options other than --runner go after a bare `--`, verbatim, e.g.
+  --mode=score     one row per input row and model: <key_feature>, model_name, model_version, <output>...
+  --mode=retrieve  one row per input row, model and candidate of a retrieval model (outputs item_ids and
+                   scores [batch, K], best first): <key_feature>, model_name, model_version, item_id, score, rank
 
-  tfrecsys-score --input='data/eval-*.tfrecord' --model_base_path=models/dnn --output=out/scores \\
-      -- --direct_num_workers=2 --direct_running_mode=multi_processing
+Rows that cannot be scored (not a tf.train.Example, no key, a missing feature, a wrong dtype, a null Parquet
+value) go with the reason to <dead_letter_output>-SSSSS-of-NNNNN.jsonl; the job still finishes and prints the
+rows read, scored (per model), rejected and written.
 
+Score one model, or several in one pass over the input (champion and challenger):
+
+  tfrecsys-score --input='data/eval-*.tfrecord' --model_base_path=models/dnn --output=out/scores
+  tfrecsys-score --input='users/*.parquet' --input_format=parquet --mode=retrieve --top_k=50 \\
+      --model=two_tower=models/two_tower --output=out/top50 --output_format=parquet
+  tfrecsys-score --input='data/eval-*.tfrecord' --model=champion=models/dnn@3 --model=challenger=models/dnn@4 \\
+      --output=out/ab
+
+Beam pipeline options other than --runner go after a bare `--`, verbatim (docs/batch-scoring.md has complete
+Flink, Spark and Dataflow commands), e.g.
+
+  tfrecsys-score ... -- --direct_num_workers=2 --direct_running_mode=multi_processing
   tfrecsys-score ... --runner=DataflowRunner -- --project=P --region=R --temp_location=gs://B/tmp \\
       --setup_file=./setup.py   # workers need tfrecsys installed (or --sdk_container_image)
 """
@@ -16,42 +32,67 @@ Beam pipeline options other than --runner go after a bare `--`, verbatim, e.g.
 from absl import flags
 
 from tfrecsys.cli.common import run_binary
-from tfrecsys.scoring import model_handler, pipeline
+from tfrecsys.scoring import inputs, model_handler, outputs, pipeline, saved_models
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("input", None, "TFRecord file pattern of serialized tf.train.Example to score (any Beam "
-                    "filesystem, e.g. 'data/eval-*.tfrecord' or 'gs://bucket/eval-*'); gzip files by extension.")
-flags.DEFINE_string("model_base_path", None, "A SavedModel directory, or a model base path in TF Serving's "
-                    "layout <model_base_path>/<integer version>/, where the highest version is used unless "
-                    "--model_version names one.")
+flags.DEFINE_string("input", None, "File pattern of the rows to score (any Beam filesystem, e.g. "
+                    "'data/eval-*.tfrecord' or 'gs://bucket/users-*.parquet'); TFRecord files may be gzipped "
+                    "(by extension .gz).")
+flags.DEFINE_enum("input_format", "tfrecord", inputs.INPUT_FORMATS, "tfrecord: files of serialized "
+                  "tf.train.Example; parquet: one row per example, columns named like the model's features "
+                  "(lists for sequences), typed by what the model parses.")
+flags.DEFINE_string("model_base_path", None, "One model to score with: a SavedModel directory, or a model base "
+                    "path in TF Serving's layout <model_base_path>/<integer version>/, where the highest version "
+                    "is used unless --model_version names one. Use --model instead for several models.")
 flags.DEFINE_integer("model_version", None, "Version directory under --model_base_path to score with; "
                      "default: the highest integer version.", lower_bound=0)
-flags.DEFINE_string("signature_name", model_handler.DEFAULT_SIGNATURE_NAME, "SavedModel signature to call; it "
-                    "must take one string input of serialized tf.train.Example.")
-flags.DEFINE_string("key_feature", pipeline.DEFAULT_KEY_FEATURE, "Feature holding each row's key (one int64 or "
-                    "bytes value), copied to its output line; a row without it fails the job.")
-flags.DEFINE_string("output", None, "Output path prefix; rows go to <output>-SSSSS-of-NNNNN.jsonl.")
-flags.DEFINE_integer("min_batch_size", model_handler.DEFAULT_MIN_BATCH_SIZE, "Smallest batch Beam's adaptive "
-                     "batching sends to one signature call (the last batch of a bundle may be smaller).",
-                     lower_bound=1)
-flags.DEFINE_integer("max_batch_size", model_handler.DEFAULT_MAX_BATCH_SIZE, "Largest batch Beam's adaptive "
-                     "batching sends to one signature call.", lower_bound=1)
+flags.DEFINE_string("model_name", None, "Name that output rows of --model_base_path are tagged with; default: "
+                    "the base path's directory name (TF Serving's model name).")
+flags.DEFINE_multi_string("model", [], "A model to score with, as NAME=PATH or NAME=PATH@VERSION (PATH as "
+                          "--model_base_path); repeat it to score several models or versions in one pass over "
+                          "the input, e.g. --model=champion=models/dnn@3 --model=challenger=models/dnn@4.")
+flags.DEFINE_string("signature_name", saved_models.EXAMPLES_SIGNATURE, "SavedModel signature to call; it must "
+                    "take one string input of serialized tf.train.Example.")
+flags.DEFINE_enum("mode", "score", outputs.MODES, "score: one output row per input row and model with every "
+                  "output of the signature; retrieve: one output row per input row, model and candidate "
+                  "(item_id, score, rank) from a retrieval model's item_ids and scores.")
+flags.DEFINE_integer("top_k", 0, "retrieve mode: keep the best top_k of the model's K candidates per row; 0 "
+                     "keeps all K.", lower_bound=0)
+flags.DEFINE_string("key_feature", None, "Feature (Parquet column) holding each row's key, one int64 or string "
+                    "value, copied to its output rows; rows without it go to the dead letters. Default: "
+                    f"{pipeline.DEFAULT_KEY_FEATURE['score']} in score mode, "
+                    f"{pipeline.DEFAULT_KEY_FEATURE['retrieve']} in retrieve mode.")
+flags.DEFINE_string("output", None, "Output path prefix; rows go to <output>-SSSSS-of-NNNNN.<format suffix>.")
+flags.DEFINE_enum("output_format", "jsonl", outputs.OUTPUT_FORMATS, "jsonl: one JSON object per line; parquet: "
+                  "one column per field ([K] outputs as lists); tfrecord: one tf.train.Example per row.")
+flags.DEFINE_integer("num_output_shards", 0, "Number of output files; 0 lets the runner decide.", lower_bound=0)
+flags.DEFINE_string("dead_letter_output", None, "Path prefix of the rows that could not be scored, as JSON lines "
+                    "with source file, key, model, reason and the row itself; default: "
+                    f"<output>{pipeline.DEAD_LETTER_SUFFIX}.")
+flags.DEFINE_integer("batch_size", model_handler.DEFAULT_BATCH_SIZE, "Rows per signature call (the last rows of "
+                     "each input file may make a smaller batch).", lower_bound=1)
 flags.DEFINE_string("runner", "DirectRunner", "Beam runner: DirectRunner, FlinkRunner, SparkRunner, "
                     "DataflowRunner, ...; give the runner's own options after a bare `--`.")
-flags.mark_flags_as_required(["input", "model_base_path", "output"])
+flags.mark_flags_as_required(["input", "output"])
 
 
 def main(argv: list[str]) -> None:
     # absl stops parsing at a bare `--` and drops it, so what is left are the Beam pipeline options.
     beam_options = argv[1:]
     summary = pipeline.score(
-        input_pattern=FLAGS.input, model_path=FLAGS.model_base_path, output_prefix=FLAGS.output,
-        key_feature=FLAGS.key_feature, signature_name=FLAGS.signature_name, model_version=FLAGS.model_version,
-        min_batch_size=FLAGS.min_batch_size, max_batch_size=FLAGS.max_batch_size,
+        FLAGS.input, saved_models.model_specs(FLAGS.model_base_path, FLAGS.model_version, FLAGS.model_name,
+                                              FLAGS.model), FLAGS.output, input_format=FLAGS.input_format,
+        output_format=FLAGS.output_format, mode=FLAGS.mode, key_feature=FLAGS.key_feature, top_k=FLAGS.top_k,
+        signature_name=FLAGS.signature_name, batch_size=FLAGS.batch_size,
+        dead_letter_prefix=FLAGS.dead_letter_output, num_output_shards=FLAGS.num_output_shards,
         pipeline_args=[f"--runner={FLAGS.runner}", *beam_options])
-    print(f"Scored {summary.rows_scored} rows with {summary.model_dir} into {len(summary.output_files)} "
-          f"file(s): {', '.join(summary.output_files)}")
+    for model in summary.models:
+        print(f"Scored {summary.scored_by_model[model.tag]} of {summary.rows_read} rows with {model.model_dir} "
+              f"({model.tag})")
+    print(f"Wrote {summary.rows_written} rows into {len(summary.output_files)} file(s): "
+          f"{', '.join(summary.output_files)}")
+    print(f"Rejected {summary.rows_rejected} rows into {', '.join(summary.dead_letter_files)}")
 
 
 def run() -> None:

@@ -1,159 +1,152 @@
-"""A Beam RunInference model handler for the SavedModel contract's serialized-example signature.
+"""A Beam RunInference model handler that scores batches of serialized tf.train.Example with a SavedModel.
 
 Beam's own ``TFModelHandlerTensor`` loads models with ``tf.keras.models.load_model``, which rejects plain
 ``tf.saved_model.save`` exports (see stack-pins-and-gotchas.md, Q3), and it feeds positional tensors rather
-than a named signature. This handler loads with ``tf.saved_model.load`` and calls one named signature per
-batch, so it scores any export that follows the contract, with nothing from tfrecsys' model code needed.
+than a named signature. This handler loads with ``tf.saved_model.load`` and calls one named signature, so it
+scores any export that follows the contract, with nothing from tfrecsys' model code needed.
 
-The model directory and the signature are checked when the handler is built, from ``saved_model.pb`` alone
-(no variables are read), so a wrong path or signature fails at pipeline construction with a clear message
-instead of on a worker after the job has started.
+Its elements are whole batches (``KeyedBatch``: the rows of one source file that this model scores), made
+by the pipeline when it reads; RunInference's own per-row batching is skipped (``should_skip_batching``),
+because a Python element per row costs more than the model call itself for small ranking models.
+
+A row the model's parsing rejects (a missing feature, a wrong dtype) makes the whole signature call fail.
+Only then is the batch looked at row by row: against the feature needs in the export's schema when it has
+one (rejecting each bad row with what is wrong), and by scoring halves of the batch on their own, down to
+single rows, for whatever remains (rejecting with TensorFlow's own message, ``2·log2(batch)`` extra calls
+per bad row). The good rows of the batch are scored either way; clean batches cost one call.
 """
 
 import dataclasses
-import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import saved_model_pb2
 
-# TF Serving loads the meta graph with this tag; reading the same one keeps scoring and serving in step.
-SERVING_TAG = "serve"
-DEFAULT_SIGNATURE_NAME = "serving_examples"
-DEFAULT_MIN_BATCH_SIZE = 64
-DEFAULT_MAX_BATCH_SIZE = 1024
-_SAVED_MODEL_FILE = "saved_model.pb"
+from tfrecsys.scoring.rows import KeyedBatch, first_problem, short_tf_message
+from tfrecsys.scoring.saved_models import SERVING_TAG, ScoringModel, ensure_tensorflow_filesystem
+
+DEFAULT_BATCH_SIZE = 1024
 
 
-@dataclasses.dataclass(frozen=True)
-class ExamplesSignature:
-    """What scoring needs to know about a signature: its one string input and its output names."""
-    name: str
-    input_name: str
-    output_names: tuple[str, ...]
+@dataclasses.dataclass
+class BatchScores:
+    """The model's outputs for the rows of a ``KeyedBatch`` it scored, and the rows it rejected.
 
-
-def resolve_model_dir(model_path: str, version: Optional[int] = None) -> str:
-    """Returns the SavedModel directory to score with.
-
-    ``model_path`` is either a SavedModel directory itself or a base path in TF Serving's layout
-    (``<model_path>/<integer version>/``). For a base path the highest version is used unless ``version``
-    names one; non-integer entries (e.g. an export's temporary directory) are ignored, as TF Serving does.
+    Attributes:
+      rows: indices into the batch of the scored rows, ascending.
+      outputs: output name -> array ``[len(rows), ...]``, row ``i`` belonging to batch row ``rows[i]``.
+      rejected: ``(batch row index, reason)`` for each row the model failed on.
     """
-    if version is None and tf.io.gfile.exists(os.path.join(model_path, _SAVED_MODEL_FILE)):
-        return model_path
-    if version is not None:
-        version_dir = os.path.join(model_path, str(version))
-        if not tf.io.gfile.exists(os.path.join(version_dir, _SAVED_MODEL_FILE)):
-            raise FileNotFoundError(f"Model version {version} not found: no {_SAVED_MODEL_FILE} in {version_dir}")
-        return version_dir
-    versions = _integer_versions(model_path)
-    if not versions:
-        raise FileNotFoundError(
-            f"No SavedModel under {model_path}: expected {_SAVED_MODEL_FILE} there or integer version "
-            f"directories <{model_path}>/<version>/ (TF Serving's layout)")
-    return os.path.join(model_path, str(max(versions)))
+    rows: np.ndarray
+    outputs: dict[str, np.ndarray]
+    rejected: list[tuple[int, str]]
 
 
-def _integer_versions(model_base_path: str) -> list[int]:
-    """The integer-named subdirectories of a model base path; none when the path does not exist."""
-    if not tf.io.gfile.isdir(model_base_path):
-        return []
-    # gfile.listdir marks directories with a trailing slash on some filesystems (GCS).
-    names = (name.rstrip("/") for name in tf.io.gfile.listdir(model_base_path))
-    return [int(name) for name in names
-            if name.isdigit() and tf.io.gfile.isdir(os.path.join(model_base_path, name))]
+class SavedModelBatchHandler(ModelHandler[KeyedBatch, PredictionResult, Any]):
+    """Scores ``KeyedBatch`` elements with the examples signature of one SavedModel.
 
-
-def read_examples_signature(model_dir: str, signature_name: str = DEFAULT_SIGNATURE_NAME) -> ExamplesSignature:
-    """Reads a signature of serialized examples from ``saved_model.pb``, without loading the model.
-
-    Raises ValueError naming the signature (and listing the available ones) when it is missing, and when it
-    does not take exactly one string input, since batches of serialized tf.train.Example are all it is fed.
-    """
-    signatures = _serving_meta_graph(model_dir).signature_def
-    # Names starting with "__" (e.g. __saved_model_init_op) are TF internals, not callable signatures.
-    available = sorted(name for name in signatures if not name.startswith("__"))
-    if signature_name not in available:
-        raise ValueError(f"SavedModel {model_dir} has no signature {signature_name!r}; available: {available}")
-    signature = signatures[signature_name]
-    inputs = dict(signature.inputs)
-    if len(inputs) != 1 or next(iter(inputs.values())).dtype != types_pb2.DT_STRING:
-        described = {name: tf.dtypes.as_dtype(info.dtype).name for name, info in inputs.items()}
-        raise ValueError(
-            f"Signature {signature_name!r} of {model_dir} takes {described}; scoring needs a signature with "
-            "one string input of serialized tf.train.Example (the contract's 'serving_examples')")
-    return ExamplesSignature(name=signature_name, input_name=next(iter(inputs)),
-                             output_names=tuple(sorted(signature.outputs)))
-
-
-def _serving_meta_graph(model_dir: str) -> Any:
-    """The MetaGraphDef tagged ``serve`` from ``<model_dir>/saved_model.pb``."""
-    path = os.path.join(model_dir, _SAVED_MODEL_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"Not a SavedModel directory: {path} does not exist")
-    with tf.io.gfile.GFile(path, "rb") as f:
-        saved_model = saved_model_pb2.SavedModel.FromString(f.read())
-    for meta_graph in saved_model.meta_graphs:
-        if SERVING_TAG in meta_graph.meta_info_def.tags:
-            return meta_graph
-    raise ValueError(f"SavedModel {model_dir} has no meta graph tagged {SERVING_TAG!r}")
-
-
-class SavedModelExamplesHandler(ModelHandler[bytes, PredictionResult, Any]):
-    """Scores batches of serialized tf.train.Example with one signature of a SavedModel.
-
-    Each batch becomes one call of the signature, with the batch as a ``[batch]`` string tensor; each row
-    gets a ``PredictionResult`` whose ``inference`` maps every output name to that row's slice as numpy
-    (a scalar for ``[batch]`` outputs, an array for ``[batch, k]`` ones) and whose ``model_id`` is the
-    SavedModel directory, so every score says which version produced it.
-
-    Args:
-      model_path: a SavedModel directory, or a base path with integer version subdirectories.
-      signature_name: the signature to call; it must take one string input.
-      model_version: the version to use under a base path; the highest one when None.
-      min_batch_size, max_batch_size: bounds for Beam's adaptive batching (``beam.BatchElements``).
+    Each element yields one ``PredictionResult`` whose ``example`` is the batch, ``inference`` its
+    ``BatchScores`` and ``model_id`` the SavedModel directory, so every score says which version made it.
     """
 
-    def __init__(self, model_path: str, signature_name: str = DEFAULT_SIGNATURE_NAME,
-                 model_version: Optional[int] = None, min_batch_size: int = DEFAULT_MIN_BATCH_SIZE,
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE):
-        if not 1 <= min_batch_size <= max_batch_size:
-            raise ValueError(f"Need 1 <= min_batch_size <= max_batch_size, got {min_batch_size} and {max_batch_size}")
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-        # Resolved once here, so every worker scores with the same version even if a newer one lands mid-job.
-        self.model_dir = resolve_model_dir(model_path, model_version)
-        self.signature = read_examples_signature(self.model_dir, signature_name)
+    def __init__(self, model: ScoringModel):
+        super().__init__()
+        self.model = model
 
     def load_model(self) -> Any:
         """Loads the SavedModel on a worker (once per process, as RunInference shares it)."""
-        return tf.saved_model.load(self.model_dir, tags=[SERVING_TAG])
+        ensure_tensorflow_filesystem(self.model.model_dir)
+        return tf.saved_model.load(self.model.model_dir, tags=[SERVING_TAG])
 
-    def run_inference(self, batch: Sequence[bytes], model: Any,
+    def should_skip_batching(self) -> bool:
+        return True
+
+    def run_inference(self, batch: KeyedBatch, model: Any,
                       inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-        """Calls the signature once on the whole batch and splits its outputs into per-row results."""
-        serialized = tf.constant(list(batch), dtype=tf.string)
-        outputs = model.signatures[self.signature.name](**{self.signature.input_name: serialized})
-        arrays = {name: self._batch_major(name, tensor.numpy(), len(batch)) for name, tensor in outputs.items()}
-        return [PredictionResult(example, {name: array[row] for name, array in arrays.items()}, self.model_dir)
-                for row, example in enumerate(batch)]
+        signature = model.signatures[self.model.signature.name]
+        scored: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        rejected: list[tuple[int, str]] = []
+        indices = np.arange(len(batch.records))
+        if self._call(signature, batch.records, indices, scored) is not None:
+            indices = self._rows_that_parse(batch.records, indices, rejected)
+            self._score_or_split(signature, [batch.records[row] for row in indices], indices, scored, rejected)
+        if scored:
+            # Halves are scored left before right, so the chunks come in row order.
+            rows = np.concatenate([chunk_rows for chunk_rows, _ in scored])
+            outputs = {name: self._concatenate(name, [chunk[name] for _, chunk in scored]) for name in scored[0][1]}
+        else:
+            rows, outputs = np.zeros([0], np.int64), {}
+        return [PredictionResult(batch, BatchScores(rows, outputs, sorted(rejected)), self.model.model_dir)]
+
+    def _call(self, signature, records: Sequence[bytes], indices: np.ndarray, scored: list) -> Optional[str]:
+        """Scores ``records`` into ``scored``; returns why the model rejected them instead, if it did.
+
+        A parse failure is an InvalidArgumentError; when the row is not an Example at all, TensorFlow's
+        message quotes its bytes and Python fails to decode the message: the UnicodeDecodeError.
+        """
+        try:
+            outputs = signature(**{self.model.input_name: tf.constant(list(records), dtype=tf.string)})
+        except tf.errors.InvalidArgumentError as error:
+            return short_tf_message(error.message)
+        except UnicodeDecodeError:
+            return "the model could not parse the row as a tf.train.Example"
+        scored.append((indices, {name: self._batch_major(name, tensor.numpy(), len(records))
+                                 for name, tensor in outputs.items()}))
+        return None
+
+    def _rows_that_parse(self, records: Sequence[bytes], indices: np.ndarray, rejected: list) -> np.ndarray:
+        """After a failed call: the rows that meet the model's exact feature needs (the export's schema);
+        the others are rejected with what is wrong. All rows when the needs are not known exactly."""
+        needs = self.model.needs
+        if needs is None or not needs.exact:
+            return indices
+        kept = []
+        for row in indices:
+            problem = first_problem(records[row], needs.features)
+            if problem is None:
+                kept.append(row)
+            else:
+                rejected.append((int(row), problem))
+        return np.asarray(kept, dtype=np.int64)
+
+    def _score_or_split(self, signature, records: Sequence[bytes], indices: np.ndarray,
+                        scored: list, rejected: list) -> None:
+        """Scores ``records``; when the model rejects them, scores each half on its own, down to single rows."""
+        if not len(records):
+            return
+        problem = self._call(signature, records, indices, scored)
+        if problem is None:
+            return
+        if len(records) == 1:
+            rejected.append((int(indices[0]), problem))
+            return
+        middle = len(records) // 2
+        self._score_or_split(signature, records[:middle], indices[:middle], scored, rejected)
+        self._score_or_split(signature, records[middle:], indices[middle:], scored, rejected)
 
     def _batch_major(self, output_name: str, array: np.ndarray, batch_size: int) -> np.ndarray:
-        """Checks that an output has one entry per input row, since rows are sliced along axis 0."""
+        """Checks that an output has one entry per input row, since rows are matched along axis 0."""
         if array.ndim == 0 or array.shape[0] != batch_size:
             raise ValueError(
-                f"Output {output_name!r} of signature {self.signature.name!r} has shape {array.shape} for a batch "
-                f"of {batch_size}; scoring needs outputs shaped [batch, ...]")
+                f"Output {output_name!r} of signature {self.model.signature.name!r} of {self.model.model_dir} has "
+                f"shape {array.shape} for a batch of {batch_size}; scoring needs outputs shaped [batch, ...]")
         return array
 
-    def get_num_bytes(self, batch: Sequence[bytes]) -> int:
+    def _concatenate(self, output_name: str, chunks: list[np.ndarray]) -> np.ndarray:
+        if len({chunk.shape[1:] for chunk in chunks}) > 1:
+            raise ValueError(f"Output {output_name!r} of {self.model.model_dir} changed shape between calls "
+                             f"({sorted({chunk.shape[1:] for chunk in chunks})}); scoring needs one shape per row")
+        return np.concatenate(chunks)
+
+    def get_num_bytes(self, batch: KeyedBatch) -> int:
         """The batch's size in bytes, for Beam's metrics; cheaper than the default pickling."""
-        return sum(len(example) for example in batch)
+        return sum(len(record) for record in batch.records)
+
+    def get_metrics_namespace(self) -> str:
+        return f"RunInference[{self.model.label}]"
 
     def validate_inference_args(self, inference_args: Optional[Mapping[str, Any]]):
         """Rejects inference args: the signature takes only the serialized examples."""
         if inference_args:
-            raise ValueError(f"SavedModelExamplesHandler takes no inference_args, got {sorted(inference_args)}")
+            raise ValueError(f"SavedModelBatchHandler takes no inference_args, got {sorted(inference_args)}")

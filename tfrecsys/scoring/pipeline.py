@@ -1,205 +1,258 @@
-"""The batch-scoring Beam pipeline: TFRecord of tf.train.Example in, keyed JSON lines out.
+"""The batch-scoring Beam pipeline: one read of the input, one RunInference per model, keyed rows out.
 
-    ReadFromTFRecord(input_pattern) -> (key, serialized example) -> RunInference(SavedModel signature)
-        -> {"<key_feature>": key, "<output>": value, ...} per line -> WriteToText(<prefix>-SSSSS-of-NNNNN.jsonl)
+    Read TFRecord | Parquet  ->  RowBatch (rows of one file)               --unreadable-->  dead letters
+      -> KeyRows: each row's key                                            --no key------>  dead letters
+      -> per model: RunInference(SavedModelBatchHandler)     --rows the model cannot parse-->  dead letters
+      -> per model: rows in the job's mode (score | retrieve), tagged with model name and version
+      -> Flatten -> Write JSON lines | Parquet | TFRecord        dead letters -> Write JSON lines
 
-The records go to the model's ``serving_examples`` signature as they are, so scoring needs no feature schema
-and no tfrecsys model code: the SavedModel parses its own inputs, exactly as it does behind TF Serving.
+Rows go to the models' examples signature (``serving_examples``) as serialized tf.train.Example, so scoring
+needs no tfrecsys model code: each SavedModel parses its own inputs, exactly as it does behind TF Serving.
 It runs on any Beam runner; ``pipeline_args`` are ordinary Beam pipeline options (``--runner=...``).
 """
 
 import dataclasses
-import json
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import apache_beam as beam
-import numpy as np
-import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from tfrecsys.scoring.model_handler import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SIZE,
-                                            DEFAULT_SIGNATURE_NAME, ExamplesSignature,
-                                            SavedModelExamplesHandler)
+from tfrecsys.scoring import inputs, outputs
+from tfrecsys.scoring.inputs import DEAD_LETTER, METRICS_NAMESPACE, ROWS_READ
+from tfrecsys.scoring.model_handler import DEFAULT_BATCH_SIZE, SavedModelBatchHandler
+from tfrecsys.scoring.rows import DeadLetter, ParquetRows, RowBatch, key_batch, merged_needs, parquet_key_dtype
+from tfrecsys.scoring.saved_models import (EXAMPLES_SIGNATURE, ModelSpec, ScoringModel, check_distinct,
+                                           load_scoring_model)
 
-DEFAULT_KEY_FEATURE = "example_id"
-OUTPUT_SUFFIX = ".jsonl"
-METRICS_NAMESPACE = "tfrecsys.scoring"
-ROWS_SCORED = "rows_scored"
+DEFAULT_KEY_FEATURE = {"score": "example_id", "retrieve": "user_id"}
+DEAD_LETTER_SUFFIX = "_dead_letter"
+ROWS_REJECTED = "rows_rejected"
+ROWS_WRITTEN = "rows_written"
+ROWS_SCORED_PREFIX = "rows_scored:"
 OUTPUT_FILES = "output_files"
-
-Key = Union[int, str]
+DEAD_LETTER_FILES = "dead_letter_files"
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoringSummary:
-    """What a finished scoring run did: rows written, the files holding them, the model version used."""
-    rows_scored: int
+    """What a finished scoring run did, from the pipeline's metrics.
+
+    Attributes:
+      rows_read: input rows read.
+      scored_by_model: rows each model scored, by ``name/version`` tag.
+      rows_rejected: dead letters written (rows no model, or one model, could score; unreadable file tails).
+      rows_written: output rows (``retrieve`` mode writes one per candidate).
+      output_files, dead_letter_files: the files this run wrote.
+      models: the resolved models, in the order given.
+    """
+    rows_read: int
+    scored_by_model: dict[str, int]
+    rows_rejected: int
+    rows_written: int
     output_files: list[str]
-    model_dir: str
+    dead_letter_files: list[str]
+    models: tuple[ScoringModel, ...]
+
+    @property
+    def rows_scored(self) -> int:
+        """Rows scored, summed over models."""
+        return sum(self.scored_by_model.values())
 
 
-def score(input_pattern: str, model_path: str, output_prefix: str, key_feature: str = DEFAULT_KEY_FEATURE,
-          signature_name: str = DEFAULT_SIGNATURE_NAME, model_version: Optional[int] = None,
-          min_batch_size: int = DEFAULT_MIN_BATCH_SIZE, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-          pipeline_args: Optional[Sequence[str]] = None) -> ScoringSummary:
-    """Scores every record matching ``input_pattern`` and writes ``<output_prefix>-*-of-*.jsonl``.
+def score(input_pattern: str, models: Union[str, ModelSpec, Sequence[ModelSpec]], output_prefix: str, *,
+          input_format: str = "tfrecord", output_format: str = "jsonl", mode: str = "score",
+          key_feature: Optional[str] = None, top_k: int = 0, signature_name: str = EXAMPLES_SIGNATURE,
+          batch_size: int = DEFAULT_BATCH_SIZE, dead_letter_prefix: Optional[str] = None,
+          num_output_shards: int = 0, pipeline_args: Optional[Sequence[str]] = None) -> ScoringSummary:
+    """Scores every row matching ``input_pattern`` with every model, in one pass over the input.
 
     Args:
-      input_pattern: TFRecord file pattern of serialized tf.train.Example (any Beam filesystem).
-      model_path: a SavedModel directory, or a base path with integer versions (the highest is used).
-      output_prefix: path prefix of the sharded JSON-lines output.
-      key_feature: the feature (one int64 or bytes value) copied to each output row to identify it.
-      signature_name: the SavedModel signature taking serialized examples.
-      model_version: a version under ``model_path``; the highest when None.
-      min_batch_size, max_batch_size: bounds of the batches each signature call gets.
+      input_pattern: file pattern (any Beam filesystem) of TFRecord files of serialized tf.train.Example, or
+        of Parquet files whose columns are the models' features.
+      models: a SavedModel directory or model base path (its highest version), or ``ModelSpec``s — several
+        to score champion and challenger in one pass.
+      output_prefix: path prefix of the sharded output ``<prefix>-SSSSS-of-NNNNN.<jsonl|parquet|tfrecord>``.
+      input_format: "tfrecord" or "parquet".
+      output_format: "jsonl", "parquet" or "tfrecord".
+      mode: "score" (one output row per input row and model, every output of the signature) or "retrieve"
+        (one output row per input row, model and candidate of a retrieval model: key, item_id, score, rank).
+      key_feature: the feature (Parquet column) holding each row's key, one int64 or string value, copied
+        to its output rows; "example_id" in score mode and "user_id" in retrieve mode when None.
+      top_k: retrieve mode: keep the best ``top_k`` of the model's candidates (0: all it returns).
+      signature_name: the signature taking serialized examples.
+      batch_size: rows per signature call (the last rows of each file may make a smaller batch).
+      dead_letter_prefix: where rows that could not be scored go, as JSON lines with the reason;
+        ``<output_prefix>_dead_letter`` when None.
+      num_output_shards: output files; 0 lets the runner decide.
       pipeline_args: Beam pipeline options, e.g. ``["--runner=DataflowRunner", "--project=..."]``;
         DirectRunner when no runner is given.
 
-    Returns:
-      The rows scored and the output files, read from the pipeline's metrics once it has finished.
-
     Raises:
-      FileNotFoundError: the input pattern matches no file, or the model path holds no SavedModel.
-      ValueError: the signature is missing or does not take serialized examples, or an output has the
-        key feature's name.
+      FileNotFoundError: the input pattern matches no file, or a model path holds no SavedModel.
+      ValueError: a signature is missing or does not take serialized examples; a Parquet column cannot feed
+        the feature of its name; the key feature is missing from the first rows or clashes with an output;
+        two models share a name and version.
       RuntimeError: the pipeline did not finish successfully.
     """
-    _check_input_exists(input_pattern)
-    handler = SavedModelExamplesHandler(model_path, signature_name, model_version, min_batch_size, max_batch_size)
-    _check_key_is_not_an_output(key_feature, handler.signature)
-    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args or [])))
-    add_scoring(pipeline, input_pattern, handler, output_prefix, key_feature)
+    for name, value, allowed in (("input_format", input_format, inputs.INPUT_FORMATS),
+                                 ("output_format", output_format, outputs.OUTPUT_FORMATS),
+                                 ("mode", mode, outputs.MODES)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if batch_size < 1 or num_output_shards < 0:
+        raise ValueError(f"Need batch_size >= 1 and num_output_shards >= 0, got {batch_size} and {num_output_shards}")
+    options = PipelineOptions(list(pipeline_args or []))
+    # File systems that need options (HDFS hosts, S3 regions) must have them before the input is matched.
+    FileSystems.set_options(options)
+    files = inputs.match_files(input_pattern)
+    scoring_models = tuple(load_scoring_model(spec, signature_name) for spec in _model_specs(models))
+    check_distinct(scoring_models)
+    key_feature = key_feature or DEFAULT_KEY_FEATURE[mode]
+    formatters = [outputs.RowFormatter(mode, key_feature, model, top_k) for model in scoring_models]
+    columns = outputs.output_columns(formatters)
+
+    pipeline = beam.Pipeline(options=options)
+    read, key_dtype = _read(pipeline, input_format, input_pattern, files, key_feature, scoring_models, batch_size)
+    output_writer = outputs.make_output_format(output_format, key_feature, key_dtype, columns)
+
+    keyed = read.batches | "KeyRows" >> beam.ParDo(_KeyRows(key_feature, key_dtype)).with_outputs(
+        DEAD_LETTER, main="batches")
+    rows, dead_letters = [], [read[DEAD_LETTER], keyed[DEAD_LETTER]]
+    for model, formatter in zip(scoring_models, formatters):
+        formatted = (keyed.batches
+                     | f"Score[{model.label}]" >> RunInference(SavedModelBatchHandler(model))
+                     | f"Format[{model.label}]" >> beam.ParDo(_FormatRows(formatter, output_writer)).with_outputs(
+                         DEAD_LETTER, main="rows"))
+        rows.append(formatted.rows)
+        dead_letters.append(formatted[DEAD_LETTER])
+    _ = (tuple(rows) | "AllModels" >> beam.Flatten()
+         | "WriteRows" >> output_writer.write(output_prefix, num_output_shards)
+         | "RecordOutputFiles" >> beam.ParDo(_RecordFile(OUTPUT_FILES)))
+    dead_letter_prefix = dead_letter_prefix or output_prefix + DEAD_LETTER_SUFFIX
+    _ = (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+         | "DeadLetterLines" >> beam.ParDo(_DeadLetterLine())
+         | "WriteDeadLetters" >> beam.io.WriteToText(dead_letter_prefix, file_name_suffix=".jsonl")
+         | "RecordDeadLetterFiles" >> beam.ParDo(_RecordFile(DEAD_LETTER_FILES)))
+
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise RuntimeError(f"Scoring pipeline for {input_pattern} ended in state {state}")
-    return ScoringSummary(rows_scored=_rows_scored(result), output_files=_output_files(result, output_prefix),
-                          model_dir=handler.model_dir)
+    counters = _counters(result)
+    return ScoringSummary(
+        rows_read=counters.get(ROWS_READ, 0),
+        scored_by_model={model.tag: counters.get(ROWS_SCORED_PREFIX + model.label, 0) for model in scoring_models},
+        rows_rejected=counters.get(ROWS_REJECTED, 0), rows_written=counters.get(ROWS_WRITTEN, 0),
+        output_files=_files(result, OUTPUT_FILES, output_prefix, outputs.FILE_SUFFIXES[output_format]),
+        dead_letter_files=_files(result, DEAD_LETTER_FILES, dead_letter_prefix, ".jsonl"),
+        models=scoring_models)
 
 
-def add_scoring(pipeline: beam.Pipeline, input_pattern: str, handler: SavedModelExamplesHandler,
-                output_prefix: str, key_feature: str = DEFAULT_KEY_FEATURE) -> beam.PCollection:
-    """Adds the read-score-write transforms to ``pipeline``; returns the PCollection of written file names."""
-    return (pipeline
-            | "ReadExamples" >> beam.io.ReadFromTFRecord(input_pattern)
-            | "KeyByFeature" >> beam.Map(key_example, key_feature, input_pattern)
-            | "RunInference" >> RunInference(KeyedModelHandler(handler))
-            | "ToJsonLines" >> beam.ParDo(_ToJsonLine(key_feature))
-            | "WriteJsonLines" >> beam.io.WriteToText(output_prefix, file_name_suffix=OUTPUT_SUFFIX)
-            | "RecordOutputFiles" >> beam.ParDo(_RecordOutputFile()))
+def _read(pipeline: beam.Pipeline, input_format: str, input_pattern: str, files: list[str], key_feature: str,
+          models: Sequence[ScoringModel], batch_size: int) -> tuple[Any, str]:
+    """The read step's outputs (``batches`` and ``DEAD_LETTER``) and the key's dtype.
 
-
-def key_example(serialized: bytes, key_feature: str, input_pattern: str) -> tuple[Key, bytes]:
-    """Pairs a serialized tf.train.Example with its key: the single int64 or UTF-8 bytes value of ``key_feature``.
-
-    A row without a usable key cannot be matched back to its source, so it fails the job with a message
-    naming the feature and the input pattern.
+    For Parquet, the first file's columns are checked against what the models parse, so that a column that
+    cannot feed its feature fails here, named, before the job starts.
     """
-    features = tf.train.Example.FromString(serialized).features.feature
-    if key_feature not in features:
-        raise ValueError(f"A row in {input_pattern} has no key feature {key_feature!r}; every row needs one to be "
-                         "scored (key_feature / --key_feature names it)")
-    kind = features[key_feature].WhichOneof("kind")
-    values = getattr(features[key_feature], kind).value if kind else []
-    if kind not in ("int64_list", "bytes_list") or len(values) != 1:
-        raise ValueError(f"Key feature {key_feature!r} of a row in {input_pattern} must hold exactly one int64 or "
-                         f"bytes value, got {len(values)} value(s) in {kind or 'an empty feature'}")
-    return _json_key(values[0], key_feature, input_pattern), serialized
+    if input_format == "tfrecord":
+        key_dtype = inputs.tfrecord_key_dtype(files, key_feature)
+        return pipeline | "ReadTFRecord" >> inputs.ReadTFRecord(input_pattern, batch_size), key_dtype
+    schema = inputs.parquet_schema(files[0])
+    key_dtype = parquet_key_dtype(schema, key_feature, files[0])
+    parquet_rows = ParquetRows(merged_needs(models), key_feature, key_dtype)
+    parquet_rows.plan(schema, files[0])
+    return pipeline | "ReadParquet" >> inputs.ReadParquet(input_pattern, parquet_rows, batch_size), key_dtype
 
 
-def _json_key(key: Union[int, bytes], key_feature: str, input_pattern: str) -> Key:
-    """The key as JSON can hold it: int64 as is, bytes as UTF-8 text."""
-    if not isinstance(key, bytes):
-        return key
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"Key feature {key_feature!r} of a row in {input_pattern} is not UTF-8 text: {key!r}") from error
+def _model_specs(models: Union[str, ModelSpec, Sequence[ModelSpec]]) -> list[ModelSpec]:
+    if isinstance(models, str):
+        return [ModelSpec(models)]
+    if isinstance(models, ModelSpec):
+        return [models]
+    if not models:
+        raise ValueError("No model to score with: give a model path or at least one ModelSpec")
+    return list(models)
 
 
-def to_json_line(key_feature: str, key: Key, inference: dict[str, Any]) -> str:
-    """One output row: the key, then each output by name (sorted), as plain JSON values.
+class _KeyRows(beam.DoFn):
+    """Pairs rows with their keys (``rows.key_batch``); the rows without one become dead letters."""
 
-    Floats are the exact float32 values as Python floats, whose repr round-trips, so nothing is lost.
-    """
-    row = {key_feature: key}
-    row.update((name, _json_value(inference[name])) for name in sorted(inference))
-    return json.dumps(row)
+    def __init__(self, key_feature: str, key_dtype: str):
+        self._key_feature, self._key_dtype = key_feature, key_dtype
 
-
-def _json_value(value: Union[np.ndarray, np.generic]) -> Any:
-    """A numpy scalar or array as JSON-ready Python: float32 -> float (exact), arrays -> lists, bytes -> str."""
-    return _bytes_to_str(value.tolist())
-
-
-def _bytes_to_str(value: Any) -> Any:
-    """Decodes bytes (string outputs such as retrieval item ids) as UTF-8, inside nested lists too."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, list):
-        return [_bytes_to_str(item) for item in value]
-    return value
+    def process(self, batch: RowBatch) -> Iterable:
+        keyed, rejected = key_batch(batch, self._key_feature, self._key_dtype)
+        for dead_letter in rejected:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter)
+        if keyed.records:
+            yield keyed
 
 
-class _ToJsonLine(beam.DoFn):
-    """Formats keyed predictions as JSON lines and counts them, so the launcher can report rows scored."""
+class _FormatRows(beam.DoFn):
+    """One model's scored batches as output elements; the rows it rejected as dead letters."""
 
-    def __init__(self, key_feature: str):
-        self._key_feature = key_feature
-        self._rows_scored = Metrics.counter(METRICS_NAMESPACE, ROWS_SCORED)
+    def __init__(self, formatter: outputs.RowFormatter, output_writer):
+        self._formatter, self._output_writer = formatter, output_writer
+        model = formatter.model
+        self._rows_scored = Metrics.counter(METRICS_NAMESPACE, ROWS_SCORED_PREFIX + model.label)
+        self._rows_written = Metrics.counter(METRICS_NAMESPACE, ROWS_WRITTEN)
 
-    def process(self, keyed_prediction: tuple[Key, PredictionResult]) -> Iterable[str]:
-        key, prediction = keyed_prediction
-        self._rows_scored.inc()
-        yield to_json_line(self._key_feature, key, prediction.inference)
+    def process(self, prediction: PredictionResult) -> Iterable:
+        batch, scores = prediction.example, prediction.inference
+        model = self._formatter.model
+        for row, reason in scores.rejected:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(batch.source, reason, batch.keys[row], model.name,
+                                                                   model.version, batch.records[row]))
+        self._rows_scored.inc(len(scores.rows))
+        rows = self._formatter.format(batch, scores)
+        self._rows_written.inc(len(rows))
+        yield from self._output_writer.encode(rows)
 
 
-class _RecordOutputFile(beam.DoFn):
-    """Reports each file WriteToText wrote as a metric: the exact files of this run, whatever else shares the prefix."""
+class _DeadLetterLine(beam.DoFn):
+    """Dead letters as JSON lines, counted: the rejected rows the launcher reports."""
 
     def __init__(self):
-        self._output_files = Metrics.string_set(METRICS_NAMESPACE, OUTPUT_FILES)
+        self._rows_rejected = Metrics.counter(METRICS_NAMESPACE, ROWS_REJECTED)
+
+    def process(self, dead_letter: DeadLetter) -> Iterable[str]:
+        self._rows_rejected.inc()
+        yield dead_letter.to_json()
+
+
+class _RecordFile(beam.DoFn):
+    """Reports each file a sink wrote as a metric: the exact files of this run, whatever else shares the prefix."""
+
+    def __init__(self, metric_name: str):
+        self._files = Metrics.string_set(METRICS_NAMESPACE, metric_name)
 
     def process(self, file_name: str) -> Iterable[str]:
-        self._output_files.add(file_name)
+        self._files.add(file_name)
         yield file_name
 
 
-def _check_input_exists(input_pattern: str) -> None:
-    """Fails before the job starts when the pattern matches nothing (a typo would otherwise score zero rows)."""
-    if not FileSystems.match([input_pattern])[0].metadata_list:
-        raise FileNotFoundError(f"No input files match {input_pattern!r}")
+def _counters(result: PipelineResult) -> dict[str, int]:
+    counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+    totals: dict[str, int] = {}
+    for counter in counters:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + (_metric_value(counter) or 0)
+    return totals
 
 
-def _check_key_is_not_an_output(key_feature: str, signature: ExamplesSignature) -> None:
-    """An output named like the key would overwrite the key in every row."""
-    if key_feature in signature.output_names:
-        raise ValueError(f"Key feature {key_feature!r} is also an output of signature {signature.name!r} "
-                         f"({list(signature.output_names)}); pick another key feature name")
-
-
-def _rows_scored(result: PipelineResult) -> int:
-    counters = _query_metrics(result, ROWS_SCORED)["counters"]
-    return sum(_metric_value(counter) or 0 for counter in counters)
-
-
-def _output_files(result: PipelineResult, output_prefix: str) -> list[str]:
+def _files(result: PipelineResult, metric_name: str, prefix: str, suffix: str) -> list[str]:
     """The files this run wrote, from the metric; by the shard pattern where a runner reports no string sets."""
-    string_sets = _query_metrics(result, OUTPUT_FILES)["string_sets"]
+    string_sets = result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(metric_name))["string_sets"]
     if string_sets:
         return sorted(set().union(*(_metric_value(files) or set() for files in string_sets)))
-    pattern = f"{output_prefix}-*-of-*{OUTPUT_SUFFIX}"
-    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
-
-
-def _query_metrics(result: PipelineResult, name: str) -> dict[str, list]:
-    return result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(name))
+    return sorted(metadata.path for metadata in FileSystems.match([f"{prefix}-*-of-*{suffix}"])[0].metadata_list)
 
 
 def _metric_value(metric: Any) -> Any:

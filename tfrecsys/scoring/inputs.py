@@ -1,0 +1,188 @@
+"""Reading the rows to score: TFRecord files of tf.train.Example, or Parquet files, as ``RowBatch``es.
+
+TFRecord files are read whole by one worker each (the format cannot be split), with tf.data's C++ reader in
+batches; a file that turns unreadable part-way (truncated, corrupted) keeps the rows before the damage and
+reports the rest as one dead letter. Parquet files are read by row group with Beam's Parquet IO, and each row
+becomes a tf.train.Example typed by what the models parse (``rows.ParquetRows``), so the model's own example
+parsing scores Parquet and TFRecord rows alike.
+"""
+
+import os
+from typing import Iterable, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from google.protobuf.message import DecodeError
+
+from tfrecsys.scoring.rows import (KEY_DTYPES, DeadLetter, ParquetRows, RowBatch, RowError, example_key,
+                                  short_tf_message)
+from tfrecsys.scoring.saved_models import ensure_tensorflow_filesystem
+
+INPUT_FORMATS = ("tfrecord", "parquet")
+METRICS_NAMESPACE = "tfrecsys.scoring"
+ROWS_READ = "rows_read"
+DEAD_LETTER = "dead_letter"
+# Rows looked at to learn the key's dtype before the job starts; a key feature missing from all of them
+# is almost certainly a wrong --key_feature, worth failing at once rather than rejecting every row.
+KEY_PROBE_ROWS = 100
+_COMPRESSION_BY_SUFFIX = {".gz": "GZIP", ".gzip": "GZIP", ".zlib": "ZLIB"}
+
+
+def match_files(input_pattern: str) -> list[str]:
+    """The files matching the pattern (any Beam filesystem), sorted; fails before the job starts when there
+    are none, since a typo would otherwise score zero rows."""
+    files = sorted(metadata.path for metadata in FileSystems.match([input_pattern])[0].metadata_list)
+    if not files:
+        raise FileNotFoundError(f"No input files match {input_pattern!r}")
+    return files
+
+
+def compression_of(path: str) -> str:
+    """tf.data's compression type for a TFRecord file, by its extension as Beam does (".gz" is GZIP)."""
+    return _COMPRESSION_BY_SUFFIX.get(os.path.splitext(path)[1].lower(), "")
+
+
+def tfrecord_key_dtype(files: list[str], key_feature: str) -> str:
+    """The key's dtype ("int64" or "string") from the first rows that have a usable key feature.
+
+    Raises ValueError naming the feature and file when none of the first ``KEY_PROBE_ROWS`` rows has one.
+    """
+    looked_at = 0
+    for path in files:
+        ensure_tensorflow_filesystem(path)
+        records = tf.data.TFRecordDataset(path, compression_type=compression_of(path)).take(KEY_PROBE_ROWS - looked_at)
+        try:
+            for record in records:
+                looked_at += 1
+                dtype = _key_dtype_of(record.numpy(), key_feature)
+                if dtype is not None:
+                    return dtype
+        except tf.errors.OpError:
+            pass  # a damaged file: the job reports it as a dead letter; the next file may have keys
+        if looked_at >= KEY_PROBE_ROWS:
+            break
+    if looked_at == 0:
+        return "int64"  # no rows at all: nothing will be keyed
+    where = files[0] if len(files) == 1 else f"{files[0]} and the files after it"
+    raise ValueError(f"None of the first {looked_at} rows of {where} has a key feature {key_feature!r} holding "
+                     "one int64 or bytes value; each output row carries its input row's key (--key_feature names "
+                     "the feature)")
+
+
+def _key_dtype_of(record: bytes, key_feature: str) -> Optional[str]:
+    """"int64" or "string" when the row has a usable key, else None."""
+    try:
+        features = tf.train.Example.FromString(record).features.feature
+    except DecodeError:
+        return None
+    for dtype in KEY_DTYPES:
+        try:
+            example_key(features, key_feature, dtype)
+            return dtype
+        except RowError:
+            continue
+    return None
+
+
+def parquet_schema(path: str) -> pa.Schema:
+    """The Arrow schema of a Parquet file (any Beam filesystem), from its footer alone."""
+    with FileSystems.open(path) as f:
+        return pq.read_schema(f)
+
+
+class ReadTFRecord(beam.PTransform):
+    """``RowBatch``es of at most ``batch_size`` rows from every file matching ``input_pattern``, with a
+    ``DEAD_LETTER`` output for the unreadable parts of damaged files."""
+
+    def __init__(self, input_pattern: str, batch_size: int):
+        super().__init__()
+        self._input_pattern, self._batch_size = input_pattern, batch_size
+
+    def expand(self, pipeline):
+        return (pipeline
+                | "InputPattern" >> beam.Create([self._input_pattern])
+                | "MatchFiles" >> fileio.MatchAll()
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "ReadBatches" >> beam.ParDo(_ReadTFRecordFile(self._batch_size)).with_outputs(
+                    DEAD_LETTER, main="batches"))
+
+
+class _ReadTFRecordFile(beam.DoFn):
+    """One TFRecord file (a ``FileMetadata``) as ``RowBatch``es, counting the rows read."""
+
+    def __init__(self, batch_size: int):
+        self._batch_size = batch_size
+        self._rows_read = Metrics.counter(METRICS_NAMESPACE, ROWS_READ)
+
+    def process(self, file_metadata) -> Iterable:
+        path = file_metadata.path
+        ensure_tensorflow_filesystem(path)
+        compression = compression_of(path)
+        read = 0
+        batches = iter(tf.data.TFRecordDataset(path, compression_type=compression).batch(self._batch_size))
+        while True:
+            try:
+                records = next(batches).numpy().tolist()
+            except StopIteration:
+                return
+            except tf.errors.OpError:
+                # The damaged batch is read again record by record, to keep the rows before the damage.
+                yield from self._rows_before_damage(path, compression, read)
+                return
+            read += len(records)
+            self._rows_read.inc(len(records))
+            yield RowBatch(path, records)
+
+    def _rows_before_damage(self, path: str, compression: str, start: int) -> Iterable:
+        records, reason = [], None
+        try:
+            for record in tf.data.TFRecordDataset(path, compression_type=compression).skip(start):
+                records.append(record.numpy())
+        except tf.errors.OpError as error:
+            reason = f"records from {start + len(records)} on are unreadable: {short_tf_message(error.message)}"
+        for offset in range(0, len(records), self._batch_size):
+            batch = records[offset:offset + self._batch_size]
+            self._rows_read.inc(len(batch))
+            yield RowBatch(path, batch)
+        if reason is not None:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(path, reason))
+
+
+class ReadParquet(beam.PTransform):
+    """``RowBatch``es of at most ``batch_size`` rows (serialized tf.train.Example built by ``rows``) from
+    every Parquet file matching ``input_pattern``, with a ``DEAD_LETTER`` output for rows with nulls."""
+
+    def __init__(self, input_pattern: str, rows: ParquetRows, batch_size: int):
+        super().__init__()
+        self._input_pattern, self._rows, self._batch_size = input_pattern, rows, batch_size
+
+    def expand(self, pipeline):
+        return (pipeline
+                | "InputPattern" >> beam.Create([self._input_pattern])
+                | "ReadRowGroups" >> beam.io.ReadAllFromParquetBatched(columns=self._rows.columns,
+                                                                       with_filename=True)
+                | "ToExamples" >> beam.ParDo(_ParquetToExamples(self._rows, self._batch_size)).with_outputs(
+                    DEAD_LETTER, main="batches"))
+
+
+class _ParquetToExamples(beam.DoFn):
+    """One row group (``(file name, Arrow table)``) as ``RowBatch``es of examples, nulls as dead letters."""
+
+    def __init__(self, rows: ParquetRows, batch_size: int):
+        self._rows, self._batch_size = rows, batch_size
+        self._rows_read = Metrics.counter(METRICS_NAMESPACE, ROWS_READ)
+
+    def process(self, file_and_table: tuple[str, pa.Table]) -> Iterable:
+        path, table = file_and_table
+        self._rows_read.inc(table.num_rows)
+        for start in range(0, table.num_rows, self._batch_size):
+            batch, rejected = self._rows.to_examples(table.slice(start, self._batch_size), path)
+            for dead_letter in rejected:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter)
+            if batch.records:
+                yield batch
