@@ -3,7 +3,10 @@
     tfrecsys-train --config=configs/dnn_simulator.py --model_dir=runs/dnn [--config.train.steps=1000]
 
 Re-running with the same --model_dir resumes from its newest checkpoint. Under TF_CONFIG with several
-workers it trains with MultiWorkerMirroredStrategy; config.train.batch_size is always the global batch.
+workers it trains with MultiWorkerMirroredStrategy (every worker runs this binary with the same flags;
+tfrecsys-launch starts such a cluster on one machine); config.train.batch_size is always the global batch.
+A restarted worker resumes, with the others, from the last backup in <model_dir>/backup.
+See docs/distributed-training.md.
 """
 
 import json
@@ -23,6 +26,24 @@ _COLLECTIVE = flags.DEFINE_enum(
     "collective", "RING", ["RING", "NCCL", "AUTO"],
     "Collective implementation for multi-worker training (used only when TF_CONFIG names several workers): "
     "RING on CPUs, NCCL on GPUs, AUTO lets TensorFlow choose.")
+_MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
+    "Compute precision: none (float32); mixed_float16 (float16 compute, float32 variables, dynamic loss "
+    "scaling: NVIDIA GPUs with tensor cores); mixed_bfloat16 (bfloat16 compute, float32 variables: TPUs, "
+    "Ampere and later GPUs, recent CPUs). Outputs and losses stay float32; exports are float32.")
+_JIT_COMPILE = flags.DEFINE_bool(
+    "jit_compile", False, "XLA-compile the train and eval steps (fuses ops; fastest on GPUs). The model's "
+    "in-graph preprocessing must be XLA-compatible: string vocabularies and hashing are not.")
+_CONNECT_TIMEOUT_S = flags.DEFINE_float(
+    "connect_timeout_s", 300.0, "Multi-worker only: seconds a worker waits for every worker of TF_CONFIG to "
+    "connect before it exits with an error naming the addresses.", lower_bound=1.0)
+_HEARTBEAT_TIMEOUT_S = flags.DEFINE_float(
+    "heartbeat_timeout_s", 30.0, "Multi-worker only: seconds without a heartbeat after which a worker counts "
+    "as dead and the others fail (to be restarted from the last backup) instead of waiting forever in a "
+    "collective.", lower_bound=1.0)
+_EXPORT_BASE = flags.DEFINE_string(
+    "export_base", None, "If set, the chief exports the trained model to <export_base>/<model_name>/<version>/ "
+    "after training (atomically, as tfrecsys-export does); other workers write nothing there.")
 flags.mark_flags_as_required(["config", "model_dir"])
 
 
@@ -32,11 +53,19 @@ def main(argv):
     # The strategy must exist before any other TensorFlow op (MultiWorkerMirroredStrategy requirement).
     from tfrecsys.train.strategy import strategy_from_environment
 
-    strategy = strategy_from_environment(_COLLECTIVE.value)
+    strategy = strategy_from_environment(_COLLECTIVE.value, connect_timeout_s=_CONNECT_TIMEOUT_S.value,
+                                         heartbeat_timeout_s=_HEARTBEAT_TIMEOUT_S.value)
     from tfrecsys.train.loop import train_and_evaluate
 
-    metrics = train_and_evaluate(_CONFIG.value, _MODEL_DIR.value, strategy=strategy)
+    metrics = train_and_evaluate(_CONFIG.value, _MODEL_DIR.value, strategy=strategy,
+                                 mixed_precision=_MIXED_PRECISION.value, jit_compile=_JIT_COMPILE.value)
     print(f"eval metrics: {json.dumps(metrics)}")
+    if _EXPORT_BASE.value:
+        from tfrecsys.export.trained import export_trained
+
+        path = export_trained(_CONFIG.value, _MODEL_DIR.value, _EXPORT_BASE.value)
+        if path:
+            print(f"exported SavedModel to {path}")
 
 
 def run():

@@ -58,7 +58,8 @@ class FeatureEmbedding(tf.keras.layers.Layer):
       * sequence ``name`` → ``[batch, max_len, dim]`` and ``name + "_mask"`` → bool ``[batch, max_len]``;
         a sequence that ``shares`` an id feature uses that feature's lookup and table, so a history item and
         the target item live in one space (what DIN-style attention compares);
-      * dense ``name`` → float32 ``[batch, dim]``.
+      * dense ``name`` → ``[batch, dim]`` in the layer's compute dtype, like the embeddings (float32, or
+        float16/bfloat16 under a mixed-precision policy).
     ``include``: feature names to embed (default: every input); training-only towers pass their own list.
     """
 
@@ -88,7 +89,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 raise KeyError(f"input feature {feature.name!r} is missing; got {sorted(features)}")
             value = features[feature.name]
             if isinstance(feature, DenseFeature):
-                value = tf.cast(value, tf.float32)
+                value = tf.cast(value, self.compute_dtype)
                 out[feature.name] = tf.reshape(value, [-1, feature.dim])
                 continue
             rows = self._lookups[feature.table](value)

@@ -30,7 +30,9 @@ class DNNRanker(tf.keras.Model):
         self.embedding = FeatureEmbedding(schema, include=self.feature_names)
         self.pool = MaskedMeanPooling()
         self.bottom = MLP(hidden_units, dropout=dropout)
-        self.heads = {name: tf.keras.layers.Dense(1, name=f"{name}_logit") for name in self.task_names}
+        # float32 heads: under mixed precision the logit, the sigmoid and the loss stay in float32.
+        self.heads = {name: tf.keras.layers.Dense(1, name=f"{name}_logit", dtype="float32")
+                      for name in self.task_names}
 
     def call(self, features, training=None):
         embedded = self.embedding(features)

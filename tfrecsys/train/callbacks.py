@@ -1,4 +1,4 @@
-"""Training callbacks: step-numbered checkpoints and throughput logging."""
+"""Training callbacks: step-numbered checkpoints, the step training starts from, throughput logging."""
 
 import time
 
@@ -8,16 +8,40 @@ from absl import logging
 
 class CheckpointEveryLoop(tf.keras.callbacks.Callback):
     """Saves ``manager``'s checkpoint at the end of every fit epoch (one "loop" of ``steps_per_loop``
-    steps), numbered by the optimizer's step count so a resumed run continues the numbering."""
+    steps), numbered by the optimizer's step count so a resumed run continues the numbering.
 
-    def __init__(self, manager: tf.train.CheckpointManager):
+    ``scratch``: the manager writes to a worker's scratch directory (a non-chief worker under
+    MultiWorkerMirroredStrategy must take part in every save, but only the chief's copy is kept), which is
+    removed after each save.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, scratch: bool = False):
         super().__init__()
         self.manager = manager
+        self.scratch = scratch
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         path = self.manager.save(checkpoint_number=step)
-        logging.info("step %d: checkpoint %s", step, path)
+        if self.scratch:
+            tf.io.gfile.rmtree(self.manager.directory)
+        else:
+            logging.info("step %d: checkpoint %s", step, path)
+
+
+class StartLogger(tf.keras.callbacks.Callback):
+    """Logs the step training starts from: 0, a checkpoint's step, or, after a restart, the step of the
+    BackupAndRestore backup (which restores in its own ``on_train_begin``, so it must come earlier in the
+    callback list)."""
+
+    def __init__(self, total_steps: int, task: str):
+        super().__init__()
+        self.total_steps = total_steps
+        self.task = task
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        logging.info("%s: training from step %d to step %d", self.task, step, self.total_steps)
 
 
 class ThroughputLogger(tf.keras.callbacks.Callback):

@@ -5,6 +5,11 @@ task, resumes from the latest checkpoint in ``model_dir``, runs Keras ``fit`` in
 ``steps_per_loop`` steps (checkpoint and TensorBoard summaries after each) and ends with a full evaluation
 written to ``<model_dir>/eval_metrics.json``. Models that need their own step override ``train_step``; the
 loop stays the same.
+
+Under MultiWorkerMirroredStrategy every worker runs the same loop: batch sizes are global, the input is
+split per worker (by file or by data, ``shard_policy``), only the chief writes to ``model_dir``, and a
+BackupAndRestore backup in ``<model_dir>/backup`` lets a restarted cluster resume from the last loop
+(docs/distributed-training.md).
 """
 
 import contextlib
@@ -20,9 +25,13 @@ from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
 from tfrecsys.models.tasks import tasks_from_config
 from tfrecsys.train import callbacks as callbacks_lib
-from tfrecsys.train.strategy import is_chief, strategy_from_environment, worker_dir
+from tfrecsys.train.strategy import (is_chief, naming_lost_peers, num_workers, precision_policy,
+                                     strategy_from_environment, task_name, worker_dir)
 
 CHECKPOINT_SUBDIR = "checkpoints"
+# BackupAndRestore's directory: the training state of the last finished loop, read back by every worker
+# after a restart and removed when training ends.
+BACKUP_SUBDIR = "backup"
 EVAL_METRICS_FILE = "eval_metrics.json"
 
 
@@ -51,8 +60,9 @@ def naming_bad_files(files, schema):
         raise DataError(f"cannot read input data: {bad}") from error
 
 
-def build_and_compile(config, schema: FeatureSchema):
-    """The registry model for ``config``, compiled with its tasks' losses, weights and metrics."""
+def build_and_compile(config, schema: FeatureSchema, jit_compile: bool = False):
+    """The registry model for ``config``, compiled with its tasks' losses, weights and metrics
+    (``jit_compile``: the train and eval steps are XLA-compiled)."""
     tasks = tasks_from_config(config.tasks)
     model = build_model(config, schema)
     if hasattr(model, "compile_kwargs"):
@@ -64,7 +74,7 @@ def build_and_compile(config, schema: FeatureSchema):
                       loss_weights={t.name: t.weight for t in tasks},
                       metrics={t.name: t.make_metrics() for t in tasks})
     model.compile(optimizer=_optimizer(config.train.optimizer, config.train.learning_rate),
-                  steps_per_execution=config.train.steps_per_execution, **kwargs)
+                  steps_per_execution=config.train.steps_per_execution, jit_compile=jit_compile, **kwargs)
     return model
 
 
@@ -84,21 +94,71 @@ def restore_latest(model, model_dir: str, expect_partial: bool = False):
     return path
 
 
+def shard_policy(num_files: int, workers: int) -> str:
+    """How workers split a training input of ``num_files`` files: ``file`` (each worker reads its own
+    files) when every worker gets at least one, else ``data`` (every worker reads all files in the same
+    order and keeps its own slice of each global batch)."""
+    return "file" if num_files >= workers else "data"
+
+
+def _worker_slice(batch, index: int, count: int):
+    """Rows ``[index·m/count, (index+1)·m/count)`` of every tensor of a batch of ``m`` rows: worker
+    ``index``'s share of a global batch (a last, partial batch is split as evenly as it goes)."""
+    rows = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+    start, stop = index * rows // count, (index + 1) * rows // count
+    return tf.nest.map_structure(lambda tensor: tensor[start:stop], batch)
+
+
 def _distributed(strategy, files, schema, config, targets, training):
-    batch = config.train.batch_size if training else config.train.eval_batch_size
+    """Global batches of ``train.batch_size`` (eval: ``train.eval_batch_size``) as per-replica batches of
+    ``strategy``.
+
+    Training input is split by ``shard_policy``. Eval input is always split by data, so that every eval row
+    is counted exactly once whatever the files' sizes. Data splitting relies on ``make_dataset`` giving
+    every worker the same batches (it is deterministic for a given seed).
+    """
+    global_batch = config.train.batch_size if training else config.train.eval_batch_size
+    by_file = training and shard_policy(len(files), num_workers()) == "file"
 
     def dataset_fn(context: tf.distribute.InputContext):
-        return make_dataset(files, schema, context.get_per_replica_batch_size(batch), targets=targets,
-                            training=training, shuffle_buffer=config.train.shuffle_buffer,
-                            seed=config.train.seed, input_context=context)
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        if by_file:
+            return make_dataset(files, schema, per_replica, targets=targets, training=training,
+                                shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed,
+                                input_context=context)
+        dataset = make_dataset(files, schema, global_batch, targets=targets, training=training,
+                               shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed)
+        if context.num_input_pipelines > 1:
+            def own_slice(*batch):
+                return _worker_slice(batch, context.input_pipeline_id, context.num_input_pipelines)
 
+            dataset = dataset.map(own_slice)
+        return dataset.rebatch(per_replica, drop_remainder=training)
+
+    if training and num_workers() > 1:
+        logging.info("%s: training input split by %s (%d files, %d workers)", task_name(),
+                     "file" if by_file else "data", len(files), num_workers())
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1) -> dict:
+def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1, *, mixed_precision: str = "none",
+                       jit_compile: bool = False, callbacks=()) -> dict:
     """Trains ``config`` for ``config.train.steps`` steps into ``model_dir`` and returns eval metrics
-    ``{"loss": …, "<task>": {"auc": …, "logloss": …}}``."""
+    ``{"loss": …, "<task>": {"auc": …, "logloss": …}}``.
+
+    ``mixed_precision``: ``none``, ``mixed_float16`` (dynamic loss scaling) or ``mixed_bfloat16``: the model
+    computes in 16 bits and keeps float32 variables. ``jit_compile``: XLA-compiles the train and eval steps.
+    ``callbacks``: more Keras callbacks for ``fit``, after the loop's own.
+    Under several workers (TF_CONFIG) every worker calls this with the same arguments; ``model_dir`` must be
+    on storage all of them see, and only the chief writes there (checkpoints, TensorBoard logs,
+    eval_metrics.json). A worker restarted after a failure resumes, with the others, from the last backup.
+    """
     strategy = strategy or strategy_from_environment()
+    with precision_policy(mixed_precision):
+        return _train_and_evaluate(config, model_dir, strategy, verbose, jit_compile, list(callbacks))
+
+
+def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_compile: bool, extra_callbacks) -> dict:
     tf.keras.utils.set_random_seed(config.train.seed)
     schema = FeatureSchema.from_config(config.features)
     tasks = tasks_from_config(config.tasks)
@@ -111,14 +171,21 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1) 
     if steps % per_loop:
         raise ValueError(f"config.train.steps ({steps}) must be a multiple of config.train.steps_per_loop "
                          f"({per_loop})")
+    replicas = strategy.num_replicas_in_sync
+    if config.train.batch_size % replicas:
+        raise ValueError(f"config.train.batch_size ({config.train.batch_size}) is the global batch and must be a "
+                         f"multiple of the {replicas} replicas in sync (workers × devices per worker)")
     with strategy.scope():
-        model = build_and_compile(config, schema)
+        model = build_and_compile(config, schema, jit_compile=jit_compile)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
         manager = tf.train.CheckpointManager(checkpoint, worker_dir(os.path.join(model_dir, CHECKPOINT_SUBDIR)),
                                              max_to_keep=config.train.max_checkpoints)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint)
-            logging.info("resuming from %s", manager.latest_checkpoint)
+        # Every worker restores the chief's newest checkpoint: the others' scratch copies are removed after
+        # each save, and all replicas must start from the same state.
+        latest = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+        if latest:
+            checkpoint.restore(latest)
+            logging.info("%s: resuming from %s", task_name(), latest)
     done = int(model.optimizer.iterations.numpy())
     train_data = _distributed(strategy, train_files, schema, config, targets, training=True)
     eval_data = _distributed(strategy, eval_files, schema, config, targets, training=False)
@@ -126,17 +193,22 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1) 
     eval_steps = config.train.eval_steps or -(-count_records(eval_files) // config.train.eval_batch_size)
 
     if done < steps:
-        loop_callbacks = [callbacks_lib.ThroughputLogger(config.train.batch_size, per_loop),
-                          callbacks_lib.CheckpointEveryLoop(manager)]
+        # BackupAndRestore comes first: it restores the last loop's state (weights, optimizer, loop number)
+        # before the others start, and backs up before the checkpoint of each loop is written.
+        loop_callbacks = [tf.keras.callbacks.BackupAndRestore(os.path.join(model_dir, BACKUP_SUBDIR)),
+                          callbacks_lib.StartLogger(steps, task_name()),
+                          callbacks_lib.ThroughputLogger(config.train.batch_size, per_loop),
+                          callbacks_lib.CheckpointEveryLoop(manager, scratch=not is_chief())]
         if is_chief():
             loop_callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")))
-        with naming_bad_files(train_files + eval_files, schema):
+        loop_callbacks += extra_callbacks
+        with naming_lost_peers(), naming_bad_files(train_files + eval_files, schema):
             model.fit(train_data, epochs=steps // per_loop, initial_epoch=done // per_loop,
                       steps_per_epoch=per_loop, callbacks=loop_callbacks, verbose=verbose)
     else:
         logging.info("checkpoint is at step %d of %d: nothing left to train", done, steps)
 
-    with naming_bad_files(eval_files, schema):
+    with naming_lost_peers(), naming_bad_files(eval_files, schema):
         raw = model.evaluate(eval_data, steps=eval_steps, return_dict=True, verbose=0)
     metrics = _by_task(raw, [t.name for t in tasks])
     if is_chief():
