@@ -2,14 +2,17 @@
 
 import json
 import os
+from typing import Optional
 
 import tensorflow as tf
+from absl import logging
 
 from tfrecsys.data.input import resolve_files
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
 from tfrecsys.train.loop import EVAL_METRICS_FILE, restore_latest
+from tfrecsys.train.strategy import is_chief, precision_policy
 
 
 def first_records(files, count: int) -> list[bytes]:
@@ -22,9 +25,12 @@ def load_trained_model(config, model_dir: str):
     Returns ``(model, schema, checkpoint_path)``; fails naming ``model_dir`` when it has no checkpoint.
     """
     schema = FeatureSchema.from_config(config.features)
-    model = build_model(config, schema)
-    sample = first_records(resolve_files(config.data.eval_files, config.data.dir), 2)
-    model(schema.parse_examples(tf.constant(sample), with_labels=False, serving=True), training=False)
+    # Always float32, whatever precision training used (mixed-precision variables are float32, so the
+    # checkpoint restores as is): serving signatures compute and return float32.
+    with precision_policy("none"):
+        model = build_model(config, schema)
+        sample = first_records(resolve_files(config.data.eval_files, config.data.dir), 2)
+        model(schema.parse_examples(tf.constant(sample), with_labels=False, serving=True), training=False)
     path = restore_latest(model, model_dir, expect_partial=True)
     if path is None:
         raise FileNotFoundError(f"no checkpoint under {os.path.join(model_dir, 'checkpoints')}: "
@@ -32,8 +38,15 @@ def load_trained_model(config, model_dir: str):
     return model, schema, path
 
 
-def export_trained(config, model_dir: str, export_base: str, version=None) -> str:
-    """Writes ``<export_base>/<config.export.model_name>/<version>`` from ``model_dir``; returns the path."""
+def export_trained(config, model_dir: str, export_base: str, version=None) -> Optional[str]:
+    """Writes ``<export_base>/<config.export.model_name>/<version>`` from ``model_dir``; returns the path.
+
+    Safe to call from every worker of a multi-worker run (TF_CONFIG): only the chief exports, the others
+    return None (the model rebuilt here is not distributed, so no collective needs them).
+    """
+    if not is_chief():
+        logging.info("not the chief: the export of %s is left to it", model_dir)
+        return None
     model, schema, checkpoint = load_trained_model(config, model_dir)
     warmup = first_records(resolve_files(config.data.eval_files, config.data.dir),
                            config.export.warmup_requests)
@@ -43,5 +56,11 @@ def export_trained(config, model_dir: str, export_base: str, version=None) -> st
     if tf.io.gfile.exists(metrics_path):
         with tf.io.gfile.GFile(metrics_path) as f:
             metadata["eval_metrics"] = json.load(f)
+    if hasattr(model, "export_saved_models"):
+        # Families whose export is not one scoring SavedModel (retrieval: a top-K query model and a candidate
+        # embedding model) write their own, through the same atomic, versioned write; the hook returns the
+        # path of the main one.
+        return model.export_saved_models(export_base, config.export.model_name, version=version,
+                                         warmup_examples=warmup, metadata=metadata)
     return export_saved_model(model, schema, export_base, config.export.model_name, version=version,
                               warmup_examples=warmup, metadata=metadata)

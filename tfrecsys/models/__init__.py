@@ -1,4 +1,5 @@
 """Model families, each registered under its config name (``config.model.name``)."""
 
 from tfrecsys.models import dnn  # noqa: F401  (registers "dnn")
+from tfrecsys.models import two_tower  # noqa: F401  (registers "two_tower")
 from tfrecsys.models.registry import available, build_model, register  # noqa: F401

@@ -8,9 +8,12 @@ import dataclasses
 
 import tensorflow as tf
 
+from tfrecsys.losses.sampled_softmax import SampledSoftmaxLoss
+
 _LOSSES = {
     "binary_crossentropy": lambda: tf.keras.losses.BinaryCrossentropy(),
     "mse": lambda: tf.keras.losses.MeanSquaredError(),
+    "sampled_softmax": lambda: SampledSoftmaxLoss(),
 }
 
 
@@ -29,6 +32,9 @@ class Task:
         if self.loss == "binary_crossentropy":
             return [tf.keras.metrics.AUC(name="auc", num_thresholds=2000),
                     tf.keras.metrics.BinaryCrossentropy(name="logloss")]
+        if self.loss == "sampled_softmax":
+            # Retrieval metrics rank the whole candidate corpus, which only the model holds.
+            return []
         return [tf.keras.metrics.MeanSquaredError(name="mse")]
 
 

@@ -1,0 +1,1 @@
+"""Losses that Keras does not ship: sampled softmax for retrieval."""

@@ -1,0 +1,1 @@
+"""Evaluation metrics that Keras does not ship: full-corpus retrieval metrics."""

@@ -1,0 +1,354 @@
+"""two_tower: retrieval with a query tower and a candidate tower (Yi et al., RecSys 2019; Yang et al., WWW 2020).
+
+    u(x) = normalize(MLP_q([e(user features); pool(e(history)); dense]))        query tower    [batch, dim]
+    v(y) = normalize(MLP_c([e(item features); ...]))                            candidate tower [batch, dim]
+    s(x, y) = ⟨u(x), v(y)⟩ / temperature
+
+trained with sampled softmax (``tfrecsys.losses.sampled_softmax``) over in-batch negatives, negatives sampled
+from the whole corpus, or both (``MixedNegativeLogits``), each with or without the logQ correction, whose
+in-batch probabilities come from the preprocessed item frequency table or the streaming estimator.
+Evaluation ranks the held-out item among every corpus item (Recall@K, NDCG@K, MRR). Export writes a top-K
+query model over a brute-force index and a candidate-embedding model (``tfrecsys.export.retrieval``).
+
+Config (``config.model``): ``query_features``, ``candidate_features`` (schema inputs of each tower),
+``candidate_id`` (the item id feature), ``hidden_units``, ``output_dim``, ``dropout``, ``temperature``,
+``negatives`` (in_batch | sampled | mixed), ``num_sampled`` (B′), ``sampler_alpha`` (sampled negatives
+∝ count^α; 0 = uniform), ``logq`` (none | table | streaming), ``remove_accidental_hits``, ``estimator``
+(``num_buckets``, ``num_hashes``, ``alpha`` of the streaming estimator), ``eval_ks``, ``export_k``.
+``config.data.candidates_file`` (one tf.train.Example per corpus item) and ``config.data.item_frequency_file``
+(``item_id<TAB>count``) live under ``config.data.dir``. The one task's label is the reward ``r_i`` that weights
+each row's loss.
+"""
+
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrecsys.data.input import check_schema
+from tfrecsys.data.item_frequency import read_item_frequency
+from tfrecsys.features.embedding import FeatureEmbedding
+from tfrecsys.features.schema import FeatureSchema, IdFeature, LabelFeature, SequenceFeature
+from tfrecsys.layers.mlp import MLP
+from tfrecsys.layers.pooling import MaskedMeanPooling
+from tfrecsys.layers.retrieval import (NEGATIVE_MODES, CorpusSampler, MixedNegativeLogits,
+                                       StreamingFrequencyEstimator)
+from tfrecsys.losses.sampled_softmax import SampledSoftmaxLoss
+from tfrecsys.metrics.retrieval import DEFAULT_KS, retrieval_metrics, target_ranks
+from tfrecsys.models.registry import register
+from tfrecsys.models.tasks import tasks_from_config
+
+LOGQ_SOURCES = ("none", "table", "streaming")
+SAMPLED_SOFTMAX = "sampled_softmax"
+
+
+class Tower(tf.keras.layers.Layer):
+    """One tower: ``normalize(MLP([e_id_1; …; mean_t e_seq,t; …; dense]))`` → ``[batch, output_dim]``.
+
+    Id features are embedded (``[batch, d_f]``), sequences embedded ``[batch, max_len, d]`` and mean-pooled
+    under their mask, dense features ``[batch, dim]`` taken as they are; the concatenation goes through
+    ``hidden_units`` ReLU layers and a linear ``output_dim`` layer, then is L2-normalised (Yi et al.: normalised
+    embeddings with a temperature train better than raw inner products).
+    """
+
+    def __init__(self, schema: FeatureSchema, feature_names: Sequence[str], hidden_units=(), output_dim: int = 32,
+                 dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.schema = schema
+        self.feature_names = list(feature_names)
+        self.hidden_units = tuple(hidden_units)
+        self.output_dim = output_dim
+        self.dropout = dropout
+        self.embedding = FeatureEmbedding(schema, include=self.feature_names, name="features")
+        has_sequences = any(isinstance(schema[name], SequenceFeature) for name in self.feature_names)
+        self.pool = MaskedMeanPooling() if has_sequences else None
+        self.mlp = MLP(self.hidden_units, dropout=dropout, output_units=output_dim, name="mlp")
+
+    def call(self, features, training=None):
+        embedded = self.embedding(features)
+        parts = []
+        for name in self.feature_names:
+            if isinstance(self.schema[name], SequenceFeature):
+                parts.append(self.pool(embedded[name], embedded[name + "_mask"]))
+            else:
+                parts.append(embedded[name])
+        return tf.math.l2_normalize(self.mlp(tf.concat(parts, axis=-1), training=training), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "schema": self.schema.to_json(), "feature_names": self.feature_names,
+                "hidden_units": self.hidden_units, "output_dim": self.output_dim, "dropout": self.dropout}
+
+    @classmethod
+    def from_config(cls, config):
+        config["schema"] = FeatureSchema.from_config(config["schema"])
+        return cls(**config)
+
+
+@dataclasses.dataclass
+class CandidateCorpus:
+    """Every item the model can retrieve, read from ``path`` (one tf.train.Example per item): ``ids`` ``[N]``,
+    the candidate tower's inputs ``features`` (parsed and padded like a batch, ``[N, ...]``) and ``counts``
+    ``[N]``, each item's occurrences in the training data (0 for items the frequency table does not list)."""
+
+    path: str
+    ids: np.ndarray
+    features: dict
+    counts: np.ndarray
+
+    @classmethod
+    def read(cls, candidates_path: str, schema: FeatureSchema, feature_names: Sequence[str], id_feature: str,
+             frequency_path: Optional[str] = None) -> "CandidateCorpus":
+        if not tf.io.gfile.exists(candidates_path):
+            raise FileNotFoundError(f"candidate corpus {candidates_path} does not exist (config.data.candidates_file)")
+        features = [schema[name] for name in feature_names]
+        check_schema(candidates_path, schema, features)
+        records = tf.data.TFRecordDataset(candidates_path).batch(1 << 30).get_single_element()
+        parsed = schema.pad_sequences(tf.io.parse_example(records, schema.parse_spec(features)))
+        ids = parsed[id_feature].numpy()
+        unique, first = np.unique(ids, return_counts=True)
+        if (first > 1).any():
+            raise ValueError(f"{candidates_path}: {id_feature} {unique[first > 1][0]!r} is listed more than once")
+        counts = np.zeros(len(ids), np.float64)
+        if frequency_path is not None:
+            table = read_item_frequency(frequency_path, key_dtype=schema[id_feature].dtype)
+            keys = [i.decode("utf-8") for i in ids.tolist()] if ids.dtype == object else ids.tolist()
+            counts = np.asarray([table.get(key, 0) for key in keys], np.float64)
+            if counts.sum() <= 0:
+                raise ValueError(f"item frequency table {frequency_path} counts none of the {len(ids)} items of "
+                                 f"{candidates_path}")
+        return cls(path=candidates_path, ids=ids, features=parsed, counts=counts)
+
+
+class TwoTowerRetrieval(tfrs.models.Model):
+    """Two-tower retrieval model (a ``tfrs.Model``: the loss is ``compute_loss``).
+
+    ``train_step`` and ``test_step`` follow tfrs.Model's, except that the loss is averaged over the global batch
+    (``tf.nn.compute_average_loss``, so gradients are right under any distribution strategy) and reported
+    through a metric (so the logged loss is the global mean, not one replica's share), and the full-corpus
+    metrics are computed in ``test_step`` only: they score every corpus item for every query.
+
+    ``call(features)`` returns the embeddings the features allow: ``query_embedding`` and/or
+    ``candidate_embedding`` ``[batch, output_dim]``.
+    """
+
+    def __init__(self, schema: FeatureSchema, corpus: CandidateCorpus, *, query_features: Sequence[str],
+                 candidate_features: Sequence[str], candidate_id: str, task_name: str, hidden_units=(),
+                 output_dim: int = 32, dropout: float = 0.0, temperature: float = 0.05, negatives: str = "in_batch",
+                 num_sampled: int = 0, sampler_alpha: float = 0.0, logq: str = "none",
+                 remove_accidental_hits: bool = True, estimator: Optional[dict] = None,
+                 eval_ks: Sequence[int] = DEFAULT_KS, export_k: int = 100,
+                 candidate_model_name: Optional[str] = None, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if logq not in LOGQ_SOURCES:
+            raise ValueError(f"config.model.logq must be one of {LOGQ_SOURCES}, got {logq!r}")
+        if negatives != "in_batch" and num_sampled < 1:
+            raise ValueError(f"config.model.negatives={negatives!r} draws config.model.num_sampled negatives per "
+                             f"step; it must be positive, got {num_sampled}")
+        if logq == "table" and negatives != "sampled" and corpus.counts.sum() <= 0:
+            raise ValueError("config.model.logq='table' needs the item frequency table "
+                             "(config.data.item_frequency_file)")
+        self.schema = schema
+        self.corpus = corpus
+        self.query_features = list(query_features)
+        self.candidate_features = list(candidate_features)
+        self.candidate_id = candidate_id
+        self.task_name = task_name
+        self.negatives = negatives
+        self.logq = logq
+        self.export_k = export_k
+        self.candidate_model_name = candidate_model_name
+        self.query_tower = Tower(schema, self.query_features, hidden_units, output_dim, dropout, name="query_tower")
+        self.candidate_tower = Tower(schema, self.candidate_features, hidden_units, output_dim, dropout,
+                                     name="candidate_tower")
+        self.logits = MixedNegativeLogits(negatives, temperature, logq=logq != "none",
+                                          remove_accidental_hits=remove_accidental_hits, name="logits")
+        self.sampled_softmax = SampledSoftmaxLoss(reduction=tf.keras.losses.Reduction.NONE)
+        self.sampler = (CorpusSampler(corpus.counts, num_sampled, sampler_alpha, seed, name="corpus_sampler")
+                        if negatives != "in_batch" else None)
+        self.frequency_estimator = (StreamingFrequencyEstimator(**(estimator or {}), seed=seed,
+                                                                name="frequency_estimator")
+                                    if logq == "streaming" and negatives != "sampled" else None)
+        self._corpus_features = {name: tf.constant(value) for name, value in corpus.features.items()}
+        self._corpus_ids = tf.constant(corpus.ids)
+        self._corpus_row = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(self._corpus_ids, tf.range(len(corpus.ids), dtype=tf.int64)),
+            default_value=-1)
+        total = max(corpus.counts.sum(), 1.0)
+        # An item the table has not counted gets the probability of one occurrence, not 0 (log 0 = -inf).
+        self._table_probability = tf.constant(np.maximum(corpus.counts, 1.0) / total, tf.float32)
+        self._unseen_probability = float(1.0 / total)
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        self.corpus_metrics = retrieval_metrics(eval_ks)
+
+    # Training ----------------------------------------------------------------------------------------------
+
+    def compile_kwargs(self, tasks) -> dict:
+        """The loss is computed in ``compute_loss`` from the task's label (the reward), so compile gets
+        neither losses nor per-task metrics."""
+        if len(tasks) != 1 or tasks[0].loss != SAMPLED_SOFTMAX or tasks[0].name != self.task_name:
+            raise ValueError(f"two_tower trains one task with loss {SAMPLED_SOFTMAX!r} (its label is the reward "
+                             f"of each row); config.tasks has {[(t.name, t.loss) for t in tasks]}")
+        return {}
+
+    def _corpus_rows(self, ids):
+        return self._corpus_row.lookup(ids)
+
+    def _positive_probability(self, ids, training):
+        """Per in-batch column, the probability that an in-batch draw is that item (or, for sampled-only
+        negatives, that the sampler draws it); None without logQ correction."""
+        if self.logq == "none":
+            return None
+        if self.negatives == "sampled":
+            rows = self._corpus_rows(ids)
+            known = self.sampler.probability(tf.maximum(rows, 0))
+            return tf.where(rows >= 0, known, 0.0)
+        if self.logq == "streaming":
+            return self.frequency_estimator(ids, training=training)
+        if self.logq == "table":
+            rows = self._corpus_rows(ids)
+            return tf.where(rows >= 0, tf.gather(self._table_probability, tf.maximum(rows, 0)),
+                            self._unseen_probability)
+        return None
+
+    def _sampled_candidates(self, training):
+        """``(embeddings [B', d], ids [B'], probability [B'])`` of this step's corpus draws."""
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        step = self.optimizer.iterations if training and self.optimizer is not None else 0
+        rows, probability = self.sampler(step, replica)
+        features = {name: tf.gather(value, rows) for name, value in self._corpus_features.items()}
+        return self.candidate_tower(features, training=training), tf.gather(self._corpus_ids, rows), probability
+
+    def _weighted_losses(self, inputs, training):
+        """Per-row ``r_i · CE_i`` ``[batch]`` and the query embeddings ``[batch, d]``."""
+        features, targets = inputs
+        reward = tf.reshape(tf.cast(targets[self.task_name], tf.float32), [-1])
+        query = self.query_tower(features, training=training)
+        positive = self.candidate_tower(features, training=training)
+        positive_ids = features[self.candidate_id]
+        sampled = sampled_ids = sampled_probability = None
+        if self.sampler is not None:
+            sampled, sampled_ids, sampled_probability = self._sampled_candidates(training)
+        positive_probability = self._positive_probability(positive_ids, training)
+        logits, positive_column = self.logits(query, positive, positive_ids, sampled, sampled_ids,
+                                              positive_probability, sampled_probability)
+        return self.sampled_softmax(positive_column, logits) * reward, query
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        """``−(1/B_global) Σ_i r_i log P(y_i | x_i)``; also updates the loss metric with this replica's rows."""
+        losses, _ = self._weighted_losses(inputs, training)
+        self.loss_tracker.update_state(losses)
+        return tf.nn.compute_average_loss(losses)
+
+    def train_step(self, inputs):
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            if self.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+        # minimize (not tape.gradient + apply_gradients) so a LossScaleOptimizer scales the loss (float16).
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return {"loss": self.loss_tracker.result()}
+
+    # Evaluation --------------------------------------------------------------------------------------------
+
+    def corpus_embeddings(self, training=False):
+        """The candidate tower's embedding of every corpus item, ``[N, d]``."""
+        return self.candidate_tower(self._corpus_features, training=training)
+
+    def test_step(self, inputs):
+        """Sampled-softmax loss of the batch, and the rank of each row's item among the whole corpus."""
+        features, targets = inputs
+        losses, query = self._weighted_losses(inputs, training=False)
+        self.loss_tracker.update_state(losses)
+        # float32 scores: 16-bit ones (mixed precision) would tie many items and blur the ranks.
+        scores = tf.matmul(tf.cast(query, tf.float32), tf.cast(self.corpus_embeddings(), tf.float32),
+                           transpose_b=True)
+        ranks = target_ranks(scores, self._corpus_rows(features[self.candidate_id]))
+        positive = tf.cast(tf.reshape(targets[self.task_name], [-1]) > 0, tf.float32)
+        for metric in self.corpus_metrics:
+            metric.update_state(ranks, positive)
+        return {metric.name: metric.result() for metric in [self.loss_tracker] + self.corpus_metrics}
+
+    def call(self, features, training=None):
+        out = {}
+        if all(name in features for name in self.query_features):
+            out["query_embedding"] = self.query_tower(features, training=training)
+        if all(name in features for name in self.candidate_features):
+            out["candidate_embedding"] = self.candidate_tower(features, training=training)
+        if not out:
+            raise KeyError(f"two_tower needs the query features {self.query_features} or the candidate features "
+                           f"{self.candidate_features}; got {sorted(features)}")
+        return out
+
+    # Export ------------------------------------------------------------------------------------------------
+
+    def export_saved_models(self, export_base: str, model_name: str, version=None, warmup_examples=(),
+                            metadata=None) -> str:
+        """Writes the top-K query model ``<model_name>`` and the candidate-embedding model
+        (``candidate_model_name``, default ``<model_name>_candidates``) with the same version; returns the
+        query model's path. ``warmup_examples`` (serialized examples with the query features) become the
+        query model's warmup requests; the candidate model warms up on corpus items."""
+        from tfrecsys.export.retrieval import export_retrieval
+
+        candidate_warmup = [record.numpy() for record in
+                            tf.data.TFRecordDataset(self.corpus.path).take(len(warmup_examples) or 8)]
+        query_path, _ = export_retrieval(
+            query_tower=self.query_tower, candidate_tower=self.candidate_tower, schema=self.schema,
+            query_features=self.query_features, candidate_features=self.candidate_features,
+            candidate_ids=self._corpus_ids, corpus_features=self._corpus_features, export_base=export_base,
+            model_name=model_name, candidate_model_name=self.candidate_model_name or f"{model_name}_candidates",
+            k=min(self.export_k, len(self.corpus.ids)), version=version, query_warmup_examples=warmup_examples,
+            candidate_warmup_examples=candidate_warmup, metadata=metadata)
+        return query_path
+
+
+def _data_path(config, name: str) -> str:
+    path = config.data[name]
+    if "://" in path or os.path.isabs(path):
+        return path
+    return os.path.join(config.data.dir, path)
+
+
+def _check_tower_features(schema: FeatureSchema, names: Sequence[str], field: str) -> None:
+    for name in names:
+        feature = schema[name]
+        if isinstance(feature, LabelFeature) or feature.training_only:
+            raise ValueError(f"config.model.{field}: {name!r} is a label or training-only feature; towers take "
+                             "serving inputs")
+        if isinstance(feature, SequenceFeature) and feature.aligned_with and feature.aligned_with not in names:
+            raise ValueError(f"config.model.{field}: {name!r} is aligned with {feature.aligned_with!r}, which "
+                             "must be in the same tower (it holds the length)")
+
+
+@register("two_tower")
+def build_two_tower(config, schema: FeatureSchema) -> TwoTowerRetrieval:
+    model = config.model
+    tasks = tasks_from_config(config.tasks)
+    if len(tasks) != 1:
+        raise ValueError(f"two_tower trains exactly one task (its label is the reward); config.tasks has "
+                         f"{[t.name for t in tasks]}")
+    query_features, candidate_features = list(model.query_features), list(model.candidate_features)
+    _check_tower_features(schema, query_features, "query_features")
+    _check_tower_features(schema, candidate_features, "candidate_features")
+    if model.candidate_id not in candidate_features or not isinstance(schema[model.candidate_id], IdFeature):
+        raise ValueError(f"config.model.candidate_id {model.candidate_id!r} must be an id feature of the candidate "
+                         f"tower ({candidate_features})")
+    if model.negatives not in NEGATIVE_MODES:
+        raise ValueError(f"config.model.negatives must be one of {NEGATIVE_MODES}, got {model.negatives!r}")
+    frequency = config.data.get("item_frequency_file")
+    corpus = CandidateCorpus.read(_data_path(config, "candidates_file"), schema, candidate_features,
+                                  model.candidate_id, _data_path(config, "item_frequency_file") if frequency else None)
+    estimator = dict(model.get("estimator", {}))
+    return TwoTowerRetrieval(
+        schema, corpus, query_features=query_features, candidate_features=candidate_features,
+        candidate_id=model.candidate_id, task_name=tasks[0].name, hidden_units=tuple(model.hidden_units),
+        output_dim=model.output_dim, dropout=model.get("dropout", 0.0), temperature=model.temperature,
+        negatives=model.negatives, num_sampled=model.get("num_sampled", 0),
+        sampler_alpha=model.get("sampler_alpha", 0.0), logq=model.logq,
+        remove_accidental_hits=model.get("remove_accidental_hits", True), estimator=estimator,
+        eval_ks=tuple(model.get("eval_ks", DEFAULT_KS)), export_k=model.get("export_k", 100),
+        candidate_model_name=config.get("export", {}).get("candidate_model_name"), seed=config.train.seed,
+        name="two_tower")
