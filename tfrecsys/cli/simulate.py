@@ -23,13 +23,14 @@ flags.mark_flag_as_required("config")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tfrecsys.data.simulator import ClickLogConfig, write_click_log
+    from tfrecsys.data.simulators import write_from_config
 
     config = _CONFIG.value
     output_dir = _OUTPUT_DIR.value or config.data.dir
-    metadata = write_click_log(ClickLogConfig.from_config(config.data.simulator), output_dir)
-    summary = {k: metadata[k] for k in ("train_rows", "eval_rows", "click_rate", "oracle_auc")}
-    print(f"wrote simulated click log to {output_dir}: {json.dumps(summary)}")
+    # data.simulator.kind picks the simulator (tfrecsys/data/simulators); the click log when absent.
+    metadata = write_from_config(config.data.simulator, output_dir)
+    summary = {k: v for k, v in metadata.items() if k in ("train_rows", "eval_rows") or k.endswith(("_rate", "auc"))}
+    print(f"wrote simulated {metadata['simulator'].replace('_', ' ')} to {output_dir}: {json.dumps(summary)}")
 
 
 def run():

@@ -1,21 +1,36 @@
-"""tf.data input: TFRecord shards of tf.train.Example → batches of ``(inputs, targets)``.
+"""tf.data input: TFRecord shards of tf.train.Example (or Parquet files) → batches of ``(inputs, targets)``.
 
 Batches are parsed after batching (one vectorised ``parse_example`` per batch rather than one per row) and
 prefetched. Under a distribution strategy each worker reads its own files (``input_context`` sharding).
+Parquet files (``*.parquet``, written by ``tfrecsys.data.parquet``) are read through tensorflow-io and give
+the same feature dict, batch for batch, as TFRecord files holding the same rows.
 """
 
 import glob
 import os
+import random
 import re
 from typing import Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
+from tfrecsys.data import parquet
 from tfrecsys.features.schema import FeatureSchema
+
+PARQUET_SUFFIX = ".parquet"
 
 
 class DataError(RuntimeError):
     """Unreadable or missing input data; the message names the file (and record) at fault."""
+
+
+def is_parquet(files: Sequence[str]) -> bool:
+    """Whether ``files`` are Parquet (by suffix); a mix of Parquet and TFRecord files is an error."""
+    flags = [str(f).endswith(PARQUET_SUFFIX) for f in files]
+    if any(flags) and not all(flags):
+        raise DataError(f"input mixes Parquet and TFRecord files ({files[flags.index(True)]} and "
+                        f"{files[flags.index(False)]}); use one format per dataset")
+    return bool(flags) and all(flags)
 
 
 def resolve_files(patterns: Union[str, Sequence[str]], base_dir: str = "") -> list[str]:
@@ -40,41 +55,86 @@ def resolve_files(patterns: Union[str, Sequence[str]], base_dir: str = "") -> li
     return files
 
 
+READ_CHUNK_ROWS = 1024  # rows per read in file order (evaluation); training reads shuffle-window chunks
+_READ_BUFFER_BYTES = 4 << 20
+
+
 def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *,
                  targets: Mapping[str, str], training: bool, shuffle_buffer: int = 10_000,
                  seed: Optional[int] = None, input_context: Optional[tf.distribute.InputContext] = None,
                  parallel_reads: int = 4) -> tf.data.Dataset:
-    """Batches of ``(inputs, {output_name: label})`` from TFRecord ``files``.
+    """Batches of ``(inputs, {output_name: label})`` from TFRecord or Parquet ``files``.
 
-    ``targets`` maps model output names to label features (``{"score": "click"}``). Training data is
-    shuffled (files, then rows) and repeated forever — the train loop counts steps; eval data is one pass
-    in file order. ``batch_size`` is per replica when ``input_context`` is given, else global.
+    ``targets`` maps model output names to label features (``{"score": "click"}``). ``batch_size`` is per
+    replica when ``input_context`` is given, else global.
+
+    Every stage works on chunks of rows, never on single rows (a per-row tf.data element costs more than
+    parsing the row): each file is read in chunks, ``parallel_reads`` files at a time. Training data is
+    shuffled (files, then rows) and repeated forever — the train loop counts steps: a window of one chunk
+    from each of ``parallel_reads`` files, about ``shuffle_buffer`` rows, is parsed at once, permuted as a
+    whole and cut into batches, so a batch is a uniform draw from a window that spans several files. The permutation is
+    seeded by ``seed`` and the window's index, so a seeded pipeline gives the same batches every time, from
+    TFRecord and Parquet alike. Eval data is one pass over the files in order, chunks of the files taken in
+    turn.
     """
     for output, label in targets.items():
         schema[label]  # raises naming the label if the schema lacks it
-    files_ds = tf.data.Dataset.from_tensor_slices(list(files))
+    features = schema.inputs + schema.labels
+    files = list(files)
+    cycle = max(1, min(parallel_reads, len(files)))
+    chunk_rows = max(1, -(-shuffle_buffer // cycle)) if training else READ_CHUNK_ROWS
+    if is_parquet(files):
+        specs = parquet.column_specs(features)
+
+        def read_chunks(path):
+            return parquet.chunk_dataset(path, specs, chunk_rows)
+
+        def decode(rows):
+            return parquet.decode_batch(rows, schema, features)
+    else:
+        def read_chunks(path):
+            return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).batch(chunk_rows)
+
+        def decode(serialized):
+            return schema.parse_examples(serialized, with_labels=True)
+
+    files_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         files_ds = files_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
-        files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    records = files_ds.interleave(tf.data.TFRecordDataset, cycle_length=min(parallel_reads, len(files)),
-                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if training:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+        window_seed = seed if seed is not None else random.SystemRandom().randrange(2 ** 31)
+        files_ds = files_ds.shuffle(len(files), seed=window_seed, reshuffle_each_iteration=True).repeat()
+    chunks = files_ds.interleave(read_chunks, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
+                                 deterministic=True)
     label_names = dict(targets)
 
-    def parse(serialized):
-        batch = schema.parse_examples(serialized, with_labels=True)
-        inputs, labels = schema.split_labels(batch)
+    def inputs_and_targets(rows):
+        inputs, labels = schema.split_labels(rows)
         return inputs, {output: tf.cast(labels[label], tf.float32) for output, label in label_names.items()}
 
-    return (records.batch(batch_size, drop_remainder=training)
-            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .prefetch(tf.data.AUTOTUNE))
+    if training:
+        def shuffled_window(index, window):
+            # One parse per window, then one permutation of the parsed rows: per-row work stays vectorised.
+            rows = decode(tf.nest.map_structure(lambda column: column.flat_values, window))
+            count = tf.shape(tf.nest.flatten(rows)[0], out_type=tf.int64)[0]
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(count), seed=tf.stack([tf.constant(window_seed, tf.int64), index]))
+            return inputs_and_targets({name: tf.gather(value, order) for name, value in rows.items()})
+
+        batches = (chunks.ragged_batch(cycle).enumerate()
+                   .map(shuffled_window, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                   .rebatch(batch_size, drop_remainder=True))
+    else:
+        batches = (chunks.map(lambda chunk: inputs_and_targets(decode(chunk)), num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
+                   .rebatch(batch_size))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def count_records(files: Sequence[str]) -> int:
-    """Number of records in ``files`` (a graph-side scan: no parsing)."""
+    """Number of records in ``files`` (a graph-side scan: no parsing; Parquet: the files' row counts)."""
+    if is_parquet(files):
+        return parquet.count_rows(files)
     return int(tf.data.TFRecordDataset(list(files)).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
@@ -91,6 +151,8 @@ def find_bad_record(files: Sequence[str], schema: FeatureSchema) -> Optional[str
     Used after a training error to name the file at fault: TensorFlow's own message ("corrupted record at
     12345") does not say which of many shards it was reading.
     """
+    if is_parquet(files):
+        return _find_bad_parquet(files, schema)
     spec = schema.parse_spec(schema.inputs + schema.labels)
 
     def first_unparseable(records, first_index):
@@ -126,6 +188,18 @@ def find_bad_record(files: Sequence[str], schema: FeatureSchema) -> Optional[str
     return None
 
 
+def _find_bad_parquet(files: Sequence[str], schema: FeatureSchema) -> Optional[str]:
+    for path in files:
+        if not tf.io.gfile.exists(path):
+            return f"{path}: file does not exist"
+        try:
+            parquet.check_parquet_schema(path, schema.inputs + schema.labels)
+            parquet.read_columns(path, [f.name for f in schema.inputs + schema.labels])
+        except parquet.ParquetSchemaError as error:
+            return str(error)
+    return None
+
+
 _KIND_OF_DTYPE = {"int64": "int64_list", "float32": "float_list", "string": "bytes_list"}
 
 
@@ -133,6 +207,12 @@ def check_schema(path: str, schema: FeatureSchema, features=None) -> None:
     """Compares the first record of ``path`` with the schema and fails at start, naming the feature and
     both types, instead of failing mid-training on a type mismatch (or the feature not being there)."""
     features = features if features is not None else schema.inputs + schema.labels
+    if str(path).endswith(PARQUET_SUFFIX):
+        try:
+            parquet.check_parquet_schema(path, features)
+        except parquet.ParquetSchemaError as error:
+            raise DataError(str(error)) from None
+        return
     try:
         first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
     except tf.errors.OpError as error:

@@ -1,0 +1,328 @@
+"""tfrecsys-preprocess: the Beam pipeline from source files to sharded examples for a schema.
+
+Checked: histories never hold an event at or after their target's time; leave-one-out and chronological
+splits; vocabularies with minimum counts, hashing statistics and item frequencies; byte-identical output
+when run twice (also with a different runner layout); malformed rows in the dead-letter file with their
+reason; schema mismatches named before anything runs; and the CLI end to end into training.
+"""
+
+import dataclasses
+import filecmp
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.test_data_readers import dataset
+from tfrecsys.config import load_config
+from tfrecsys.data.input import check_schema, make_dataset, resolve_files
+from tfrecsys.data.item_frequency import read_item_frequency
+from tfrecsys.data.preprocess import (PreprocessConfig, features_from_metadata, plan_preprocessing, preprocess,
+                                      vocabulary_path)
+from tfrecsys.data.readers import movielens
+from tfrecsys.features.schema import FeatureSchema, SchemaError
+
+BIN = os.path.dirname(sys.executable)
+CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "dnn_movielens_100k.py")
+
+
+def _records(files, spec):
+    dataset_ = tf.data.TFRecordDataset(files).batch(4096).map(lambda s: tf.io.parse_example(s, spec))
+    batches = list(dataset_)
+    return {name: (tf.concat([b[name] for b in batches], 0) if batches else None) for name in spec}
+
+
+# MovieLens-100K, leave-one-out -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def movielens_loo(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ml100k_loo"))
+    features = {"user_id": dict(kind="id", vocabulary=vocabulary_path(out, "user_id")),
+                "item_id": dict(kind="id", vocabulary=vocabulary_path(out, "item_id")),
+                "hist_item_id": dict(kind="sequence", shares="item_id", max_len=10),
+                "like": dict(kind="label")}
+    config = PreprocessConfig(source="movielens-100k", input=dataset("movielens-100k"), split="leave_one_out",
+                              history_len=10, labels={"like": "rating >= 4"}, min_counts={"item_id": 3},
+                              num_shards=2)
+    return out, preprocess(config, features, out)
+
+
+def test_no_history_event_is_at_or_after_its_target(movielens_loo):
+    out, metadata = movielens_loo
+    files = resolve_files("train-*.tfrecord,eval-*.tfrecord", out)
+    rows = _records(files, {"timestamp": tf.io.FixedLenFeature([], tf.int64),
+                            "hist_timestamp": tf.io.RaggedFeature(tf.int64),
+                            "hist_item_id": tf.io.RaggedFeature(tf.int64)})
+    assert rows["timestamp"].shape[0] == 100_000 == metadata["source_rows"]
+    earlier = rows["hist_timestamp"] < tf.expand_dims(rows["timestamp"], 1)
+    assert bool(tf.reduce_all(earlier.flat_values))
+    # Ratings within the same second are not each other's history, and histories are full where they can be.
+    lengths = rows["hist_timestamp"].row_lengths().numpy()
+    assert lengths.max() == 10 and (lengths == 0).sum() >= 943
+    assert bool(tf.reduce_all(rows["hist_timestamp"][:, 1:] >= rows["hist_timestamp"][:, :-1]).numpy())
+
+
+def test_leave_one_out_holds_out_each_users_last_rating(movielens_loo):
+    out, metadata = movielens_loo
+    assert metadata["splits"]["eval"]["rows"] == 943 and metadata["splits"]["train"]["rows"] == 99_057
+    ratings = movielens.read_movielens_100k(dataset("movielens-100k")).ratings
+    held_out = _records(resolve_files("eval-*.tfrecord", out),
+                        {"user_id": tf.io.FixedLenFeature([], tf.int64),
+                         "timestamp": tf.io.FixedLenFeature([], tf.int64),
+                         "item_id": tf.io.FixedLenFeature([], tf.int64),
+                         "hist_item_id": tf.io.RaggedFeature(tf.int64)})
+    last_time = {}
+    for user, time in zip(ratings["user_id"].tolist(), ratings["timestamp"].tolist()):
+        last_time[user] = max(time, last_time.get(user, 0))
+    users = held_out["user_id"].numpy()
+    assert sorted(users.tolist()) == sorted(last_time)
+    assert all(last_time[u] == t for u, t in zip(users.tolist(), held_out["timestamp"].numpy().tolist()))
+    # A held-out rating's history is the user's 10 latest items strictly before it, oldest first.
+    user = int(users[0])
+    mine = ratings["user_id"] == user
+    target_time = int(held_out["timestamp"][0])
+    before = np.flatnonzero(mine & (ratings["timestamp"] < target_time))
+    order = before[np.lexsort((ratings["item_id"][before], ratings["timestamp"][before]))]
+    expected = ratings["item_id"][order][-10:]
+    assert sorted(held_out["hist_item_id"][0].numpy().tolist()) == sorted(expected.tolist())
+
+
+def test_vocabularies_min_counts_and_item_frequencies(movielens_loo):
+    out, metadata = movielens_loo
+    items = open(os.path.join(out, "vocabularies", "item_id.txt")).read().split()
+    train = _records(resolve_files("train-*.tfrecord", out), {"item_id": tf.io.FixedLenFeature([], tf.int64)})
+    ids, counts = np.unique(train["item_id"].numpy(), return_counts=True)
+    kept = ids[counts >= 3]
+    assert sorted(map(int, items)) == sorted(kept.tolist())
+    assert metadata["vocabularies"]["item_id"] == {"file": "vocabularies/item_id.txt", "min_count": 3,
+                                                   "size": len(kept)}
+    frequency = read_item_frequency(os.path.join(out, "item_frequency.tsv"), "int64")
+    assert frequency == dict(zip(ids.tolist(), counts.tolist()))
+    # Most frequent first, so the vocabulary's first id is the train split's most frequent item.
+    assert int(items[0]) == ids[np.argmax(counts)]
+    schema = FeatureSchema.from_config(features_from_metadata(out))
+    assert schema["item_id"].vocab.size == len(kept) + 1  # + the OOV row
+    check_schema(resolve_files("eval-*.tfrecord", out)[0], schema)
+
+
+# Taobao UserBehavior: determinism, dead letters, formats ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def taobao_part(tmp_path_factory):
+    """The first 12,000 rows of the shared UserBehavior file plus four malformed lines, one of them not
+    UTF-8 (a temporary file: the dataset itself never enters the repository)."""
+    with open(dataset("taobao-user-behavior", "UserBehavior_head84474.csv")) as f:
+        lines = [next(f) for _ in range(12_000)]
+    directory = tmp_path_factory.mktemp("taobao")
+    lines[100:100] = ["1,2,3,click,1511544070\n", "1,2,3,pv\n", "x,2,3,pv,1511544070\n"]
+    (directory / "UserBehavior.csv").write_bytes("".join(lines).encode() + b"1,2,3,pv,15115\xff44070\n")
+    return str(directory)
+
+
+def _taobao(input_dir: str, out: str, output_format: str = "tfrecord", pipeline_args=()) -> dict:
+    features = {"user_id": dict(kind="id", hash_buckets=1000),
+                "item_id": dict(kind="id", vocabulary=vocabulary_path(out, "item_id")),
+                "category_id": dict(kind="id", vocabulary=vocabulary_path(out, "category_id")),
+                "behavior": dict(kind="id", dtype="string", vocabulary=("pv", "cart", "fav", "buy")),
+                "hist_item_id": dict(kind="sequence", shares="item_id", max_len=20),
+                "hist_category_id": dict(kind="sequence", shares="category_id", max_len=20,
+                                         aligned_with="hist_item_id"),
+                "bought": dict(kind="label")}
+    config = PreprocessConfig(source="taobao-user-behavior", input=input_dir, split="chronological",
+                              eval_fraction=0.2, history_len=20,
+                              history_columns=("item_id", "category_id", "timestamp"),
+                              labels={"bought": "behavior == buy"}, num_shards=3, output_format=output_format)
+    return preprocess(config, features, out, pipeline_args=list(pipeline_args))
+
+
+@pytest.fixture(scope="module")
+def taobao_runs(taobao_part, tmp_path_factory):
+    first, second = str(tmp_path_factory.mktemp("first")), str(tmp_path_factory.mktemp("second"))
+    metadata = _taobao(taobao_part, first)
+    # Another bundle layout and element order: two worker threads.
+    _taobao(taobao_part, second, pipeline_args=["--direct_num_workers=2", "--direct_running_mode=multi_threading"])
+    return first, second, metadata
+
+
+def _all_files(directory: str) -> list:
+    return sorted(os.path.relpath(os.path.join(root, name), directory)
+                  for root, _, names in os.walk(directory) for name in names)
+
+
+def test_preprocessing_twice_gives_byte_identical_output(taobao_runs):
+    first, second, metadata = taobao_runs
+    names = _all_files(first)
+    assert names == _all_files(second)
+    assert {"metadata.json", "dead_letter.jsonl", "item_frequency.tsv", "vocabularies/item_id.txt",
+            "train-00002-of-00003.tfrecord", "eval-00000-of-00001.tfrecord"} <= set(names)
+    different = [n for n in names if not filecmp.cmp(os.path.join(first, n), os.path.join(second, n), shallow=False)]
+    assert different == []
+    assert metadata["splits"]["train"]["rows"] + metadata["splits"]["eval"]["rows"] == 12_000
+
+
+def test_malformed_rows_go_to_the_dead_letter_file_with_the_reason(taobao_runs):
+    first, _, metadata = taobao_runs
+    assert metadata["dead_letter_rows"] == 4 and metadata["source_rows"] == 12_000
+    dead = [json.loads(line) for line in open(os.path.join(first, "dead_letter.jsonl"))]
+    assert sorted(d["reason"] for d in dead) == [
+        "expected 5 ','-separated fields, got 4", "field 'behavior_type': 'click' is not one of "
+        "['pv', 'cart', 'fav', 'buy']", "field 'user_id': 'x' is not an integer",
+        "not valid utf-8: 'utf-8' codec can't decode byte 0xff in position 14: invalid start byte"]
+    assert all(d["path"].endswith("UserBehavior.csv") and d["text"] for d in dead)
+
+
+def test_chronological_split_and_aligned_histories(taobao_runs):
+    first, _, metadata = taobao_runs
+    cutoff = metadata["eval_from_time"]
+    spec = {"timestamp": tf.io.FixedLenFeature([], tf.int64), "hist_item_id": tf.io.RaggedFeature(tf.int64),
+            "hist_category_id": tf.io.RaggedFeature(tf.int64), "hist_timestamp": tf.io.RaggedFeature(tf.int64),
+            "bought": tf.io.FixedLenFeature([], tf.float32)}
+    train = _records(resolve_files("train-*.tfrecord", first), spec)
+    evaluation = _records(resolve_files("eval-*.tfrecord", first), spec)
+    assert int(tf.reduce_max(train["timestamp"])) < cutoff <= int(tf.reduce_min(evaluation["timestamp"]))
+    assert abs(evaluation["timestamp"].shape[0] / 12_000 - 0.2) < 0.01
+    for rows in (train, evaluation):
+        lengths = rows["hist_item_id"].row_lengths()
+        assert bool(tf.reduce_all(lengths == rows["hist_category_id"].row_lengths()))
+        assert bool(tf.reduce_all((rows["hist_timestamp"] < tf.expand_dims(rows["timestamp"], 1)).flat_values))
+    buys = float(tf.reduce_sum(train["bought"]) + tf.reduce_sum(evaluation["bought"]))
+    assert 0 < buys < 12_000 * 0.1
+    hashing = metadata["hashing"]["user_id"]
+    assert hashing["hash_buckets"] == 1000 and hashing["distinct_train_values"] > 50
+    assert hashing["colliding_values"] == hashing["distinct_train_values"] - hashing["occupied_buckets"] >= 0
+
+
+def test_parquet_output_yields_the_same_batches_as_tfrecord(taobao_part, taobao_runs, tmp_path):
+    first, _, _ = taobao_runs
+    _taobao(taobao_part, str(tmp_path), output_format="parquet")
+    assert all(filecmp.cmp(os.path.join(first, "vocabularies", n), tmp_path / "vocabularies" / n, shallow=False)
+               for n in ("item_id.txt", "category_id.txt"))
+    schema = FeatureSchema.from_config(features_from_metadata(first))
+    batches = []
+    for directory, suffix in ((first, "tfrecord"), (str(tmp_path), "parquet")):
+        files = resolve_files(f"train-*.{suffix}", directory)
+        batches.append(list(make_dataset(files, schema, 500, targets={"bought": "bought"}, training=False)))
+    assert len(batches[0]) == len(batches[1]) > 10
+    for (inputs_a, labels_a), (inputs_b, labels_b) in zip(*batches):
+        assert sorted(inputs_a) == sorted(inputs_b)
+        for name in inputs_a:
+            np.testing.assert_array_equal(inputs_a[name].numpy(), inputs_b[name].numpy())
+        np.testing.assert_array_equal(labels_a["bought"].numpy(), labels_b["bought"].numpy())
+
+
+# Sample tables --------------------------------------------------------------------------------------------------
+
+
+def test_ali_ccp_keeps_the_release_splits(tmp_path):
+    out = str(tmp_path)
+    features = {"field_101": dict(kind="id", vocabulary=vocabulary_path(out, "field_101")),
+                "field_205": dict(kind="id", hash_buckets=64),
+                "dense_508": dict(kind="dense"),
+                "click": dict(kind="label"), "purchase": dict(kind="label")}
+    config = PreprocessConfig(source="ali-ccp", input=dataset("ali-ccp-sample"), split="files", num_shards=2)
+    metadata = preprocess(config, features, out)
+    assert {s: info["rows"] for s, info in metadata["splits"].items()} == {"train": 100, "val": 50, "test": 50}
+    assert metadata["splits"]["val"]["files"] == ["val-00000-of-00001.tfrecord"]
+    assert metadata["dead_letter_rows"] == 0 and "item_frequency_file" not in metadata
+    labels = _records(resolve_files("train-*.tfrecord", out), {"click": tf.io.FixedLenFeature([], tf.float32),
+                                                               "purchase": tf.io.FixedLenFeature([], tf.float32)})
+    assert float(tf.reduce_sum(labels["click"])) == 7 and float(tf.reduce_sum(labels["purchase"])) == 1
+
+
+def test_census_random_split_is_seeded(tmp_path):
+    out_a, out_b = str(tmp_path / "a"), str(tmp_path / "b")
+    features = {"age": dict(kind="dense"), "education": dict(kind="id", dtype="string",
+                                                             vocabulary=vocabulary_path(out_a, "education")),
+                "income_50k": dict(kind="label"), "never_married": dict(kind="label")}
+    sample = dataset("census-income-kdd", "deepctr_census-income.sample")
+    directory = tmp_path / "census"
+    directory.mkdir()
+    (directory / "census-income.data").write_text(open(sample).read())
+    config = PreprocessConfig(source="census-income-kdd", input=str(directory), split="random", eval_fraction=0.25)
+    first = preprocess(config, features, out_a)
+    features_b = {**features, "education": dict(kind="id", dtype="string",
+                                                vocabulary=vocabulary_path(out_b, "education"))}
+    second = preprocess(dataclasses.replace(config, seed=1), features_b, out_b)
+    assert first["splits"]["train"]["rows"] + first["splits"]["eval"]["rows"] == 200
+    assert 25 <= first["splits"]["eval"]["rows"] <= 75
+    assert first["splits"]["eval"]["rows"] != second["splits"]["eval"]["rows"] or not filecmp.cmp(
+        os.path.join(out_a, "eval-00000-of-00001.tfrecord"), os.path.join(out_b, "eval-00000-of-00001.tfrecord"))
+
+
+# Errors before anything runs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("feature, spec, message", [
+    ("user_id", dict(kind="id", dtype="string", hash_buckets=10),
+     "feature 'user_id' is int64 in the source movielens-100k but the schema says IdFeature string"),
+    ("genres", dict(kind="id", dtype="string", hash_buckets=10),
+     "feature 'genres' is string_list in the source movielens-100k but the schema says IdFeature string"),
+    ("hist_rating", dict(kind="sequence", max_len=5, hash_buckets=10),
+     r"feature 'hist_rating': the source movielens-100k has no such column; available: \["),
+    ("like", dict(kind="id", num_buckets=2),
+     "feature 'like' is a label rule \\(float32 0/1\\) but the schema says IdFeature int64"),
+])
+def test_schema_mismatch_fails_at_start_naming_feature_and_types(feature, spec, message, tmp_path):
+    config = PreprocessConfig(source="movielens-100k", input=dataset("movielens-100k"),
+                              labels={"like": "rating >= 4"})
+    features = {"item_id": dict(kind="id", num_buckets=2000), feature: spec, "rating": dict(kind="label")}
+    with pytest.raises(SchemaError, match=message):
+        plan_preprocessing(config, features, str(tmp_path))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(split="random"),
+     "'random': movielens-100k is an event log; use one of \\['leave_one_out', 'chronological'\\]"),
+    (dict(labels={"like": "rating ~ 4"}), "is not '<column> <op> <value>'"),
+    (dict(labels={"like": "stars >= 4"}), "the source has no column 'stars'"),
+    (dict(min_counts={"user_id": 2}), "preprocess.min_counts \\['user_id'\\]: only features whose vocabulary"),
+    (dict(source="movielens-20m"), "unknown source 'movielens-20m'"),
+])
+def test_bad_preprocess_settings_are_named(changes, message, tmp_path):
+    config = PreprocessConfig(**{**dict(source="movielens-100k", input=dataset("movielens-100k")), **changes})
+    with pytest.raises(ValueError, match=message):
+        plan_preprocessing(config, {"item_id": dict(kind="id", num_buckets=2000), "user_id": dict(
+            kind="id", num_buckets=1000), "rating": dict(kind="label")}, str(tmp_path))
+
+
+def test_existing_output_is_kept_unless_overwrite(movielens_loo):
+    out, _ = movielens_loo
+    config = PreprocessConfig(source="movielens-100k", input=dataset("movielens-100k"))
+    with pytest.raises(FileExistsError, match="already holds preprocessed data"):
+        preprocess(config, {"item_id": dict(kind="id", num_buckets=2000), "rating": dict(kind="label")}, out)
+
+
+# The binary, into training -----------------------------------------------------------------------------------------
+
+
+def test_cli_preprocesses_the_movielens_config_and_training_reads_it(tmp_path):
+    """tfrecsys-preprocess on configs/dnn_movielens_100k.py (a 20,000-rating part of u.data), then the
+    config's schema parses the output and the dnn trains on it."""
+    source = dataset("movielens-100k")
+    part = tmp_path / "ml-100k"
+    part.mkdir()
+    for name in ("u.item", "u.user"):
+        (part / name).write_bytes(open(os.path.join(source, name), "rb").read())
+    with open(os.path.join(source, "u.data")) as f:
+        (part / "u.data").write_text("".join(next(f) for _ in range(20_000)))
+    data_dir = str(tmp_path / "prepared")
+    result = subprocess.run([os.path.join(BIN, "tfrecsys-preprocess"), f"--config={CONFIG}",
+                             f"--config.preprocess.input={part}", f"--config.data.dir={data_dir}"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote movielens-100k to {data_dir}" in result.stdout
+
+    from tfrecsys.train.loop import train_and_evaluate
+
+    config = load_config(CONFIG, {"data.dir": data_dir, "train.steps": 20, "train.steps_per_loop": 20,
+                                  "train.steps_per_execution": 10, "train.batch_size": 256})
+    metadata = json.load(open(os.path.join(data_dir, "metadata.json")))
+    assert metadata["splits"]["train"]["rows"] + metadata["splits"]["eval"]["rows"] == 20_000
+    metrics = train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
+    assert 0.5 < metrics["score"]["auc"] <= 1.0

@@ -1,0 +1,740 @@
+"""The preprocessing pipeline behind ``tfrecsys-preprocess``: a source dataset → sharded TFRecord (or Parquet)
+examples for an experiment's feature schema, as an Apache Beam pipeline (DirectRunner here; Flink, Spark or
+Dataflow by pipeline options).
+
+    source files ─ parse + join side tables ─┬─ bad rows ──────────────────────────────▶ dead_letter.jsonl
+                                             └─ records
+        event logs:    group by user, sort by time → one example per event, history = the user's events
+                       strictly before it (most recent ``history_len``) → leave-one-out or chronological split
+        sample tables: one example per row → the release's files, a seeded random or a chronological split
+    examples ─┬─ vocabularies of the train split (minimum counts) ───▶ vocabularies/<feature>.txt
+              ├─ hashed features: distinct values and collisions ───▶ metadata.json
+              ├─ item frequencies of the train split (logQ) ────────▶ item_frequency.tsv
+              └─ stable shard by key, sorted inside the shard ───────▶ <split>-SSSSS-of-NNNNN.tfrecord
+                                                                       metadata.json (schema, sizes, rows)
+
+Every output is deterministic: shards are assigned by a stable hash of each example's key and sorted
+within the shard, examples serialize deterministically, vocabularies are sorted by count then value, so
+preprocessing the same input twice gives byte-identical files on any runner.
+
+The config block (``config.preprocess``) names the source (``tfrecsys.data.readers.SOURCES``), the input
+path and the split; the ``features`` block says what to write. A feature comes from a source column of the
+same name, from ``hist_<column>`` (a history of an event column), or from a label rule such as
+``"like": "rating >= 4"``. An id or sequence feature whose ``vocabulary`` is a file under
+``<output_dir>/vocabularies/`` gets that file built from the train split; ``hash_buckets`` features stay raw
+(the model hashes them) and get collision statistics.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import operator
+import os
+import re
+import uuid
+from typing import Iterable, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+
+from tfrecsys.data import parquet
+from tfrecsys.data.item_frequency import write_item_frequency
+from tfrecsys.data.readers import RowError, Source, get_source
+from tfrecsys.features.schema import (DenseFeature, FeatureSchema, IdFeature, LabelFeature, SchemaError,
+                                      SequenceFeature)
+
+METADATA_FILE = "metadata.json"
+DEAD_LETTER_FILE = "dead_letter.jsonl"
+ITEM_FREQUENCY_FILE = "item_frequency.tsv"
+VOCABULARY_DIR = "vocabularies"
+HISTORY_PREFIX = "hist_"
+EVENT_SPLITS = ("leave_one_out", "chronological")
+SAMPLE_SPLITS = ("files", "random", "chronological")
+FORMATS = {"tfrecord": ".tfrecord", "parquet": ".parquet"}
+TRAIN, EVAL = "train", "eval"
+_OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
+              "!=": operator.ne}
+_LABEL_RULE = re.compile(r"^\s*(\w+)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
+
+
+def vocabulary_path(output_dir: str, feature: str) -> str:
+    """Where preprocessing writes ``feature``'s vocabulary (what a config's ``vocabulary=`` should name)."""
+    return os.path.join(output_dir, VOCABULARY_DIR, f"{feature}.txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """The ``preprocess`` block of an experiment config.
+
+    ``split``: event logs ``leave_one_out`` (each user's last event is eval) or ``chronological`` (the last
+    ``eval_fraction`` of events in time is eval); sample tables ``files`` (the release's own files),
+    ``random`` (a seeded, stable ``eval_fraction`` of rows) or ``chronological`` (by the source's time column).
+    ``history_columns``: event columns whose earlier values form ``hist_<column>`` (default: the item and
+    the time column). ``labels``: ``{name: "<column> <op> <value>"}`` with op one of >=, >, <=, <, ==, !=.
+    ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split stay out of the
+    vocabulary (default 1).
+    """
+
+    source: str
+    input: str
+    split: str = "leave_one_out"
+    eval_fraction: float = 0.1
+    history_len: int = 50
+    history_columns: tuple = ()
+    labels: dict = dataclasses.field(default_factory=dict)
+    min_counts: dict = dataclasses.field(default_factory=dict)
+    num_shards: int = 4
+    eval_shards: int = 1
+    output_format: str = "tfrecord"
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, block) -> "PreprocessConfig":
+        values = dict(block)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown preprocess settings {unknown}; known: {sorted(fields)}")
+        for name in ("labels", "min_counts"):
+            values[name] = dict(values.get(name) or {})
+        values["history_columns"] = tuple(values.get("history_columns") or ())
+        return cls(**values)
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRule:
+    """``name = float(record[column] <op> value)``."""
+
+    name: str
+    column: str
+    op: str
+    value: object
+
+    def __call__(self, record: dict) -> float:
+        return float(_OPERATORS[self.op](record[self.column], self.value))
+
+
+def _parse_label_rule(name: str, rule: str, columns: dict) -> LabelRule:
+    match = _LABEL_RULE.match(str(rule))
+    if not match:
+        raise ValueError(f"preprocess.labels[{name!r}] = {rule!r} is not '<column> <op> <value>' with op one of "
+                         f"{sorted(_OPERATORS)}")
+    column, op, literal = match.groups()
+    if column not in columns:
+        raise ValueError(f"preprocess.labels[{name!r}]: the source has no column {column!r}; it has {sorted(columns)}")
+    dtype = columns[column]
+    if dtype in ("int64", "float32"):
+        try:
+            value = float(literal)
+        except ValueError:
+            raise ValueError(f"preprocess.labels[{name!r}]: column {column!r} is {dtype} but {literal!r} is not "
+                             "a number") from None
+    elif dtype == "string":
+        value = literal.strip("'\"")
+    else:
+        raise ValueError(f"preprocess.labels[{name!r}]: column {column!r} is {dtype}; rules compare scalar columns")
+    return LabelRule(name, column, op, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """One column of the written examples: its name, dtype (int64, float32, string), whether it is a list,
+    where its value comes from (``column``, ``history`` or ``label``) and the value for a missing float."""
+
+    name: str
+    dtype: str
+    is_list: bool
+    origin: str
+    key: object
+    default: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything the pipeline needs, checked before it starts (picklable: it travels to the workers)."""
+
+    config: PreprocessConfig
+    source_name: str
+    is_event_log: bool
+    user_column: Optional[str]
+    item_column: Optional[str]
+    time_column: Optional[str]
+    outputs: tuple
+    vocabularies: dict  # feature → minimum count
+    hashed: dict  # feature → hash buckets
+    splits: tuple
+    features_json: dict
+
+    def shards(self, split: str) -> int:
+        return self.config.num_shards if split == TRAIN else self.config.eval_shards
+
+
+def _schema_for_planning(features_config, output_dir: str) -> tuple[FeatureSchema, dict]:
+    """The features block as a schema, with vocabulary files that preprocessing will write (under
+    ``<output_dir>/vocabularies/``) standing in as empty vocabularies; and ``{feature: path}`` of those."""
+    to_build, adjusted = {}, {}
+    for name, spec in dict(features_config).items():
+        spec = dict(spec)
+        path = spec.get("vocabulary")
+        if isinstance(path, str):
+            if os.path.abspath(path) == os.path.abspath(vocabulary_path(output_dir, name)):
+                to_build[name] = path
+                spec["vocabulary"] = ()
+            elif os.path.dirname(os.path.abspath(path)) == os.path.abspath(os.path.join(output_dir, VOCABULARY_DIR)):
+                raise ValueError(f"feature {name!r}: vocabulary {path} is in the preprocessing output but named after "
+                                 f"another feature; preprocessing writes {vocabulary_path(output_dir, name)}")
+        adjusted[name] = spec
+    return FeatureSchema.from_config(adjusted), to_build
+
+
+def _output_for(feature, source: Source, columns: dict, config: PreprocessConfig, rules: dict) -> Output:
+    """Where ``feature`` comes from, checking its dtype against the source's (the error names both)."""
+    name = feature.name
+    is_sequence = isinstance(feature, SequenceFeature)
+    default = feature.default if isinstance(feature, DenseFeature) else 0.0
+    if isinstance(feature, DenseFeature) and feature.dim != 1:
+        raise SchemaError(f"feature {name!r}: preprocessing writes scalar dense features; dim={feature.dim} has "
+                          "no source column")
+    if name in rules:
+        if not isinstance(feature, (LabelFeature, DenseFeature)) or feature.dtype != "float32":
+            raise SchemaError(f"feature {name!r} is a label rule (float32 0/1) but the schema says "
+                              f"{type(feature).__name__} {feature.dtype}")
+        return Output(name, "float32", False, "label", rules[name])
+    if name in columns:
+        found = columns[name]
+        found_list = found.endswith("_list")
+        found_scalar = found[:-len("_list")] if found_list else found
+        compatible = (found_list == is_sequence and (found_scalar == feature.dtype or (
+            isinstance(feature, (DenseFeature, LabelFeature)) and found == "int64" and feature.dtype == "float32")))
+        if not compatible:
+            wanted = f"list of {feature.dtype}" if is_sequence else feature.dtype
+            raise SchemaError(f"feature {name!r} is {found} in the source {source.name} but the schema says "
+                              f"{type(feature).__name__} {wanted}")
+        return Output(name, feature.dtype, is_sequence, "column", name, default)
+    if name.startswith(HISTORY_PREFIX) and source.is_event_log:
+        column = name[len(HISTORY_PREFIX):]
+        if column in _history_columns(config, source):
+            found = columns[column]
+            if not is_sequence or found != feature.dtype:
+                raise SchemaError(f"feature {name!r} is a history of {found} values in the source {source.name} but "
+                                  f"the schema says {type(feature).__name__} {feature.dtype}")
+            return Output(name, feature.dtype, True, "history", column)
+    options = sorted(columns) + [HISTORY_PREFIX + c for c in (_history_columns(config, source) if source.is_event_log
+                                                              else ())] + sorted(rules)
+    raise SchemaError(f"feature {name!r}: the source {source.name} has no such column; available: {options} "
+                      "(histories come from preprocess.history_columns, labels from preprocess.labels)")
+
+
+def _history_columns(config: PreprocessConfig, source: Source) -> tuple:
+    return config.history_columns or (source.item_column, source.time_column)
+
+
+def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: str) -> tuple[Plan, list]:
+    """Checks the config against the source and the schema before anything runs; returns the plan and the
+    source files. Every error names the setting, feature or column at fault."""
+    source = get_source(config.source)
+    if config.output_format not in FORMATS:
+        raise ValueError(f"preprocess.output_format {config.output_format!r} is not one of {sorted(FORMATS)}")
+    if not 0.0 <= config.eval_fraction < 1.0:
+        raise ValueError(f"preprocess.eval_fraction must lie in [0, 1), got {config.eval_fraction}")
+    if config.num_shards < 1 or config.eval_shards < 1 or config.history_len < 1:
+        raise ValueError("preprocess.num_shards, eval_shards and history_len must be positive")
+    allowed = EVENT_SPLITS if source.is_event_log else SAMPLE_SPLITS
+    if config.split not in allowed:
+        kind = "an event log" if source.is_event_log else "a sample table"
+        raise ValueError(f"preprocess.split {config.split!r}: {source.name} is {kind}; use one of {list(allowed)}")
+    if config.split == "chronological" and not source.time_column:
+        raise ValueError(f"preprocess.split 'chronological': {source.name} has no time column")
+    files = source.files(config.input)
+    columns = source.columns_for(files)
+    if source.is_event_log:
+        for column in _history_columns(config, source):
+            if columns.get(column) not in ("int64", "string"):
+                raise ValueError(f"preprocess.history_columns: {column!r} is not an int64 or string column of "
+                                 f"{source.name} (columns: {columns})")
+    rules = {name: _parse_label_rule(name, rule, columns) for name, rule in config.labels.items()}
+    clashes = sorted(set(rules) & set(columns))
+    if clashes:
+        raise ValueError(f"preprocess.labels {clashes} would hide source columns of the same name")
+    schema, to_build = _schema_for_planning(features_config, output_dir)
+    outputs = [_output_for(f, source, columns, config, rules) for f in schema.inputs + schema.labels]
+    written = {o.name for o in outputs}
+    if source.time_column and source.time_column not in written:
+        outputs.append(Output(source.time_column, columns[source.time_column], False, "column", source.time_column))
+    if source.is_event_log:
+        for column in _history_columns(config, source):
+            if HISTORY_PREFIX + column not in written:
+                outputs.append(Output(HISTORY_PREFIX + column, columns[column], True, "history", column))
+    unknown = sorted(set(config.min_counts) - set(to_build))
+    if unknown:
+        raise ValueError(f"preprocess.min_counts {unknown}: only features whose vocabulary preprocessing builds "
+                         f"(vocabulary under {os.path.join(output_dir, VOCABULARY_DIR)}) take a min count; those are "
+                         f"{sorted(to_build)}")
+    vocabularies = {name: int(config.min_counts.get(name, 1)) for name in to_build}
+    hashed = {f.name: f.vocab.hash_buckets for f in schema.of_kind(IdFeature) + schema.of_kind(SequenceFeature)
+              if f.vocab is not None and f.vocab.hash_buckets is not None}
+    if config.split == "files":
+        splits = tuple(sorted({f.split for f in files if f.split}))
+        if not splits or any(f.split is None for f in files):
+            raise ValueError(f"preprocess.split 'files': {source.name}'s files at {config.input} do not all carry a "
+                             "split; use split='random' or 'chronological'")
+    else:
+        splits = (TRAIN, EVAL)
+    features_json = schema.to_json()
+    for name in to_build:
+        features_json[name]["vocabulary"] = os.path.join(VOCABULARY_DIR, f"{name}.txt")
+    plan = Plan(config, source.name, source.is_event_log, source.user_column, source.item_column, source.time_column,
+                tuple(outputs), vocabularies, hashed, splits, features_json)
+    return plan, files
+
+
+# Per-record steps (run on the workers) ------------------------------------------------------------------------
+
+
+class ParseRows(beam.DoFn):
+    """Parses and joins a file's lines; bad rows go to the ``dead_letter`` output with the reason."""
+
+    def __init__(self, source_file, make_joiner, input_path: str, split: Optional[str]):
+        self.source_file, self.make_joiner, self.input_path, self.split = source_file, make_joiner, input_path, split
+        self.joiner = None
+        self.bad_rows = beam.metrics.Metrics.counter("tfrecsys.preprocess", "dead_letter_rows")
+
+    def setup(self):
+        if self.make_joiner is not None:
+            self.joiner = self.make_joiner(self.input_path)
+
+    def process(self, line: bytes):
+        try:
+            text = line.rstrip(b"\r").decode(self.source_file.encoding)
+        except UnicodeDecodeError as error:
+            self.bad_rows.inc()
+            yield beam.pvalue.TaggedOutput("dead_letter", {"path": self.source_file.path, "text": repr(line),
+                                                           "reason": f"not valid {self.source_file.encoding}: {error}"})
+            return
+        if not text.strip():
+            return
+        try:
+            records = self.source_file.parse(text)
+            if self.joiner is not None:
+                records = [self.joiner(record) for record in records]
+        except RowError as error:
+            self.bad_rows.inc()
+            yield beam.pvalue.TaggedOutput("dead_letter", {"path": self.source_file.path, "reason": str(error),
+                                                           "text": text})
+            return
+        for record in records:
+            yield self.split, record, text
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def _canonical(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, default=list, ensure_ascii=False)
+
+
+def _value(output: Output, record: dict, history: Sequence[dict]):
+    if output.origin == "label":
+        return output.key(record)
+    if output.origin == "history":
+        return [event[output.key] for event in history]
+    value = record[output.key]
+    if output.dtype == "float32" and not output.is_list:
+        value = float(value)
+        if math.isnan(value):
+            value = output.default
+    return value
+
+
+def make_example(plan: Plan, record: dict, history: Sequence[dict] = ()) -> dict:
+    """The written columns of one example."""
+    return {output.name: _value(output, record, history) for output in plan.outputs}
+
+
+def user_examples(plan: Plan, user_events) -> Iterable:
+    """One (split, sort key, example) per event of a user, histories strictly before each event.
+
+    Events are ordered by (time, canonical record); events in the same second are not each other's history,
+    so no history event has a timestamp at or after its target's.
+    """
+    user, events = user_events
+    time_column, length = plan.time_column, plan.config.history_len
+    events = sorted(events, key=lambda r: (r[time_column], _canonical(r)))
+    times = [event[time_column] for event in events]
+    earlier = 0
+    for index, event in enumerate(events):
+        while times[earlier] < times[index]:
+            earlier += 1
+        history = events[max(0, earlier - length):earlier]
+        if plan.config.split == "leave_one_out":
+            split = EVAL if index == len(events) - 1 and len(events) > 1 else TRAIN
+        else:
+            split = None  # set against the global time cutoff
+        yield split, (event[time_column], str(user), index), make_example(plan, event, history)
+
+
+def sample_example(plan: Plan, element) -> tuple:
+    """(split, sort key, example) of a sample-table row; a random split uses a seeded hash of the row."""
+    split, record, text = element
+    if plan.config.split == "random":
+        share = _stable_hash(f"{plan.config.seed}:{text}") / 2.0 ** 64
+        split = EVAL if share < plan.config.eval_fraction else TRAIN
+    elif plan.config.split == "chronological":
+        split = None
+    time = record[plan.time_column] if plan.time_column else 0
+    return split, (time, _stable_hash(text), text), make_example(plan, record)
+
+
+class TimeCutoff(beam.CombineFn):
+    """The earliest time T with at most ``eval_fraction`` of all events at or after T (events sharing a
+    second stay in one split); exact, from a count per distinct time."""
+
+    def __init__(self, eval_fraction: float):
+        self.eval_fraction = eval_fraction
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, counts, time):
+        counts[time] = counts.get(time, 0) + 1
+        return counts
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for counts in accumulators:
+            for time, count in counts.items():
+                merged[time] = merged.get(time, 0) + count
+        return merged
+
+    def extract_output(self, counts):
+        if not counts:
+            return 0
+        allowed = self.eval_fraction * sum(counts.values())
+        cutoff, at_or_after = max(counts) + 1, 0
+        for time in sorted(counts, reverse=True):
+            at_or_after += counts[time]
+            if at_or_after > allowed:
+                break
+            cutoff = time
+        return cutoff
+
+
+def _assign_time_split(element, cutoff):
+    split, key, example = element
+    return (EVAL if key[0] >= cutoff else TRAIN), key, example
+
+
+# Deterministic writing ---------------------------------------------------------------------------------------
+
+
+def _feature(value, dtype: str, is_list: bool) -> tf.train.Feature:
+    values = value if is_list else [value]
+    if dtype == "int64":
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+    if dtype == "float32":
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode("utf-8") for v in values]))
+
+
+def serialize(plan: Plan, example: dict) -> bytes:
+    features = {o.name: _feature(example[o.name], o.dtype, o.is_list) for o in plan.outputs}
+    # deterministic=True orders the feature map, so equal examples give equal bytes in every process.
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
+
+
+def shard_path(output_dir: str, split: str, index: int, count: int, output_format: str) -> str:
+    return os.path.join(output_dir, f"{split}-{index:05d}-of-{count:05d}{FORMATS[output_format]}")
+
+
+def _atomic_write(path: str, write) -> None:
+    """``write(staging_path)`` then rename: a reader never sees half a file, and a retried bundle rewrites
+    the same bytes."""
+    staging = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        write(staging)
+        tf.io.gfile.rename(staging, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(staging):
+            tf.io.gfile.remove(staging)
+
+
+def _columns_of(plan: Plan, examples: list) -> dict:
+    columns = {}
+    for output in plan.outputs:
+        values = [example[output.name] for example in examples]
+        if output.is_list:
+            dtype = np.int64 if output.dtype == "int64" else object
+            columns[output.name] = [np.asarray(v, dtype) for v in values]
+        elif output.dtype == "string":
+            columns[output.name] = [str(v) for v in values]
+        else:
+            columns[output.name] = np.asarray(values, np.int64 if output.dtype == "int64" else np.float32)
+    return columns
+
+
+class WriteShard(beam.DoFn):
+    """Writes one shard: its examples sorted by key, so the file is the same whatever order they came in."""
+
+    def __init__(self, plan: Plan, output_dir: str):
+        self.plan, self.output_dir = plan, output_dir
+
+    def process(self, element):
+        (split, index), keyed = element
+        rows = sorted(keyed, key=lambda pair: pair[0])
+        path = shard_path(self.output_dir, split, index, self.plan.shards(split), self.plan.config.output_format)
+        if self.plan.config.output_format == "parquet":
+            columns = _columns_of(self.plan, [example for _, example in rows])
+            _atomic_write(path, lambda staging: parquet.write_parquet(columns, staging))
+        else:
+            def write(staging):
+                with tf.io.TFRecordWriter(staging) as writer:
+                    for _, example in rows:
+                        writer.write(serialize(self.plan, example))
+            _atomic_write(path, write)
+        yield split, len(rows)
+
+
+def _write_lines(path: str, lines: Iterable[str]) -> None:
+    def write(staging):
+        with tf.io.gfile.GFile(staging, "w") as f:
+            f.write("".join(lines))
+    _atomic_write(path, write)
+
+
+def _write_vocabulary(element, output_dir: str):
+    """``(feature, [(value, count), ...])`` → the vocabulary file, most frequent first, ties by value."""
+    feature, entries = element
+    entries = sorted(entries, key=lambda e: (-e[1], str(e[0])))
+    _write_lines(vocabulary_path(output_dir, feature), (f"{value}\n" for value, _ in entries))
+    return feature, len(entries)
+
+
+def _hash_buckets(batch: list, hashed: dict) -> list:
+    """``[(feature, value)]`` → ``[(feature, bucket)]`` with the model's own hashing (Keras ``Hashing``)."""
+    out = []
+    by_feature = {}
+    for feature, value in batch:
+        by_feature.setdefault(feature, []).append(value)
+    for feature, values in by_feature.items():
+        layer = tf.keras.layers.Hashing(num_bins=hashed[feature])
+        buckets = layer(tf.constant(values)).numpy().reshape(-1)
+        out.extend((feature, int(b)) for b in buckets)
+    return out
+
+
+def _write_metadata(_, plan: Plan, output_dir: str, rows: dict, dead_letter_rows: int, records: int,
+                    vocabulary_sizes: dict, distinct: dict, occupied: dict, cutoff: Optional[int]):
+    split_info = {split: {"rows": int(rows.get(split, 0)),
+                          "files": [os.path.basename(shard_path(output_dir, split, i, plan.shards(split),
+                                                                 plan.config.output_format))
+                                    for i in range(plan.shards(split))]}
+                  for split in plan.splits}
+    metadata = {
+        "source": plan.source_name,
+        "preprocess": plan.config.to_json(),
+        "format": plan.config.output_format,
+        "features": plan.features_json,
+        "columns": {o.name: (f"{o.dtype}_list" if o.is_list else o.dtype) for o in plan.outputs},
+        "splits": split_info,
+        "source_rows": int(records),
+        "dead_letter_rows": int(dead_letter_rows),
+        "dead_letter_file": DEAD_LETTER_FILE,
+        "vocabularies": {name: {"file": os.path.join(VOCABULARY_DIR, f"{name}.txt"),
+                                "size": int(vocabulary_sizes.get(name, 0)), "min_count": plan.vocabularies[name]}
+                         for name in plan.vocabularies},
+        "hashing": {name: {"hash_buckets": buckets, "distinct_train_values": int(distinct.get(name, 0)),
+                           "occupied_buckets": int(occupied.get(name, 0)),
+                           "colliding_values": int(distinct.get(name, 0) - occupied.get(name, 0))}
+                    for name, buckets in plan.hashed.items()},
+    }
+    if plan.is_event_log:
+        metadata["item_frequency_file"] = ITEM_FREQUENCY_FILE
+        metadata["history"] = {"length": plan.config.history_len,
+                               "columns": list(_history_columns_of(plan)),
+                               "rule": "the user's events strictly before the example's time, oldest first"}
+    if cutoff is not None:
+        metadata["eval_from_time"] = int(cutoff)
+    _write_lines(os.path.join(output_dir, METADATA_FILE), [json.dumps(metadata, indent=2, sort_keys=True) + "\n"])
+
+
+def _history_columns_of(plan: Plan) -> tuple:
+    return tuple(o.key for o in plan.outputs if o.origin == "history")
+
+
+def _counts_to_table(element, output_dir: str):
+    _, item_counts = element
+    write_item_frequency(os.path.join(output_dir, ITEM_FREQUENCY_FILE), dict(item_counts))
+
+
+def _group_with_every_key(pipeline: beam.Pipeline, pairs, keys: Sequence, label: str):
+    """GroupByKey that also yields each of ``keys`` that has no element (with an empty list), so an empty
+    shard, vocabulary or dead-letter file is still written. None marks the placeholders."""
+    placeholders = pipeline | f"{label}Keys" >> beam.Create([(key, None) for key in keys])
+    return ((pairs, placeholders)
+            | f"{label}WithEveryKey" >> beam.Flatten()
+            | f"{label}Group" >> beam.GroupByKey()
+            | f"{label}Values" >> beam.MapTuple(lambda key, values: (key, [v for v in values if v is not None])))
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir: str, make_joiner) -> None:
+    """Adds the preprocessing transforms to ``pipeline`` (see the module docstring)."""
+    config = plan.config
+    parsed, dead = [], []
+    for index, source_file in enumerate(files):
+        # Bytes, decoded by ParseRows with the file's encoding: an undecodable line is a dead letter, not a crash.
+        lines = pipeline | f"Read{index}" >> beam.io.ReadFromText(
+            source_file.path, skip_header_lines=source_file.skip_header_lines, coder=beam.coders.BytesCoder())
+        parse = ParseRows(source_file, make_joiner, config.input, source_file.split)
+        results = lines | f"Parse{index}" >> beam.ParDo(parse).with_outputs("dead_letter", main="rows")
+        parsed.append(results.rows)
+        dead.append(results.dead_letter)
+    records = tuple(parsed) | "AllRows" >> beam.Flatten()
+    dead_letters = tuple(dead) | "AllDeadLetters" >> beam.Flatten()
+
+    if plan.is_event_log:
+        keyed = (records
+                 | "ByUser" >> beam.Map(lambda element: (element[1][plan.user_column], element[1]))
+                 | "GroupByUser" >> beam.GroupByKey()
+                 | "Histories" >> beam.FlatMap(lambda user_events: user_examples(plan, user_events)))
+    else:
+        keyed = records | "Examples" >> beam.Map(lambda element: sample_example(plan, element))
+    cutoff = None
+    if config.split == "chronological":
+        cutoff = (keyed | "Times" >> beam.Map(lambda element: element[1][0])
+                  | "Cutoff" >> beam.CombineGlobally(TimeCutoff(config.eval_fraction)))
+        keyed = keyed | "TimeSplit" >> beam.Map(_assign_time_split, cutoff=beam.pvalue.AsSingleton(cutoff))
+
+    train = keyed | "Train" >> beam.Filter(lambda element: element[0] == TRAIN)
+    vocabulary_sizes = _vocabularies(pipeline, plan, train, output_dir)
+    distinct, occupied = _hash_statistics(plan, train)
+    if plan.is_event_log:
+        item_counts = (train
+                       | "Items" >> beam.Map(lambda element: (element[2][plan.item_column], 1))
+                       | "CountItems" >> beam.CombinePerKey(sum)
+                       | "OneTable" >> beam.Map(lambda item_count: ("items", item_count)))
+        (_group_with_every_key(pipeline, item_counts, ["items"], "ItemFrequency")
+         | "WriteItemFrequency" >> beam.Map(_counts_to_table, output_dir=output_dir))
+
+    shard_keys = [(split, index) for split in plan.splits for index in range(plan.shards(split))]
+    sharded = keyed | "ShardKey" >> beam.Map(lambda element: (
+        (element[0], _stable_hash(repr(element[1])) % plan.shards(element[0])), (element[1], element[2])))
+    written = (_group_with_every_key(pipeline, sharded, shard_keys, "Shards")
+               | "WriteShards" >> beam.ParDo(WriteShard(plan, output_dir)))
+    rows = written | "RowsPerSplit" >> beam.CombinePerKey(sum)
+
+    dead_lines = dead_letters | "DeadLetterLines" >> beam.Map(
+        lambda row: ("dead_letter", json.dumps(row, sort_keys=True, ensure_ascii=False)))
+    (_group_with_every_key(pipeline, dead_lines, ["dead_letter"], "DeadLetters")
+     | "WriteDeadLetters" >> beam.MapTuple(lambda _, lines: _write_lines(
+         os.path.join(output_dir, DEAD_LETTER_FILE), (line + "\n" for line in sorted(lines)))))
+    (pipeline | "Once" >> beam.Create([None]) | "WriteMetadata" >> beam.Map(
+        _write_metadata, plan=plan, output_dir=output_dir,
+        rows=beam.pvalue.AsDict(rows),
+        dead_letter_rows=beam.pvalue.AsSingleton(dead_letters | "CountDeadRows" >> beam.combiners.Count.Globally()),
+        records=beam.pvalue.AsSingleton(records | "CountRecords" >> beam.combiners.Count.Globally()),
+        vocabulary_sizes=beam.pvalue.AsDict(vocabulary_sizes), distinct=beam.pvalue.AsDict(distinct),
+        occupied=beam.pvalue.AsDict(occupied),
+        cutoff=beam.pvalue.AsSingleton(cutoff) if cutoff is not None else None))
+
+
+def _feature_values(plan: Plan, element, names: Iterable[str]):
+    _, _, example = element
+    for name in names:
+        value = example[name]
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            yield name, item
+
+
+def _vocabularies(pipeline: beam.Pipeline, plan: Plan, train, output_dir: str):
+    names = sorted(plan.vocabularies)
+    kept = (train
+            | "VocabularyValues" >> beam.FlatMap(lambda element: ((pair, 1) for pair in
+                                                                  _feature_values(plan, element, names)))
+            | "CountValues" >> beam.CombinePerKey(sum)
+            | "MinCount" >> beam.Filter(lambda entry: entry[1] >= plan.vocabularies[entry[0][0]])
+            | "ByFeature" >> beam.Map(lambda entry: (entry[0][0], (entry[0][1], entry[1]))))
+    return (_group_with_every_key(pipeline, kept, names, "Vocabularies")
+            | "WriteVocabularies" >> beam.Map(_write_vocabulary, output_dir=output_dir))
+
+
+def _hash_statistics(plan: Plan, train):
+    names = sorted(plan.hashed)
+    distinct_values = (train
+                       | "HashedValues" >> beam.FlatMap(lambda element: _feature_values(plan, element, names))
+                       | "DistinctValues" >> beam.Distinct())
+    distinct = distinct_values | "CountDistinct" >> beam.combiners.Count.PerKey()
+    occupied = (distinct_values
+                | "BatchForHashing" >> beam.BatchElements(min_batch_size=256, max_batch_size=8192)
+                | "Hash" >> beam.FlatMap(_hash_buckets, hashed=plan.hashed)
+                | "DistinctBuckets" >> beam.Distinct()
+                | "CountBuckets" >> beam.combiners.Count.PerKey())
+    return distinct, occupied
+
+
+# Running ------------------------------------------------------------------------------------------------------
+
+
+def _clear_previous_output(output_dir: str, overwrite: bool) -> None:
+    metadata = os.path.join(output_dir, METADATA_FILE)
+    if not tf.io.gfile.exists(metadata):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{output_dir} already holds preprocessed data ({METADATA_FILE}); pass --overwrite "
+                              "to replace it")
+    with tf.io.gfile.GFile(metadata) as f:
+        previous = json.load(f)
+    stale = [os.path.join(output_dir, name) for split in previous.get("splits", {}).values() for name in split["files"]]
+    stale += [os.path.join(output_dir, name) for name in (DEAD_LETTER_FILE, ITEM_FREQUENCY_FILE, METADATA_FILE)]
+    for path in stale:
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    vocabularies = os.path.join(output_dir, VOCABULARY_DIR)
+    if tf.io.gfile.exists(vocabularies):
+        tf.io.gfile.rmtree(vocabularies)
+
+
+def preprocess(config: PreprocessConfig, features_config, output_dir: str,
+               pipeline_args: Optional[Sequence[str]] = None, overwrite: bool = False) -> dict:
+    """Runs the pipeline and returns the written metadata.
+
+    ``pipeline_args`` are Beam pipeline options (``["--runner=FlinkRunner", ...]``); DirectRunner when
+    none is given. Raises ValueError / SchemaError naming the setting or feature before anything runs,
+    FileExistsError when ``output_dir`` already holds output and ``overwrite`` is False.
+    """
+    plan, files = plan_preprocessing(config, features_config, output_dir)
+    _clear_previous_output(output_dir, overwrite)
+    tf.io.gfile.makedirs(os.path.join(output_dir, VOCABULARY_DIR))
+    source = get_source(config.source)
+    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args or [])))
+    build_pipeline(pipeline, plan, files, output_dir, source.make_joiner)
+    state = pipeline.run().wait_until_finish()
+    if state != PipelineState.DONE:
+        raise RuntimeError(f"preprocessing pipeline for {config.source} ended in state {state}")
+    return read_metadata(output_dir)
+
+
+def read_metadata(data_dir: str) -> dict:
+    """The ``metadata.json`` preprocessing wrote in ``data_dir``."""
+    path = os.path.join(data_dir, METADATA_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} does not exist; run tfrecsys-preprocess first")
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def features_from_metadata(data_dir: str) -> dict:
+    """The features block preprocessing wrote for, with vocabulary files resolved under ``data_dir``: what
+    training passes to ``FeatureSchema.from_config``."""
+    features = read_metadata(data_dir)["features"]
+    for spec in features.values():
+        if isinstance(spec.get("vocabulary"), str) and not os.path.isabs(spec["vocabulary"]):
+            spec["vocabulary"] = os.path.join(data_dir, spec["vocabulary"])
+    return features

@@ -1,0 +1,45 @@
+"""Seeded simulators with known ground truth, one per model family.
+
+| kind | for | ground truth |
+|---|---|---|
+| ``click_log`` (``tfrecsys.data.simulator``) | dnn, two-tower | click probability, latent vectors, item exposure |
+| ``sequential`` | DIN, DIEN, SIM, HSTU | drifting current interest, long-term interests, click probability |
+| ``position_bias`` | position-bias towers | examination curve per device and position, relevance |
+| ``multitask`` | ESMM, MMoE, PLE | pCTR, pCVR, pCTCVR over every impression, task correlation |
+| ``delayed_feedback`` | DEFUSE | conversion delay distribution, IP/FN/RN types, p(x) and f_dp(x) |
+
+A config's ``data.simulator`` block picks one with ``kind`` (``click_log`` when absent); the other keys are
+the simulator's settings. ``write_from_config(block, output_dir)`` writes train/eval shards,
+``metadata.json`` and ``ground_truth.npz``.
+"""
+
+from tfrecsys.data import simulator as click_log
+from tfrecsys.data.simulators.delayed_feedback import (DelayedFeedbackConfig, simulate_delayed_feedback,
+                                                       write_delayed_feedback)
+from tfrecsys.data.simulators.multitask import MultitaskConfig, simulate_multitask, write_multitask
+from tfrecsys.data.simulators.position_bias import PositionBiasConfig, simulate_position_bias, write_position_bias
+from tfrecsys.data.simulators.sequential import SequentialConfig, simulate_sequential, write_sequential
+
+SIMULATORS = {
+    "click_log": (click_log.ClickLogConfig, click_log.write_click_log),
+    "sequential": (SequentialConfig, write_sequential),
+    "position_bias": (PositionBiasConfig, write_position_bias),
+    "multitask": (MultitaskConfig, write_multitask),
+    "delayed_feedback": (DelayedFeedbackConfig, write_delayed_feedback),
+}
+
+
+def write_from_config(block, output_dir: str) -> dict:
+    """Runs the simulator named by ``block["kind"]`` (default ``click_log``) with the block's other keys."""
+    values = dict(block)
+    kind = values.pop("kind", "click_log")
+    if kind not in SIMULATORS:
+        raise ValueError(f"data.simulator.kind {kind!r} is not one of {sorted(SIMULATORS)}")
+    settings, write = SIMULATORS[kind]
+    return write(settings.from_config(values), output_dir)
+
+
+__all__ = ["SIMULATORS", "write_from_config", "SequentialConfig", "simulate_sequential", "write_sequential",
+           "PositionBiasConfig", "simulate_position_bias", "write_position_bias", "MultitaskConfig",
+           "simulate_multitask", "write_multitask", "DelayedFeedbackConfig", "simulate_delayed_feedback",
+           "write_delayed_feedback"]

@@ -1,0 +1,60 @@
+"""What the ground-truth simulators share: settings from a config block, and writing a simulated log as
+chronologically split TFRecord shards with ``metadata.json`` and ``ground_truth.npz``."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from tfrecsys.data import tfrecord
+from tfrecsys.data.simulator import _sigmoid as sigmoid  # noqa: F401  (re-exported for the simulators)
+from tfrecsys.data.simulator import _solve_bias as solve_bias  # noqa: F401
+from tfrecsys.data.simulator import auc  # noqa: F401
+
+SECONDS_PER_DAY = 86_400
+START_TIMESTAMP = 1_700_000_000
+
+
+def settings_from_config(cls, config):
+    """``cls(**config)`` for a settings dataclass, naming unknown keys instead of a TypeError."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in dict(config).items() if k != "kind"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(fields)}")
+    for name, value in values.items():
+        if isinstance(value, list):
+            values[name] = tuple(value)
+    return cls(**values)
+
+
+def power_law(size: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Probabilities ∝ rank^-exponent over ``size`` entries, ranks in a random order."""
+    weights = (rng.permutation(size) + 1.0) ** -exponent
+    return weights / weights.sum()
+
+
+def write_simulation(output_dir: str, name: str, config, columns: dict, truth: dict, eval_start: int,
+                     num_shards: int, statistics: dict) -> dict:
+    """Writes rows ``[0, eval_start)`` as ``train-*`` shards and the rest as ``eval-00000-of-00001``, with
+    ``metadata.json`` (simulator, settings, row counts, ``statistics``) and ``ground_truth.npz`` (every
+    array of ``truth``; per-row arrays are aligned with the rows, train then eval). Returns the metadata."""
+    rows = len(next(iter(columns.values())))
+    os.makedirs(output_dir, exist_ok=True)
+    train = {k: v[:eval_start] for k, v in columns.items()}
+    evaluation = {k: v[eval_start:] for k, v in columns.items()}
+    train_files = tfrecord.write_sharded(train, output_dir, "train", num_shards)
+    eval_files = tfrecord.write_sharded(evaluation, output_dir, "eval", 1)
+    metadata = {"simulator": name, "config": dataclasses.asdict(config),
+                "train_files": [os.path.basename(f) for f in train_files],
+                "eval_files": [os.path.basename(f) for f in eval_files],
+                "train_rows": eval_start, "eval_rows": rows - eval_start, **statistics}
+    with open(os.path.join(output_dir, "metadata.json"), "w") as f:
+        json.dump(metadata, f, indent=2, sort_keys=True)
+    np.savez(os.path.join(output_dir, "ground_truth.npz"), **truth)
+    return metadata
+
+
+def eval_start_index(num_rows: int, eval_fraction: float) -> int:
+    return int(round(num_rows * (1.0 - eval_fraction)))

@@ -1,0 +1,152 @@
+"""Ranked lists with position bias and a known examination curve, for position-bias towers.
+
+The world, all drawn from ``seed``:
+
+* users and items have latent vectors (items around their category's centre), items a quality ``b_i`` and
+  a power-law exposure; users a power-law activity;
+* a request (user, device) gets ``candidates_per_request`` candidates, which the logging ranker orders by
+  the true relevance logit plus Gaussian noise (``logging_noise``) and shows the top ``list_size`` at
+  positions 1..list_size; in a ``randomized_fraction`` of requests the shown list is shuffled (result
+  randomization, the intervention that identifies the curve);
+* the shown item at position ``k`` on device ``d`` is examined with probability
+  ``θ[d, k] = k^-device_exponents[d]`` and clicked when examined with probability
+  ``r = sigmoid(affinity_scale · u·v / sqrt(dim) + b_i + bias)`` (the examination hypothesis:
+  ``P(click) = θ[d, k] · r``), ``bias`` set so the mean click rate is ``target_ctr``.
+
+Because the ranker puts relevant items first, the click rate by position falls faster than ``θ`` on
+logged traffic: position and relevance are confounded, which is what a position-bias tower must untangle.
+``position`` and ``device`` are training-only features (serving does not know the position yet). The
+ground truth holds ``θ`` and, per row, ``r``, ``θ[d, k]`` and whether the request was randomized.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, power_law,
+                                             settings_from_config, sigmoid, write_simulation)
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionBiasConfig:
+    num_users: int = 2000
+    num_items: int = 1000
+    num_categories: int = 20
+    latent_dim: int = 8
+    num_requests: int = 20_000
+    list_size: int = 10
+    candidates_per_request: int = 40
+    device_exponents: tuple = (0.7, 1.3)
+    device_shares: tuple = (0.6, 0.4)
+    logging_noise: float = 1.0
+    randomized_fraction: float = 0.1
+    affinity_scale: float = 2.0
+    item_quality_std: float = 0.6
+    category_spread: float = 0.5
+    popularity_exponent: float = 1.0
+    target_ctr: float = 0.08
+    eval_fraction: float = 0.1
+    num_shards: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if len(self.device_exponents) != len(self.device_shares):
+            raise ValueError("device_exponents and device_shares need one entry per device")
+        if self.list_size > self.candidates_per_request:
+            raise ValueError("list_size cannot exceed candidates_per_request")
+
+    @classmethod
+    def from_config(cls, config) -> "PositionBiasConfig":
+        return settings_from_config(cls, config)
+
+    def examination_curve(self) -> np.ndarray:
+        """``θ[device, position - 1] = position^-exponent[device]``."""
+        positions = np.arange(1, self.list_size + 1, dtype=np.float64)
+        return positions[None, :] ** -np.asarray(self.device_exponents, np.float64)[:, None]
+
+
+def _solve_weighted_bias(logits: np.ndarray, weights: np.ndarray, target: float) -> float:
+    """``c`` with ``mean(weights · sigmoid(logits + c)) = target`` (bisection; monotone in c)."""
+    low, high = -30.0, 30.0
+    for _ in range(80):
+        mid = (low + high) / 2
+        if (weights * sigmoid(logits + mid)).mean() < target:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def simulate_position_bias(config: PositionBiasConfig) -> tuple[dict, dict]:
+    """Returns ``(columns, truth)``: one row per shown (request, position), requests in time order."""
+    rng = np.random.default_rng(config.seed)
+    d = config.latent_dim
+    centers = rng.normal(size=(config.num_categories, d))
+    item_category = rng.integers(0, config.num_categories, size=config.num_items)
+    item_latent = centers[item_category] + config.category_spread * rng.normal(size=(config.num_items, d))
+    item_quality = config.item_quality_std * rng.normal(size=config.num_items)
+    exposure = power_law(config.num_items, config.popularity_exponent, rng)
+    user_latent = rng.normal(size=(config.num_users, d))
+    activity = power_law(config.num_users, 0.8, rng)
+
+    requests, size = config.num_requests, config.list_size
+    users = rng.choice(config.num_users, size=requests, p=activity)
+    shares = np.asarray(config.device_shares, np.float64)
+    devices = rng.choice(len(shares), size=requests, p=shares / shares.sum())
+    candidates = rng.choice(config.num_items, size=(requests, config.candidates_per_request), p=exposure)
+    relevance_logit = (config.affinity_scale * np.einsum("rd,rmd->rm", user_latent[users], item_latent[candidates])
+                       / np.sqrt(d) + item_quality[candidates])
+    logged_score = relevance_logit + config.logging_noise * rng.normal(size=relevance_logit.shape)
+    shown = np.argsort(-logged_score, axis=1, kind="stable")[:, :size]
+    randomized = rng.random(requests) < config.randomized_fraction
+    shuffled = np.take_along_axis(shown, np.argsort(rng.random((requests, size)), axis=1), axis=1)
+    shown = np.where(randomized[:, None], shuffled, shown)
+
+    items = np.take_along_axis(candidates, shown, axis=1).reshape(-1)
+    logits = np.take_along_axis(relevance_logit, shown, axis=1).reshape(-1)
+    positions = np.tile(np.arange(1, size + 1), requests)
+    row_devices = np.repeat(devices, size)
+    curve = config.examination_curve()
+    examination = curve[row_devices, positions - 1]
+    bias = _solve_weighted_bias(logits, examination, config.target_ctr)
+    relevance = sigmoid(logits + bias)
+    clicks = (rng.random(len(items)) < examination * relevance).astype(np.float32)
+    timestamps = START_TIMESTAMP + np.sort(rng.choice(30 * SECONDS_PER_DAY, size=requests, replace=False))
+
+    columns = {"example_id": np.arange(len(items), dtype=np.int64),
+               "request_id": np.repeat(np.arange(requests, dtype=np.int64), size),
+               "timestamp": np.repeat(timestamps, size).astype(np.int64),
+               "user_id": np.repeat(users, size).astype(np.int64), "item_id": items.astype(np.int64),
+               "item_category": item_category[items].astype(np.int64), "position": positions.astype(np.int64),
+               "device": row_devices.astype(np.int64), "click": clicks}
+    truth = {"relevance": relevance, "examination": examination, "probability": examination * relevance,
+             "randomized": np.repeat(randomized, size), "examination_curve": curve,
+             "item_quality": item_quality, "item_category": item_category, "bias": np.float64(bias)}
+    return columns, truth
+
+
+def examination_by_position(columns: dict, truth: dict, list_size: int, device: int) -> np.ndarray:
+    """θ̂[k] = clicks at position k / Σ true relevance at position k on ``device`` (an estimate of θ that
+    the ground truth makes possible: relevance is known, so the confounding is removed exactly)."""
+    on_device = columns["device"] == device
+    return np.array([columns["click"][on_device & (columns["position"] == k)].sum()
+                     / truth["relevance"][on_device & (columns["position"] == k)].sum()
+                     for k in range(1, list_size + 1)])
+
+
+def write_position_bias(config: PositionBiasConfig, output_dir: str) -> dict:
+    """Simulates and writes train/eval shards (eval: the last ``eval_fraction`` of requests in time)."""
+    columns, truth = simulate_position_bias(config)
+    eval_start = eval_start_index(config.num_requests, config.eval_fraction) * config.list_size
+    clicks = columns["click"]
+    by_position = [float(clicks[columns["position"] == k].mean()) for k in range(1, config.list_size + 1)]
+    statistics = {
+        "click_rate": float(clicks.mean()),
+        "oracle_auc": auc(clicks[eval_start:], truth["probability"][eval_start:]),
+        "relevance_auc": auc(clicks[eval_start:], truth["relevance"][eval_start:]),
+        "examination_curve": truth["examination_curve"].tolist(),
+        "click_rate_by_position": by_position,
+        "bias": float(truth["bias"]),
+    }
+    return write_simulation(output_dir, "position_bias", config, columns, truth, eval_start, config.num_shards,
+                            statistics)
