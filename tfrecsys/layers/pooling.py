@@ -2,16 +2,28 @@
 
 import tensorflow as tf
 
+from tfrecsys.features.schema import SequenceFeature
 
-class MaskedMeanPooling(tf.keras.layers.Layer):
-    """Mean of the valid steps: ``sum_t m_t x_t / max(1, sum_t m_t)``.
 
-    Inputs: ``values`` ``[batch, seq_len, dim]`` and ``mask`` bool ``[batch, seq_len]``. Output ``[batch, dim]``;
-    an empty sequence pools to zeros rather than NaN.
+def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """``sum_t m_t x_t / max(1, sum_t m_t)``: ``[batch, seq_len, dim]`` and bool ``[batch, seq_len]`` →
+    ``[batch, dim]``; an empty sequence pools to zeros rather than NaN."""
+    weights = tf.cast(mask, values.dtype)[..., tf.newaxis]
+    total = tf.reduce_sum(values * weights, axis=1)
+    count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+    return total / count
+
+
+def concat_pooled(embedded: dict, schema, feature_names) -> tf.Tensor:
+    """``[e_1 ; … ; mean_t e_seq,t ; … ; dense]`` → ``[batch, Σ d_f]``: the flat input of an MLP tower.
+
+    ``embedded`` is ``FeatureEmbedding``'s output; id and dense features are taken as they are, sequences are
+    mean-pooled under their mask, in the order of ``feature_names``.
     """
-
-    def call(self, values, mask):
-        weights = tf.cast(mask, values.dtype)[..., tf.newaxis]
-        total = tf.reduce_sum(values * weights, axis=1)
-        count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
-        return total / count
+    parts = []
+    for name in feature_names:
+        if isinstance(schema[name], SequenceFeature):
+            parts.append(masked_mean(embedded[name], embedded[name + "_mask"]))
+        else:
+            parts.append(embedded[name])
+    return tf.concat(parts, axis=-1)

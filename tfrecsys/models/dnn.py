@@ -3,9 +3,9 @@
 import tensorflow as tf
 
 from tfrecsys.features.embedding import FeatureEmbedding
-from tfrecsys.features.schema import FeatureSchema, SequenceFeature
+from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.mlp import MLP
-from tfrecsys.layers.pooling import MaskedMeanPooling
+from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.models.registry import register
 from tfrecsys.models.tasks import tasks_from_config
 
@@ -28,21 +28,14 @@ class DNNRanker(tf.keras.Model):
         self.dropout = dropout
         self.feature_names = [f.name for f in schema.serving_inputs]
         self.embedding = FeatureEmbedding(schema, include=self.feature_names)
-        self.pool = MaskedMeanPooling()
         self.bottom = MLP(hidden_units, dropout=dropout)
         # float32 heads: under mixed precision the logit, the sigmoid and the loss stay in float32.
         self.heads = {name: tf.keras.layers.Dense(1, name=f"{name}_logit", dtype="float32")
                       for name in self.task_names}
 
     def call(self, features, training=None):
-        embedded = self.embedding(features)
-        parts = []
-        for name in self.feature_names:
-            if isinstance(self.schema[name], SequenceFeature):
-                parts.append(self.pool(embedded[name], embedded[name + "_mask"]))
-            else:
-                parts.append(embedded[name])
-        hidden = self.bottom(tf.concat(parts, axis=-1), training=training)
+        hidden = self.bottom(concat_pooled(self.embedding(features), self.schema, self.feature_names),
+                             training=training)
         return {name: tf.sigmoid(tf.squeeze(head(hidden), axis=-1)) for name, head in self.heads.items()}
 
     def get_config(self):

@@ -33,7 +33,7 @@ from tfrecsys.data.item_frequency import read_item_frequency
 from tfrecsys.features.embedding import FeatureEmbedding
 from tfrecsys.features.schema import FeatureSchema, IdFeature, LabelFeature, SequenceFeature
 from tfrecsys.layers.mlp import MLP
-from tfrecsys.layers.pooling import MaskedMeanPooling
+from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.layers.retrieval import (NEGATIVE_MODES, CorpusSampler, MixedNegativeLogits,
                                        StreamingFrequencyEstimator)
 from tfrecsys.losses.sampled_softmax import SampledSoftmaxLoss
@@ -63,19 +63,11 @@ class Tower(tf.keras.layers.Layer):
         self.output_dim = output_dim
         self.dropout = dropout
         self.embedding = FeatureEmbedding(schema, include=self.feature_names, name="features")
-        has_sequences = any(isinstance(schema[name], SequenceFeature) for name in self.feature_names)
-        self.pool = MaskedMeanPooling() if has_sequences else None
         self.mlp = MLP(self.hidden_units, dropout=dropout, output_units=output_dim, name="mlp")
 
     def call(self, features, training=None):
-        embedded = self.embedding(features)
-        parts = []
-        for name in self.feature_names:
-            if isinstance(self.schema[name], SequenceFeature):
-                parts.append(self.pool(embedded[name], embedded[name + "_mask"]))
-            else:
-                parts.append(embedded[name])
-        return tf.math.l2_normalize(self.mlp(tf.concat(parts, axis=-1), training=training), axis=-1)
+        flat = concat_pooled(self.embedding(features), self.schema, self.feature_names)
+        return tf.math.l2_normalize(self.mlp(flat, training=training), axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "schema": self.schema.to_json(), "feature_names": self.feature_names,
