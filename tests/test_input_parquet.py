@@ -1,7 +1,11 @@
 """tf.data input from TFRecord and Parquet: the same rows give the same batches in both formats (eval and
 seeded training), training shuffles rows across files and covers every row once per epoch, workers read
-disjoint files, and a Parquet file that does not match the schema fails at start naming feature and types."""
+disjoint files, and a Parquet file that does not match the schema fails at start naming feature and types.
 
+Parquet files are standard Arrow columns (``list<int64>`` sequences, ...): a file written by plain pyarrow
+trains, and a file written by tfrecsys scores in batch scoring like its TFRecord copy."""
+
+import json
 import os
 
 import numpy as np
@@ -10,9 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+from tests.contract_models import example_rows, export_contract_model
+from tfrecsys.config import load_config
 from tfrecsys.data import parquet, tfrecord
 from tfrecsys.data.input import DataError, check_schema, count_records, find_bad_record, make_dataset
+from tfrecsys.data.simulator import ClickLogConfig, simulate_click_log
 from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.scoring import pipeline
+from tfrecsys.train.loop import train_and_evaluate
 
 SCHEMA = FeatureSchema.from_config({
     "example_id": dict(kind="id", hash_buckets=100),
@@ -116,35 +125,137 @@ def test_workers_read_disjoint_files(both_formats, suffix):
     assert sorted(np.concatenate(seen).tolist()) == list(range(ROWS))
 
 
+def test_tfrecsys_writes_standard_arrow_columns(both_formats):
+    _, parquet_files, _ = both_formats
+    schema = pq.read_schema(parquet_files[0])
+    assert {name: str(schema.field(name).type) for name in schema.names} == {
+        "example_id": "int64", "user_id": "int64", "city": "string", "price": "float",
+        "position_embedding": "fixed_size_list<element: float>[3]", "hist_item_id": "list<element: int64>",
+        "hist_tag": "list<element: string>", "tags": "list<element: string>", "click": "float"}
+    assert not any(key.startswith(b"tfrecsys") for key in schema.metadata or {})  # no private encodings
+    table = pq.read_table(parquet_files[0])
+    assert table["example_id"].to_pylist()[:3] == [0, 1, 2]
+    assert len(table["position_embedding"][0].as_py()) == 3
+
+
+def _plain_pyarrow_table(columns: dict) -> pa.Table:
+    """The columns as another tool would write them: narrower integers, a dictionary-encoded string column,
+    variable-size lists for the dense vector, large lists and large strings."""
+    return pa.table({
+        "example_id": pa.array(columns["example_id"], pa.int64()),
+        "user_id": pa.array(columns["user_id"], pa.int32()),
+        "city": pa.array(columns["city"].tolist(), pa.string()).dictionary_encode(),
+        "price": pa.array(columns["price"], pa.float32()),
+        "position_embedding": pa.array(columns["position_embedding"].tolist(), pa.list_(pa.float32())),
+        "hist_item_id": pa.array([h.tolist() for h in columns["hist_item_id"]], pa.list_(pa.int64())),
+        "hist_tag": pa.array([t.tolist() for t in columns["hist_tag"]], pa.large_list(pa.large_string())),
+        "tags": pa.array([[v.encode() for v in t] for t in columns["tags"]], pa.list_(pa.binary())),
+        "click": pa.array(columns["click"], pa.float32()),
+        "not_a_feature": pa.array([{"x": 1}] * len(columns["click"])),  # other columns are not read
+    })
+
+
+def test_a_parquet_file_written_by_plain_pyarrow_reads_like_tfrecord(both_formats, tmp_path):
+    tfrecord_files, _, _ = both_formats
+    columns = _columns(ROWS)
+    table = _plain_pyarrow_table(columns)
+    bounds = np.linspace(0, ROWS, 4).astype(int)
+    files = []
+    for index in range(3):  # row groups that do not line up with the pipeline's chunks
+        files.append(str(tmp_path / f"plain-{index}.parquet"))
+        pq.write_table(table.slice(bounds[index], bounds[index + 1] - bounds[index]), files[-1], row_group_size=97)
+    check_schema(files[0], SCHEMA)
+    _assert_same(_batches(tfrecord_files, False), _batches(files, False))
+    _assert_same(_batches(tfrecord_files, True, seed=4, shuffle_buffer=300),
+                 _batches(files, True, seed=4, shuffle_buffer=300))
+
+
+def test_tfrecsys_train_trains_on_plain_pyarrow_parquet_like_on_tfrecord(tmp_path):
+    """A user's own Parquet (written by pyarrow, list<int64> histories) through the training binary's library
+    call: the same rows as TFRecord give the same trained model, metric for metric."""
+    config = load_config(os.path.join(os.path.dirname(__file__), os.pardir, "configs", "dnn_simulator.py"))
+    config.data.simulator.num_events = 6_000
+    config.train.update(batch_size=256, steps=20, steps_per_loop=20, steps_per_execution=10, shuffle_buffer=2_000,
+                        eval_batch_size=1024)
+    columns, _ = simulate_click_log(ClickLogConfig.from_config(config.data.simulator))
+    split = 5_000
+    for fmt in ("tfrecord", "parquet"):
+        (tmp_path / fmt).mkdir()
+    for prefix, rows in (("train", slice(0, split)), ("eval", slice(split, None))):
+        part = {name: values[rows] for name, values in columns.items()}
+        tfrecord.write_sharded(part, str(tmp_path / "tfrecord"), prefix, 2)
+        table = pa.table({name: pa.array([v.tolist() for v in values], pa.list_(pa.int64()))
+                          if isinstance(values, list) else pa.array(values) for name, values in part.items()})
+        half = table.num_rows // 2
+        pq.write_table(table.slice(0, half), tmp_path / "parquet" / f"{prefix}-0.parquet")
+        pq.write_table(table.slice(half), tmp_path / "parquet" / f"{prefix}-1.parquet")
+    assert pq.read_schema(tmp_path / "parquet" / "train-0.parquet").field("hist_item_id").type == pa.list_(pa.int64())
+
+    metrics = {}
+    for fmt in ("tfrecord", "parquet"):
+        config.data.update(dir=str(tmp_path / fmt), train_files=f"train-*.{fmt}", eval_files=f"eval-*.{fmt}")
+        metrics[fmt] = train_and_evaluate(config, str(tmp_path / f"model_{fmt}"))
+    assert metrics["parquet"]["score"]["auc"] > 0.55
+    flat = {fmt: {"loss": m["loss"], **m["score"]} for fmt, m in metrics.items()}
+    assert flat["parquet"] == pytest.approx(flat["tfrecord"], rel=1e-5)
+
+
+def test_a_tfrecsys_parquet_file_scores_like_its_tfrecord_copy(tmp_path):
+    """One format across the project: batch scoring reads the Parquet that tfrecsys writes."""
+    rows = example_rows(48, seed=11)
+    columns = {name: np.asarray([row[name] for row in rows], np.float32 if name == "price" else np.int64)
+               for name in ("example_id", "user_id", "item_id", "price")}
+    columns["hist_item_id"] = [np.asarray(row["hist_item_id"], np.int64) for row in rows]
+    parquet.write_sharded(columns, str(tmp_path), "rows", 2)
+    tfrecord.write_sharded(columns, str(tmp_path), "rows", 2)
+    model = export_contract_model(str(tmp_path / "model"), version=1, offset=0.2)
+
+    scores = {}
+    for fmt in ("parquet", "tfrecord"):
+        summary = pipeline.score(str(tmp_path / f"rows-*.{fmt}"), model, str(tmp_path / "scores" / fmt),
+                                 input_format=fmt)
+        assert summary.rows_scored == len(rows) and summary.rows_rejected == 0
+        lines = [json.loads(line) for path in summary.output_files for line in open(path)]
+        scores[fmt] = {line["example_id"]: line["score"] for line in lines}
+    assert scores["parquet"] == scores["tfrecord"] and len(scores["parquet"]) == len(rows)
+
+
 def test_parquet_schema_mismatch_fails_at_start_naming_feature_and_types(tmp_path):
     good = parquet.write_parquet(_columns(5), str(tmp_path / "good.parquet"))
     check_schema(good, SCHEMA)
-
     table = pq.read_table(good)
-    price = table.schema.get_field_index("price")
-    pq.write_table(table.set_column(price, "price", pa.array(np.arange(5, dtype=np.float64))), tmp_path / "f64.parquet")
-    with pytest.raises(DataError, match=r"f64\.parquet: feature 'price' is double in the data but the schema says "
-                                        r"float32 \(float\)"):
-        check_schema(str(tmp_path / "f64.parquet"), SCHEMA)
 
+    def write(name, **replaced):
+        changed = table
+        for column, values in replaced.items():
+            changed = changed.set_column(changed.schema.get_field_index(column), column, values)
+        pq.write_table(changed, tmp_path / name)
+        return str(tmp_path / name)
+
+    cases = [
+        (write("f64.parquet", price=pa.array(np.arange(5, dtype=np.float64))),
+         r"f64\.parquet: feature 'price' is double in the data but the schema says float32 \(float\)"),
+        (write("scalar_history.parquet", hist_item_id=pa.array(np.arange(5))),
+         r"feature 'hist_item_id' is int64 in the data but the schema says sequence of int64 \(list<element: int64>\)"),
+        (write("float_history.parquet", hist_item_id=pa.array([[1.0]] * 5, pa.list_(pa.float32()))),
+         r"feature 'hist_item_id' is list<element: float> in the data but the schema says sequence of int64"),
+        (write("string_ids.parquet", user_id=pa.array(["u"] * 5)),
+         "feature 'user_id' is string in the data but the schema says int64"),
+        (write("uint64_ids.parquet", user_id=pa.array(np.arange(5, dtype=np.uint64))),
+         "feature 'user_id' is uint64 in the data but the schema says int64"),
+        (write("wide_vector.parquet", position_embedding=pa.array([[0.0] * 4] * 5, pa.list_(pa.float32(), 4))),
+         r"feature 'position_embedding' is fixed_size_list<element: float>\[4\] in the data but the schema says "
+         r"float32 \(fixed_size_list<element: float>\[3\]\)"),
+    ]
+    for path, message in cases:
+        with pytest.raises(DataError, match=message):
+            check_schema(path, SCHEMA)
     pq.write_table(table.drop_columns(["city"]), tmp_path / "no_city.parquet")
     with pytest.raises(DataError, match=r"no_city\.parquet: no column 'city' \(schema: string\)"):
         check_schema(str(tmp_path / "no_city.parquet"), SCHEMA)
 
-    history = table.schema.get_field_index("hist_item_id")
-    listed = table.set_column(history, "hist_item_id", pa.array([[1, 2]] * 5, pa.list_(pa.int64())))
-    pq.write_table(listed, tmp_path / "lists.parquet")
-    with pytest.raises(DataError, match=r"column 'hist_item_id' is list<element: int64> in the data .*tensorflow-io "
-                                        "reads flat columns only"):
-        check_schema(str(tmp_path / "lists.parquet"), SCHEMA)
 
-    user = table.schema.get_field_index("user_id")
-    pq.write_table(table.set_column(user, "user_id", pa.array(["u"] * 5)), tmp_path / "string_ids.parquet")
-    with pytest.raises(DataError, match="feature 'user_id' is string in the data but the schema says int64"):
-        check_schema(str(tmp_path / "string_ids.parquet"), SCHEMA)
-
-
-def test_damaged_and_mixed_inputs_are_named(both_formats, tmp_path):
+def test_bad_values_and_damaged_or_mixed_inputs_are_named(both_formats, tmp_path):
     tfrecord_files, parquet_files, _ = both_formats
     damaged = tmp_path / "damaged.parquet"
     damaged.write_bytes(open(parquet_files[0], "rb").read()[:200])
@@ -153,9 +264,27 @@ def test_damaged_and_mixed_inputs_are_named(both_formats, tmp_path):
     with pytest.raises(DataError, match="input mixes Parquet and TFRecord files"):
         make_dataset([tfrecord_files[0], parquet_files[0]], SCHEMA, 8, targets={"click": "click"}, training=False)
 
+    table = parquet.to_table(_columns(3_000))  # rows past the first read chunk (1024 rows)
+    bad_files = {
+        "null_price": ("price", pa.array([1.0] * 1500 + [None] + [1.0] * (table.num_rows - 1501), pa.float32()),
+                       "column 'price' is null in row 1500"),
+        "null_element": ("hist_item_id", pa.array([[1]] * 1200 + [[2, None]] + [[]] * (table.num_rows - 1201),
+                                                  pa.list_(pa.int64())),
+                         "column 'hist_item_id' holds a null element in row 1200"),
+        "short_vector": ("position_embedding", pa.array([[0.5] * 3] * 7 + [[0.5]] * (table.num_rows - 7),
+                                                       pa.list_(pa.float32())),
+                         "column 'position_embedding' holds 1 values in row 7; the schema says dense of dim 3"),
+    }
+    for name, (column, values, message) in bad_files.items():
+        path = str(tmp_path / f"{name}.parquet")
+        pq.write_table(table.set_column(table.schema.get_field_index(column), column, values), path)
+        assert find_bad_record([parquet_files[0], path], SCHEMA) == f"{path}: {message}"
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"{path}: {message}"):
+            list(make_dataset([path], SCHEMA, 64, targets={"click": "click"}, training=False))
 
-def test_string_sequences_keep_empty_strings_and_empty_lists(tmp_path):
-    columns = {"tags": [np.asarray([], object), np.asarray([""], object), np.asarray(["a", "", "b"], object)],
+
+def test_string_sequences_keep_empty_strings_empty_lists_and_nul_bytes(tmp_path):
+    columns = {"tags": [np.asarray([], object), np.asarray([""], object), np.asarray(["a", "", "b\x00"], object)],
                "click": np.zeros(3, np.float32)}
     schema = FeatureSchema.from_config({"tags": dict(kind="sequence", dtype="string", max_len=3, hash_buckets=4),
                                         "click": dict(kind="label")})
@@ -165,6 +294,4 @@ def test_string_sequences_keep_empty_strings_and_empty_lists(tmp_path):
     (expected, _), = make_dataset(tfrecord_path, schema, 3, targets={"click": "click"}, training=False)
     assert inputs["tags_length"].numpy().tolist() == [0, 1, 3] == expected["tags_length"].numpy().tolist()
     np.testing.assert_array_equal(inputs["tags"].numpy(), expected["tags"].numpy())
-    with pytest.raises(ValueError, match="column 'bad': a value contains the separator"):
-        parquet.to_table({"bad": [np.asarray(["a\x1fb"], object)]})
-    assert os.path.getsize(path) > 0
+    assert inputs["tags"].numpy()[2].tolist() == [b"a", b"", b"b\x00"]

@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
@@ -208,6 +210,9 @@ def test_parquet_output_yields_the_same_batches_as_tfrecord(taobao_part, taobao_
     for directory, suffix in ((first, "tfrecord"), (str(tmp_path), "parquet")):
         files = resolve_files(f"train-*.{suffix}", directory)
         batches.append(list(make_dataset(files, schema, 500, targets={"bought": "bought"}, training=False)))
+    arrow_schema = pq.read_schema(files[0])  # standard columns, readable by any Parquet tool
+    assert arrow_schema.field("hist_item_id").type == pa.list_(pa.int64())
+    assert arrow_schema.field("timestamp").type == pa.int64() and arrow_schema.field("bought").type == pa.float32()
     assert len(batches[0]) == len(batches[1]) > 10
     for (inputs_a, labels_a), (inputs_b, labels_b) in zip(*batches):
         assert sorted(inputs_a) == sorted(inputs_b)

@@ -2,8 +2,9 @@
 
 Batches are parsed after batching (one vectorised ``parse_example`` per batch rather than one per row) and
 prefetched. Under a distribution strategy each worker reads its own files (``input_context`` sharding).
-Parquet files (``*.parquet``, written by ``tfrecsys.data.parquet``) are read through tensorflow-io and give
-the same feature dict, batch for batch, as TFRecord files holding the same rows.
+Parquet files (``*.parquet`` of standard Arrow columns: ``list<int64>`` sequences and so on, see
+``tfrecsys.data.parquet``) are read with pyarrow and give the same feature dict, batch for batch, as TFRecord
+files holding the same rows.
 """
 
 import glob
@@ -84,10 +85,8 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     cycle = max(1, min(parallel_reads, len(files)))
     chunk_rows = max(1, -(-shuffle_buffer // cycle)) if training else READ_CHUNK_ROWS
     if is_parquet(files):
-        specs = parquet.column_specs(features)
-
         def read_chunks(path):
-            return parquet.chunk_dataset(path, specs, chunk_rows)
+            return parquet.chunk_dataset(path, features, chunk_rows)
 
         def decode(rows):
             return parquet.decode_batch(rows, schema, features)
@@ -189,12 +188,13 @@ def find_bad_record(files: Sequence[str], schema: FeatureSchema) -> Optional[str
 
 
 def _find_bad_parquet(files: Sequence[str], schema: FeatureSchema) -> Optional[str]:
+    """Reads every file as training does (same reader, same checks) and returns the first problem."""
     for path in files:
         if not tf.io.gfile.exists(path):
             return f"{path}: file does not exist"
         try:
-            parquet.check_parquet_schema(path, schema.inputs + schema.labels)
-            parquet.read_columns(path, [f.name for f in schema.inputs + schema.labels])
+            for _ in parquet.read_chunks(path, schema.inputs + schema.labels, READ_CHUNK_ROWS):
+                pass
         except parquet.ParquetSchemaError as error:
             return str(error)
     return None

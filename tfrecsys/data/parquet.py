@@ -1,22 +1,36 @@
-"""Parquet as a second on-disk format, read through tensorflow-io into the same feature dict as TFRecord.
+"""Parquet as a second on-disk format: standard Arrow columns, read with pyarrow into the same feature dict
+as TFRecord.
 
-tensorflow-io's Parquet reader (0.37.1) reads flat columns only: a list column comes back as its flattened
-elements, sized by the file's row count, so elements past that count are garbage and row boundaries are lost
-(checked on 0.37.1). A row's variable-length sequence is therefore stored in one flat cell:
+One column per feature, of the type Spark, pandas, DuckDB or pyarrow would write for it:
 
-* int64 sequences: a binary cell of little-endian int64 values (``int64_le``);
-* string sequences: a string cell, every element preceded by ``\\x1f`` (``string_sep``), so an empty
-  sequence, a sequence of one empty string and any other sequence stay distinct;
-* dense features with ``dim > 1``: a binary cell of ``dim`` little-endian float32 values (``float32_le``).
+==============================  ==============================  ==============================================
+feature                         written                         also read
+==============================  ==============================  ==============================================
+int64 id, int64 label           ``int64``                       narrower integers (int8–int32, uint8–uint32)
+float32 dense (dim 1), label    ``float``                       —
+string id                       ``string``                      large_string, binary, dictionary-encoded
+dense with ``dim > 1``          ``fixed_size_list<float>[dim]`` ``list<float>`` with ``dim`` values per row
+int64 sequence                  ``list<int64>``                 large_list, narrower integer elements
+string sequence                 ``list<string>``                large_list, large_string / binary elements
+==============================  ==============================  ==============================================
 
-The file's key-value metadata ``tfrecsys.encodings`` records which columns are encoded and how, so
-``check_parquet_schema`` can tell an encoded cell from an ordinary binary column and name a mismatch.
-Scalars are ordinary int64, float (float32) and string columns. Files are written with pyarrow.
+Anything else (a float64 price, a float id, a scalar where a sequence is expected) is a schema mismatch that
+``check_parquet_schema`` names with the file, the feature and both types. A null cell, or a null element of
+a list, is bad data: reading stops with an error naming file, column and row (a TFRecord row without a
+required feature fails the same way); batch scoring sends such rows to its dead-letter output.
+
+Why pyarrow and not tensorflow-io: tensorflow-io 0.37.1, the last release and the only one whose kernels load
+on TF 2.16, cannot read list columns (it returns a list column's elements sized by the file's row count, so
+elements past that count are garbage and row boundaries are lost). Reading through it forced a private,
+non-standard encoding of every sequence, which no other tool could write or read. pyarrow (already a pinned
+dependency) reads every column type; a file is read in chunks of rows by a ``tf.data`` generator, with
+all per-row work vectorised: Arrow buffers become flat tensors (a sequence: its values and its row lengths;
+strings: one byte buffer and offsets, cut with one ``tf.strings.substr``), and padding happens in the graph
+with the same ``FeatureSchema.pad_sequences`` that TFRecord batches go through.
 """
 
-import json
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,68 +39,124 @@ import tensorflow as tf
 
 from tfrecsys.features.schema import DenseFeature, FeatureSchema, SequenceFeature
 
-ENCODINGS_KEY = b"tfrecsys.encodings"
-STRING_SEPARATOR = "\x1f"
-INT64_LE, STRING_SEP, FLOAT32_LE = "int64_le", "string_sep", "float32_le"
-_TF_DTYPES = {"int64": tf.int64, "float32": tf.float32, "string": tf.string}
+_ARROW_TYPES = {"int64": pa.int64(), "float32": pa.float32(), "string": pa.string()}
+_NUMPY_TYPES = {"int64": np.int64, "float32": np.float32}
+_TF_TYPES = {"int64": tf.int64, "float32": tf.float32}
+# Integer types an int64 feature reads without loss.
+_INTEGERS = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
 
 
 class ParquetSchemaError(ValueError):
-    """A Parquet file whose columns do not match the feature schema; the message names file and feature."""
+    """A Parquet file whose columns or values do not fit the feature schema; the message names the file and
+    the feature (and the row, for bad values)."""
+
+
+def arrow_type(dtype: str, is_list: bool = False, dim: int = 1) -> pa.DataType:
+    """The Arrow type tfrecsys writes for a feature of ``dtype`` ("int64", "float32", "string"): a list of it
+    for a sequence, a fixed-size list of ``dim`` for a dense vector."""
+    if dim == 1 and not is_list:
+        return _ARROW_TYPES[dtype]
+    # "element": the name Parquet's list layout gives the items, so a type reads back as it was written.
+    element = pa.field("element", _ARROW_TYPES[dtype])
+    return pa.list_(element, dim) if dim > 1 else pa.list_(element)
+
+
+def feature_arrow_type(feature) -> pa.DataType:
+    """The Arrow type tfrecsys writes for ``feature``."""
+    dim = feature.dim if isinstance(feature, DenseFeature) else 1
+    return arrow_type(feature.dtype, isinstance(feature, SequenceFeature), dim)
+
+
+# Writing ----------------------------------------------------------------------------------------------------
 
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _encode_column(name: str, values) -> tuple[pa.Array, Optional[str]]:
-    """One column as ``tfrecord.write_sharded`` takes it (a numpy array ``[rows]`` or ``[rows, dim]``, or a
-    list / object array of 1-D sequences or of strings) → an Arrow array and its encoding (None: plain)."""
+def _infer_type(name: str, values) -> pa.DataType:
+    """The Arrow type of a column given as ``tfrecord.write_sharded`` takes it: a numpy array ``[rows]`` or
+    ``[rows, dim]``, strings, or 1-D arrays (sequences) whose numpy dtype says int64 or string."""
     if isinstance(values, np.ndarray) and values.dtype != object:
         if values.ndim == 2:
-            return pa.array([np.asarray(row, "<f4").tobytes() for row in values], pa.binary()), FLOAT32_LE
-        if values.dtype.kind in "iub":
-            return pa.array(values.astype(np.int64), pa.int64()), None
-        if values.dtype.kind == "f":
-            return pa.array(values.astype(np.float32), pa.float32()), None
-        return pa.array([_text(v) for v in values], pa.string()), None
+            return arrow_type("float32", dim=values.shape[1])
+        for kinds, dtype in (("iub", "int64"), ("f", "float32"), ("US", "string")):
+            if values.dtype.kind in kinds:
+                return _ARROW_TYPES[dtype]
+        raise ValueError(f"column {name!r}: numpy dtype {values.dtype} is not an integer, float or string")
     values = list(values)
-    if all(isinstance(v, (str, bytes)) for v in values):
-        return pa.array([_text(v) for v in values], pa.string()), None
+    if values and all(isinstance(v, (str, bytes)) for v in values):
+        return pa.string()
     sequences = [np.asarray(v) for v in values]
-    kinds = {s.dtype.kind for s in sequences if s.size}
+    # A column of only empty sequences still says what it holds by its arrays' dtype; numpy's default dtype
+    # for an empty list (float64) says nothing.
+    kinds = {s.dtype.kind for s in sequences if s.size} or {s.dtype.kind for s in sequences} - {"f"}
+    if not kinds:
+        raise ValueError(f"column {name!r}: cannot tell the type of a column without values; pass its type")
     if kinds <= set("iub"):
-        return pa.array([s.astype("<i8").tobytes() for s in sequences], pa.binary()), INT64_LE
+        return arrow_type("int64", is_list=True)
     if kinds <= set("USO"):
-        cells = []
-        for sequence in sequences:
-            elements = [_text(e) for e in sequence.tolist()]
-            if any(STRING_SEPARATOR in e for e in elements):
-                raise ValueError(f"column {name!r}: a value contains the separator \\x1f")
-            cells.append("".join(STRING_SEPARATOR + e for e in elements))
-        return pa.array(cells, pa.string()), STRING_SEP
+        return arrow_type("string", is_list=True)
     raise ValueError(f"column {name!r}: sequences must hold integers or strings, got numpy kinds {sorted(kinds)}")
 
 
-def to_table(columns: dict) -> pa.Table:
-    """Columns (numpy arrays ``[rows]``/``[rows, dim]``, or lists of 1-D arrays for sequences) → an Arrow
-    table with the tfrecsys encodings in its metadata."""
-    arrays, encodings = {}, {}
-    for name, values in columns.items():
-        arrays[name], encoding = _encode_column(name, values)
-        if encoding:
-            encodings[name] = encoding
-    table = pa.table(arrays)
-    return table.replace_schema_metadata({ENCODINGS_KEY: json.dumps(encodings, sort_keys=True).encode()})
+def _to_arrow(name: str, values, type_: pa.DataType) -> pa.Array:
+    if pa.types.is_fixed_size_list(type_):
+        matrix = np.asarray(values, np.float32)
+        if matrix.ndim != 2 or matrix.shape[1] != type_.list_size:
+            raise ValueError(f"column {name!r}: expected rows of {type_.list_size} floats, got shape {matrix.shape}")
+        return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), type_.list_size)
+    if pa.types.is_list(type_):
+        sequences = [np.asarray(v).reshape(-1) for v in values]
+        offsets = np.zeros(len(sequences) + 1, np.int64)
+        np.cumsum([s.size for s in sequences], out=offsets[1:])
+        flat = np.concatenate(sequences) if sequences else np.zeros(0)
+        elements = _to_arrow(name, flat, type_.value_type)
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), elements)
+    if type_ == pa.string():
+        return pa.array([_text(v) for v in np.asarray(values, object).tolist()], pa.string())
+    dtype = {pa.int64(): "int64", pa.float32(): "float32"}.get(type_)
+    array = np.asarray(values)
+    if dtype is None or (array.size and array.dtype.kind not in ("iub" if dtype == "int64" else "iubf")):
+        raise ValueError(f"column {name!r}: {array.dtype} values cannot be written as {type_}")
+    return pa.array(array.astype(_NUMPY_TYPES[dtype]), type_)
 
 
-def write_parquet(columns: dict, path: str) -> str:
+def to_table(columns: Mapping, types: Optional[Mapping[str, pa.DataType]] = None) -> pa.Table:
+    """Columns as ``tfrecord.write_sharded`` takes them (numpy arrays ``[rows]``/``[rows, dim]``, or lists
+    of 1-D arrays for sequences) → an Arrow table of standard columns. ``types`` fixes a column's Arrow
+    type (``arrow_type(...)``) where its values alone cannot tell (no rows)."""
+    types = dict(types or {})
+    return pa.table({name: _to_arrow(name, values, types.get(name) or _infer_type(name, values))
+                     for name, values in columns.items()})
+
+
+def write_parquet(columns: Mapping, path: str, types: Optional[Mapping[str, pa.DataType]] = None) -> str:
     """Writes one Parquet file (any tf.io.gfile filesystem)."""
     buffer = pa.BufferOutputStream()
-    pq.write_table(to_table(columns), buffer)
+    pq.write_table(to_table(columns, types), buffer)
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(buffer.getvalue().to_pybytes())
     return path
+
+
+def shard_name(output_dir: str, prefix: str, index: int, count: int) -> str:
+    return os.path.join(output_dir, f"{prefix}-{index:05d}-of-{count:05d}.parquet")
+
+
+def write_sharded(columns: Mapping, output_dir: str, prefix: str, num_shards: int) -> list[str]:
+    """Parquet twin of ``tfrecord.write_sharded``: contiguous row blocks, one per shard, in order."""
+    types = {name: _infer_type(name, values) for name, values in columns.items()}
+    rows = len(next(iter(columns.values())))
+    bounds = np.linspace(0, rows, num_shards + 1).astype(int)
+    paths = []
+    for index in range(num_shards):
+        block = {name: values[bounds[index]:bounds[index + 1]] for name, values in columns.items()}
+        paths.append(write_parquet(block, shard_name(output_dir, prefix, index, num_shards), types))
+    return paths
+
+
+# Opening files, schema checks -------------------------------------------------------------------------------
 
 
 def _source(path: str):
@@ -97,21 +167,6 @@ def _source(path: str):
         return pa.BufferReader(f.read())
 
 
-def shard_name(output_dir: str, prefix: str, index: int, count: int) -> str:
-    return os.path.join(output_dir, f"{prefix}-{index:05d}-of-{count:05d}.parquet")
-
-
-def write_sharded(columns: dict, output_dir: str, prefix: str, num_shards: int) -> list[str]:
-    """Parquet twin of ``tfrecord.write_sharded``: contiguous row blocks, one per shard, in order."""
-    rows = len(next(iter(columns.values())))
-    bounds = np.linspace(0, rows, num_shards + 1).astype(int)
-    paths = []
-    for index in range(num_shards):
-        block = {name: values[bounds[index]:bounds[index + 1]] for name, values in columns.items()}
-        paths.append(write_parquet(block, shard_name(output_dir, prefix, index, num_shards)))
-    return paths
-
-
 def _read_schema(path: str) -> pa.Schema:
     try:
         return pq.read_schema(_source(path))
@@ -119,112 +174,213 @@ def _read_schema(path: str) -> pa.Schema:
         raise ParquetSchemaError(f"{path}: not a readable Parquet file ({error})") from None
 
 
-def encodings_of(schema: pa.Schema) -> dict:
-    raw = (schema.metadata or {}).get(ENCODINGS_KEY)
-    return json.loads(raw) if raw else {}
+def _is_list_type(type_: pa.DataType) -> bool:
+    return pa.types.is_list(type_) or pa.types.is_large_list(type_)
 
 
-def _expected(feature) -> tuple[str, Optional[str]]:
-    """(Arrow type name, encoding) a feature's column must have."""
+def _element_dtype(type_: pa.DataType) -> Optional[str]:
+    """The feature dtype that values of Arrow type ``type_`` are read as without loss, or None."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    if type_ in _INTEGERS:
+        return "int64"
+    if type_ == pa.float32():
+        return "float32"
+    if (pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
+            or pa.types.is_large_binary(type_)):
+        return "string"
+    return None
+
+
+def _fits(feature, type_: pa.DataType) -> bool:
     if isinstance(feature, SequenceFeature):
-        return ("binary", INT64_LE) if feature.dtype == "int64" else ("string", STRING_SEP)
+        return _is_list_type(type_) and _element_dtype(type_.value_type) == feature.dtype
     if isinstance(feature, DenseFeature) and feature.dim > 1:
-        return "binary", FLOAT32_LE
-    return {"int64": "int64", "float32": "float", "string": "string"}[feature.dtype], None
+        return ((_is_list_type(type_) or (pa.types.is_fixed_size_list(type_) and type_.list_size == feature.dim))
+                and type_.value_type == pa.float32())
+    return _element_dtype(type_) == feature.dtype
 
 
-def check_parquet_schema(path: str, features: Sequence) -> None:
-    """Fails at start, naming the feature and both types, when a column is missing or of another type."""
-    schema = _read_schema(path)
-    encodings = encodings_of(schema)
+def _check_fields(path: str, schema: pa.Schema, features: Sequence) -> None:
     for feature in features:
         if feature.name not in schema.names:
             raise ParquetSchemaError(f"{path}: no column {feature.name!r} (schema: {feature.dtype}); the file has "
                                      f"{schema.names}")
-        arrow_type = schema.field(feature.name).type
-        found = "string" if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) else str(arrow_type)
-        expected_type, expected_encoding = _expected(feature)
-        encoding = encodings.get(feature.name)
-        if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-            raise ParquetSchemaError(
-                f"{path}: column {feature.name!r} is {arrow_type} in the data but the schema says {feature.dtype} "
-                f"{type(feature).__name__}; tensorflow-io reads flat columns only, so write sequences with "
-                "tfrecsys.data.parquet (one encoded cell per row)")
-        if found != expected_type or encoding != expected_encoding:
+        found = schema.field(feature.name).type
+        if not _fits(feature, found):
             kind = "sequence of " if isinstance(feature, SequenceFeature) else ""
-            stored = f"{found} ({encoding})" if encoding else found
-            wanted = f"{expected_type}, {expected_encoding}" if expected_encoding else expected_type
-            raise ParquetSchemaError(f"{path}: feature {feature.name!r} is {stored} in the data but the schema says "
-                                     f"{kind}{feature.dtype} ({wanted})")
+            raise ParquetSchemaError(f"{path}: feature {feature.name!r} is {found} in the data but the schema says "
+                                     f"{kind}{feature.dtype} ({feature_arrow_type(feature)})")
+
+
+def check_parquet_schema(path: str, features: Sequence) -> None:
+    """Fails at start, naming the file, the feature and both types, when a column is missing or of a type
+    that does not fit its feature (see the table in the module docstring)."""
+    _check_fields(path, _read_schema(path), features)
 
 
 def count_rows(files: Sequence[str]) -> int:
-    total = 0
-    for path in files:
-        total += pq.ParquetFile(_source(path)).metadata.num_rows
-    return total
+    return sum(pq.read_metadata(_source(path)).num_rows for path in files)
 
 
-def column_specs(features: Sequence) -> dict:
-    """``{column: tf.TensorSpec}`` of the stored (flat) columns, as tensorflow-io needs them in graph mode."""
+# Reading ----------------------------------------------------------------------------------------------------
+
+
+def _string_buffers(array: pa.Array) -> tuple[bytes, np.ndarray]:
+    """A string or binary array as one byte string and its ``[rows + 1]`` int64 offsets into it."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if not len(array):
+        return b"", np.zeros(1, np.int64)
+    large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    _, offsets_buffer, data = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64 if large else np.int32)
+    offsets = offsets[array.offset:array.offset + len(array) + 1].astype(np.int64)
+    start, stop = int(offsets[0]), int(offsets[-1])
+    return (data.slice(start, stop - start).to_pybytes() if data is not None else b""), offsets - start
+
+
+def _numbers(array: pa.Array, dtype: str) -> np.ndarray:
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    return array.to_numpy(zero_copy_only=False).astype(_NUMPY_TYPES[dtype], copy=False)
+
+
+def _flat(array: pa.Array, dtype: str):
+    return _string_buffers(array) if dtype == "string" else _numbers(array, dtype)
+
+
+def _first_null_row(array: pa.Array) -> int:
+    return int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
+
+
+def _convert(path: str, feature, array: pa.Array, first_row: int):
+    """One column of a chunk → what ``raw_signature`` says: a numpy array, or for a sequence its flat values
+    and row lengths; strings as ``(bytes, offsets)``. Nulls and dense vectors of another size are errors."""
+    if array.null_count:
+        raise ParquetSchemaError(f"{path}: column {feature.name!r} is null in row {first_row + _first_null_row(array)}")
+    if isinstance(feature, SequenceFeature) or (isinstance(feature, DenseFeature) and feature.dim > 1):
+        values = array.flatten()
+        if pa.types.is_fixed_size_list(array.type):
+            lengths = np.full(len(array), array.type.list_size, np.int64)
+        else:
+            lengths = array.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+        if values.null_count:
+            row = int(np.searchsorted(np.cumsum(lengths), _first_null_row(values), side="right"))
+            raise ParquetSchemaError(f"{path}: column {feature.name!r} holds a null element in row {first_row + row}")
+        if isinstance(feature, SequenceFeature):
+            return _flat(values, feature.dtype), lengths
+        wrong = np.flatnonzero(lengths != feature.dim)
+        if wrong.size:
+            raise ParquetSchemaError(f"{path}: column {feature.name!r} holds {lengths[wrong[0]]} values in row "
+                                     f"{first_row + int(wrong[0])}; the schema says dense of dim {feature.dim}")
+        return _numbers(values, "float32").reshape(-1, feature.dim)
+    return _flat(array, feature.dtype)
+
+
+def _tables(parquet_file: pq.ParquetFile, names: list[str], chunk_rows: int) -> Iterator[pa.Table]:
+    """The rows of a file in tables of exactly ``chunk_rows`` rows (the last: the rest), in file order, so
+    a Parquet file is cut where the TFRecord file holding the same rows is."""
+    pending, count = [], 0
+    for batch in parquet_file.iter_batches(batch_size=chunk_rows, columns=names):
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= chunk_rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, chunk_rows)
+            rest = table.slice(chunk_rows)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array, without a copy when it already is one (``combine_chunks`` always copies)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def read_chunks(path: str, features: Sequence, chunk_rows: int) -> Iterator[dict]:
+    """Chunks of ``chunk_rows`` rows of ``path`` as ``{feature: numpy arrays}`` (see ``raw_signature``).
+
+    Raises ParquetSchemaError naming the file (and the column and row) when the file cannot be read, its
+    columns do not fit the features, or a value is null.
+    """
+    names = [feature.name for feature in features]
+    try:
+        parquet_file = pq.ParquetFile(_source(path))
+    except (pa.ArrowException, OSError) as error:
+        raise ParquetSchemaError(f"{path}: not a readable Parquet file ({error})") from None
+    with parquet_file:
+        _check_fields(path, parquet_file.schema_arrow, features)
+        first_row = 0
+        try:
+            for table in _tables(parquet_file, names, chunk_rows):
+                yield {feature.name: _convert(path, feature, _one_array(table.column(feature.name)), first_row)
+                       for feature in features}
+                first_row += table.num_rows
+        except (pa.ArrowException, OSError) as error:
+            raise ParquetSchemaError(f"{path}: cannot read the Parquet data after row {first_row} ({error})") from None
+
+
+def _flat_spec(dtype: str):
+    if dtype == "string":
+        return tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.int64)
+    return tf.TensorSpec([None], _TF_TYPES[dtype])
+
+
+def raw_signature(features: Sequence) -> dict:
+    """What ``read_chunks`` yields, as ``tf.data`` specs: ``[rows]`` per scalar, ``[rows, dim]`` per dense
+    vector, ``(values [n], lengths [rows])`` per sequence; strings as ``(bytes [], offsets [n + 1])``."""
     specs = {}
     for feature in features:
-        stored, encoding = _expected(feature)
-        dtype = tf.string if encoding or stored == "string" else _TF_DTYPES[feature.dtype]
-        specs[feature.name] = tf.TensorSpec([], dtype)
+        if isinstance(feature, SequenceFeature):
+            specs[feature.name] = (_flat_spec(feature.dtype), tf.TensorSpec([None], tf.int64))
+        elif isinstance(feature, DenseFeature) and feature.dim > 1:
+            specs[feature.name] = tf.TensorSpec([None, feature.dim], tf.float32)
+        else:
+            specs[feature.name] = _flat_spec(feature.dtype)
     return specs
 
 
-def chunk_dataset(path: tf.Tensor, specs: dict, chunk_rows: int) -> tf.data.Dataset:
-    """The rows of one Parquet file in chunks of ``chunk_rows``: dicts of ``[rows]`` column tensors, read
-    through tensorflow-io's Parquet kernels (usable inside ``interleave``, where ``path`` is a tensor).
-
-    ``tfio.IODataset.from_parquet`` reads the same kernels but yields one element per row, and a per-row
-    tf.data element costs more than the row itself; reading whole chunks keeps the pipeline vectorised.
-    """
-    from tensorflow_io.python.ops import core_ops  # loads tensorflow-io's native ops only where Parquet is read
-
-    container = "ParquetIODataset"
-    components, shapes, _ = core_ops.io_parquet_readable_info(path, shared=path, container=container)
-    rows = shapes[0][0]  # every column of a Parquet file has the file's row count
-
-    def read(start):
-        stop = tf.minimum(start + chunk_rows, rows)
-        return {name: core_ops.io_parquet_readable_read(input=path, shared=path, component=name,
-                                                        shape=tf.reshape(rows, [1]), start=start, stop=stop,
-                                                        dtype=spec.dtype, container=container)
-                for name, spec in specs.items()}
-
-    return tf.data.Dataset.range(0, rows, chunk_rows).map(read)
+def _strings(data: tf.Tensor, offsets: tf.Tensor) -> tf.Tensor:
+    """``bytes`` and ``[n + 1]`` offsets into it → the ``[n]`` strings they hold (one vectorised op)."""
+    return tf.strings.substr(data, offsets[:-1], offsets[1:] - offsets[:-1])
 
 
-def _decode_int64_sequences(cells: tf.Tensor) -> tf.RaggedTensor:
-    lengths = tf.strings.length(cells) // 8
-    width = tf.maximum(tf.reduce_max(lengths), 1)  # 1: decode_raw needs a positive width
-    values = tf.io.decode_raw(cells, tf.int64, little_endian=True, fixed_length=tf.cast(width * 8, tf.int32))
-    return tf.RaggedTensor.from_tensor(values, lengths=tf.cast(lengths, tf.int64))
+@tf.autograph.experimental.do_not_convert  # builds a dataset from Python; nothing for AutoGraph to convert
+def chunk_dataset(path: tf.Tensor, features: Sequence, chunk_rows: int) -> tf.data.Dataset:
+    """The rows of one Parquet file in chunks of ``chunk_rows`` (usable inside ``interleave``, where ``path``
+    is a tensor): per feature a ``[rows]`` or ``[rows, dim]`` tensor, or ``(values, lengths)`` for a
+    sequence, so that chunks concatenated column by column stay rows."""
+    features = list(features)
 
+    def generate(path_bytes):
+        yield from read_chunks(path_bytes.decode(), features, chunk_rows)
 
-def _decode_string_sequences(cells: tf.Tensor) -> tf.RaggedTensor:
-    return tf.strings.split(cells, sep=STRING_SEPARATOR)[:, 1:]
+    def assemble(raw):
+        out = {}
+        for feature in features:
+            value = raw[feature.name]
+            if isinstance(feature, SequenceFeature):
+                values, lengths = value
+                value = (_strings(*values) if feature.dtype == "string" else values), lengths
+            elif feature.dtype == "string":
+                value = _strings(*value)
+            out[feature.name] = value
+        return out
+
+    return (tf.data.Dataset.from_generator(generate, args=(path,), output_signature=raw_signature(features))
+            .map(assemble))
 
 
 def decode_batch(rows: dict, schema: FeatureSchema, features: Sequence) -> dict:
-    """A batch of stored rows → the dict ``schema.parse_examples`` gives for the same rows."""
+    """Chunks of ``chunk_dataset`` (one, or several concatenated) → the dict ``schema.parse_examples`` gives
+    for the same rows: sequences padded to ``[rows, max_len]`` plus ``<name>_length``."""
     out = {}
     for feature in features:
         value = rows[feature.name]
         if isinstance(feature, SequenceFeature):
-            value = _decode_int64_sequences(value) if feature.dtype == "int64" else _decode_string_sequences(value)
-        elif isinstance(feature, DenseFeature) and feature.dim > 1:
-            value = tf.reshape(tf.io.decode_raw(value, tf.float32, little_endian=True), [-1, feature.dim])
+            values, lengths = value
+            value = tf.RaggedTensor.from_row_lengths(values, lengths, validate=False)
         out[feature.name] = value
     return schema.pad_sequences(out)
-
-
-def read_columns(path: str, names: Sequence[str]) -> pa.Table:
-    """Reads ``names`` of ``path`` with pyarrow; ParquetSchemaError naming the file when it is damaged."""
-    try:
-        return pq.read_table(_source(path), columns=list(names))
-    except (pa.ArrowException, OSError) as error:
-        raise ParquetSchemaError(f"{path}: cannot read the Parquet data ({error})") from None

@@ -492,7 +492,8 @@ class WriteShard(beam.DoFn):
         path = shard_path(self.output_dir, split, index, self.plan.shards(split), self.plan.config.output_format)
         if self.plan.config.output_format == "parquet":
             columns = _columns_of(self.plan, [example for _, example in rows])
-            _atomic_write(path, lambda staging: parquet.write_parquet(columns, staging))
+            types = {o.name: parquet.arrow_type(o.dtype, o.is_list) for o in self.plan.outputs}
+            _atomic_write(path, lambda staging: parquet.write_parquet(columns, staging, types))
         else:
             def write(staging):
                 with tf.io.TFRecordWriter(staging) as writer:
