@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
-from tfrecsys.data.simulator import ClickLogConfig, write_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, write_click_log
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "dnn_simulator.py")
 BIN = os.path.dirname(sys.executable)

@@ -37,7 +37,7 @@ import tensorflow as tf
 from tfrecsys.config import load_config
 from tfrecsys.data import parquet, tfrecord
 from tfrecsys.data.input import make_dataset
-from tfrecsys.data.simulator import ClickLogConfig, simulate_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, simulate_click_log
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.train.loop import build_and_compile
 

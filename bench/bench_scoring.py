@@ -26,7 +26,7 @@ import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 
 from tfrecsys.config import load_config
-from tfrecsys.data.simulator import ClickLogConfig, write_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, write_click_log
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.export.trained import first_records
 from tfrecsys.features.schema import FeatureSchema

@@ -36,7 +36,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from tfrecsys.config import load_config
-from tfrecsys.data.simulator import ClickLogConfig, write_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, write_click_log
 from tfrecsys.export.trained import export_trained, first_records
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.serving.client import ServingClient

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from tfrecsys.config import load_config
-from tfrecsys.data.simulator import ClickLogConfig, auc, write_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, auc, write_click_log
 from tfrecsys.export.trained import export_trained, first_records
 from tfrecsys.train import launch as launch_lib
 from tfrecsys.train.loop import BACKUP_SUBDIR, CHECKPOINT_SUBDIR, EVAL_METRICS_FILE, shard_policy, train_and_evaluate

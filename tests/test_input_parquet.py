@@ -18,7 +18,7 @@ from tests.contract_models import example_rows, export_contract_model
 from tfrecsys.config import load_config
 from tfrecsys.data import parquet, tfrecord
 from tfrecsys.data.input import DataError, check_schema, count_records, find_bad_record, make_dataset
-from tfrecsys.data.simulator import ClickLogConfig, simulate_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, simulate_click_log
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.scoring import pipeline
 from tfrecsys.train.loop import train_and_evaluate

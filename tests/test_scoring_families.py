@@ -33,7 +33,7 @@ MAX_ROWS = 400
 
 
 def write_click_log(config, data_dir: str) -> None:
-    from tfrecsys.data.simulator import ClickLogConfig, write_click_log as write
+    from tfrecsys.data.simulators.click_log import ClickLogConfig, write_click_log as write
 
     write(ClickLogConfig.from_config(config.data.simulator), data_dir)
 

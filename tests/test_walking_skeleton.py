@@ -17,7 +17,7 @@ import tensorflow as tf
 from tests.conftest import served_model
 from tfrecsys.config import load_config
 from tfrecsys.data.input import DataError
-from tfrecsys.data.simulator import ClickLogConfig, write_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, write_click_log
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.export.trained import export_trained, first_records, load_trained_model
 from tfrecsys.scoring.pipeline import score

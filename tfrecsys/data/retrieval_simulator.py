@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from tfrecsys.data.retrieval_data import HISTORY_FEATURE, leave_one_out, write_retrieval_dataset
+from tfrecsys.data.simulators.common import settings_from_config
 from tfrecsys.metrics.retrieval import summarize_ranks, target_ranks
 
 
@@ -40,12 +41,7 @@ class RetrievalWorldConfig:
 
     @classmethod
     def from_config(cls, config) -> "RetrievalWorldConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = dict(config)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown retrieval simulator settings {unknown}; known: {sorted(fields)}")
-        config = cls(**values)
+        config = settings_from_config(cls, config)
         if config.events_per_user < 1:
             raise ValueError(f"events_per_user must be at least 1, got {config.events_per_user}")
         return config

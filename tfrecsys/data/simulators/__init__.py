@@ -2,7 +2,7 @@
 
 | kind | for | ground truth |
 |---|---|---|
-| ``click_log`` (``tfrecsys.data.simulator``) | dnn, two-tower | click probability, latent vectors, item exposure |
+| ``click_log`` | dnn, two-tower | click probability, latent vectors, item exposure |
 | ``sequential`` | DIN, DIEN, SIM, HSTU | drifting current interest, long-term interests, click probability |
 | ``position_bias`` | position-bias towers | examination curve per device and position, relevance |
 | ``multitask`` | ESMM, MMoE, PLE | pCTR, pCVR, pCTCVR over every impression, task correlation |
@@ -13,7 +13,7 @@ the simulator's settings. ``write_from_config(block, output_dir)`` writes train/
 ``metadata.json`` and ``ground_truth.npz``.
 """
 
-from tfrecsys.data import simulator as click_log
+from tfrecsys.data.simulators import click_log
 from tfrecsys.data.simulators.delayed_feedback import (DelayedFeedbackConfig, simulate_delayed_feedback,
                                                        write_delayed_feedback)
 from tfrecsys.data.simulators.multitask import MultitaskConfig, simulate_multitask, write_multitask

@@ -8,12 +8,43 @@ import os
 import numpy as np
 
 from tfrecsys.data import tfrecord
-from tfrecsys.data.simulator import _sigmoid as sigmoid  # noqa: F401  (re-exported for the simulators)
-from tfrecsys.data.simulator import _solve_bias as solve_bias  # noqa: F401
-from tfrecsys.data.simulator import auc  # noqa: F401
 
 SECONDS_PER_DAY = 86_400
 START_TIMESTAMP = 1_700_000_000
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def solve_bias(logits: np.ndarray, target_rate: float) -> float:
+    """The bias ``c`` with ``mean(sigmoid(logits + c)) = target_rate`` (bisection; the mean is monotone in c)."""
+    low, high = -20.0, 20.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        if sigmoid(logits + mid).mean() < target_rate:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged."""
+    labels = np.asarray(labels, bool)
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    # Average ranks over ties so a constant score gives exactly 0.5.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    ranks = np.empty(len(scores), np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    positives = labels.sum()
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def settings_from_config(cls, config):

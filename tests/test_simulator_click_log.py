@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from tfrecsys.data.simulator import ClickLogConfig, auc, simulate_click_log, write_click_log
+from tfrecsys.data.simulators.click_log import ClickLogConfig, auc, simulate_click_log, write_click_log
 
 SMALL = ClickLogConfig(num_users=300, num_items=200, num_events=20_000, num_shards=2)
 

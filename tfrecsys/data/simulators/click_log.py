@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from tfrecsys.data import tfrecord
+from tfrecsys.data.simulators.common import auc, power_law, settings_from_config, sigmoid, solve_bias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,46 +45,7 @@ class ClickLogConfig:
 
     @classmethod
     def from_config(cls, config) -> "ClickLogConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = dict(config)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"unknown simulator settings {unknown}; known: {sorted(fields)}")
-        return cls(**values)
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _solve_bias(logits: np.ndarray, target_rate: float) -> float:
-    """The bias ``c`` with ``mean(sigmoid(logits + c)) = target_rate`` (bisection; the mean is monotone in c)."""
-    low, high = -20.0, 20.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        if _sigmoid(logits + mid).mean() < target_rate:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged."""
-    labels = np.asarray(labels, bool)
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    # Average ranks over ties so a constant score gives exactly 0.5.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    ranks = np.empty(len(scores), np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    positives = labels.sum()
-    negatives = len(labels) - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+        return settings_from_config(cls, config)
 
 
 def simulate_click_log(config: ClickLogConfig) -> tuple[dict, dict]:
@@ -96,9 +58,7 @@ def simulate_click_log(config: ClickLogConfig) -> tuple[dict, dict]:
     item_latent = centers[item_category] + config.category_spread * rng.normal(size=(config.num_items, d))
     item_quality = config.item_quality_std * rng.normal(size=config.num_items)
     item_price = rng.lognormal(mean=0.0, sigma=0.5, size=config.num_items)
-    popularity_rank = rng.permutation(config.num_items) + 1
-    exposure = popularity_rank.astype(np.float64) ** -config.popularity_exponent
-    exposure /= exposure.sum()
+    exposure = power_law(config.num_items, config.popularity_exponent, rng)
 
     user_latent = rng.normal(size=(config.num_users, d))
     price_sensitivity = np.abs(rng.normal(0.5, 0.3, size=config.num_users))
@@ -113,8 +73,8 @@ def simulate_click_log(config: ClickLogConfig) -> tuple[dict, dict]:
     standardized_price = (np.log(item_price) - np.log(item_price).mean()) / np.log(item_price).std()
     logits = (config.affinity_scale * np.einsum("nd,nd->n", user_latent[users], item_latent[items]) / np.sqrt(d)
               + item_quality[items] - price_sensitivity[users] * standardized_price[items])
-    bias = _solve_bias(logits, config.target_ctr)
-    probability = _sigmoid(logits + bias)
+    bias = solve_bias(logits, config.target_ctr)
+    probability = sigmoid(logits + bias)
     clicks = (rng.random(n) < probability).astype(np.int64)
 
     histories, seen_count = _histories(users, items, clicks, config.history_len, config.num_users)
