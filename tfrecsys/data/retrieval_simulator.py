@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from tfrecsys.data.retrieval_data import HISTORY_FEATURE, leave_one_out, write_retrieval_dataset
-from tfrecsys.data.simulators.common import settings_from_config
+from tfrecsys.data.simulators.common import item_world, settings_from_config
 from tfrecsys.metrics.retrieval import summarize_ranks, target_ranks
 
 
@@ -52,9 +52,7 @@ def simulate_interactions(config: RetrievalWorldConfig) -> tuple[dict, dict]:
     the hidden world."""
     rng = np.random.default_rng(config.seed)
     d = config.latent_dim
-    centers = rng.normal(size=(config.num_categories, d))
-    item_category = rng.integers(0, config.num_categories, size=config.num_items)
-    item_latent = centers[item_category] + config.category_spread * rng.normal(size=(config.num_items, d))
+    item_category, item_latent = item_world(rng, config.num_items, config.num_categories, d, config.category_spread)
     rank = rng.permutation(config.num_items) + 1
     popularity = rank.astype(np.float64) ** -config.popularity_exponent
     popularity /= popularity.sum()

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from tfrecsys.data import tfrecord
-from tfrecsys.data.simulators.common import auc, power_law, settings_from_config, sigmoid, solve_bias
+from tfrecsys.data.simulators.common import auc, item_world, power_law, settings_from_config, sigmoid, solve_bias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +53,7 @@ def simulate_click_log(config: ClickLogConfig) -> tuple[dict, dict]:
     hidden parameters and the true click probability of every row."""
     rng = np.random.default_rng(config.seed)
     d = config.latent_dim
-    centers = rng.normal(size=(config.num_categories, d))
-    item_category = rng.integers(0, config.num_categories, size=config.num_items)
-    item_latent = centers[item_category] + config.category_spread * rng.normal(size=(config.num_items, d))
+    item_category, item_latent = item_world(rng, config.num_items, config.num_categories, d, config.category_spread)
     item_quality = config.item_quality_std * rng.normal(size=config.num_items)
     item_price = rng.lognormal(mean=0.0, sigma=0.5, size=config.num_items)
     exposure = power_law(config.num_items, config.popularity_exponent, rng)

@@ -17,16 +17,29 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def solve_bias(logits: np.ndarray, target_rate: float) -> float:
-    """The bias ``c`` with ``mean(sigmoid(logits + c)) = target_rate`` (bisection; the mean is monotone in c)."""
-    low, high = -20.0, 20.0
-    for _ in range(60):
+def solve_bias(logits: np.ndarray, target_rate: float, weights: np.ndarray | None = None) -> float:
+    """The bias ``c`` with ``mean(w · sigmoid(logits + c)) = target_rate`` (``w`` = 1 when ``weights`` is None),
+    by bisection: the left side is monotone in ``c``. Weights carry an examination probability, an attribution
+    share or, normalised to mean 1, a conditioning probability (mean pCVR over clicks)."""
+    weights = np.ones_like(logits) if weights is None else weights
+    low, high = -30.0, 30.0
+    for _ in range(80):
         mid = (low + high) / 2
-        if sigmoid(logits + mid).mean() < target_rate:
+        if (weights * sigmoid(logits + mid)).mean() < target_rate:
             low = mid
         else:
             high = mid
     return (low + high) / 2
+
+
+def item_world(rng: np.random.Generator, num_items: int, num_categories: int, latent_dim: int,
+               category_spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(item_category [items], item_latent [items, latent_dim])``: category centres ~ N(0, I) and
+    ``v_i = c_category(i) + category_spread · N(0, I)``, so items of one category are alike."""
+    centers = rng.normal(size=(num_categories, latent_dim))
+    item_category = rng.integers(0, num_categories, size=num_items)
+    item_latent = centers[item_category] + category_spread * rng.normal(size=(num_items, latent_dim))
+    return item_category, item_latent
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:

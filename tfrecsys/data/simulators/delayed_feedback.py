@@ -26,8 +26,9 @@ import dataclasses
 
 import numpy as np
 
-from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, power_law,
-                                             settings_from_config, sigmoid, write_simulation)
+from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, item_world,
+                                             power_law, settings_from_config, sigmoid, solve_bias,
+                                             write_simulation)
 
 SAMPLE_TYPES = ("IP", "FN", "RN")  # codes 0, 1, 2 of truth["sample_type"]
 NO_CONVERSION = -1
@@ -76,24 +77,11 @@ def delay_cdf(t, fast_share: float, fast_mean: float, slow_mean) -> np.ndarray:
     return fast_share * (1 - np.exp(-t / fast_mean)) + (1 - fast_share) * (1 - np.exp(-t / slow_mean))
 
 
-def _solve_bias(logits: np.ndarray, attributed_share: np.ndarray, target: float) -> float:
-    low, high = -30.0, 30.0
-    for _ in range(80):
-        mid = (low + high) / 2
-        if (sigmoid(logits + mid) * attributed_share).mean() < target:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
 def simulate_delayed_feedback(config: DelayedFeedbackConfig) -> tuple[dict, dict]:
     """Returns ``(columns, truth)``: one row per click in time order."""
     rng = np.random.default_rng(config.seed)
     d = config.latent_dim
-    centers = rng.normal(size=(config.num_categories, d))
-    item_category = rng.integers(0, config.num_categories, size=config.num_items)
-    item_latent = centers[item_category] + 0.5 * rng.normal(size=(config.num_items, d))
+    item_category, item_latent = item_world(rng, config.num_items, config.num_categories, d, 0.5)
     item_quality = config.item_quality_std * rng.normal(size=config.num_items)
     user_latent = rng.normal(size=(config.num_users, d))
     slow_mean_by_category = (config.slow_mean_days * SECONDS_PER_DAY
@@ -109,7 +97,7 @@ def simulate_delayed_feedback(config: DelayedFeedbackConfig) -> tuple[dict, dict
     w_o, w_a = config.observation_window_seconds, config.attribution_window_seconds
     cdf_o = delay_cdf(w_o, config.fast_share, config.fast_mean_seconds, slow_mean)
     cdf_a = delay_cdf(w_a, config.fast_share, config.fast_mean_seconds, slow_mean)
-    bias = _solve_bias(logits, cdf_a, config.target_cvr)
+    bias = solve_bias(logits, config.target_cvr, cdf_a)
     eventual = sigmoid(logits + bias)
 
     converts = rng.random(n) < eventual

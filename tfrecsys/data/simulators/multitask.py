@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 
 from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, power_law,
-                                             settings_from_config, sigmoid, write_simulation)
+                                             settings_from_config, sigmoid, solve_bias, write_simulation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +64,6 @@ def task_directions(dim: int, correlation: float, rng: np.random.Generator) -> t
     return w_ctr, correlation * w_ctr + np.sqrt(max(0.0, 1.0 - correlation ** 2)) * other
 
 
-def _solve(logits: np.ndarray, target: float, weights: np.ndarray) -> float:
-    """``c`` with weighted ``mean(sigmoid(logits + c)) = target`` (bisection)."""
-    low, high = -30.0, 30.0
-    for _ in range(80):
-        mid = (low + high) / 2
-        if np.average(sigmoid(logits + mid), weights=weights) < target:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
 def simulate_multitask(config: MultitaskConfig) -> tuple[dict, dict]:
     """Returns ``(columns, truth)``: one row per impression in time order, with pCTR, pCVR and pCTCVR of
     every impression in the truth."""
@@ -103,9 +91,9 @@ def simulate_multitask(config: MultitaskConfig) -> tuple[dict, dict]:
     ctr_signal, cvr_signal = signal(ctr_projection), signal(cvr_projection)
     ctr_logit = config.signal_scale * ctr_signal + quality_ctr[items]
     cvr_logit = config.signal_scale * cvr_signal + quality_cvr[items]
-    bias_ctr = _solve(ctr_logit, config.target_ctr, np.ones(n))
+    bias_ctr = solve_bias(ctr_logit, config.target_ctr)
     pctr = sigmoid(ctr_logit + bias_ctr)
-    bias_cvr = _solve(cvr_logit, config.target_cvr, pctr)  # mean pCVR over clicks = E[pCTR·pCVR]/E[pCTR]
+    bias_cvr = solve_bias(cvr_logit, config.target_cvr, pctr / pctr.mean())  # mean pCVR over clicks = E[pCTR·pCVR]/E[pCTR]
     pcvr = sigmoid(cvr_logit + bias_cvr)
     clicks = rng.random(n) < pctr
     conversions = clicks & (rng.random(n) < pcvr)

@@ -23,8 +23,9 @@ import dataclasses
 
 import numpy as np
 
-from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, power_law,
-                                             settings_from_config, sigmoid, write_simulation)
+from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, item_world,
+                                             power_law, settings_from_config, sigmoid, solve_bias,
+                                             write_simulation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,25 +66,11 @@ class PositionBiasConfig:
         return positions[None, :] ** -np.asarray(self.device_exponents, np.float64)[:, None]
 
 
-def _solve_weighted_bias(logits: np.ndarray, weights: np.ndarray, target: float) -> float:
-    """``c`` with ``mean(weights · sigmoid(logits + c)) = target`` (bisection; monotone in c)."""
-    low, high = -30.0, 30.0
-    for _ in range(80):
-        mid = (low + high) / 2
-        if (weights * sigmoid(logits + mid)).mean() < target:
-            low = mid
-        else:
-            high = mid
-    return (low + high) / 2
-
-
 def simulate_position_bias(config: PositionBiasConfig) -> tuple[dict, dict]:
     """Returns ``(columns, truth)``: one row per shown (request, position), requests in time order."""
     rng = np.random.default_rng(config.seed)
     d = config.latent_dim
-    centers = rng.normal(size=(config.num_categories, d))
-    item_category = rng.integers(0, config.num_categories, size=config.num_items)
-    item_latent = centers[item_category] + config.category_spread * rng.normal(size=(config.num_items, d))
+    item_category, item_latent = item_world(rng, config.num_items, config.num_categories, d, config.category_spread)
     item_quality = config.item_quality_std * rng.normal(size=config.num_items)
     exposure = power_law(config.num_items, config.popularity_exponent, rng)
     user_latent = rng.normal(size=(config.num_users, d))
@@ -108,7 +95,7 @@ def simulate_position_bias(config: PositionBiasConfig) -> tuple[dict, dict]:
     row_devices = np.repeat(devices, size)
     curve = config.examination_curve()
     examination = curve[row_devices, positions - 1]
-    bias = _solve_weighted_bias(logits, examination, config.target_ctr)
+    bias = solve_bias(logits, config.target_ctr, examination)
     relevance = sigmoid(logits + bias)
     clicks = (rng.random(len(items)) < examination * relevance).astype(np.float32)
     timestamps = START_TIMESTAMP + np.sort(rng.choice(30 * SECONDS_PER_DAY, size=requests, replace=False))
