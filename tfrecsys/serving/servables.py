@@ -441,35 +441,31 @@ def classify(registry: ModelRegistry, request: classification_pb2.Classification
              timeout_s: float | None = None) -> classification_pb2.ClassificationResponse:
     """PredictionService.Classify over a ``tensorflow/serving/classify`` signature."""
     _require_model_spec(request)
-    response, examples = inference.run_classify(registry.servable(request.model_spec), request, registry.execute,
-                                                _deadline(timeout_s), registry.max_request_bytes)
-    _record_examples(registry, request.model_spec.name, examples)
-    return response
+    return _run_on_examples(registry, request.model_spec, inference.run_classify, request, timeout_s)
 
 
 def regress(registry: ModelRegistry, request: regression_pb2.RegressionRequest,
             timeout_s: float | None = None) -> regression_pb2.RegressionResponse:
     """PredictionService.Regress over a ``tensorflow/serving/regress`` signature."""
     _require_model_spec(request)
-    response, examples = inference.run_regress(registry.servable(request.model_spec), request, registry.execute,
-                                               _deadline(timeout_s), registry.max_request_bytes)
-    _record_examples(registry, request.model_spec.name, examples)
-    return response
+    return _run_on_examples(registry, request.model_spec, inference.run_regress, request, timeout_s)
 
 
 def multi_inference(registry: ModelRegistry, request: inference_pb2.MultiInferenceRequest,
                     timeout_s: float | None = None) -> inference_pb2.MultiInferenceResponse:
     """PredictionService.MultiInference: the servable is the first task's (multi_inference_helper.cc)."""
     model_spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-    response, examples = inference.run_multi_inference(registry.servable(model_spec), request, registry.execute,
-                                                       _deadline(timeout_s), registry.max_request_bytes)
-    _record_examples(registry, model_spec.name, examples)
-    return response
+    return _run_on_examples(registry, model_spec, inference.run_multi_inference, request, timeout_s)
 
 
-def _record_examples(registry: ModelRegistry, model_name: str, count: int) -> None:
+def _run_on_examples(registry: ModelRegistry, model_spec, run, request, timeout_s: float | None):
+    """Runs an Example-based API (``run`` from ``inference``) on the servable of ``model_spec`` and counts
+    the examples it scored for the metrics."""
+    response, examples = run(registry.servable(model_spec), request, registry.execute, _deadline(timeout_s),
+                             registry.max_request_bytes)
     if registry.metrics is not None:
-        registry.metrics.record_examples(model_name, count)
+        registry.metrics.record_examples(model_spec.name, examples)
+    return response
 
 
 def get_model_metadata(registry: ModelRegistry, request: get_model_metadata_pb2.GetModelMetadataRequest
