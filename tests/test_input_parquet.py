@@ -17,7 +17,8 @@ import tensorflow as tf
 from tests.contract_models import example_rows, export_contract_model
 from tfrecsys.config import load_config
 from tfrecsys.data import parquet, tfrecord
-from tfrecsys.data.input import DataError, check_schema, count_records, find_bad_record, make_dataset
+from tfrecsys.data.input import (DataError, batches_from_chunks, check_schema, count_records, find_bad_record,
+                                 make_dataset)
 from tfrecsys.data.simulators.click_log import ClickLogConfig, simulate_click_log
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.scoring import pipeline
@@ -110,6 +111,30 @@ def test_training_shuffles_rows_across_files_and_covers_every_row_each_epoch(bot
     first = ids[:50]
     assert len(np.unique(np.searchsorted([333, 666], first, side="right"))) >= 2
     assert np.mean(np.abs(np.diff(first)) == 1) < 0.2
+
+
+def test_chunks_held_in_memory_batch_exactly_as_read_from_the_file(both_formats):
+    # The input benchmark's ceiling ("records in memory") relies on this: batches_from_chunks is all that
+    # make_dataset does after reading, so chunks of the same records give the same batches, epoch after epoch.
+    tfrecord_files, _, _ = both_formats
+    path, buffer = tfrecord_files[0], 150
+    read = make_dataset([path], SCHEMA, 40, targets={"click": "click"}, training=True, seed=5, shuffle_buffer=buffer)
+    chunks = tf.ragged.stack(list(tf.data.TFRecordDataset(path).batch(buffer)))
+    in_memory = batches_from_chunks(tf.data.Dataset.from_tensor_slices(chunks).repeat(),
+                                    lambda serialized: SCHEMA.parse_examples(serialized), SCHEMA, 40,
+                                    targets={"click": "click"}, training=True, seed=5)
+    batches = 3 * count_records([path]) // 40  # three epochs
+    _assert_same(list(read.take(batches)), list(in_memory.take(batches)))
+
+
+def test_input_runs_without_the_tf_data_autotuner(both_formats):
+    # Its per-element bookkeeping is paid once per TFRecord record: about a tenth of training speed on TFRecord
+    # input (bench/RESULTS.md).
+    tfrecord_files, parquet_files, _ = both_formats
+    for files in (tfrecord_files, parquet_files):
+        for training in (True, False):
+            dataset = make_dataset(files, SCHEMA, 64, targets={"click": "click"}, training=training)
+            assert dataset.options().autotune.enabled is False
 
 
 @pytest.mark.parametrize("suffix", ["tfrecord", "parquet"])

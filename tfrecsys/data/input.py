@@ -11,7 +11,7 @@ import glob
 import os
 import random
 import re
-from typing import Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
 
@@ -60,6 +60,16 @@ READ_CHUNK_ROWS = 1024  # rows per read in file order (evaluation); training rea
 _READ_BUFFER_BYTES = 4 << 20
 
 
+def _pipeline_options() -> tf.data.Options:
+    """tf.data's autotuner off. It times every element of every stage, and a TFRecord file is read one element
+    per record, so that bookkeeping cost about a fifth of the pipeline's CPU (bench/RESULTS.md). Without it each
+    AUTOTUNE parallelism is fixed at min(16, cores) (interleave: at most ``cycle_length``), which is what a
+    CPU-bound pipeline settles on anyway, and a prefetch buffer grows whenever the consumer finds it empty."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
+
+
 def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *,
                  targets: Mapping[str, str], training: bool, shuffle_buffer: int = 10_000,
                  seed: Optional[int] = None, input_context: Optional[tf.distribute.InputContext] = None,
@@ -70,13 +80,13 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     replica when ``input_context`` is given, else global.
 
     Every stage works on chunks of rows, never on single rows (a per-row tf.data element costs more than
-    parsing the row): each file is read in chunks, ``parallel_reads`` files at a time. Training data is
-    shuffled (files, then rows) and repeated forever — the train loop counts steps: a window of one chunk
-    from each of ``parallel_reads`` files, about ``shuffle_buffer`` rows, is parsed at once, permuted as a
-    whole and cut into batches, so a batch is a uniform draw from a window that spans several files. The permutation is
-    seeded by ``seed`` and the window's index, so a seeded pipeline gives the same batches every time, from
-    TFRecord and Parquet alike. Eval data is one pass over the files in order, chunks of the files taken in
-    turn.
+    parsing the row): each file is read in chunks, ``parallel_reads`` files at a time, and the chunks go
+    through ``batches_from_chunks``. Training data is shuffled (files, then rows) and repeated forever — the
+    train loop counts steps: a window of one chunk from each of ``parallel_reads`` files, about
+    ``shuffle_buffer`` rows, is decoded at once, permuted as a whole and cut into batches, so a batch is a
+    uniform draw from a window that spans several files. The permutation is seeded by ``seed`` and the
+    window's index, so a seeded pipeline gives the same batches every time, from TFRecord and Parquet alike.
+    Eval data is one pass over the files in order, chunks of the files taken in turn.
     """
     for output, label in targets.items():
         schema[label]  # raises naming the label if the schema lacks it
@@ -100,11 +110,28 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
         files_ds = files_ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    window_seed = 0
     if training:
         window_seed = seed if seed is not None else random.SystemRandom().randrange(2 ** 31)
         files_ds = files_ds.shuffle(len(files), seed=window_seed, reshuffle_each_iteration=True).repeat()
     chunks = files_ds.interleave(read_chunks, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=True)
+    return batches_from_chunks(chunks, decode, schema, batch_size, targets=targets, training=training,
+                               window_chunks=cycle, seed=window_seed)
+
+
+def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: FeatureSchema, batch_size: int, *,
+                        targets: Mapping[str, str], training: bool, window_chunks: int = 1,
+                        seed: int = 0) -> tf.data.Dataset:
+    """Batches of ``(inputs, {output_name: label})`` from a dataset of raw row chunks, whatever they were read
+    from: ``decode`` turns one chunk (a ``[rows]`` string tensor of serialized Examples, or Parquet columns)
+    into the schema's feature dict.
+
+    Training: ``window_chunks`` chunks at a time form one shuffle window: one decode per window, then one
+    permutation of the decoded rows (seeded by ``seed`` and the window's index), then batches of exactly
+    ``batch_size`` rows, so per-row work stays vectorised. Evaluation: each chunk is decoded in order and the
+    last batch may be smaller.
+    """
     label_names = dict(targets)
 
     def inputs_and_targets(rows):
@@ -113,21 +140,20 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
 
     if training:
         def shuffled_window(index, window):
-            # One parse per window, then one permutation of the parsed rows: per-row work stays vectorised.
             rows = decode(tf.nest.map_structure(lambda column: column.flat_values, window))
             count = tf.shape(tf.nest.flatten(rows)[0], out_type=tf.int64)[0]
             order = tf.random.experimental.stateless_shuffle(
-                tf.range(count), seed=tf.stack([tf.constant(window_seed, tf.int64), index]))
+                tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), index]))
             return inputs_and_targets({name: tf.gather(value, order) for name, value in rows.items()})
 
-        batches = (chunks.ragged_batch(cycle).enumerate()
+        batches = (chunks.ragged_batch(window_chunks).enumerate()
                    .map(shuffled_window, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                    .rebatch(batch_size, drop_remainder=True))
     else:
         batches = (chunks.map(lambda chunk: inputs_and_targets(decode(chunk)), num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=True)
                    .rebatch(batch_size))
-    return batches.prefetch(tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE).with_options(_pipeline_options())
 
 
 def count_records(files: Sequence[str]) -> int:
