@@ -175,7 +175,7 @@ def main() -> None:
           "(acceptance: >= 10x)")
     print(f"ratio TFRecord records in memory / dnn training on them (the most any TFRecord reader could give): "
           f"{ratio('in_memory', 'training_in_memory'):.1f}x")
-    print(f"ratio TFRecord input autotuned / dnn training on it (before this change): "
+    print(f"ratio TFRecord input autotuned / dnn training on it: "
           f"{ratio('input_autotuned', 'training_autotuned'):.1f}x")
     print(f"ratio TFRecord / Parquet / in-memory input / dnn training on cached batches (the model's own speed): "
           f"{ratio('input', 'training_cached'):.1f}x / {ratio('parquet', 'training_cached'):.1f}x / "
