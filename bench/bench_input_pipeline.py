@@ -101,15 +101,15 @@ def with_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 def records_in_memory(files, schema, batch_size, shuffle_buffer, seed):
     """The training pipeline with file reading taken out: chunks of serialized records are read once, held
-    in memory in the order ``make_dataset``'s interleave takes them, and go through the same
-    ``batches_from_chunks`` (one ``parse_example`` per window, permutation, batching) forever."""
+    in memory interleaved across the files (chunk k of each file in turn, as ``make_dataset``'s interleave
+    takes them, without its per-epoch file shuffle), and go through the same ``batches_from_chunks`` (one
+    ``parse_example`` per window, permutation, batching) forever."""
     chunk_rows = -(-shuffle_buffer // len(files))
     per_file = [list(tf.data.TFRecordDataset(path).batch(chunk_rows)) for path in files]
     in_order = [chunks[k] for k in range(max(map(len, per_file))) for chunks in per_file if k < len(chunks)]
     chunks = tf.data.Dataset.from_tensor_slices(tf.ragged.stack(in_order)).repeat()
-    return batches_from_chunks(chunks, lambda serialized: schema.parse_examples(serialized, with_labels=True),
-                               schema, batch_size, targets={"score": "click"}, training=True,
-                               window_chunks=len(files), seed=seed)
+    return batches_from_chunks(chunks, schema.parse_examples, schema, batch_size, targets={"score": "click"},
+                               training=True, window_chunks=len(files), seed=seed)
 
 
 LABELS = {

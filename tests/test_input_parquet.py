@@ -121,7 +121,7 @@ def test_chunks_held_in_memory_batch_exactly_as_read_from_the_file(both_formats)
     read = make_dataset([path], SCHEMA, 40, targets={"click": "click"}, training=True, seed=5, shuffle_buffer=buffer)
     chunks = tf.ragged.stack(list(tf.data.TFRecordDataset(path).batch(buffer)))
     in_memory = batches_from_chunks(tf.data.Dataset.from_tensor_slices(chunks).repeat(),
-                                    lambda serialized: SCHEMA.parse_examples(serialized), SCHEMA, 40,
+                                    SCHEMA.parse_examples, SCHEMA, 40,
                                     targets={"click": "click"}, training=True, seed=5)
     batches = 3 * count_records([path]) // 40  # three epochs
     _assert_same(list(read.take(batches)), list(in_memory.take(batches)))
