@@ -90,6 +90,9 @@ def _channel_arguments(text: str) -> list[tuple[str, object]]:
     return arguments
 
 
+# How often the main thread looks for a stop signal (see main).
+_SIGNAL_POLL_S = 0.2
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -128,7 +131,11 @@ def main(argv: list[str]) -> int:
     if monitoring_path:
         logging.info("Prometheus metrics at http://%s:%d%s", FLAGS.bind_address, model_server.rest_api_port,
                      monitoring_path)
-    stop_requested.wait()
+    # Waits in short slices: a signal that the kernel hands to one of gRPC's or TensorFlow's threads does not
+    # wake the main thread out of an untimed wait, and Python runs the handler only on the main thread, so
+    # an untimed wait could miss SIGTERM for good (seen once in CI: the server ignored it until SIGKILL).
+    while not stop_requested.wait(timeout=_SIGNAL_POLL_S):
+        pass
     logging.info("Stop requested by signal, stopping")
     model_server.stop()
     return 0
