@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.export_k = 100
 
     config.tasks = ml_collections.ConfigDict()
-    config.tasks.retrieval = dict(label="reward", loss="sampled_softmax", weight=1.0)
+    config.tasks.retrieval = dict(loss="sampled_softmax", sample_weight="reward", weight=1.0)
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 512

@@ -58,9 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.eval_ks = (10, 50, 100)
     config.model.export_k = 100
 
-    # The one task: its label is each row's reward r_i, the weight of the row in the sampled softmax.
+    # The one task: each row's reward r_i (its sample_weight) weights the row in the sampled softmax.
     config.tasks = ml_collections.ConfigDict()
-    config.tasks.retrieval = dict(label="reward", loss="sampled_softmax", weight=1.0)
+    config.tasks.retrieval = dict(loss="sampled_softmax", sample_weight="reward", weight=1.0)
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 512

@@ -72,13 +72,15 @@ def _pipeline_options() -> tf.data.Options:
 
 
 def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *,
-                 targets: Mapping[str, str], training: bool, shuffle_buffer: int = 10_000,
+                 training: bool, targets: Optional[Mapping[str, str]] = None, shuffle_buffer: int = 10_000,
                  seed: Optional[int] = None, input_context: Optional[tf.distribute.InputContext] = None,
                  parallel_reads: int = 4) -> tf.data.Dataset:
-    """Batches of ``(inputs, {output_name: label})`` from TFRecord or Parquet ``files``.
+    """Batches of ``(inputs, labels)`` from TFRecord or Parquet ``files``.
 
-    ``targets`` maps model output names to label features (``{"score": "click"}``). ``batch_size`` is per
-    replica when ``input_context`` is given, else global.
+    ``labels`` holds every label feature of the schema by its name, in its own dtype (what a model's tasks
+    read: labels, masks, sample weights, auxiliary columns); with ``targets`` (``{"score": "click"}``) it is
+    ``{output_name: float32 label}`` instead. ``batch_size`` is per replica when ``input_context`` is given,
+    else global.
 
     Every stage works on chunks of rows, never on single rows (a per-row tf.data element costs more than
     parsing the row): each file is read in chunks, ``parallel_reads`` files at a time, and the chunks go
@@ -89,7 +91,7 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     window's index, so a seeded pipeline gives the same batches every time, from TFRecord and Parquet alike.
     Eval data is one pass over the files in order, chunks of the files taken in turn.
     """
-    for output, label in targets.items():
+    for label in (targets or {}).values():
         schema[label]  # raises naming the label if the schema lacks it
     features = schema.inputs + schema.labels
     files = list(files)
@@ -121,7 +123,7 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
 
 
 def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: FeatureSchema, batch_size: int, *,
-                        targets: Mapping[str, str], training: bool, window_chunks: int = 1,
+                        training: bool, targets: Optional[Mapping[str, str]] = None, window_chunks: int = 1,
                         seed: int = 0) -> tf.data.Dataset:
     """Batches of ``(inputs, {output_name: label})`` from a dataset of raw row chunks, whatever they were read
     from: ``decode`` turns one chunk (a ``[rows]`` string tensor of serialized Examples, or Parquet columns)
@@ -132,11 +134,11 @@ def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: Featu
     ``batch_size`` rows, so per-row work stays vectorised. Evaluation: each chunk is decoded in order and the
     last batch may be smaller.
     """
-    label_names = dict(targets)
-
     def inputs_and_targets(rows):
         inputs, labels = schema.split_labels(rows)
-        return inputs, {output: tf.cast(labels[label], tf.float32) for output, label in label_names.items()}
+        if targets is None:
+            return inputs, labels
+        return inputs, {output: tf.cast(labels[label], tf.float32) for output, label in targets.items()}
 
     if training:
         def shuffled_window(index, window):

@@ -74,22 +74,27 @@ def regress_signature(output: str) -> str:
 
 
 class ServingModule(tf.Module):
-    """Holds the Keras model and traces its serving functions."""
+    """Holds the Keras model and traces its serving functions; outputs named in ``drop_outputs`` (a model's
+    training heads) are left out of every signature."""
 
-    def __init__(self, model: tf.keras.Model, schema: FeatureSchema):
+    def __init__(self, model: tf.keras.Model, schema: FeatureSchema, drop_outputs: Sequence[str] = ()):
         super().__init__()
         self.model = model
         self._schema = schema
+        self._drop_outputs = frozenset(drop_outputs)
         self.serve = tf.function(self._serve, input_signature=[schema.input_signature(serving=True)])
         self.serve_examples = tf.function(
             self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
 
+    def _outputs(self, features):
+        outputs = self.model(features, training=False)
+        return {name: value for name, value in outputs.items() if name not in self._drop_outputs}
+
     def _serve(self, features):
-        return self.model(features, training=False)
+        return self._outputs(features)
 
     def _serve_examples(self, serialized):
-        features = self._schema.parse_examples(serialized, with_labels=False, serving=True)
-        return self.model(features, training=False)
+        return self._outputs(self._schema.parse_examples(serialized, with_labels=False, serving=True))
 
     def signatures(self) -> dict:
         """Signature key → concrete function, for ``tf.saved_model.save``.
@@ -298,13 +303,14 @@ def write_extra_metadata(saved_model_path: str, content: dict) -> None:
 
 def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base: str, model_name: str,
                        version: Optional[int] = None, warmup_examples: Sequence[bytes] = (),
-                       metadata: Optional[dict] = None) -> str:
+                       metadata: Optional[dict] = None, drop_outputs: Sequence[str] = ()) -> str:
     """Writes a ranking ``model`` as ``<export_base>/<model_name>/<version>`` and returns that path.
 
+    ``drop_outputs``: outputs of ``model`` that no signature returns (training heads).
     ``warmup_examples``: serialized tf.train.Example rows that become TF Serving warmup requests: one
     ``serving_default`` Predict per row, and one Classify and one Regress of all rows per such signature.
     """
-    module = ServingModule(model, schema)
+    module = ServingModule(model, schema, drop_outputs)
     signatures = module.signatures()
     methods = signature_methods(signatures)
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfrecsys.data.input import resolve_files
+from tfrecsys.export.retrieval import export_retrieval
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
@@ -56,11 +57,33 @@ def export_trained(config, model_dir: str, export_base: str, version=None) -> Op
     if tf.io.gfile.exists(metrics_path):
         with tf.io.gfile.GFile(metrics_path) as f:
             metadata["eval_metrics"] = json.load(f)
-    if hasattr(model, "export_saved_models"):
-        # Families whose export is not one scoring SavedModel (retrieval: a top-K query model and a candidate
-        # embedding model) write their own, through the same atomic, versioned write; the hook returns the
-        # path of the main one.
-        return model.export_saved_models(export_base, config.export.model_name, version=version,
-                                         warmup_examples=warmup, metadata=metadata)
-    return export_saved_model(model, schema, export_base, config.export.model_name, version=version,
-                              warmup_examples=warmup, metadata=metadata)
+    return export_model(model, export_base, config.export.model_name, version=version, warmup_examples=warmup,
+                        metadata=metadata)
+
+
+def export_model(model, export_base: str, model_name: str, version=None, warmup_examples=(),
+                 metadata=None) -> str:
+    """Writes what ``model`` declares (``RecModel.export_kinds``) and returns the path of the first export.
+
+    ``ranking``: one SavedModel ``<model_name>`` of the serving outputs (``serve``: training heads and
+    training-only inputs left out). ``retrieval``: a top-K query model and a candidate-embedding model
+    (``candidate_model_name``, default ``<model_name>_candidates``) with one version; the query model is
+    ``<model_name>``, or ``<model_name>_retrieval`` when the family exports a ranking model too.
+    """
+    paths = []
+    for kind in model.export_kinds:
+        if kind == "ranking":
+            paths.append(export_saved_model(model, model.schema, export_base, model_name, version=version,
+                                            warmup_examples=warmup_examples, metadata=metadata,
+                                            drop_outputs=model.training_heads))
+            continue
+        parts = model.retrieval_export()
+        query_name = model_name if model.export_kinds == ("retrieval",) else f"{model_name}_retrieval"
+        corpus_path = parts.pop("corpus_path")
+        candidate_name = parts.pop("candidate_model_name") or f"{query_name}_candidates"
+        query_path, _ = export_retrieval(
+            **parts, export_base=export_base, model_name=query_name, candidate_model_name=candidate_name,
+            version=version, query_warmup_examples=warmup_examples,
+            candidate_warmup_examples=first_records([corpus_path], len(warmup_examples) or 8), metadata=metadata)
+        paths.append(query_path)
+    return paths[0]

@@ -49,29 +49,30 @@ class IdLookup(tf.keras.layers.Layer):
         return cls(Vocabulary(**vocab), **config)
 
 
-class FeatureEmbedding(tf.keras.layers.Layer):
-    """Embeds every input of a schema.
+def is_embedded(feature) -> bool:
+    """Whether a feature goes through an embedding table: id features and sequences with a vocabulary or a
+    shared table; dense features and raw sequences (timestamps, dwell times) pass through as they are."""
+    if isinstance(feature, IdFeature):
+        return True
+    return isinstance(feature, SequenceFeature) and (feature.vocab is not None or feature.shares is not None)
 
-    Input: the parsed feature dict (raw ids; sequences padded ``[batch, max_len]`` with ``<name>_length``).
-    Output dict:
-      * id feature ``name`` → ``[batch, dim]``;
-      * sequence ``name`` → ``[batch, max_len, dim]`` and ``name + "_mask"`` → bool ``[batch, max_len]``;
-        a sequence that ``shares`` an id feature uses that feature's lookup and table, so a history item and
-        the target item live in one space (what DIN-style attention compares);
-      * dense ``name`` → ``[batch, dim]`` in the layer's compute dtype, like the embeddings (float32, or
-        float16/bfloat16 under a mixed-precision policy).
-    ``include``: feature names to embed (default: every input); training-only towers pass their own list.
+
+class EmbeddingTables(tf.keras.layers.Layer):
+    """The one owner of a model's embedding tables: a lookup and a ``[vocab.size, embedding_dim]`` table per
+    table name of the schema (an id feature, or a sequence with its own vocabulary).
+
+    Towers and branches embed through views (``view(names)``, a ``FeatureEmbedding``) that hold no variables,
+    so a history that ``shares`` ``item_id`` and the candidate ``item_id`` of another tower read one variable.
+    A table's variable is created the first time a view embeds a feature that uses it.
     """
 
-    def __init__(self, schema: FeatureSchema, include=None, **kwargs):
+    def __init__(self, schema: FeatureSchema, **kwargs):
         super().__init__(**kwargs)
         self.schema = schema
-        self.include = list(include) if include is not None else [f.name for f in schema.inputs]
-        self._features = [schema[name] for name in self.include]
         self._lookups = {}
         self._tables = {}
-        for feature in self._features:
-            if isinstance(feature, DenseFeature) or feature.table in self._tables:
+        for feature in schema.inputs:
+            if not is_embedded(feature) or feature.table in self._tables:
                 continue
             owner = schema[feature.table]
             self._lookups[feature.table] = IdLookup(owner.vocab, owner.dtype, name=f"{feature.table}_lookup")
@@ -79,8 +80,61 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 owner.vocab.size, owner.embedding_dim, name=f"{feature.table}_embedding",
                 embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
 
-    def table_size(self, table: str) -> int:
-        return self.schema[table].vocab.size
+    def embed(self, table: str, ids: tf.Tensor) -> tf.Tensor:
+        """Raw ids of any shape ``[...]`` → ``[..., embedding_dim]`` rows of ``table``."""
+        return self._tables[table](self._lookups[table](ids))
+
+    def rows(self, table: str, ids: tf.Tensor) -> tf.Tensor:
+        """Raw ids → row indices of ``table`` (OOV ids land in its OOV rows)."""
+        return self._lookups[table](ids)
+
+    def table(self, name: str) -> tf.keras.layers.Embedding:
+        return self._tables[name]
+
+    def view(self, include, name=None) -> "FeatureEmbedding":
+        return FeatureEmbedding(self, include=include, name=name)
+
+    def call(self, features):
+        """Every schema input embedded (``FeatureEmbedding`` over all inputs)."""
+        return FeatureEmbedding(self)(features)
+
+    def get_config(self):
+        return {**super().get_config(), "schema": self.schema.to_json()}
+
+    @classmethod
+    def from_config(cls, config):
+        config["schema"] = FeatureSchema.from_config(config["schema"])
+        return cls(**config)
+
+
+class FeatureEmbedding(tf.keras.layers.Layer):
+    """Embeds the ``include``d inputs through a table owner (``EmbeddingTables``); holds no variables itself.
+
+    Input: the parsed feature dict (raw ids; sequences padded ``[batch, max_len]`` with ``<name>_length``).
+    Output dict:
+      * id feature ``name`` → ``[batch, dim]``;
+      * sequence ``name`` → ``[batch, max_len, dim]`` and ``name + "_mask"`` → bool ``[batch, max_len]``;
+        a sequence that ``shares`` an id feature uses that feature's lookup and table, so a history item and
+        the target item live in one space (what DIN-style attention compares);
+      * raw sequence ``name`` (no vocabulary: timestamps, actions) → ``[batch, max_len]`` in its own dtype,
+        exact, with its mask;
+      * dense ``name`` → ``[batch, dim]`` in the layer's compute dtype, like the embeddings (float32, or
+        float16/bfloat16 under a mixed-precision policy); an int64 dense feature (a request time) stays int64,
+        exact: a model that wants it as a float converts a difference of times, never the time itself.
+    ``tables``: the model's ``EmbeddingTables``, or a schema (the view then owns tables of its own).
+    ``include``: feature names to embed (default: every input).
+    """
+
+    def __init__(self, tables, include=None, **kwargs):
+        super().__init__(**kwargs)
+        self.tables = tables if isinstance(tables, EmbeddingTables) else EmbeddingTables(tables)
+        schema = self.tables.schema
+        self.include = list(include) if include is not None else [f.name for f in schema.inputs]
+        self._features = [schema[name] for name in self.include]
+
+    @property
+    def schema(self) -> FeatureSchema:
+        return self.tables.schema
 
     def call(self, features):
         out = {}
@@ -89,11 +143,11 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 raise KeyError(f"input feature {feature.name!r} is missing; got {sorted(features)}")
             value = features[feature.name]
             if isinstance(feature, DenseFeature):
-                value = tf.cast(value, self.compute_dtype)
+                if value.dtype != tf.int64:
+                    value = tf.cast(value, self.compute_dtype)
                 out[feature.name] = tf.reshape(value, [-1, feature.dim])
                 continue
-            rows = self._lookups[feature.table](value)
-            out[feature.name] = self._tables[feature.table](rows)
+            out[feature.name] = self.tables.embed(feature.table, value) if is_embedded(feature) else value
             if isinstance(feature, SequenceFeature):
                 out[feature.name + "_mask"] = tf.sequence_mask(
                     features[feature.length_name], feature.max_len)
@@ -104,8 +158,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config["schema"] = FeatureSchema.from_config(config["schema"])
-        return cls(**config)
+        return cls(FeatureSchema.from_config(config.pop("schema")), **config)
 
 
-__all__ = ["IdLookup", "FeatureEmbedding", "IdFeature"]
+__all__ = ["IdLookup", "EmbeddingTables", "FeatureEmbedding", "is_embedded"]

@@ -22,6 +22,9 @@ def concat_pooled(embedded: dict, schema, feature_names) -> tf.Tensor:
     """
     parts = []
     for name in feature_names:
+        if embedded[name].dtype in (tf.int64, tf.string):
+            raise ValueError(f"feature {name!r} is a raw {embedded[name].dtype.name} input (not embedded): a tower "
+                             "cannot concatenate it; leave it out of the tower or derive a float feature from it")
         if isinstance(schema[name], SequenceFeature):
             parts.append(masked_mean(embedded[name], embedded[name + "_mask"]))
         else:

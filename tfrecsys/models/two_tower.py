@@ -26,20 +26,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
 from tfrecsys.data.input import check_schema
 from tfrecsys.data.item_frequency import read_item_frequency
-from tfrecsys.features.embedding import FeatureEmbedding
 from tfrecsys.features.schema import FeatureSchema, IdFeature, LabelFeature, SequenceFeature
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.layers.retrieval import (NEGATIVE_MODES, CorpusSampler, MixedNegativeLogits,
                                        StreamingFrequencyEstimator)
-from tfrecsys.losses.sampled_softmax import SampledSoftmaxLoss
 from tfrecsys.metrics.retrieval import DEFAULT_KS, retrieval_metrics, target_ranks
+from tfrecsys.models.base import RecModel
 from tfrecsys.models.registry import register
-from tfrecsys.models.tasks import tasks_from_config
+from tfrecsys.models.tasks import task_columns, tasks_from_config
 
 LOGQ_SOURCES = ("none", "table", "streaming")
 SAMPLED_SOFTMAX = "sampled_softmax"
@@ -48,35 +46,33 @@ SAMPLED_SOFTMAX = "sampled_softmax"
 class Tower(tf.keras.layers.Layer):
     """One tower: ``normalize(MLP([e_id_1; …; mean_t e_seq,t; …; dense]))`` → ``[batch, output_dim]``.
 
-    Id features are embedded (``[batch, d_f]``), sequences embedded ``[batch, max_len, d]`` and mean-pooled
-    under their mask, dense features ``[batch, dim]`` taken as they are; the concatenation goes through
-    ``hidden_units`` ReLU layers and a linear ``output_dim`` layer, then is L2-normalised (Yi et al.: normalised
-    embeddings with a temperature train better than raw inner products).
+    ``embedding`` is the model's view of the tower's features (their tables belong to the model, so a history
+    in the query tower and the item id in the candidate tower share one item table). Id features are embedded
+    (``[batch, d_f]``), sequences embedded ``[batch, max_len, d]`` and mean-pooled under their mask, dense
+    features ``[batch, dim]`` taken as they are; the concatenation goes through ``hidden_units`` ReLU layers
+    and a linear ``output_dim`` layer, then is L2-normalised (Yi et al.: normalised embeddings with a
+    temperature train better than raw inner products).
     """
 
-    def __init__(self, schema: FeatureSchema, feature_names: Sequence[str], hidden_units=(), output_dim: int = 32,
-                 dropout: float = 0.0, **kwargs):
+    def __init__(self, embedding, hidden_units=(), output_dim: int = 32, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.schema = schema
-        self.feature_names = list(feature_names)
+        self.embedding = embedding
         self.hidden_units = tuple(hidden_units)
         self.output_dim = output_dim
         self.dropout = dropout
-        self.embedding = FeatureEmbedding(schema, include=self.feature_names, name="features")
         self.mlp = MLP(self.hidden_units, dropout=dropout, output_units=output_dim, name="mlp")
 
+    @property
+    def feature_names(self) -> list:
+        return self.embedding.include
+
     def call(self, features, training=None):
-        flat = concat_pooled(self.embedding(features), self.schema, self.feature_names)
+        flat = concat_pooled(self.embedding(features), self.embedding.schema, self.feature_names)
         return tf.math.l2_normalize(self.mlp(flat, training=training), axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "schema": self.schema.to_json(), "feature_names": self.feature_names,
-                "hidden_units": self.hidden_units, "output_dim": self.output_dim, "dropout": self.dropout}
-
-    @classmethod
-    def from_config(cls, config):
-        config["schema"] = FeatureSchema.from_config(config["schema"])
-        return cls(**config)
+        return {**super().get_config(), "feature_names": self.feature_names, "hidden_units": self.hidden_units,
+                "output_dim": self.output_dim, "dropout": self.dropout}
 
 
 @dataclasses.dataclass
@@ -114,26 +110,28 @@ class CandidateCorpus:
         return cls(path=candidates_path, ids=ids, features=parsed, counts=counts)
 
 
-class TwoTowerRetrieval(tfrs.models.Model):
-    """Two-tower retrieval model (a ``tfrs.Model``: the loss is ``compute_loss``).
+class TwoTowerRetrieval(RecModel):
+    """Two-tower retrieval model.
 
-    ``train_step`` and ``test_step`` follow tfrs.Model's, except that the loss is averaged over the global batch
-    (``tf.nn.compute_average_loss``, so gradients are right under any distribution strategy) and reported
-    through a metric (so the logged loss is the global mean, not one replica's share), and the full-corpus
-    metrics are computed in ``test_step`` only: they score every corpus item for every query.
+    Its one task reads ``training_outputs``: the logits of each row against its in-batch and sampled negatives
+    and the column of its positive, which the ``sampled_softmax`` loss scores (the row's reward, the task's
+    ``sample_weight``, weights it). The full-corpus metrics are model metrics, computed in evaluation only:
+    they score every corpus item for every query. Exported as a top-K query model and a candidate model.
 
     ``call(features)`` returns the embeddings the features allow: ``query_embedding`` and/or
     ``candidate_embedding`` ``[batch, output_dim]``.
     """
 
-    def __init__(self, schema: FeatureSchema, corpus: CandidateCorpus, *, query_features: Sequence[str],
-                 candidate_features: Sequence[str], candidate_id: str, task_name: str, hidden_units=(),
+    export_kinds = ("retrieval",)
+
+    def __init__(self, schema: FeatureSchema, tasks, corpus: CandidateCorpus, *, query_features: Sequence[str],
+                 candidate_features: Sequence[str], candidate_id: str, hidden_units=(),
                  output_dim: int = 32, dropout: float = 0.0, temperature: float = 0.05, negatives: str = "in_batch",
                  num_sampled: int = 0, sampler_alpha: float = 0.0, logq: str = "none",
                  remove_accidental_hits: bool = True, estimator: Optional[dict] = None,
                  eval_ks: Sequence[int] = DEFAULT_KS, export_k: int = 100,
                  candidate_model_name: Optional[str] = None, seed: int = 0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(schema, tasks, **kwargs)
         if logq not in LOGQ_SOURCES:
             raise ValueError(f"config.model.logq must be one of {LOGQ_SOURCES}, got {logq!r}")
         if negatives != "in_batch" and num_sampled < 1:
@@ -142,22 +140,21 @@ class TwoTowerRetrieval(tfrs.models.Model):
         if logq == "table" and negatives != "sampled" and corpus.counts.sum() <= 0:
             raise ValueError("config.model.logq='table' needs the item frequency table "
                              "(config.data.item_frequency_file)")
-        self.schema = schema
         self.corpus = corpus
         self.query_features = list(query_features)
         self.candidate_features = list(candidate_features)
         self.candidate_id = candidate_id
-        self.task_name = task_name
+        self.task = self.tasks[0]
         self.negatives = negatives
         self.logq = logq
         self.export_k = export_k
         self.candidate_model_name = candidate_model_name
-        self.query_tower = Tower(schema, self.query_features, hidden_units, output_dim, dropout, name="query_tower")
-        self.candidate_tower = Tower(schema, self.candidate_features, hidden_units, output_dim, dropout,
-                                     name="candidate_tower")
+        self.query_tower = Tower(self.embedding_view(self.query_features, name="query_features"), hidden_units,
+                                 output_dim, dropout, name="query_tower")
+        self.candidate_tower = Tower(self.embedding_view(self.candidate_features, name="candidate_features"),
+                                     hidden_units, output_dim, dropout, name="candidate_tower")
         self.logits = MixedNegativeLogits(negatives, temperature, logq=logq != "none",
                                           remove_accidental_hits=remove_accidental_hits, name="logits")
-        self.sampled_softmax = SampledSoftmaxLoss(reduction=tf.keras.losses.Reduction.NONE)
         self.sampler = (CorpusSampler(corpus.counts, num_sampled, sampler_alpha, seed, name="corpus_sampler")
                         if negatives != "in_batch" else None)
         self.frequency_estimator = (StreamingFrequencyEstimator(**(estimator or {}), seed=seed,
@@ -172,18 +169,9 @@ class TwoTowerRetrieval(tfrs.models.Model):
         # An item the table has not counted gets the probability of one occurrence, not 0 (log 0 = -inf).
         self._table_probability = tf.constant(np.maximum(corpus.counts, 1.0) / total, tf.float32)
         self._unseen_probability = float(1.0 / total)
-        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.corpus_metrics = retrieval_metrics(eval_ks)
 
     # Training ----------------------------------------------------------------------------------------------
-
-    def compile_kwargs(self, tasks) -> dict:
-        """The loss is computed in ``compute_loss`` from the task's label (the reward), so compile gets
-        neither losses nor per-task metrics."""
-        if len(tasks) != 1 or tasks[0].loss != SAMPLED_SOFTMAX or tasks[0].name != self.task_name:
-            raise ValueError(f"two_tower trains one task with loss {SAMPLED_SOFTMAX!r} (its label is the reward "
-                             f"of each row); config.tasks has {[(t.name, t.loss) for t in tasks]}")
-        return {}
 
     def _corpus_rows(self, ids):
         return self._corpus_row.lookup(ids)
@@ -214,10 +202,8 @@ class TwoTowerRetrieval(tfrs.models.Model):
         features = {name: tf.gather(value, rows) for name, value in self._corpus_features.items()}
         return self.candidate_tower(features, training=training), tf.gather(self._corpus_ids, rows), probability
 
-    def _weighted_losses(self, inputs, training):
-        """Per-row ``r_i · CE_i`` ``[batch]`` and the query embeddings ``[batch, d]``."""
-        features, targets = inputs
-        reward = tf.reshape(tf.cast(targets[self.task_name], tf.float32), [-1])
+    def training_outputs(self, features, training: bool) -> dict:
+        """``{task: {"logits": [batch, B + B'], "positive_column": [batch]}, "query_embedding": [batch, d]}``."""
         query = self.query_tower(features, training=training)
         positive = self.candidate_tower(features, training=training)
         positive_ids = features[self.candidate_id]
@@ -227,22 +213,7 @@ class TwoTowerRetrieval(tfrs.models.Model):
         positive_probability = self._positive_probability(positive_ids, training)
         logits, positive_column = self.logits(query, positive, positive_ids, sampled, sampled_ids,
                                               positive_probability, sampled_probability)
-        return self.sampled_softmax(positive_column, logits) * reward, query
-
-    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        """``−(1/B_global) Σ_i r_i log P(y_i | x_i)``; also updates the loss metric with this replica's rows."""
-        losses, _ = self._weighted_losses(inputs, training)
-        self.loss_tracker.update_state(losses)
-        return tf.nn.compute_average_loss(losses)
-
-    def train_step(self, inputs):
-        with tf.GradientTape() as tape:
-            loss = self.compute_loss(inputs, training=True)
-            if self.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
-        # minimize (not tape.gradient + apply_gradients) so a LossScaleOptimizer scales the loss (float16).
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        return {"loss": self.loss_tracker.result()}
+        return {self.task.name: {"logits": logits, "positive_column": positive_column}, "query_embedding": query}
 
     # Evaluation --------------------------------------------------------------------------------------------
 
@@ -250,19 +221,20 @@ class TwoTowerRetrieval(tfrs.models.Model):
         """The candidate tower's embedding of every corpus item, ``[N, d]``."""
         return self.candidate_tower(self._corpus_features, training=training)
 
-    def test_step(self, inputs):
-        """Sampled-softmax loss of the batch, and the rank of each row's item among the whole corpus."""
-        features, targets = inputs
-        losses, query = self._weighted_losses(inputs, training=False)
-        self.loss_tracker.update_state(losses)
+    @property
+    def evaluation_metrics(self) -> list:
+        return self.corpus_metrics
+
+    def update_evaluation_metrics(self, features, labels, outputs) -> None:
+        """The rank of each row's item among the whole corpus (rows of positive weight)."""
         # float32 scores: 16-bit ones (mixed precision) would tie many items and blur the ranks.
-        scores = tf.matmul(tf.cast(query, tf.float32), tf.cast(self.corpus_embeddings(), tf.float32),
-                           transpose_b=True)
+        scores = tf.matmul(tf.cast(outputs["query_embedding"], tf.float32),
+                           tf.cast(self.corpus_embeddings(), tf.float32), transpose_b=True)
         ranks = target_ranks(scores, self._corpus_rows(features[self.candidate_id]))
-        positive = tf.cast(tf.reshape(targets[self.task_name], [-1]) > 0, tf.float32)
+        rows = tf.shape(ranks)[0]
+        positive = tf.cast(self.task.row_weights(task_columns(self.task, features, labels), rows) > 0, tf.float32)
         for metric in self.corpus_metrics:
             metric.update_state(ranks, positive)
-        return {metric.name: metric.result() for metric in [self.loss_tracker] + self.corpus_metrics}
 
     def call(self, features, training=None):
         out = {}
@@ -277,24 +249,13 @@ class TwoTowerRetrieval(tfrs.models.Model):
 
     # Export ------------------------------------------------------------------------------------------------
 
-    def export_saved_models(self, export_base: str, model_name: str, version=None, warmup_examples=(),
-                            metadata=None) -> str:
-        """Writes the top-K query model ``<model_name>`` and the candidate-embedding model
-        (``candidate_model_name``, default ``<model_name>_candidates``) with the same version; returns the
-        query model's path. ``warmup_examples`` (serialized examples with the query features) become the
-        query model's warmup requests; the candidate model warms up on corpus items."""
-        from tfrecsys.export.retrieval import export_retrieval
-
-        candidate_warmup = [record.numpy() for record in
-                            tf.data.TFRecordDataset(self.corpus.path).take(len(warmup_examples) or 8)]
-        query_path, _ = export_retrieval(
-            query_tower=self.query_tower, candidate_tower=self.candidate_tower, schema=self.schema,
-            query_features=self.query_features, candidate_features=self.candidate_features,
-            candidate_ids=self._corpus_ids, corpus_features=self._corpus_features, export_base=export_base,
-            model_name=model_name, candidate_model_name=self.candidate_model_name or f"{model_name}_candidates",
-            k=min(self.export_k, len(self.corpus.ids)), version=version, query_warmup_examples=warmup_examples,
-            candidate_warmup_examples=candidate_warmup, metadata=metadata)
-        return query_path
+    def retrieval_export(self) -> dict:
+        """The towers and corpus the retrieval export indexes (``tfrecsys.export.retrieval``)."""
+        return dict(query_tower=self.query_tower, candidate_tower=self.candidate_tower, schema=self.schema,
+                    query_features=self.query_features, candidate_features=self.candidate_features,
+                    candidate_ids=self._corpus_ids, corpus_features=self._corpus_features,
+                    corpus_path=self.corpus.path, k=min(self.export_k, len(self.corpus.ids)),
+                    candidate_model_name=self.candidate_model_name)
 
 
 def _data_path(config, name: str) -> str:
@@ -318,10 +279,10 @@ def _check_tower_features(schema: FeatureSchema, names: Sequence[str], field: st
 @register("two_tower")
 def build_two_tower(config, schema: FeatureSchema) -> TwoTowerRetrieval:
     model = config.model
-    tasks = tasks_from_config(config.tasks)
-    if len(tasks) != 1:
-        raise ValueError(f"two_tower trains exactly one task (its label is the reward); config.tasks has "
-                         f"{[t.name for t in tasks]}")
+    tasks = tasks_from_config(config.tasks, schema)
+    if len(tasks) != 1 or tasks[0].loss != SAMPLED_SOFTMAX:
+        raise ValueError(f"two_tower trains exactly one task with loss {SAMPLED_SOFTMAX!r} (its sample_weight is "
+                         f"each row's reward); config.tasks has {[(t.name, t.loss) for t in tasks]}")
     query_features, candidate_features = list(model.query_features), list(model.candidate_features)
     _check_tower_features(schema, query_features, "query_features")
     _check_tower_features(schema, candidate_features, "candidate_features")
@@ -335,8 +296,8 @@ def build_two_tower(config, schema: FeatureSchema) -> TwoTowerRetrieval:
                                   model.candidate_id, _data_path(config, "item_frequency_file") if frequency else None)
     estimator = dict(model.get("estimator", {}))
     return TwoTowerRetrieval(
-        schema, corpus, query_features=query_features, candidate_features=candidate_features,
-        candidate_id=model.candidate_id, task_name=tasks[0].name, hidden_units=tuple(model.hidden_units),
+        schema, tasks, corpus, query_features=query_features, candidate_features=candidate_features,
+        candidate_id=model.candidate_id, hidden_units=tuple(model.hidden_units),
         output_dim=model.output_dim, dropout=model.get("dropout", 0.0), temperature=model.temperature,
         negatives=model.negatives, num_sampled=model.get("num_sampled", 0),
         sampler_alpha=model.get("sampler_alpha", 0.0), logq=model.logq,

@@ -61,20 +61,12 @@ def naming_bad_files(files, schema):
 
 
 def build_and_compile(config, schema: FeatureSchema, jit_compile: bool = False):
-    """The registry model for ``config``, compiled with its tasks' losses, weights and metrics
-    (``jit_compile``: the train and eval steps are XLA-compiled)."""
-    tasks = tasks_from_config(config.tasks)
+    """The registry model for ``config``, compiled with its optimizer (``jit_compile``: the train and eval
+    steps are XLA-compiled). Losses and metrics are the model's tasks', summed in its own step
+    (``tfrecsys.models.base.RecModel``)."""
     model = build_model(config, schema)
-    if hasattr(model, "compile_kwargs"):
-        # A model that computes its own loss and metrics in train_step (a tfrs.Model, a custom step) says
-        # what compile needs instead of the per-task defaults.
-        kwargs = model.compile_kwargs(tasks)
-    else:
-        kwargs = dict(loss={t.name: t.make_loss() for t in tasks},
-                      loss_weights={t.name: t.weight for t in tasks},
-                      metrics={t.name: t.make_metrics() for t in tasks})
     model.compile(optimizer=_optimizer(config.train.optimizer, config.train.learning_rate),
-                  steps_per_execution=config.train.steps_per_execution, jit_compile=jit_compile, **kwargs)
+                  steps_per_execution=config.train.steps_per_execution, jit_compile=jit_compile)
     return model
 
 
@@ -109,7 +101,7 @@ def _worker_slice(batch, index: int, count: int):
     return tf.nest.map_structure(lambda tensor: tensor[start:stop], batch)
 
 
-def _distributed(strategy, files, schema, config, targets, training):
+def _distributed(strategy, files, schema, config, training):
     """Global batches of ``train.batch_size`` (eval: ``train.eval_batch_size``) as per-replica batches of
     ``strategy``.
 
@@ -123,10 +115,10 @@ def _distributed(strategy, files, schema, config, targets, training):
     def dataset_fn(context: tf.distribute.InputContext):
         per_replica = context.get_per_replica_batch_size(global_batch)
         if by_file:
-            return make_dataset(files, schema, per_replica, targets=targets, training=training,
+            return make_dataset(files, schema, per_replica, training=training,
                                 shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed,
                                 input_context=context)
-        dataset = make_dataset(files, schema, global_batch, targets=targets, training=training,
+        dataset = make_dataset(files, schema, global_batch, training=training,
                                shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed)
         if context.num_input_pipelines > 1:
             def own_slice(*batch):
@@ -161,8 +153,7 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1, 
 def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_compile: bool, extra_callbacks) -> dict:
     tf.keras.utils.set_random_seed(config.train.seed)
     schema = FeatureSchema.from_config(config.features)
-    tasks = tasks_from_config(config.tasks)
-    targets = {t.name: t.label for t in tasks}
+    tasks = tasks_from_config(config.tasks, schema)
     train_files, eval_files = data_files(config)
     check_schema(train_files[0], schema)
     check_schema(eval_files[0], schema)
@@ -187,8 +178,8 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
             checkpoint.restore(latest)
             logging.info("%s: resuming from %s", task_name(), latest)
     done = int(model.optimizer.iterations.numpy())
-    train_data = _distributed(strategy, train_files, schema, config, targets, training=True)
-    eval_data = _distributed(strategy, eval_files, schema, config, targets, training=False)
+    train_data = _distributed(strategy, train_files, schema, config, training=True)
+    eval_data = _distributed(strategy, eval_files, schema, config, training=False)
     # steps_per_execution > 1 needs a step count even for a finite eval set.
     eval_steps = config.train.eval_steps or -(-count_records(eval_files) // config.train.eval_batch_size)
 
