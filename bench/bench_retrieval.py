@@ -105,7 +105,7 @@ def speed(data_dir: str, batch_size: int, steps: int, rounds: int) -> dict:
     base = load_config(CONFIG, {"data.dir": data_dir})
     schema = FeatureSchema.from_config(base.features)
     files = resolve_files(base.data.train_files, data_dir)
-    batches = make_dataset(files, schema, batch_size, targets={"retrieval": "reward"}, training=True, seed=0)
+    batches = make_dataset(files, schema, batch_size, training=True, seed=0)
     data = batches.take(200).cache().repeat()
     models = {}
     for label, negatives, logq in (("two_tower in-batch", "in_batch", "none"),

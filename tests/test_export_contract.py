@@ -23,7 +23,7 @@ from tests.serving_dnn import DNN_CONFIG, SMALL_DNN, export_ranking_model, synth
 from tfrecsys.config import load_config
 from tfrecsys.export import saved_model as contract
 from tfrecsys.features.schema import FeatureSchema, IdFeature, SequenceFeature
-from tfrecsys.export.trained import first_records
+from tfrecsys.export.trained import export_model, first_records
 from tfrecsys.models import available, build_model
 from tfrecsys.models.tasks import tasks_from_config
 from tfrecsys.serving import servables
@@ -49,15 +49,17 @@ def export_two_tower(config_path: str, overrides: dict, export_base: str, model_
     model = build_model(config, schema)
     warmup = first_records(sorted(tf.io.gfile.glob(os.path.join(data_dir, config.data.eval_files))), 4)
     model(schema.parse_examples(tf.constant(warmup), with_labels=False, serving=True), training=False)
-    return model.export_saved_models(export_base, model_name, warmup_examples=warmup)
+    return export_model(model, export_base, model_name, warmup_examples=warmup)
 
 
 TWO_TOWER_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "two_tower_simulator.py")
 SMALL_TWO_TOWER = {"data.simulator.num_users": 60, "data.simulator.num_items": 40,
                    "data.simulator.events_per_user": 4.0, "model.hidden_units": (8,), "model.output_dim": 8,
                    "model.num_sampled": 8, "model.export_k": 5}
+LR_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "logistic_regression_simulator.py")
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
+    "logistic_regression": FamilyCase(LR_CONFIG, {}),
     "two_tower": FamilyCase(TWO_TOWER_CONFIG, SMALL_TWO_TOWER, export_two_tower, kind="retrieval"),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}

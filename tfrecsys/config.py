@@ -11,6 +11,17 @@ import os
 import ml_collections
 
 
+def config_beside(config_file: str, name: str):
+    """The module ``name`` in the directory of ``config_file`` (an experiment's ``configs/base.py``), loaded by
+    path: configs/ is no package, and absl's ``--config`` loader puts nothing on ``sys.path``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    spec = importlib.util.spec_from_file_location(f"tfrecsys_config_{os.path.splitext(name)[0]}_{abs(hash(path))}",
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
     """Loads ``get_config()`` from the file ``path`` and applies dotted overrides
     (``{"train.steps": 100}``); an unknown override key is an error naming it."""

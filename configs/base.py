@@ -1,0 +1,52 @@
+"""The blocks every experiment config repeats: data, train and export, with the house defaults.
+
+An experiment file starts from ``get_config`` and sets what is its own (features, model, tasks, and any
+default it changes):
+
+    from tfrecsys.config import config_beside
+    base = config_beside(__file__, "base.py")
+
+    def get_config():
+        config = base.get_config("dnn_simulator", data_dir="runs/data/click_log", model_name="dnn")
+        config.train.steps = 400
+        ...
+
+Every field here can be overridden from the command line like any other (``--config.train.batch_size=256``).
+"""
+
+import ml_collections
+
+
+def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.experiment = experiment
+
+    config.data = ml_collections.ConfigDict()
+    # Where preprocessing or the simulator writes and training reads; a relative path is taken from the
+    # working directory. A FieldReference, so paths built from it (vocabularies) follow an override.
+    config.data.dir = ml_collections.FieldReference(data_dir)
+    config.data.train_files = "train-*.tfrecord"
+    config.data.eval_files = "eval-*.tfrecord"
+
+    config.features = ml_collections.ConfigDict()
+    config.model = ml_collections.ConfigDict()
+    # Output name -> label, loss, weight, mask, sample_weight, metrics (tfrecsys/models/tasks.py).
+    config.tasks = ml_collections.ConfigDict()
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 512            # global batch: split across replicas under a strategy
+    config.train.steps = 1000
+    config.train.steps_per_loop = 100        # steps between checkpoints / progress summaries
+    config.train.steps_per_execution = 20    # steps per tf.function call: fewer Python round trips on CPU
+    config.train.learning_rate = 0.003
+    config.train.optimizer = "adam"          # adam | adagrad | sgd
+    config.train.shuffle_buffer = 20_000     # rows permuted together (about one window of each read file)
+    config.train.eval_batch_size = 2048
+    config.train.eval_steps = 0              # 0: the whole eval split
+    config.train.seed = 42
+    config.train.max_checkpoints = 3
+
+    config.export = ml_collections.ConfigDict()
+    config.export.model_name = model_name
+    config.export.warmup_requests = 8        # eval rows replayed as TF Serving warmup requests
+    return config
