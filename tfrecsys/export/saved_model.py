@@ -43,20 +43,11 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from tfrecsys.contract import (CLASSIFY_METHOD, CLASSIFY_PREFIX, CLASSIFY_SCORES, EXAMPLES_INPUT, PREDICT_METHOD,
+                               REGRESS_METHOD, REGRESS_OUTPUTS, REGRESS_PREFIX, SAVED_MODEL_FILE, SERVING_DEFAULT,
+                               SERVING_EXAMPLES, WARMUP_FILE)
 from tfrecsys.features.schema import FeatureSchema
 
-SERVING_DEFAULT = "serving_default"
-SERVING_EXAMPLES = "serving_examples"
-EXAMPLES_INPUT = "inputs"
-CLASSIFY_PREFIX = "classify_"
-REGRESS_PREFIX = "regress_"
-CLASSIFY_SCORES = "scores"
-REGRESS_OUTPUTS = "outputs"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-WARMUP_FILE = "tf_serving_warmup_requests"
-SAVED_MODEL_FILE = "saved_model.pb"
 _VERSION = re.compile(r"^\d+$")
 # Node and function attributes that make TensorFlow compile a function with XLA.
 _XLA_ATTRS = ("_XlaMustCompile", "_XlaCompile")

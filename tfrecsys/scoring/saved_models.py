@@ -16,13 +16,8 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-# TF Serving loads the meta graph with this tag; reading the same one keeps scoring and serving in step.
-SERVING_TAG = "serve"
-EXAMPLES_SIGNATURE = "serving_examples"
-RAW_FEATURES_SIGNATURE = "serving_default"
-METADATA_FILE = os.path.join("assets.extra", "tfrecsys.json")
-LENGTH_SUFFIX = "_length"
-_SAVED_MODEL_FILE = "saved_model.pb"
+from tfrecsys.contract import (LENGTH_SUFFIX, METADATA_FILE, SAVED_MODEL_FILE, SERVING_DEFAULT, SERVING_EXAMPLES,
+                               SERVING_TAG)
 _MODEL_FLAG = re.compile(r"^(?P<name>[^=@\s]+)=(?P<path>[^@]+?)(@(?P<version>\d+))?$")
 _DTYPE_NAMES = {tf.int64: "int64", tf.float32: "float32", tf.string: "string"}
 
@@ -168,17 +163,17 @@ def resolve_model_dir(model_path: str, version: Optional[int] = None) -> str:
     names one; non-integer entries (e.g. an export's temporary directory) are ignored, as TF Serving does.
     """
     ensure_tensorflow_filesystem(model_path)
-    if version is None and tf.io.gfile.exists(os.path.join(model_path, _SAVED_MODEL_FILE)):
+    if version is None and tf.io.gfile.exists(os.path.join(model_path, SAVED_MODEL_FILE)):
         return model_path
     if version is not None:
         version_dir = os.path.join(model_path, str(version))
-        if not tf.io.gfile.exists(os.path.join(version_dir, _SAVED_MODEL_FILE)):
-            raise FileNotFoundError(f"Model version {version} not found: no {_SAVED_MODEL_FILE} in {version_dir}")
+        if not tf.io.gfile.exists(os.path.join(version_dir, SAVED_MODEL_FILE)):
+            raise FileNotFoundError(f"Model version {version} not found: no {SAVED_MODEL_FILE} in {version_dir}")
         return version_dir
     versions = _integer_versions(model_path)
     if not versions:
         raise FileNotFoundError(
-            f"No SavedModel under {model_path}: expected {_SAVED_MODEL_FILE} there or integer version "
+            f"No SavedModel under {model_path}: expected {SAVED_MODEL_FILE} there or integer version "
             f"directories <{model_path}>/<version>/ (TF Serving's layout)")
     return os.path.join(model_path, str(max(versions)))
 
@@ -193,7 +188,7 @@ def _integer_versions(model_base_path: str) -> list[int]:
             if name.isdigit() and tf.io.gfile.isdir(os.path.join(model_base_path, name))]
 
 
-def load_scoring_model(spec: ModelSpec, signature_name: str = EXAMPLES_SIGNATURE) -> ScoringModel:
+def load_scoring_model(spec: ModelSpec, signature_name: str = SERVING_EXAMPLES) -> ScoringModel:
     """Resolves ``spec`` and reads what scoring needs from the SavedModel, without loading it.
 
     Raises:
@@ -215,7 +210,7 @@ def load_scoring_model(spec: ModelSpec, signature_name: str = EXAMPLES_SIGNATURE
     metadata = _read_metadata(model_dir)
     return ScoringModel(name=spec.name or _model_name(model_dir), version=_version(model_dir, metadata),
                         model_dir=model_dir, signature=signature,
-                        needs=_feature_needs(metadata.get("schema"), signatures.get(RAW_FEATURES_SIGNATURE)))
+                        needs=_feature_needs(metadata.get("schema"), signatures.get(SERVING_DEFAULT)))
 
 
 def _model_name(model_dir: str) -> str:
@@ -236,7 +231,7 @@ def _version(model_dir: str, metadata: dict) -> Optional[int]:
 
 def _read_signatures(model_dir: str) -> dict[str, Signature]:
     """Every callable signature of the ``serve`` meta graph in ``<model_dir>/saved_model.pb``."""
-    path = os.path.join(model_dir, _SAVED_MODEL_FILE)
+    path = os.path.join(model_dir, SAVED_MODEL_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Not a SavedModel directory: {path} does not exist")
     with tf.io.gfile.GFile(path, "rb") as f:
