@@ -1,12 +1,17 @@
 """The feature schema: config parsing, errors that name the feature, parsing and padding of sequences (raw
-ones, exact int64, several cuts of one stored column, label sequences, ragged), and its JSON round trip."""
+ones, exact int64, several cuts of one stored column, label sequences, ragged), its JSON round trip and the
+one decoder of it that batch scoring uses."""
 
 import json
+import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from tfrecsys import contract
 from tfrecsys.data.tfrecord import to_examples
 from tfrecsys.features.embedding import FeatureEmbedding, IdLookup
 from tfrecsys.features.schema import FeatureSchema, SchemaError, Vocabulary
@@ -263,3 +268,53 @@ def test_schema_errors_name_the_feature_for_the_new_kinds(features, message):
         FeatureSchema.from_config(features)
     assert message in str(error.value)
 
+
+# Batch scoring reads an export's schema through FeatureSchema.from_json ------------------------------------
+
+
+def _fake_export(directory, schema: FeatureSchema) -> str:
+    """A SavedModel directory as scoring reads it without loading it: saved_model.pb with the contract's two
+    signatures, and the metadata file with the schema."""
+    graph = meta_graph_pb2.MetaGraphDef()
+    graph.meta_info_def.tags.append(contract.SERVING_TAG)
+
+    def tensor_info(spec):
+        return meta_graph_pb2.TensorInfo(name=f"{spec.name}:0", dtype=spec.dtype.as_datatype_enum,
+                                         tensor_shape=spec.shape.as_proto())
+
+    examples = graph.signature_def[contract.SERVING_EXAMPLES]
+    examples.inputs[contract.EXAMPLES_INPUT].CopyFrom(tensor_info(tf.TensorSpec([None], tf.string, "inputs")))
+    examples.outputs["score"].CopyFrom(tensor_info(tf.TensorSpec([None], tf.float32, "score")))
+    raw = graph.signature_def[contract.SERVING_DEFAULT]
+    for name, spec in schema.input_signature().items():
+        raw.inputs[name].CopyFrom(tensor_info(spec))
+    os.makedirs(os.path.join(directory, contract.ASSETS_EXTRA_DIR))
+    with open(os.path.join(directory, contract.SAVED_MODEL_FILE), "wb") as f:
+        f.write(saved_model_pb2.SavedModel(meta_graphs=[graph]).SerializeToString())
+    with open(os.path.join(directory, contract.METADATA_FILE), "w") as f:
+        json.dump({"model_name": "seq", "schema": schema.to_json()}, f)
+    return str(directory)
+
+
+def test_scoring_reads_the_export_schema_through_the_one_decoder(tmp_path):
+    from tfrecsys.scoring.saved_models import FeatureNeed, ModelSpec, load_scoring_model
+
+    schema = FeatureSchema.from_config(SEQUENTIAL)
+    model = load_scoring_model(ModelSpec(_fake_export(tmp_path / "seq", schema)))
+    assert model.needs.exact
+    # Stored columns, each once (hist_short and hist_long read one); labels and training-only left out.
+    assert sorted(model.needs.features, key=lambda need: need.name) == [
+        FeatureNeed("hist_dwell", "float32", None, True), FeatureNeed("hist_item_id", "int64", None, True),
+        FeatureNeed("hist_ts", "int64", None, True), FeatureNeed("item_id", "int64", 1, False),
+        FeatureNeed("request_time", "int64", 1, False)]
+    # The recorded schema goes through FeatureSchema.from_json, with its checks, naming the file at fault.
+    path = _fake_export(tmp_path / "bad", schema)
+    metadata_path = os.path.join(path, contract.METADATA_FILE)
+    with open(metadata_path) as f:
+        metadata = json.load(f)
+    metadata["schema"]["hist_time"]["num_buckets"] = 10
+    with open(metadata_path, "w") as f:
+        json.dump(metadata, f)
+    with pytest.raises(ValueError, match=re.escape(f"{metadata_path}: the recorded feature schema is invalid: "
+                                                   "raw sequence feature 'hist_time' is not embedded")):
+        load_scoring_model(ModelSpec(path))
