@@ -320,3 +320,80 @@ def test_string_sequences_keep_empty_strings_empty_lists_and_nul_bytes(tmp_path)
     assert inputs["tags_length"].numpy().tolist() == [0, 1, 3] == expected["tags_length"].numpy().tolist()
     np.testing.assert_array_equal(inputs["tags"].numpy(), expected["tags"].numpy())
     assert inputs["tags"].numpy()[2].tolist() == [b"a", b"", b"b\x00"]
+
+
+SEQUENTIAL_SCHEMA = FeatureSchema.from_config({
+    "example_id": dict(kind="id", hash_buckets=100),
+    "request_time": dict(kind="dense", dtype="int64"),
+    "hist_short": dict(kind="sequence", max_len=2, num_buckets=30, source="hist_item_id"),
+    "hist_long": dict(kind="sequence", max_len=5, num_buckets=30, source="hist_item_id"),
+    "hist_time": dict(kind="sequence", max_len=5, raw=True, aligned_with="hist_long", source="hist_ts"),
+    "hist_dwell": dict(kind="sequence", max_len=3, raw=True, dtype="float32"),
+    "next_item": dict(kind="label", dtype="int64", max_len=5),
+    "click": dict(kind="label"),
+})
+
+
+def _sequential_columns(rows: int) -> dict:
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(0, 8, rows)
+    return {
+        "example_id": np.arange(rows, dtype=np.int64),
+        # Odd seconds around 1.7e9: a float32 on the way would round them to multiples of 128.
+        "request_time": 1_712_345_679 + 2 * np.arange(rows, dtype=np.int64),
+        "hist_item_id": [rng.integers(0, 30, n) for n in lengths],
+        "hist_ts": [1_700_000_001 + np.sort(rng.integers(0, 10**6, n)) * 2 for n in lengths],
+        "hist_dwell": [rng.random(n).astype(np.float32) for n in lengths],
+        "next_item": [rng.integers(0, 30, n) for n in lengths],
+        "click": (rng.random(rows) < 0.3).astype(np.float32),
+    }
+
+
+def _rows(batches) -> list:
+    """Every batch's inputs and targets as plain Python lists (ragged rows as lists)."""
+    return [{name: (value.to_list() if isinstance(value, tf.RaggedTensor) else value.numpy().tolist())
+             for part in batch for name, value in part.items()} for batch in batches]
+
+
+def test_raw_sequences_int64_dense_and_cuts_of_one_column_read_alike_from_parquet_and_tfrecord(tmp_path):
+    columns = _sequential_columns(300)
+    files = {"tfrecord": tfrecord.write_sharded(columns, str(tmp_path), "seq", 2),
+             "parquet": parquet.write_sharded(columns, str(tmp_path), "seq", 2)}
+    assert pq.read_schema(files["parquet"][0]).field("hist_dwell").type == pa.list_(pa.field("element", pa.float32()))
+    targets = {"click": "click", "next": "next_item"}
+    read = {(fmt, ragged): list(make_dataset(paths, SEQUENTIAL_SCHEMA, 64, targets=targets, training=False,
+                                             ragged=ragged))
+            for fmt, paths in files.items() for ragged in (False, True)}
+    for ragged in (False, True):
+        assert _rows(read["tfrecord", ragged]) == _rows(read["parquet", ragged])
+    padded = read["parquet", False]
+    inputs = {name: np.concatenate([batch[0][name].numpy() for batch in padded]) for name in padded[0][0]}
+    assert inputs["request_time"].dtype == np.int64
+    np.testing.assert_array_equal(inputs["request_time"], columns["request_time"])
+    row = int(np.argmax([len(h) for h in columns["hist_item_id"]]))  # a history longer than both cuts
+    assert len(columns["hist_item_id"][row]) > 5
+    np.testing.assert_array_equal(inputs["hist_short"][row], columns["hist_item_id"][row][-2:])
+    np.testing.assert_array_equal(inputs["hist_long"][row], columns["hist_item_id"][row][-5:])
+    np.testing.assert_array_equal(inputs["hist_time"][row], columns["hist_ts"][row][-5:])
+    np.testing.assert_array_equal(inputs["hist_dwell"][row], columns["hist_dwell"][row][-3:])
+    # Ragged batches hold the padded rows without their padding, and no lengths.
+    for (ragged_inputs, ragged_targets), (padded_inputs, padded_targets) in zip(read["parquet", True], padded):
+        assert not any(name.endswith("_length") for name in ragged_inputs)
+        assert isinstance(ragged_targets["next"], tf.RaggedTensor)
+        for name, value in ragged_inputs.items():
+            if not isinstance(value, tf.RaggedTensor):
+                np.testing.assert_array_equal(value, padded_inputs[name])
+                continue
+            length_name = SEQUENTIAL_SCHEMA[name].length_name
+            for index, length in enumerate(padded_inputs[length_name].numpy()):
+                assert value[index].numpy().tolist() == padded_inputs[name][index, :length].numpy().tolist()
+
+
+def test_a_missing_source_column_is_named_with_the_feature_that_reads_it(tmp_path):
+    columns = _sequential_columns(3)
+    del columns["hist_item_id"]
+    for path in (parquet.write_parquet(columns, str(tmp_path / "seq.parquet")),
+                 tfrecord.write_sharded(columns, str(tmp_path), "seq", 1)[0]):
+        with pytest.raises(DataError, match=r"no (column|feature) 'hist_item_id' \(schema: int64, read by feature "
+                                            r"'hist_short'\)"):
+            check_schema(path, SEQUENTIAL_SCHEMA)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tests.serving_dnn import synthetic_examples
 from tfrecsys.export.trained import export_model
+from tfrecsys.features.embedding import FeatureEmbedding
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.models.base import RecModel
@@ -239,3 +240,54 @@ print("same step")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0 and "same step" in result.stdout, result.stderr[-3000:]
+
+
+TIMED = FeatureSchema.from_config({
+    "item_id": dict(kind="id", num_buckets=50, embedding_dim=4),
+    "hist_item_id": dict(kind="sequence", shares="item_id", max_len=4),
+    "hist_time": dict(kind="sequence", raw=True, aligned_with="hist_item_id", max_len=4),
+    "request_time": dict(kind="dense", dtype="int64"),
+    "click": dict(kind="label"),
+})
+
+
+def timed_examples():
+    """Rows whose times are ~1.7e9 s with odd low digits: float32 would round them to multiples of 128."""
+    rows = []
+    for row in range(6):
+        times = [1_700_000_001 + 37 * row + 3 * t for t in range(row % 5)]
+        feature = {"item_id": [row], "hist_item_id": [row + t for t in range(len(times))], "hist_time": times,
+                   "request_time": [1_700_000_999 + row], "click": [float(row % 2)]}
+        rows.append(tf.train.Example(features=tf.train.Features(feature={
+            name: (tf.train.Feature(float_list=tf.train.FloatList(value=value)) if name == "click" else
+                   tf.train.Feature(int64_list=tf.train.Int64List(value=value))) for name, value in feature.items()
+        })).SerializeToString())
+    return rows
+
+
+def test_raw_timestamp_sequence_and_int64_time_reach_the_model_exact():
+    examples = timed_examples()
+    for ragged in (False, True):
+        features, _ = TIMED.split_labels(TIMED.parse_examples(tf.constant(examples), ragged=ragged))
+        embedded = FeatureEmbedding(TIMED)(features)
+        assert embedded["hist_time"].dtype == tf.int64 and embedded["request_time"].dtype == tf.int64
+        for row in range(6):
+            expected = [1_700_000_001 + 37 * row + 3 * t for t in range(row % 5)][-4:]
+            got = embedded["hist_time"][row].numpy()
+            np.testing.assert_array_equal(got[:len(expected)], expected)
+            assert embedded["hist_time_mask"][row].numpy().sum() == len(expected)
+        np.testing.assert_array_equal(embedded["request_time"].numpy()[:, 0], 1_700_000_999 + np.arange(6))
+
+
+def test_ragged_batches_give_the_padded_batches_step():
+    tf.keras.utils.set_random_seed(0)
+    tasks = tasks_from_config({"ctr": dict(label="click")})
+    model = compiled(LogisticRegression(SCHEMA, tasks))
+    examples = tf.constant(synthetic_examples(SCHEMA, ROWS, seed=5))
+    results = []
+    for ragged in (False, True):
+        features, labels = SCHEMA.split_labels(SCHEMA.parse_examples(examples, ragged=ragged))
+        assert isinstance(features["hist_item_id"], tf.RaggedTensor) == ragged
+        results.append(model.evaluate(tf.data.Dataset.from_tensors((features, labels)), return_dict=True,
+                                      verbose=0))
+    assert results[0] == results[1]

@@ -24,13 +24,9 @@ import tensorflow as tf
 from absl import app, flags
 
 from tfrecsys.cli.common import run_binary
+from tfrecsys.contract import EXAMPLES_INPUT, SERVING_EXAMPLES
 from tfrecsys.serving.client import DEFAULT_SIGNATURE, ServingClient
 from tfrecsys.serving.tensors import json_to_ndarray, ndarray_to_json
-
-EXAMPLES_SIGNATURE = "serving_examples"
-# The input name of the SavedModel contract's serialized-Example signature (and of TF Serving's
-# Classify/Regress convention).
-EXAMPLES_INPUT = "inputs"
 
 FLAGS = flags.FLAGS
 
@@ -41,7 +37,7 @@ flags.DEFINE_string("model_name", "default", "Name of the model to query, as the
 flags.DEFINE_integer("model_version", None, "Version to query; default: the latest version the server serves.",
                      lower_bound=0)
 flags.DEFINE_string("signature_name", None, f"Signature to call; default: {DEFAULT_SIGNATURE} with --inputs, "
-                    f"{EXAMPLES_SIGNATURE} with --tfrecord.")
+                    f"{SERVING_EXAMPLES} with --tfrecord.")
 flags.DEFINE_string("inputs", None, "JSON object of input name → value (nested lists for batches), e.g. "
                     "'{\"user_id\": [1, 2], \"price\": [0.5, 1.5]}'; binary strings as {\"b64\": \"...\"}. "
                     "Exactly one of --inputs and --tfrecord.")
@@ -120,7 +116,7 @@ def _records() -> list[bytes]:
 def _query_tfrecord(client: ServingClient) -> dict[str, np.ndarray]:
     records = _records()
     return client.predict(FLAGS.model_name, {EXAMPLES_INPUT: np.array(records, dtype=object)},
-                          FLAGS.signature_name or EXAMPLES_SIGNATURE, FLAGS.model_version, FLAGS.output_filter)
+                          FLAGS.signature_name or SERVING_EXAMPLES, FLAGS.model_version, FLAGS.output_filter)
 
 
 def _fail(message: str) -> int:

@@ -32,6 +32,7 @@ Flink, Spark and Dataflow commands), e.g.
 from absl import flags
 
 from tfrecsys.cli.common import run_binary
+from tfrecsys.contract import SERVING_EXAMPLES
 from tfrecsys.scoring import inputs, model_handler, outputs, pipeline, saved_models
 
 FLAGS = flags.FLAGS
@@ -52,7 +53,7 @@ flags.DEFINE_string("model_name", None, "Name that output rows of --model_base_p
 flags.DEFINE_multi_string("model", [], "A model to score with, as NAME=PATH or NAME=PATH@VERSION (PATH as "
                           "--model_base_path); repeat it to score several models or versions in one pass over "
                           "the input, e.g. --model=champion=models/dnn@3 --model=challenger=models/dnn@4.")
-flags.DEFINE_string("signature_name", saved_models.EXAMPLES_SIGNATURE, "SavedModel signature to call; it must "
+flags.DEFINE_string("signature_name", SERVING_EXAMPLES, "SavedModel signature to call; it must "
                     "take one string input of serialized tf.train.Example.")
 flags.DEFINE_enum("mode", "score", outputs.MODES, "score: one output row per input row and model with every "
                   "output of the signature; retrieve: one output row per input row, model and candidate "

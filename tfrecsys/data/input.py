@@ -7,6 +7,7 @@ Parquet files (``*.parquet`` of standard Arrow columns: ``list<int64>`` sequence
 files holding the same rows.
 """
 
+import functools
 import glob
 import os
 import random
@@ -74,13 +75,14 @@ def _pipeline_options() -> tf.data.Options:
 def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *,
                  training: bool, targets: Optional[Mapping[str, str]] = None, shuffle_buffer: int = 10_000,
                  seed: Optional[int] = None, input_context: Optional[tf.distribute.InputContext] = None,
-                 parallel_reads: int = 4) -> tf.data.Dataset:
+                 parallel_reads: int = 4, ragged: bool = False) -> tf.data.Dataset:
     """Batches of ``(inputs, labels)`` from TFRecord or Parquet ``files``.
 
     ``labels`` holds every label feature of the schema by its name, in its own dtype (what a model's tasks
     read: labels, masks, sample weights, auxiliary columns); with ``targets`` (``{"score": "click"}``) it is
     ``{output_name: float32 label}`` instead. ``batch_size`` is per replica when ``input_context`` is given,
-    else global.
+    else global. ``ragged``: sequences as ``tf.RaggedTensor`` cut to their ``max_len`` instead of padded with
+    ``<name>_length`` (``FeatureSchema.parse_examples``).
 
     Every stage works on chunks of rows, never on single rows (a per-row tf.data element costs more than
     parsing the row): each file is read in chunks, ``parallel_reads`` files at a time, and the chunks go
@@ -102,12 +104,12 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
             return parquet.chunk_dataset(path, features, chunk_rows)
 
         def decode(rows):
-            return parquet.decode_batch(rows, schema, features)
+            return parquet.decode_batch(rows, schema, features, ragged=ragged)
     else:
         def read_chunks(path):
             return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).batch(chunk_rows)
 
-        decode = schema.parse_examples
+        decode = functools.partial(schema.parse_examples, ragged=ragged)
 
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
@@ -253,11 +255,13 @@ def check_schema(path: str, schema: FeatureSchema, features=None) -> None:
         raise DataError(f"{path}: record 0 is not a tf.train.Example ({error})") from None
     present = example.features.feature
     for feature in features:
-        if feature.name not in present:
-            raise DataError(f"{path}: record 0 has no feature {feature.name!r} (schema: {feature.dtype}); "
-                            f"the record has {sorted(present)}")
-        kind = present[feature.name].WhichOneof("kind")
+        # A feature may read another feature's stored column (``source``): say which, when it does.
+        reader = "" if feature.source == feature.name else f", read by feature {feature.name!r}"
+        if feature.source not in present:
+            raise DataError(f"{path}: record 0 has no feature {feature.source!r} (schema: {feature.dtype}"
+                            f"{reader}); the record has {sorted(present)}")
+        kind = present[feature.source].WhichOneof("kind")
         expected = _KIND_OF_DTYPE[feature.dtype]
         if kind is not None and kind != expected:
-            raise DataError(f"{path}: feature {feature.name!r} is {kind} in the data but the schema says "
-                            f"{feature.dtype} ({expected})")
+            raise DataError(f"{path}: feature {feature.source!r} is {kind} in the data but the schema says "
+                            f"{feature.dtype} ({expected}{reader})")

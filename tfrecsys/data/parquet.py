@@ -1,16 +1,20 @@
 """Parquet as a second on-disk format: standard Arrow columns, read with pyarrow into the same feature dict
 as TFRecord.
 
-One column per feature, of the type Spark, pandas, DuckDB or pyarrow would write for it:
+One column per stored column of the schema (a feature's ``source``; features cutting their own ``max_len``
+from one stored history share it, and it is read once), of the type Spark, pandas, DuckDB or pyarrow would
+write for it:
 
 ==============================  ==============================  ==============================================
 feature                         written                         also read
 ==============================  ==============================  ==============================================
-int64 id, int64 label           ``int64``                       narrower integers (int8–int32, uint8–uint32)
+int64 id, dense, label          ``int64``                       narrower integers (int8–int32, uint8–uint32)
 float32 dense (dim 1), label    ``float``                       —
 string id                       ``string``                      large_string, binary, dictionary-encoded
 dense with ``dim > 1``          ``fixed_size_list<float>[dim]`` ``list<float>`` with ``dim`` values per row
-int64 sequence                  ``list<int64>``                 large_list, narrower integer elements
+                                (``<int64>`` for int64 dense)
+int64 sequence, label sequence  ``list<int64>``                 large_list, narrower integer elements
+float32 raw sequence            ``list<float>``                 large_list
 string sequence                 ``list<string>``                large_list, large_string / binary elements
 ==============================  ==============================  ==============================================
 
@@ -26,7 +30,7 @@ non-standard encoding of every sequence, which no other tool could write or read
 dependency) reads every column type; a file is read in chunks of rows by a ``tf.data`` generator, with
 all per-row work vectorised: Arrow buffers become flat tensors (a sequence: its values and its row lengths;
 strings: one byte buffer and offsets, cut with one ``tf.strings.substr``), and padding happens in the graph
-with the same ``FeatureSchema.pad_sequences`` that TFRecord batches go through.
+with the same ``FeatureSchema.features_from_columns`` that TFRecord batches go through.
 """
 
 import os
@@ -37,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from tfrecsys.features.schema import DenseFeature, FeatureSchema, SequenceFeature
+from tfrecsys.features.schema import DenseFeature, FeatureSchema
 
 _ARROW_TYPES = {"int64": pa.int64(), "float32": pa.float32(), "string": pa.string()}
 _NUMPY_TYPES = {"int64": np.int64, "float32": np.float32}
@@ -64,7 +68,7 @@ def arrow_type(dtype: str, is_list: bool = False, dim: int = 1) -> pa.DataType:
 def feature_arrow_type(feature) -> pa.DataType:
     """The Arrow type tfrecsys writes for ``feature``."""
     dim = feature.dim if isinstance(feature, DenseFeature) else 1
-    return arrow_type(feature.dtype, isinstance(feature, SequenceFeature), dim)
+    return arrow_type(feature.dtype, feature.is_sequence, dim)
 
 
 # Writing ----------------------------------------------------------------------------------------------------
@@ -76,7 +80,7 @@ def _text(value) -> str:
 
 def _infer_type(name: str, values) -> pa.DataType:
     """The Arrow type of a column given as ``tfrecord.write_sharded`` takes it: a numpy array ``[rows]`` or
-    ``[rows, dim]``, strings, or 1-D arrays (sequences) whose numpy dtype says int64 or string."""
+    ``[rows, dim]``, strings, or 1-D arrays (sequences) whose numpy dtype says int64, float32 or string."""
     if isinstance(values, np.ndarray) and values.dtype != object:
         if values.ndim == 2:
             return arrow_type("float32", dim=values.shape[1])
@@ -95,17 +99,21 @@ def _infer_type(name: str, values) -> pa.DataType:
         raise ValueError(f"column {name!r}: cannot tell the type of a column without values; pass its type")
     if kinds <= set("iub"):
         return arrow_type("int64", is_list=True)
+    if kinds <= set("f"):
+        return arrow_type("float32", is_list=True)
     if kinds <= set("USO"):
         return arrow_type("string", is_list=True)
-    raise ValueError(f"column {name!r}: sequences must hold integers or strings, got numpy kinds {sorted(kinds)}")
+    raise ValueError(f"column {name!r}: sequences must hold integers, floats or strings, got numpy kinds "
+                     f"{sorted(kinds)}")
 
 
 def _to_arrow(name: str, values, type_: pa.DataType) -> pa.Array:
     if pa.types.is_fixed_size_list(type_):
-        matrix = np.asarray(values, np.float32)
+        matrix = np.asarray(values)
         if matrix.ndim != 2 or matrix.shape[1] != type_.list_size:
-            raise ValueError(f"column {name!r}: expected rows of {type_.list_size} floats, got shape {matrix.shape}")
-        return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), type_.list_size)
+            raise ValueError(f"column {name!r}: expected rows of {type_.list_size} values, got shape {matrix.shape}")
+        return pa.FixedSizeListArray.from_arrays(_to_arrow(name, matrix.reshape(-1), type_.value_type),
+                                                 type_.list_size)
     if pa.types.is_list(type_):
         sequences = [np.asarray(v).reshape(-1) for v in values]
         offsets = np.zeros(len(sequences) + 1, np.int64)
@@ -193,24 +201,30 @@ def _element_dtype(type_: pa.DataType) -> Optional[str]:
 
 
 def _fits(feature, type_: pa.DataType) -> bool:
-    if isinstance(feature, SequenceFeature):
+    if feature.is_sequence:
         return _is_list_type(type_) and _element_dtype(type_.value_type) == feature.dtype
     if isinstance(feature, DenseFeature) and feature.dim > 1:
         return ((_is_list_type(type_) or (pa.types.is_fixed_size_list(type_) and type_.list_size == feature.dim))
-                and type_.value_type == pa.float32())
+                and _element_dtype(type_.value_type) == feature.dtype)
     return _element_dtype(type_) == feature.dtype
+
+
+def _read_by(feature) -> str:
+    """How a message names the feature: by its column, and by its own name when it reads another one."""
+    return repr(feature.name) if feature.source == feature.name else f"{feature.name!r} (column {feature.source!r})"
 
 
 def _check_fields(path: str, schema: pa.Schema, features: Sequence) -> None:
     for feature in features:
-        if feature.name not in schema.names:
-            raise ParquetSchemaError(f"{path}: no column {feature.name!r} (schema: {feature.dtype}); the file has "
-                                     f"{schema.names}")
-        found = schema.field(feature.name).type
+        if feature.source not in schema.names:
+            reader = "" if feature.source == feature.name else f", read by feature {feature.name!r}"
+            raise ParquetSchemaError(f"{path}: no column {feature.source!r} (schema: {feature.dtype}{reader}); the "
+                                     f"file has {schema.names}")
+        found = schema.field(feature.source).type
         if not _fits(feature, found):
-            kind = "sequence of " if isinstance(feature, SequenceFeature) else ""
-            raise ParquetSchemaError(f"{path}: feature {feature.name!r} is {found} in the data but the schema says "
-                                     f"{kind}{feature.dtype} ({feature_arrow_type(feature)})")
+            kind = "sequence of " if feature.is_sequence else ""
+            raise ParquetSchemaError(f"{path}: feature {_read_by(feature)} is {found} in the data but the schema "
+                                     f"says {kind}{feature.dtype} ({feature_arrow_type(feature)})")
 
 
 def check_parquet_schema(path: str, features: Sequence) -> None:
@@ -255,11 +269,13 @@ def _first_null_row(array: pa.Array) -> int:
 
 
 def _convert(path: str, feature, array: pa.Array, first_row: int):
-    """One column of a chunk → what ``raw_signature`` says: a numpy array, or for a sequence its flat values
-    and row lengths; strings as ``(bytes, offsets)``. Nulls and dense vectors of another size are errors."""
+    """One column of a chunk, read for ``feature`` → what ``raw_signature`` says: a numpy array, or for a
+    sequence its flat values and row lengths; strings as ``(bytes, offsets)``. Nulls and dense vectors of
+    another size are errors."""
+    column = feature.source
     if array.null_count:
-        raise ParquetSchemaError(f"{path}: column {feature.name!r} is null in row {first_row + _first_null_row(array)}")
-    if isinstance(feature, SequenceFeature) or (isinstance(feature, DenseFeature) and feature.dim > 1):
+        raise ParquetSchemaError(f"{path}: column {column!r} is null in row {first_row + _first_null_row(array)}")
+    if feature.is_sequence or (isinstance(feature, DenseFeature) and feature.dim > 1):
         values = array.flatten()
         if pa.types.is_fixed_size_list(array.type):
             lengths = np.full(len(array), array.type.list_size, np.int64)
@@ -267,14 +283,14 @@ def _convert(path: str, feature, array: pa.Array, first_row: int):
             lengths = array.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
         if values.null_count:
             row = int(np.searchsorted(np.cumsum(lengths), _first_null_row(values), side="right"))
-            raise ParquetSchemaError(f"{path}: column {feature.name!r} holds a null element in row {first_row + row}")
-        if isinstance(feature, SequenceFeature):
+            raise ParquetSchemaError(f"{path}: column {column!r} holds a null element in row {first_row + row}")
+        if feature.is_sequence:
             return _flat(values, feature.dtype), lengths
         wrong = np.flatnonzero(lengths != feature.dim)
         if wrong.size:
-            raise ParquetSchemaError(f"{path}: column {feature.name!r} holds {lengths[wrong[0]]} values in row "
+            raise ParquetSchemaError(f"{path}: column {column!r} holds {lengths[wrong[0]]} values in row "
                                      f"{first_row + int(wrong[0])}; the schema says dense of dim {feature.dim}")
-        return _numbers(values, "float32").reshape(-1, feature.dim)
+        return _numbers(values, feature.dtype).reshape(-1, feature.dim)
     return _flat(array, feature.dtype)
 
 
@@ -299,13 +315,23 @@ def _one_array(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
+def _by_column(features: Sequence) -> dict:
+    """``{column: the first feature reading it}``; the schema makes every feature of one column read it alike."""
+    columns = {}
+    for feature in features:
+        columns.setdefault(feature.source, feature)
+    return columns
+
+
 def read_chunks(path: str, features: Sequence, chunk_rows: int) -> Iterator[dict]:
-    """Chunks of ``chunk_rows`` rows of ``path`` as ``{feature: numpy arrays}`` (see ``raw_signature``).
+    """Chunks of ``chunk_rows`` rows of ``path`` as ``{column: numpy arrays}`` (see ``raw_signature``), each
+    column the features read (their ``source``) once.
 
     Raises ParquetSchemaError naming the file (and the column and row) when the file cannot be read, its
     columns do not fit the features, or a value is null.
     """
-    names = [feature.name for feature in features]
+    columns = _by_column(features)
+    names = list(columns)
     try:
         parquet_file = pq.ParquetFile(_source(path))
     except (pa.ArrowException, OSError) as error:
@@ -315,8 +341,8 @@ def read_chunks(path: str, features: Sequence, chunk_rows: int) -> Iterator[dict
         first_row = 0
         try:
             for table in _tables(parquet_file, names, chunk_rows):
-                yield {feature.name: _convert(path, feature, _one_array(table.column(feature.name)), first_row)
-                       for feature in features}
+                yield {name: _convert(path, feature, _one_array(table.column(name)), first_row)
+                       for name, feature in columns.items()}
                 first_row += table.num_rows
         except (pa.ArrowException, OSError) as error:
             raise ParquetSchemaError(f"{path}: cannot read the Parquet data after row {first_row} ({error})") from None
@@ -329,16 +355,16 @@ def _flat_spec(dtype: str):
 
 
 def raw_signature(features: Sequence) -> dict:
-    """What ``read_chunks`` yields, as ``tf.data`` specs: ``[rows]`` per scalar, ``[rows, dim]`` per dense
-    vector, ``(values [n], lengths [rows])`` per sequence; strings as ``(bytes [], offsets [n + 1])``."""
+    """What ``read_chunks`` yields, as ``tf.data`` specs by column: ``[rows]`` per scalar, ``[rows, dim]``
+    per dense vector, ``(values [n], lengths [rows])`` per sequence; strings as ``(bytes [], offsets [n + 1])``."""
     specs = {}
-    for feature in features:
-        if isinstance(feature, SequenceFeature):
-            specs[feature.name] = (_flat_spec(feature.dtype), tf.TensorSpec([None], tf.int64))
+    for name, feature in _by_column(features).items():
+        if feature.is_sequence:
+            specs[name] = (_flat_spec(feature.dtype), tf.TensorSpec([None], tf.int64))
         elif isinstance(feature, DenseFeature) and feature.dim > 1:
-            specs[feature.name] = tf.TensorSpec([None, feature.dim], tf.float32)
+            specs[name] = tf.TensorSpec([None, feature.dim], _TF_TYPES[feature.dtype])
         else:
-            specs[feature.name] = _flat_spec(feature.dtype)
+            specs[name] = _flat_spec(feature.dtype)
     return specs
 
 
@@ -359,28 +385,29 @@ def chunk_dataset(path: tf.Tensor, features: Sequence, chunk_rows: int) -> tf.da
 
     def assemble(raw):
         out = {}
-        for feature in features:
-            value = raw[feature.name]
-            if isinstance(feature, SequenceFeature):
+        for name, feature in _by_column(features).items():
+            value = raw[name]
+            if feature.is_sequence:
                 values, lengths = value
                 value = (_strings(*values) if feature.dtype == "string" else values), lengths
             elif feature.dtype == "string":
                 value = _strings(*value)
-            out[feature.name] = value
+            out[name] = value
         return out
 
     return (tf.data.Dataset.from_generator(generate, args=(path,), output_signature=raw_signature(features))
             .map(assemble))
 
 
-def decode_batch(rows: dict, schema: FeatureSchema, features: Sequence) -> dict:
+def decode_batch(rows: dict, schema: FeatureSchema, features: Sequence, ragged: bool = False) -> dict:
     """Chunks of ``chunk_dataset`` (one, or several concatenated) → the dict ``schema.parse_examples`` gives
-    for the same rows: sequences padded to ``[rows, max_len]`` plus ``<name>_length``."""
-    out = {}
-    for feature in features:
-        value = rows[feature.name]
-        if isinstance(feature, SequenceFeature):
+    for the same rows: sequences padded to ``[rows, max_len]`` plus ``<name>_length``, or with ``ragged``
+    ragged ``[rows, (len)]``."""
+    columns = {}
+    for name, feature in _by_column(features).items():
+        value = rows[name]
+        if feature.is_sequence:
             values, lengths = value
             value = tf.RaggedTensor.from_row_lengths(values, lengths, validate=False)
-        out[feature.name] = value
-    return schema.pad_sequences(out)
+        columns[name] = value
+    return schema.features_from_columns(columns, features, ragged=ragged)

@@ -43,20 +43,11 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from tfrecsys.contract import (ASSETS_EXTRA_DIR, CLASSIFY_METHOD, CLASSIFY_PREFIX, CLASSIFY_SCORES, EXAMPLES_INPUT,
+                               METADATA_FILE, PREDICT_METHOD, REGRESS_METHOD, REGRESS_OUTPUTS, REGRESS_PREFIX,
+                               SAVED_MODEL_FILE, SERVING_DEFAULT, SERVING_EXAMPLES, WARMUP_FILE)
 from tfrecsys.features.schema import FeatureSchema
 
-SERVING_DEFAULT = "serving_default"
-SERVING_EXAMPLES = "serving_examples"
-EXAMPLES_INPUT = "inputs"
-CLASSIFY_PREFIX = "classify_"
-REGRESS_PREFIX = "regress_"
-CLASSIFY_SCORES = "scores"
-REGRESS_OUTPUTS = "outputs"
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-WARMUP_FILE = "tf_serving_warmup_requests"
-SAVED_MODEL_FILE = "saved_model.pb"
 _VERSION = re.compile(r"^\d+$")
 # Node and function attributes that make TensorFlow compile a function with XLA.
 _XLA_ATTRS = ("_XlaMustCompile", "_XlaCompile")
@@ -295,9 +286,8 @@ def write_version(export_base: str, model_name: str, write, version: Optional[in
 
 def write_extra_metadata(saved_model_path: str, content: dict) -> None:
     """``assets.extra/tfrecsys.json``: what the export holds, for people and tools (TF Serving ignores it)."""
-    extra = os.path.join(saved_model_path, "assets.extra")
-    tf.io.gfile.makedirs(extra)
-    with tf.io.gfile.GFile(os.path.join(extra, "tfrecsys.json"), "w") as f:
+    tf.io.gfile.makedirs(os.path.join(saved_model_path, ASSETS_EXTRA_DIR))
+    with tf.io.gfile.GFile(os.path.join(saved_model_path, METADATA_FILE), "w") as f:
         json.dump(content, f, indent=2, sort_keys=True)
 
 
@@ -318,8 +308,8 @@ def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base
         tf.saved_model.save(module, path, signatures=signatures)
         set_serving_methods(path, methods)
         if warmup_examples:
-            tf.io.gfile.makedirs(os.path.join(path, "assets.extra"))
-            _write_warmup_requests(os.path.join(path, "assets.extra", WARMUP_FILE), schema, model_name,
+            tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA_DIR))
+            _write_warmup_requests(os.path.join(path, ASSETS_EXTRA_DIR, WARMUP_FILE), schema, model_name,
                                    list(warmup_examples), methods)
         write_extra_metadata(path, {"model_name": model_name, "version": version,
                                     "outputs": sorted(signatures[SERVING_DEFAULT].structured_outputs),

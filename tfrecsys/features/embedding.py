@@ -49,14 +49,6 @@ class IdLookup(tf.keras.layers.Layer):
         return cls(Vocabulary(**vocab), **config)
 
 
-def is_embedded(feature) -> bool:
-    """Whether a feature goes through an embedding table: id features and sequences with a vocabulary or a
-    shared table; dense features and raw sequences (timestamps, dwell times) pass through as they are."""
-    if isinstance(feature, IdFeature):
-        return True
-    return isinstance(feature, SequenceFeature) and (feature.vocab is not None or feature.shares is not None)
-
-
 class EmbeddingTables(tf.keras.layers.Layer):
     """The one owner of a model's embedding tables: a lookup and a ``[vocab.size, embedding_dim]`` table per
     table name of the schema (an id feature, or a sequence with its own vocabulary).
@@ -72,7 +64,7 @@ class EmbeddingTables(tf.keras.layers.Layer):
         self._lookups = {}
         self._tables = {}
         for feature in schema.inputs:
-            if not is_embedded(feature) or feature.table in self._tables:
+            if not feature.embedded or feature.table in self._tables:
                 continue
             owner = schema[feature.table]
             self._lookups[feature.table] = IdLookup(owner.vocab, owner.dtype, name=f"{feature.table}_lookup")
@@ -147,10 +139,15 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                     value = tf.cast(value, self.compute_dtype)
                 out[feature.name] = tf.reshape(value, [-1, feature.dim])
                 continue
-            out[feature.name] = self.tables.embed(feature.table, value) if is_embedded(feature) else value
+            if isinstance(value, tf.RaggedTensor):
+                # A ragged batch (make_dataset(ragged=True)): padded here, its mask from the row lengths.
+                mask = tf.sequence_mask(value.row_lengths(), feature.max_len)
+                value = value.to_tensor(shape=[None, feature.max_len])
+            elif isinstance(feature, SequenceFeature):
+                mask = tf.sequence_mask(features[feature.length_name], feature.max_len)
+            out[feature.name] = self.tables.embed(feature.table, value) if feature.embedded else value
             if isinstance(feature, SequenceFeature):
-                out[feature.name + "_mask"] = tf.sequence_mask(
-                    features[feature.length_name], feature.max_len)
+                out[feature.name + "_mask"] = mask
         return out
 
     def get_config(self):
@@ -161,4 +158,4 @@ class FeatureEmbedding(tf.keras.layers.Layer):
         return cls(FeatureSchema.from_config(config.pop("schema")), **config)
 
 
-__all__ = ["IdLookup", "EmbeddingTables", "FeatureEmbedding", "is_embedded"]
+__all__ = ["IdLookup", "EmbeddingTables", "FeatureEmbedding"]

@@ -23,8 +23,9 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from tfrecsys.contract import SERVING_TAG
 from tfrecsys.scoring.rows import KeyedBatch, first_problem, short_tf_message
-from tfrecsys.scoring.saved_models import SERVING_TAG, ScoringModel, ensure_tensorflow_filesystem
+from tfrecsys.scoring.saved_models import ScoringModel, ensure_tensorflow_filesystem
 
 DEFAULT_BATCH_SIZE = 1024
 

@@ -22,12 +22,12 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
+from tfrecsys.contract import SERVING_EXAMPLES
 from tfrecsys.scoring import inputs, outputs
 from tfrecsys.scoring.inputs import DEAD_LETTER, METRICS_NAMESPACE, ROWS_READ
 from tfrecsys.scoring.model_handler import DEFAULT_BATCH_SIZE, SavedModelBatchHandler
 from tfrecsys.scoring.rows import DeadLetter, ParquetRows, RowBatch, key_batch, merged_needs, parquet_key_dtype
-from tfrecsys.scoring.saved_models import (EXAMPLES_SIGNATURE, ModelSpec, ScoringModel, check_distinct,
-                                           load_scoring_model)
+from tfrecsys.scoring.saved_models import ModelSpec, ScoringModel, check_distinct, load_scoring_model
 
 DEFAULT_KEY_FEATURE = {"score": "example_id", "retrieve": "user_id"}
 DEAD_LETTER_SUFFIX = "_dead_letter"
@@ -66,7 +66,7 @@ class ScoringSummary:
 
 def score(input_pattern: str, models: Union[str, ModelSpec, Sequence[ModelSpec]], output_prefix: str, *,
           input_format: str = "tfrecord", output_format: str = "jsonl", mode: str = "score",
-          key_feature: Optional[str] = None, top_k: int = 0, signature_name: str = EXAMPLES_SIGNATURE,
+          key_feature: Optional[str] = None, top_k: int = 0, signature_name: str = SERVING_EXAMPLES,
           batch_size: int = DEFAULT_BATCH_SIZE, dead_letter_prefix: Optional[str] = None,
           num_output_shards: int = 0, pipeline_args: Optional[Sequence[str]] = None) -> ScoringSummary:
     """Scores every row matching ``input_pattern`` with every model, in one pass over the input.

@@ -3,7 +3,9 @@
 Everything here is read from ``saved_model.pb`` and ``assets.extra/tfrecsys.json`` alone (no variables, no
 TensorFlow graph), so a wrong path, version or signature fails when the pipeline is built, with a message
 that names it, instead of on a worker after the job has started. Nothing here imports tfrecsys model code:
-scoring depends only on the SavedModel contract (../shared/DESIGN.md).
+scoring depends only on the SavedModel contract (../shared/DESIGN.md): its names come from
+``tfrecsys.contract``, and the feature schema the export records is decoded by ``FeatureSchema.from_json``,
+the decoder training and export use too.
 """
 
 import dataclasses
@@ -16,13 +18,10 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-# TF Serving loads the meta graph with this tag; reading the same one keeps scoring and serving in step.
-SERVING_TAG = "serve"
-EXAMPLES_SIGNATURE = "serving_examples"
-RAW_FEATURES_SIGNATURE = "serving_default"
-METADATA_FILE = os.path.join("assets.extra", "tfrecsys.json")
-LENGTH_SUFFIX = "_length"
-_SAVED_MODEL_FILE = "saved_model.pb"
+from tfrecsys.contract import (LENGTH_SUFFIX, METADATA_FILE, SAVED_MODEL_FILE, SERVING_DEFAULT, SERVING_EXAMPLES,
+                               SERVING_TAG)
+from tfrecsys.features.schema import DenseFeature, FeatureSchema, SchemaError
+
 _MODEL_FLAG = re.compile(r"^(?P<name>[^=@\s]+)=(?P<path>[^@]+?)(@(?P<version>\d+))?$")
 _DTYPE_NAMES = {tf.int64: "int64", tf.float32: "float32", tf.string: "string"}
 
@@ -168,17 +167,17 @@ def resolve_model_dir(model_path: str, version: Optional[int] = None) -> str:
     names one; non-integer entries (e.g. an export's temporary directory) are ignored, as TF Serving does.
     """
     ensure_tensorflow_filesystem(model_path)
-    if version is None and tf.io.gfile.exists(os.path.join(model_path, _SAVED_MODEL_FILE)):
+    if version is None and tf.io.gfile.exists(os.path.join(model_path, SAVED_MODEL_FILE)):
         return model_path
     if version is not None:
         version_dir = os.path.join(model_path, str(version))
-        if not tf.io.gfile.exists(os.path.join(version_dir, _SAVED_MODEL_FILE)):
-            raise FileNotFoundError(f"Model version {version} not found: no {_SAVED_MODEL_FILE} in {version_dir}")
+        if not tf.io.gfile.exists(os.path.join(version_dir, SAVED_MODEL_FILE)):
+            raise FileNotFoundError(f"Model version {version} not found: no {SAVED_MODEL_FILE} in {version_dir}")
         return version_dir
     versions = _integer_versions(model_path)
     if not versions:
         raise FileNotFoundError(
-            f"No SavedModel under {model_path}: expected {_SAVED_MODEL_FILE} there or integer version "
+            f"No SavedModel under {model_path}: expected {SAVED_MODEL_FILE} there or integer version "
             f"directories <{model_path}>/<version>/ (TF Serving's layout)")
     return os.path.join(model_path, str(max(versions)))
 
@@ -193,7 +192,7 @@ def _integer_versions(model_base_path: str) -> list[int]:
             if name.isdigit() and tf.io.gfile.isdir(os.path.join(model_base_path, name))]
 
 
-def load_scoring_model(spec: ModelSpec, signature_name: str = EXAMPLES_SIGNATURE) -> ScoringModel:
+def load_scoring_model(spec: ModelSpec, signature_name: str = SERVING_EXAMPLES) -> ScoringModel:
     """Resolves ``spec`` and reads what scoring needs from the SavedModel, without loading it.
 
     Raises:
@@ -213,9 +212,13 @@ def load_scoring_model(spec: ModelSpec, signature_name: str = EXAMPLES_SIGNATURE
             f"Signature {signature_name!r} of {model_dir} takes {described}; scoring needs a signature with "
             "one string input of serialized tf.train.Example (the contract's 'serving_examples')")
     metadata = _read_metadata(model_dir)
+    try:
+        needs = feature_needs(metadata.get("schema"), signatures.get(SERVING_DEFAULT))
+    except SchemaError as error:
+        raise ValueError(f"{os.path.join(model_dir, METADATA_FILE)}: the recorded feature schema is invalid: "
+                         f"{error}") from None
     return ScoringModel(name=spec.name or _model_name(model_dir), version=_version(model_dir, metadata),
-                        model_dir=model_dir, signature=signature,
-                        needs=_feature_needs(metadata.get("schema"), signatures.get(RAW_FEATURES_SIGNATURE)))
+                        model_dir=model_dir, signature=signature, needs=needs)
 
 
 def _model_name(model_dir: str) -> str:
@@ -236,7 +239,7 @@ def _version(model_dir: str, metadata: dict) -> Optional[int]:
 
 def _read_signatures(model_dir: str) -> dict[str, Signature]:
     """Every callable signature of the ``serve`` meta graph in ``<model_dir>/saved_model.pb``."""
-    path = os.path.join(model_dir, _SAVED_MODEL_FILE)
+    path = os.path.join(model_dir, SAVED_MODEL_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"Not a SavedModel directory: {path} does not exist")
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -272,22 +275,28 @@ def _read_metadata(model_dir: str) -> dict:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def _feature_needs(schema: Optional[dict], raw_signature: Optional[Signature]) -> Optional[FeatureNeeds]:
-    """The features the examples signature parses.
+def feature_needs(schema_json: Optional[dict], raw_signature: Optional[Signature]) -> Optional[FeatureNeeds]:
+    """The features (stored columns) the examples signature parses.
 
-    From the export's schema when there is one: its serving features (not labels, not training-only) that
-    are also ``serving_default`` inputs — ``serving_examples`` parses exactly those, also for exports (such
-    as a retrieval query model) whose schema describes more features than the signature takes. Otherwise
-    from ``serving_default``'s inputs alone, where a ``[batch, n]`` input may be a sequence or a dense
-    vector, so only its dtype is known. None when the SavedModel has neither.
+    From the export's schema when there is one (decoded by ``FeatureSchema.from_json``, the one decoder of
+    that JSON): the columns its serving features read (not labels, not training-only) that are also
+    ``serving_default`` inputs — ``serving_examples`` parses exactly those, also for exports (such as a
+    retrieval query model) whose schema describes more features than the signature takes; a column that
+    several features cut (a short and a long history) is one need. Otherwise from ``serving_default``'s
+    inputs alone, where a ``[batch, n]`` input may be a sequence or a dense vector, so only its dtype is
+    known. None when the SavedModel has neither.
+
+    Raises SchemaError when the recorded schema is invalid.
     """
     if raw_signature is None:
         return None
     inputs = raw_signature.inputs
-    if schema:
-        needs = [_need_from_schema(name, entry) for name, entry in schema.items()
-                 if name in inputs and entry.get("kind") != "label" and not entry.get("training_only", False)]
-        return FeatureNeeds(tuple(need for need in needs if need is not None), exact=True)
+    if schema_json:
+        needs = {}
+        for feature in FeatureSchema.from_json(schema_json).serving_inputs:
+            if feature.name in inputs:
+                needs.setdefault(feature.source, _need_of(feature))
+        return FeatureNeeds(tuple(needs.values()), exact=True)
     matrices = {name for name, spec in inputs.items() if spec.rank == 2}
     needs = []
     for name, spec in inputs.items():
@@ -300,17 +309,12 @@ def _feature_needs(schema: Optional[dict], raw_signature: Optional[Signature]) -
     return FeatureNeeds(tuple(needs), exact=False)
 
 
-def _need_from_schema(name: str, entry: dict) -> Optional[FeatureNeed]:
-    """One feature of a tfrecsys schema (``FeatureSchema.to_json``) as a parse need."""
-    kind = entry.get("kind")
-    if kind == "id":
-        return FeatureNeed(name, entry.get("dtype", "int64"), 1, False)
-    if kind == "dense":
-        dim = int(entry.get("dim", 1))
-        return FeatureNeed(name, entry.get("dtype", "float32"), dim, dim > 1)
-    if kind == "sequence":
-        return FeatureNeed(name, entry.get("dtype", "int64"), None, True)
-    return None
+def _need_of(feature) -> FeatureNeed:
+    """What parsing one input feature of a schema needs of its stored column."""
+    if feature.is_sequence:
+        return FeatureNeed(feature.source, feature.dtype, None, True)
+    dim = feature.dim if isinstance(feature, DenseFeature) else 1
+    return FeatureNeed(feature.source, feature.dtype, dim, dim > 1)
 
 
 def check_distinct(models: Sequence[ScoringModel]) -> None:

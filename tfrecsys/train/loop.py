@@ -111,15 +111,17 @@ def _distributed(strategy, files, schema, config, training):
     """
     global_batch = config.train.batch_size if training else config.train.eval_batch_size
     by_file = training and shard_policy(len(files), num_workers()) == "file"
+    # config.data.ragged: sequences reach the model as tf.RaggedTensor (serving stays padded + _length).
+    ragged = bool(config.data.get("ragged", False))
 
     def dataset_fn(context: tf.distribute.InputContext):
         per_replica = context.get_per_replica_batch_size(global_batch)
         if by_file:
             return make_dataset(files, schema, per_replica, training=training,
                                 shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed,
-                                input_context=context)
+                                input_context=context, ragged=ragged)
         dataset = make_dataset(files, schema, global_batch, training=training,
-                               shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed)
+                               shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed, ragged=ragged)
         if context.num_input_pipelines > 1:
             def own_slice(*batch):
                 return _worker_slice(batch, context.input_pipeline_id, context.num_input_pipelines)
