@@ -117,10 +117,11 @@ def test_vocabularies_min_counts_and_item_frequencies(movielens_loo):
 
 @pytest.fixture(scope="module")
 def taobao_part(tmp_path_factory):
-    """The first 12,000 rows of the shared UserBehavior file plus four malformed lines, one of them not
-    UTF-8 (a temporary file: the dataset itself never enters the repository)."""
+    """The first 12,000 rows of the shared UserBehavior file in reverse order (so no output can rely on the
+    file listing a user's events in time order) plus four malformed lines, one of them not UTF-8 (a temporary
+    file: the dataset itself never enters the repository)."""
     with open(dataset("taobao-user-behavior", "UserBehavior_head84474.csv")) as f:
-        lines = [next(f) for _ in range(12_000)]
+        lines = [next(f) for _ in range(12_000)][::-1]
     directory = tmp_path_factory.mktemp("taobao")
     lines[100:100] = ["1,2,3,click,1511544070\n", "1,2,3,pv\n", "x,2,3,pv,1511544070\n"]
     (directory / "UserBehavior.csv").write_bytes("".join(lines).encode() + b"1,2,3,pv,15115\xff44070\n")
@@ -243,6 +244,17 @@ def test_candidates_hold_each_item_once_and_frequencies_count_the_positives(taob
     expected.update(zip(*(a.tolist() for a in np.unique(bought, return_counts=True))))
     assert read_item_frequency(os.path.join(first, "item_frequency.tsv"), "int64") == expected
     assert 0 < len(bought) < train["item_id"].shape[0]
+
+
+def test_a_candidate_column_that_varies_within_an_item_is_named(tmp_path):
+    directory = tmp_path / "taobao"
+    directory.mkdir()
+    # Item 7 is in category 3 in one event and 4 in another: the column is not a property of the item.
+    (directory / "UserBehavior.csv").write_text("1,7,3,pv,1511544070\n2,7,4,pv,1511544071\n2,8,4,buy,1511544072\n")
+    config = PreprocessConfig(source="taobao-user-behavior", input=str(directory), split="chronological",
+                              candidate_columns=("category_id",), num_shards=1)
+    with pytest.raises(Exception, match="column 'category_id' is not an item column: item 7 has more than one value"):
+        preprocess(config, {"item_id": dict(kind="id", num_buckets=10)}, str(tmp_path / "out"))
 
 
 def test_parquet_output_yields_the_same_batches_as_tfrecord(taobao_part, taobao_runs, tmp_path):
