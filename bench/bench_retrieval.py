@@ -12,8 +12,8 @@
    in-memory batches: user and movie embeddings (32), a 32-unit projection, L2 normalisation, temperature.
    Runs alternate between the two models; the median of each is reported with the ratio.
 
-MovieLens-100K is read from ../shared/datasets/movielens-100k (never copied into the repository); the
-benchmark exits with a message when it is absent.
+MovieLens-100K is read from ../shared/datasets/movielens-100k (never copied into the repository) and prepared
+by the config's preprocess block (tfrecsys-preprocess); the benchmark exits with a message when it is absent.
 """
 
 import argparse
@@ -31,7 +31,8 @@ import tensorflow_recommenders as tfrs
 
 from tfrecsys.config import load_config
 from tfrecsys.data.input import make_dataset, resolve_files
-from tfrecsys.data.retrieval_data import prepare_movielens_100k
+from tfrecsys.data.preprocess import PreprocessConfig, preprocess
+from tfrecsys.data.retrieval_data import popularity_of_directory
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.train.loop import build_and_compile, train_and_evaluate
 
@@ -145,12 +146,15 @@ def main(argv=None) -> int:
         print(f"MovieLens-100K not found at {args.dataset}: skipping the retrieval benchmark")
         return 0
     with tempfile.TemporaryDirectory() as data_dir:
-        metadata = prepare_movielens_100k(args.dataset, data_dir)
-        print(f"MovieLens-100K leave-one-out: {metadata['train_rows']} training rows, {metadata['eval_rows']} "
-              f"evaluated users, {metadata['num_candidates']} candidates", flush=True)
+        config = load_config(CONFIG, {"data.dir": data_dir, "preprocess.input": args.dataset})
+        metadata = preprocess(PreprocessConfig.from_config(config.preprocess), config.features, data_dir)
+        popularity = popularity_of_directory(data_dir, config.data.eval_files)
+        print(f"MovieLens-100K leave-one-out: {metadata['splits']['train']['rows']} training rows, "
+              f"{metadata['splits']['eval']['rows']} evaluated users, {metadata['num_candidates']} candidates",
+              flush=True)
         report = {}
         if not args.skip_quality:
-            report["quality"] = quality(data_dir, metadata["popularity"], args.seeds, args.steps)
+            report["quality"] = quality(data_dir, popularity, args.seeds, args.steps)
             print("\n" + quality_table(report["quality"]) + "\n", flush=True)
         report["speed"] = speed(data_dir, batch_size=512, steps=args.speed_steps, rounds=args.speed_rounds)
     speed_report = report["speed"]

@@ -1,11 +1,13 @@
 """two_tower retrieval on MovieLens-100K, leave-one-out by time (each user's last rating is evaluated).
 
-    tfrecsys-retrieval-data --config=configs/two_tower_movielens.py     # reads ../shared/datasets/movielens-100k
+    tfrecsys-preprocess --config=configs/two_tower_movielens.py     # reads ../shared/datasets/movielens-100k
     tfrecsys-train  --config=configs/two_tower_movielens.py --model_dir=runs/two_tower_ml
     tfrecsys-export --config=configs/two_tower_movielens.py --model_dir=runs/two_tower_ml --export_base=runs/export
 
-The query tower reads the user and the last 50 movies the user rated before the target; the candidate tower
-the movie and its genres. bench/bench_retrieval.py compares popularity, in-batch, mixed and mixed + logQ.
+Preprocessing writes the interactions (every rating is a positive, reward 1), candidates.tfrecord (every
+movie once, with its genres) and item_frequency.tsv (training ratings per movie). The query tower reads the
+user and the last 50 movies the user rated before the target; the candidate tower the movie and its genres.
+bench/bench_retrieval.py compares popularity, in-batch, mixed and mixed + logQ.
 """
 
 import ml_collections
@@ -22,27 +24,35 @@ def get_config() -> ml_collections.ConfigDict:
     config.experiment = "two_tower_movielens"
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "movielens-100k"
-    config.data.source_dir = "../shared/datasets/movielens-100k"   # GroupLens' u.data / u.item
-    config.data.history_len = HISTORY_LEN
     config.data.dir = "runs/data/movielens_100k_retrieval"
     config.data.train_files = "train-*.tfrecord"
     config.data.eval_files = "eval-*.tfrecord"
     config.data.candidates_file = "candidates.tfrecord"
     config.data.item_frequency_file = "item_frequency.tsv"
 
+    config.preprocess = ml_collections.ConfigDict(dict(
+        source="movielens-100k",
+        input="../shared/datasets/movielens-100k",   # GroupLens' u.data / u.item / u.user
+        split="leave_one_out",
+        history_len=HISTORY_LEN,
+        history_columns=("item_id",),
+        labels={"reward": "rating > 0"},             # every rating is a positive interaction of weight 1
+        candidate_columns=("genres",),               # candidates.tfrecord: item_id and genres per movie
+        num_shards=2,
+    ))
+
     config.features = ml_collections.ConfigDict()
     config.features.user_id = dict(kind="id", num_buckets=NUM_USERS + 1, embedding_dim=32)
     config.features.hist_item_id = dict(kind="sequence", shares="item_id", max_len=HISTORY_LEN)
     config.features.item_id = dict(kind="id", num_buckets=NUM_ITEMS + 1, embedding_dim=32)
-    config.features.item_genres = dict(kind="sequence", dtype="string", vocabulary=list(GENRES_100K),
+    config.features.genres = dict(kind="sequence", dtype="string", vocabulary=list(GENRES_100K),
                                        max_len=6, embedding_dim=8)
     config.features.reward = dict(kind="label")
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "two_tower"
     config.model.query_features = ("user_id", "hist_item_id")
-    config.model.candidate_features = ("item_id", "item_genres")
+    config.model.candidate_features = ("item_id", "genres")
     config.model.candidate_id = "item_id"
     config.model.hidden_units = (64,)
     config.model.output_dim = 32

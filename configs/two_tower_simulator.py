@@ -1,6 +1,6 @@
 """two_tower retrieval on the simulated retrieval world (known item popularity), mixed negatives + logQ.
 
-    tfrecsys-retrieval-data --config=configs/two_tower_simulator.py            # runs/data/retrieval_world/
+    tfrecsys-simulate --config=configs/two_tower_simulator.py                  # runs/data/retrieval_world/
     tfrecsys-train  --config=configs/two_tower_simulator.py --model_dir=runs/two_tower
     tfrecsys-export --config=configs/two_tower_simulator.py --model_dir=runs/two_tower --export_base=runs/export
     tfrecsys-serve  --model_name=two_tower --model_base_path=runs/export/two_tower --port=8500 &
@@ -23,13 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.experiment = "two_tower_simulator"
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "retrieval_simulator"   # what tfrecsys-retrieval-data writes into data.dir
     config.data.dir = "runs/data/retrieval_world"
     config.data.train_files = "train-*.tfrecord"
     config.data.eval_files = "eval-*.tfrecord"
     config.data.candidates_file = "candidates.tfrecord"       # one example per corpus item
     config.data.item_frequency_file = "item_frequency.tsv"    # item_id<TAB>training count
     config.data.simulator = ml_collections.ConfigDict(dict(
+        kind="retrieval",                     # tfrecsys/data/simulators/retrieval.py
         num_users=NUM_USERS, num_items=NUM_ITEMS, num_categories=NUM_CATEGORIES, events_per_user=40.0,
         popularity_exponent=1.2, affinity=3.0, history_len=HISTORY_LEN, seed=0))
 

@@ -40,7 +40,7 @@ class FamilyCase:
 
 def export_two_tower(config_path: str, overrides: dict, export_base: str, model_name: str) -> str:
     """A small simulated retrieval world, the model built on it (untrained) and its own exporter."""
-    from tfrecsys.data.retrieval_simulator import RetrievalWorldConfig, write_retrieval_world
+    from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
 
     data_dir = os.path.join(export_base, "data")
     config = load_config(config_path, {**overrides, "data.dir": data_dir})

@@ -117,10 +117,11 @@ def test_vocabularies_min_counts_and_item_frequencies(movielens_loo):
 
 @pytest.fixture(scope="module")
 def taobao_part(tmp_path_factory):
-    """The first 12,000 rows of the shared UserBehavior file plus four malformed lines, one of them not
-    UTF-8 (a temporary file: the dataset itself never enters the repository)."""
+    """The first 12,000 rows of the shared UserBehavior file in reverse order (so no output can rely on the
+    file listing a user's events in time order) plus four malformed lines, one of them not UTF-8 (a temporary
+    file: the dataset itself never enters the repository)."""
     with open(dataset("taobao-user-behavior", "UserBehavior_head84474.csv")) as f:
-        lines = [next(f) for _ in range(12_000)]
+        lines = [next(f) for _ in range(12_000)][::-1]
     directory = tmp_path_factory.mktemp("taobao")
     lines[100:100] = ["1,2,3,click,1511544070\n", "1,2,3,pv\n", "x,2,3,pv,1511544070\n"]
     (directory / "UserBehavior.csv").write_bytes("".join(lines).encode() + b"1,2,3,pv,15115\xff44070\n")
@@ -139,7 +140,9 @@ def _taobao(input_dir: str, out: str, output_format: str = "tfrecord", pipeline_
     config = PreprocessConfig(source="taobao-user-behavior", input=input_dir, split="chronological",
                               eval_fraction=0.2, history_len=20,
                               history_columns=("item_id", "category_id", "timestamp"),
-                              labels={"bought": "behavior == buy"}, num_shards=3, output_format=output_format)
+                              labels={"bought": "behavior == buy"}, sequence_columns=("item_id", "behavior"),
+                              candidate_columns=("category_id",), frequency_label="bought", num_shards=3,
+                              output_format=output_format)
     return preprocess(config, features, out, pipeline_args=list(pipeline_args))
 
 
@@ -162,7 +165,8 @@ def test_preprocessing_twice_gives_byte_identical_output(taobao_runs):
     names = _all_files(first)
     assert names == _all_files(second)
     assert {"metadata.json", "dead_letter.jsonl", "item_frequency.tsv", "vocabularies/item_id.txt",
-            "train-00002-of-00003.tfrecord", "eval-00000-of-00001.tfrecord"} <= set(names)
+            "train-00002-of-00003.tfrecord", "eval-00000-of-00001.tfrecord", "candidates.tfrecord",
+            "sequences-00002-of-00003.tfrecord"} <= set(names)
     different = [n for n in names if not filecmp.cmp(os.path.join(first, n), os.path.join(second, n), shallow=False)]
     assert different == []
     assert metadata["splits"]["train"]["rows"] + metadata["splits"]["eval"]["rows"] == 12_000
@@ -198,6 +202,59 @@ def test_chronological_split_and_aligned_histories(taobao_runs):
     hashing = metadata["hashing"]["user_id"]
     assert hashing["hash_buckets"] == 1000 and hashing["distinct_train_values"] > 50
     assert hashing["colliding_values"] == hashing["distinct_train_values"] - hashing["occupied_buckets"] >= 0
+
+
+def test_per_user_sequences_hold_every_event_once_in_time_order(taobao_runs):
+    first, _, metadata = taobao_runs
+    event = {"user_id": tf.io.FixedLenFeature([], tf.int64), "item_id": tf.io.FixedLenFeature([], tf.int64),
+             "timestamp": tf.io.FixedLenFeature([], tf.int64), "behavior": tf.io.FixedLenFeature([], tf.string)}
+    events = []
+    for split, mark in (("train", 0), ("eval", 1)):
+        rows = _records(resolve_files(f"{split}-*.tfrecord", first), event)
+        events += zip(*(rows[name].numpy().tolist() for name in event), [mark] * rows["user_id"].shape[0])
+    sequence_spec = {"user_id": tf.io.FixedLenFeature([], tf.int64),
+                     **{name: tf.io.RaggedFeature(spec.dtype) for name, spec in event.items() if name != "user_id"},
+                     "in_eval": tf.io.RaggedFeature(tf.int64)}
+    sequences = _records(resolve_files("sequences-*.tfrecord", first), sequence_spec)
+    users = sequences["user_id"].numpy().tolist()
+    assert len(users) == len(set(users)) == metadata["sequences"]["users"] == len({e[0] for e in events})
+    listed = []
+    for row, user in enumerate(users):
+        times = sequences["timestamp"][row].numpy()
+        assert (np.diff(times) >= 0).all(), f"user {user}'s sequence is not in time order"
+        listed += zip([user] * len(times), sequences["item_id"][row].numpy().tolist(), times.tolist(),
+                      sequences["behavior"][row].numpy().tolist(), sequences["in_eval"][row].numpy().tolist())
+    # Every event once (with the split its example is in), nothing else.
+    assert sorted(listed) == sorted(events) and len(listed) == metadata["source_rows"]
+
+
+def test_candidates_hold_each_item_once_and_frequencies_count_the_positives(taobao_runs):
+    first, _, metadata = taobao_runs
+    spec = {"item_id": tf.io.FixedLenFeature([], tf.int64), "category_id": tf.io.FixedLenFeature([], tf.int64)}
+    corpus = _records([os.path.join(first, "candidates.tfrecord")], spec)
+    events = _records(resolve_files("train-*.tfrecord,eval-*.tfrecord", first), spec)
+    pairs = set(zip(events["item_id"].numpy().tolist(), events["category_id"].numpy().tolist()))
+    items = corpus["item_id"].numpy().tolist()
+    assert items == sorted(set(items)) and len(items) == metadata["num_candidates"]
+    assert set(zip(items, corpus["category_id"].numpy().tolist())) == pairs
+    train = _records(resolve_files("train-*.tfrecord", first), {"item_id": tf.io.FixedLenFeature([], tf.int64),
+                                                                "bought": tf.io.FixedLenFeature([], tf.float32)})
+    bought = train["item_id"].numpy()[train["bought"].numpy() == 1.0]
+    expected = {item: 0 for item in items}   # every corpus item, those without a training purchase at 0
+    expected.update(zip(*(a.tolist() for a in np.unique(bought, return_counts=True))))
+    assert read_item_frequency(os.path.join(first, "item_frequency.tsv"), "int64") == expected
+    assert 0 < len(bought) < train["item_id"].shape[0]
+
+
+def test_a_candidate_column_that_varies_within_an_item_is_named(tmp_path):
+    directory = tmp_path / "taobao"
+    directory.mkdir()
+    # Item 7 is in category 3 in one event and 4 in another: the column is not a property of the item.
+    (directory / "UserBehavior.csv").write_text("1,7,3,pv,1511544070\n2,7,4,pv,1511544071\n2,8,4,buy,1511544072\n")
+    config = PreprocessConfig(source="taobao-user-behavior", input=str(directory), split="chronological",
+                              candidate_columns=("category_id",), num_shards=1)
+    with pytest.raises(Exception, match="column 'category_id' is not an item column: item 7 has more than one value"):
+        preprocess(config, {"item_id": dict(kind="id", num_buckets=10)}, str(tmp_path / "out"))
 
 
 def test_parquet_output_yields_the_same_batches_as_tfrecord(taobao_part, taobao_runs, tmp_path):
@@ -286,6 +343,10 @@ def test_schema_mismatch_fails_at_start_naming_feature_and_types(feature, spec, 
      "'random': movielens-100k is an event log; use one of \\['leave_one_out', 'chronological'\\]"),
     (dict(labels={"like": "rating ~ 4"}), "is not '<column> <op> <value>'"),
     (dict(labels={"like": "stars >= 4"}), "the source has no column 'stars'"),
+    (dict(labels={"like": "rating >= 4 and age - zip_code > 1"}), r"labels\['like'\].*column 'zip_code' \(string\)"),
+    (dict(candidate_columns=("stars",)), "preprocess.candidate_columns: the source movielens-100k has no column"),
+    (dict(sequence_columns=("genres",)), "preprocess.sequence_columns: column 'genres' is a list"),
+    (dict(frequency_label="like"), "preprocess.frequency_label 'like' is not a written label rule"),
     (dict(min_counts={"user_id": 2}), "preprocess.min_counts \\['user_id'\\]: only features whose vocabulary"),
     (dict(source="movielens-20m"), "unknown source 'movielens-20m'"),
 ])

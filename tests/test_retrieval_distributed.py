@@ -83,7 +83,7 @@ def main(argv):
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow loads; no op runs before the devices are set)
 
     strategy = _two_replicas()
-    from tfrecsys.data.retrieval_simulator import RetrievalWorldConfig, write_retrieval_world
+    from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
 
     world = write_retrieval_world(
         RetrievalWorldConfig(num_users=300, num_items=300, events_per_user=20, history_len=20), data_dir)

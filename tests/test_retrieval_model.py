@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tests.conftest import served_model
 from tfrecsys.config import load_config
-from tfrecsys.data.retrieval_simulator import RetrievalWorldConfig, write_retrieval_world
+from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
 from tfrecsys.export.trained import export_trained, first_records, load_trained_model
 from tfrecsys.serving.client import ServingClient
 from tfrecsys.train.loop import train_and_evaluate
@@ -170,7 +170,7 @@ def test_binaries_prepare_data_and_train(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
-    assert "wrote retrieval_simulator retrieval data" in run("tfrecsys-retrieval-data", *world)
+    assert "wrote simulated retrieval" in run("tfrecsys-simulate", *world)
     assert os.path.exists(os.path.join(data_dir, "item_frequency.tsv"))
     out = run("tfrecsys-train", f"--model_dir={model_dir}", "--config.train.steps=20",
               "--config.train.steps_per_loop=20", "--config.train.steps_per_execution=10",

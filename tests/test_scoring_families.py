@@ -39,7 +39,7 @@ def write_click_log(config, data_dir: str) -> None:
 
 
 def write_retrieval_world(config, data_dir: str) -> None:
-    from tfrecsys.data.retrieval_simulator import RetrievalWorldConfig, write_retrieval_world as write
+    from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world as write
 
     write(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
 

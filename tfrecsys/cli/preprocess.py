@@ -1,6 +1,7 @@
 """tfrecsys-preprocess: turn a source dataset into sharded TFRecord (or Parquet) examples for a config's schema.
 
     tfrecsys-preprocess --config=configs/dnn_movielens_100k.py
+    tfrecsys-preprocess --config=configs/two_tower_movielens.py      # + candidates.tfrecord for retrieval
     tfrecsys-preprocess --config=configs/dnn_movielens_100k.py --config.preprocess.input=/data/ml-100k \\
         --config.data.dir=runs/data/ml100k --overwrite
     tfrecsys-preprocess --config=... --runner=FlinkRunner -- --flink_master=host:8081 --environment_type=LOOPBACK
@@ -10,8 +11,10 @@ taobao-user-behavior, census-income-kdd, ali-ccp, aliexpress, criteo-display-ad,
 the input path, the split and the label rules; its ``features`` block says what to write. The output
 directory is the config's ``data.dir`` (where training reads; the config's vocabulary paths point into it). It
 gets ``<split>-SSSSS-of-NNNNN.tfrecord`` shards, ``vocabularies/``, ``item_frequency.tsv`` (event
-logs), ``dead_letter.jsonl`` (malformed rows with the reason) and ``metadata.json`` (schema, vocabulary sizes,
-row counts). Beam pipeline options other than --runner go after a bare ``--``.
+logs), ``candidates.tfrecord`` (event logs with ``preprocess.candidate_columns``: the retrieval corpus),
+``sequences-SSSSS-of-NNNNN.tfrecord`` (event logs with ``preprocess.sequence_columns``: one time-ordered
+sequence per user), ``dead_letter.jsonl`` (malformed rows with the reason) and ``metadata.json`` (schema,
+vocabulary sizes, row counts). Beam pipeline options other than --runner go after a bare ``--``.
 """
 
 import json
@@ -23,8 +26,8 @@ from tfrecsys.cli.common import run_binary
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py) with a preprocess block (source, input, split, labels, "
-    "min_counts, ...) and the features to write; fields can be overridden, e.g. "
-    "--config.preprocess.input=/data/ml-100k.")
+    "min_counts, candidate_columns, sequence_columns, ...) and the features to write; fields can be "
+    "overridden, e.g. --config.preprocess.input=/data/ml-100k.")
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Replace the output of an earlier run in the output directory instead of failing.")
 _RUNNER = flags.DEFINE_string(

@@ -1,6 +1,10 @@
-"""tfrecsys-simulate: write the config's simulated click log as TFRecord shards.
+"""tfrecsys-simulate: write the config's simulated data as TFRecord shards, with its ground truth.
 
     tfrecsys-simulate --config=configs/dnn_simulator.py [--output_dir=runs/data/click_log]
+    tfrecsys-simulate --config=configs/two_tower_simulator.py    # retrieval: also candidates and item frequencies
+
+The config's data.simulator.kind picks the simulator (click_log, retrieval, sequential, position_bias,
+multitask, delayed_feedback; tfrecsys/data/simulators), click_log when absent.
 """
 
 import json
@@ -11,12 +15,13 @@ from ml_collections import config_flags
 from tfrecsys.cli.common import run_binary
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py); its data.simulator block sets the world "
-    "(users, items, events, seed) and data.dir the default output directory. Fields can be overridden, "
+    "config", None, "Experiment config file (configs/*.py); its data.simulator block picks the simulator "
+    "(kind: click_log, retrieval, sequential, position_bias, multitask, delayed_feedback) and sets the world "
+    "(users, items, events, seed), data.dir the default output directory. Fields can be overridden, "
     "e.g. --config.data.simulator.num_events=50000.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Directory for train-*/eval-* TFRecord shards, metadata.json and ground_truth.npz "
-    "(default: the config's data.dir).")
+    "(retrieval: also candidates.tfrecord and item_frequency.tsv; default: the config's data.dir).")
 flags.mark_flag_as_required("config")
 
 

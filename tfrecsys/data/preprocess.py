@@ -5,13 +5,19 @@ Dataflow by pipeline options).
     source files ─ parse + join side tables ─┬─ bad rows ──────────────────────────────▶ dead_letter.jsonl
                                              └─ records
         event logs:    group by user, sort by time → one example per event, history = the user's events
-                       strictly before it (most recent ``history_len``) → leave-one-out or chronological split
+                       strictly before it (most recent ``history_len``, ``tfrecsys.data.histories``)
+                       → leave-one-out or chronological split
+                       ├─ per user, all events once, oldest first (sequence_columns) ▶ sequences-*.tfrecord
+                       └─ one example per item (candidate_columns) ─────────────────▶ candidates.tfrecord
         sample tables: one example per row → the release's files, a seeded random or a chronological split
     examples ─┬─ vocabularies of the train split (minimum counts) ───▶ vocabularies/<feature>.txt
               ├─ hashed features: distinct values and collisions ───▶ metadata.json
               ├─ item frequencies of the train split (logQ) ────────▶ item_frequency.tsv
               └─ stable shard by key, sorted inside the shard ───────▶ <split>-SSSSS-of-NNNNN.tfrecord
                                                                        metadata.json (schema, sizes, rows)
+
+So one run writes what each model family trains on: examples with histories (rankers, DIN/DIEN/SIM), the
+candidate corpus and item frequencies (retrieval), per-user sequences (SASRec, HSTU).
 
 Every output is deterministic: shards are assigned by a stable hash of each example's key and sorted
 within the shard, examples serialize deterministically, vocabularies are sorted by count then value, so
@@ -20,7 +26,8 @@ preprocessing the same input twice gives byte-identical files on any runner.
 The config block (``config.preprocess``) names the source (``tfrecsys.data.readers.SOURCES``), the input
 path and the split; the ``features`` block says what to write. A feature comes from a source column of the
 same name, from ``hist_<column>`` (a history of an event column), or from a label rule such as
-``"like": "rating >= 4"``. An id or sequence feature whose ``vocabulary`` is a file under
+``"like": "rating >= 4"`` or ``"converted_1d": "0 <= conversion_timestamp - click_timestamp <= 86400"``
+(``tfrecsys.data.label_rules``). An id or sequence feature whose ``vocabulary`` is a file under
 ``<output_dir>/vocabularies/`` gets that file built from the train split; ``hash_buckets`` features stay raw
 (the model hashes them) and get collision statistics.
 """
@@ -29,9 +36,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import operator
 import os
-import re
 import uuid
 from typing import Iterable, Optional, Sequence
 
@@ -42,7 +47,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from tfrecsys.data import parquet
+from tfrecsys.data.histories import history_rows
 from tfrecsys.data.item_frequency import write_item_frequency
+from tfrecsys.data.label_rules import parse_label_rule
 from tfrecsys.data.readers import RowError, Source, get_source
 from tfrecsys.features.schema import (DenseFeature, FeatureSchema, IdFeature, LabelFeature, SchemaError,
                                       SequenceFeature)
@@ -50,15 +57,15 @@ from tfrecsys.features.schema import (DenseFeature, FeatureSchema, IdFeature, La
 METADATA_FILE = "metadata.json"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 ITEM_FREQUENCY_FILE = "item_frequency.tsv"
+CANDIDATES_FILE = "candidates.tfrecord"
+SEQUENCES_PREFIX = "sequences"
+SEQUENCE_EVAL_MARK = "in_eval"
 VOCABULARY_DIR = "vocabularies"
 HISTORY_PREFIX = "hist_"
 EVENT_SPLITS = ("leave_one_out", "chronological")
 SAMPLE_SPLITS = ("files", "random", "chronological")
 FORMATS = {"tfrecord": ".tfrecord", "parquet": ".parquet"}
 TRAIN, EVAL = "train", "eval"
-_OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
-              "!=": operator.ne}
-_LABEL_RULE = re.compile(r"^\s*(\w+)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 
 
 def vocabulary_path(output_dir: str, feature: str) -> str:
@@ -74,9 +81,19 @@ class PreprocessConfig:
     ``eval_fraction`` of events in time is eval); sample tables ``files`` (the release's own files),
     ``random`` (a seeded, stable ``eval_fraction`` of rows) or ``chronological`` (by the source's time column).
     ``history_columns``: event columns whose earlier values form ``hist_<column>`` (default: the item and
-    the time column). ``labels``: ``{name: "<column> <op> <value>"}`` with op one of >=, >, <=, <, ==, !=.
+    the time column). ``labels``: ``{name: rule}``, a rule such as ``"rating >= 4"`` or
+    ``"0 <= conversion_timestamp - click_timestamp <= 86400"`` (``tfrecsys.data.label_rules``).
     ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split stay out of the
     vocabulary (default 1).
+
+    What else an event log's output holds, for other model families:
+    ``candidate_columns``: item columns of the candidate corpus (retrieval); when set, ``candidates.tfrecord``
+    holds one example per item of the log with the item column and these, and ``item_frequency.tsv`` lists
+    every corpus item (count 0 for items without a counted training row). ``frequency_label``: a label of
+    ``labels`` whose training rows with label 1 are the ones ``item_frequency.tsv`` counts (default: every
+    training row, each a positive interaction). ``sequence_columns``: event columns of the per-user sequences
+    (sequential models); when set, ``sequences-*.tfrecord`` holds one example per user: the user column, the
+    time column, these columns and ``in_eval`` (1 for events of the eval split), every event once, oldest first.
     """
 
     source: str
@@ -87,6 +104,9 @@ class PreprocessConfig:
     history_columns: tuple = ()
     labels: dict = dataclasses.field(default_factory=dict)
     min_counts: dict = dataclasses.field(default_factory=dict)
+    candidate_columns: tuple = ()
+    frequency_label: str = ""
+    sequence_columns: tuple = ()
     num_shards: int = 4
     eval_shards: int = 1
     output_format: str = "tfrecord"
@@ -101,46 +121,12 @@ class PreprocessConfig:
             raise ValueError(f"unknown preprocess settings {unknown}; known: {sorted(fields)}")
         for name in ("labels", "min_counts"):
             values[name] = dict(values.get(name) or {})
-        values["history_columns"] = tuple(values.get("history_columns") or ())
+        for name in ("history_columns", "candidate_columns", "sequence_columns"):
+            values[name] = tuple(values.get(name) or ())
         return cls(**values)
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelRule:
-    """``name = float(record[column] <op> value)``."""
-
-    name: str
-    column: str
-    op: str
-    value: object
-
-    def __call__(self, record: dict) -> float:
-        return float(_OPERATORS[self.op](record[self.column], self.value))
-
-
-def _parse_label_rule(name: str, rule: str, columns: dict) -> LabelRule:
-    match = _LABEL_RULE.match(str(rule))
-    if not match:
-        raise ValueError(f"preprocess.labels[{name!r}] = {rule!r} is not '<column> <op> <value>' with op one of "
-                         f"{sorted(_OPERATORS)}")
-    column, op, literal = match.groups()
-    if column not in columns:
-        raise ValueError(f"preprocess.labels[{name!r}]: the source has no column {column!r}; it has {sorted(columns)}")
-    dtype = columns[column]
-    if dtype in ("int64", "float32"):
-        try:
-            value = float(literal)
-        except ValueError:
-            raise ValueError(f"preprocess.labels[{name!r}]: column {column!r} is {dtype} but {literal!r} is not "
-                             "a number") from None
-    elif dtype == "string":
-        value = literal.strip("'\"")
-    else:
-        raise ValueError(f"preprocess.labels[{name!r}]: column {column!r} is {dtype}; rules compare scalar columns")
-    return LabelRule(name, column, op, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +157,8 @@ class Plan:
     hashed: dict  # feature → hash buckets
     splits: tuple
     features_json: dict
+    candidate_outputs: tuple = ()  # the item column first; empty: no candidates file
+    sequence_outputs: tuple = ()  # the user column, the time column, the sequence columns; empty: no sequences
 
     def shards(self, split: str) -> int:
         return self.config.num_shards if split == TRAIN else self.config.eval_shards
@@ -259,7 +247,7 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
             if columns.get(column) not in ("int64", "string"):
                 raise ValueError(f"preprocess.history_columns: {column!r} is not an int64 or string column of "
                                  f"{source.name} (columns: {columns})")
-    rules = {name: _parse_label_rule(name, rule, columns) for name, rule in config.labels.items()}
+    rules = {name: parse_label_rule(name, rule, columns) for name, rule in config.labels.items()}
     clashes = sorted(set(rules) & set(columns))
     if clashes:
         raise ValueError(f"preprocess.labels {clashes} would hide source columns of the same name")
@@ -290,9 +278,54 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
     features_json = schema.to_json()
     for name in to_build:
         features_json[name]["vocabulary"] = os.path.join(VOCABULARY_DIR, f"{name}.txt")
+    candidate_outputs, sequence_outputs = _corpus_and_sequence_outputs(config, source, columns, outputs)
     plan = Plan(config, source.name, source.is_event_log, source.user_column, source.item_column, source.time_column,
-                tuple(outputs), vocabularies, hashed, splits, features_json)
+                tuple(outputs), vocabularies, hashed, splits, features_json, candidate_outputs, sequence_outputs)
     return plan, files
+
+
+def _corpus_and_sequence_outputs(config: PreprocessConfig, source: Source, columns: dict, outputs: list) -> tuple:
+    """The columns of the candidates file and of the per-user sequences (see PreprocessConfig), each taking
+    the written dtype where the column is also a feature; errors name the setting and the column."""
+    settings = {"candidate_columns": config.candidate_columns, "sequence_columns": config.sequence_columns,
+                "frequency_label": config.frequency_label}
+    asked = sorted(name for name, value in settings.items() if value)
+    if asked and not source.is_event_log:
+        raise ValueError(f"preprocess.{asked[0]}: {source.name} is a sample table; candidates, item frequencies "
+                         "and per-user sequences come from event logs (a user, an item and a time per row)")
+    labels = {o.name for o in outputs if o.origin == "label"}
+    if config.frequency_label and config.frequency_label not in labels:
+        raise ValueError(f"preprocess.frequency_label {config.frequency_label!r} is not a written label rule; "
+                         f"the written label rules (preprocess.labels that are features) are {sorted(labels)}")
+    written = {o.name: o for o in outputs if o.origin == "column"}
+
+    def column_output(setting: str, column: str, scalar: bool) -> Output:
+        if column in written:
+            output = written[column]
+        elif column in columns:
+            dtype = columns[column]
+            is_list = dtype.endswith("_list")
+            output = Output(column, dtype[:-len("_list")] if is_list else dtype, is_list, "column", column)
+        else:
+            raise ValueError(f"preprocess.{setting}: the source {source.name} has no column {column!r}; it has "
+                             f"{sorted(columns)}")
+        if scalar and output.is_list:
+            raise ValueError(f"preprocess.{setting}: column {column!r} is a list; a sequence holds one value per "
+                             "event")
+        return output
+
+    candidates = ()
+    if config.candidate_columns:
+        names = dict.fromkeys([source.item_column, *config.candidate_columns])
+        candidates = tuple(column_output("candidate_columns", name, scalar=False) for name in names)
+    sequences = ()
+    if config.sequence_columns:
+        if SEQUENCE_EVAL_MARK in config.sequence_columns:
+            raise ValueError(f"preprocess.sequence_columns: {SEQUENCE_EVAL_MARK!r} is the eval mark "
+                             "preprocessing adds; rename that column")
+        names = dict.fromkeys([source.user_column, source.time_column, *config.sequence_columns])
+        sequences = tuple(column_output("sequence_columns", name, scalar=True) for name in names)
+    return candidates, sequences
 
 
 # Per-record steps (run on the workers) ------------------------------------------------------------------------
@@ -359,26 +392,49 @@ def make_example(plan: Plan, record: dict, history: Sequence[dict] = ()) -> dict
     return {output.name: _value(output, record, history) for output in plan.outputs}
 
 
-def user_examples(plan: Plan, user_events) -> Iterable:
-    """One (split, sort key, example) per event of a user, histories strictly before each event.
+def _time_ordered(plan: Plan, events) -> list:
+    """A user's events by (time, canonical record): the same order for histories and sequences on any runner."""
+    return sorted(events, key=lambda r: (r[plan.time_column], _canonical(r)))
 
-    Events are ordered by (time, canonical record); events in the same second are not each other's history,
-    so no history event has a timestamp at or after its target's.
-    """
+
+def _event_split(plan: Plan, index: int, count: int, time, cutoff) -> Optional[str]:
+    """The split of a user's ``index``-th of ``count`` events; None for a chronological split without its
+    cutoff yet (set once the global cutoff is known)."""
+    if plan.config.split == "leave_one_out":
+        return EVAL if index == count - 1 and count > 1 else TRAIN
+    if cutoff is None:
+        return None
+    return EVAL if time >= cutoff else TRAIN
+
+
+def user_examples(plan: Plan, user_events) -> Iterable:
+    """One (split, sort key, example) per event of a user, with its history (``tfrecsys.data.histories``:
+    the user's events strictly before it, oldest first, the most recent ``history_len``)."""
     user, events = user_events
-    time_column, length = plan.time_column, plan.config.history_len
-    events = sorted(events, key=lambda r: (r[time_column], _canonical(r)))
-    times = [event[time_column] for event in events]
-    earlier = 0
+    time_column = plan.time_column
+    events = _time_ordered(plan, events)
+    times = np.asarray([event[time_column] for event in events])
+    histories = history_rows(np.zeros(len(events), np.int64), times, plan.config.history_len)
     for index, event in enumerate(events):
-        while times[earlier] < times[index]:
-            earlier += 1
-        history = events[max(0, earlier - length):earlier]
-        if plan.config.split == "leave_one_out":
-            split = EVAL if index == len(events) - 1 and len(events) > 1 else TRAIN
-        else:
-            split = None  # set against the global time cutoff
+        history = [events[row] for row in histories[index]]
+        split = _event_split(plan, index, len(events), event[time_column], None)
         yield split, (event[time_column], str(user), index), make_example(plan, event, history)
+
+
+def user_sequence(plan: Plan, user_events, cutoff=None) -> tuple:
+    """``(shard, (user, serialized example))``: all of a user's events once, oldest first, with the
+    ``in_eval`` mark of the split their examples are in."""
+    user, events = user_events
+    events = _time_ordered(plan, events)
+    user_output, *event_outputs = plan.sequence_outputs
+    features = {user_output.name: _feature(_value(user_output, events[0], ()), user_output.dtype, False)}
+    for output in event_outputs:
+        features[output.name] = _feature([_value(output, event, ()) for event in events], output.dtype, True)
+    marks = [int(_event_split(plan, index, len(events), event[plan.time_column], cutoff) == EVAL)
+             for index, event in enumerate(events)]
+    features[SEQUENCE_EVAL_MARK] = _feature(marks, "int64", True)
+    example = tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
+    return _stable_hash(repr(user)) % plan.config.num_shards, (user, example)
 
 
 def sample_example(plan: Plan, element) -> tuple:
@@ -518,6 +574,56 @@ def _write_vocabulary(element, output_dir: str):
     return feature, len(entries)
 
 
+def sequence_path(output_dir: str, index: int, count: int) -> str:
+    return os.path.join(output_dir, f"{SEQUENCES_PREFIX}-{index:05d}-of-{count:05d}.tfrecord")
+
+
+def _write_sequence_shard(element, output_dir: str, num_shards: int) -> int:
+    """One shard of per-user sequences, sorted by user; returns how many users it holds."""
+    index, users = element
+    users = sorted(users, key=lambda pair: pair[0])
+
+    def write(staging):
+        with tf.io.TFRecordWriter(staging) as writer:
+            for _, example in users:
+                writer.write(example)
+    _atomic_write(sequence_path(output_dir, index, num_shards), write)
+    return len(users)
+
+
+def _candidate_values(plan: Plan, record: dict) -> tuple:
+    """``(item, JSON of the item's other candidate columns)``, hashable for Distinct."""
+    values = [_value(output, record, ()) for output in plan.candidate_outputs[1:]]
+    return record[plan.item_column], json.dumps(values, sort_keys=True, ensure_ascii=False)
+
+
+def _write_candidates(element, plan: Plan, output_dir: str) -> int:
+    """The corpus file, one example per item sorted by item; an item whose candidate columns differ between
+    its events is an error naming the item and the column (a candidate tower needs one value per item)."""
+    _, pairs = element
+    corpus = {}
+    for item, values in sorted(pairs):
+        values = json.loads(values)
+        if item in corpus:
+            column = next(o.name for o, a, b in zip(plan.candidate_outputs[1:], corpus[item], values)
+                          if json.dumps(a) != json.dumps(b))  # as text: NaN equals NaN
+            raise ValueError(f"preprocess.candidate_columns: column {column!r} is not an item column: item "
+                             f"{item!r} has more than one value ({corpus[item]} and {values})")
+        corpus[item] = values
+    item_output = plan.candidate_outputs[0]
+
+    def write(staging):
+        with tf.io.TFRecordWriter(staging) as writer:
+            for item, values in sorted(corpus.items()):
+                features = {item_output.name: _feature(item, item_output.dtype, False)}
+                for output, value in zip(plan.candidate_outputs[1:], values):
+                    features[output.name] = _feature(value, output.dtype, output.is_list)
+                writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(
+                    deterministic=True))
+    _atomic_write(os.path.join(output_dir, CANDIDATES_FILE), write)
+    return len(corpus)
+
+
 def _hash_buckets(batch: list, hashed: dict) -> list:
     """``[(feature, value)]`` → ``[(feature, bucket)]`` with the model's own hashing (Keras ``Hashing``)."""
     out = []
@@ -532,7 +638,8 @@ def _hash_buckets(batch: list, hashed: dict) -> list:
 
 
 def _write_metadata(_, plan: Plan, output_dir: str, rows: dict, dead_letter_rows: int, records: int,
-                    vocabulary_sizes: dict, distinct: dict, occupied: dict, cutoff: Optional[int]):
+                    vocabulary_sizes: dict, distinct: dict, occupied: dict, cutoff: Optional[int],
+                    num_candidates: Optional[int] = None, sequence_users: Optional[list] = None):
     split_info = {split: {"rows": int(rows.get(split, 0)),
                           "files": [os.path.basename(shard_path(output_dir, split, i, plan.shards(split),
                                                                  plan.config.output_format))
@@ -561,6 +668,22 @@ def _write_metadata(_, plan: Plan, output_dir: str, rows: dict, dead_letter_rows
         metadata["history"] = {"length": plan.config.history_len,
                                "columns": list(_history_columns_of(plan)),
                                "rule": "the user's events strictly before the example's time, oldest first"}
+    if plan.candidate_outputs:
+        metadata["candidates_file"] = CANDIDATES_FILE
+        metadata["num_candidates"] = int(num_candidates)
+        metadata["candidate_columns"] = {o.name: (f"{o.dtype}_list" if o.is_list else o.dtype)
+                                         for o in plan.candidate_outputs}
+    if plan.config.frequency_label:
+        metadata["item_frequency_counts"] = f"training rows with {plan.config.frequency_label} = 1"
+    if plan.sequence_outputs:
+        user_output, *event_outputs = plan.sequence_outputs
+        metadata["sequences"] = {
+            "files": [os.path.basename(sequence_path(output_dir, i, plan.config.num_shards))
+                      for i in range(plan.config.num_shards)],
+            "users": int(sum(sequence_users)),
+            "columns": {user_output.name: user_output.dtype,
+                        **{o.name: f"{o.dtype}_list" for o in event_outputs}, SEQUENCE_EVAL_MARK: "int64_list"},
+            "rule": "every event of the user once, oldest first; in_eval = 1 for the events of the eval split"}
     if cutoff is not None:
         metadata["eval_from_time"] = int(cutoff)
     _write_lines(os.path.join(output_dir, METADATA_FILE), [json.dumps(metadata, indent=2, sort_keys=True) + "\n"])
@@ -601,10 +724,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
     dead_letters = tuple(dead) | "AllDeadLetters" >> beam.Flatten()
 
     if plan.is_event_log:
-        keyed = (records
-                 | "ByUser" >> beam.Map(lambda element: (element[1][plan.user_column], element[1]))
-                 | "GroupByUser" >> beam.GroupByKey()
-                 | "Histories" >> beam.FlatMap(lambda user_events: user_examples(plan, user_events)))
+        by_user = (records
+                   | "ByUser" >> beam.Map(lambda element: (element[1][plan.user_column], element[1]))
+                   | "GroupByUser" >> beam.GroupByKey())
+        keyed = by_user | "Histories" >> beam.FlatMap(lambda user_events: user_examples(plan, user_events))
     else:
         keyed = records | "Examples" >> beam.Map(lambda element: sample_example(plan, element))
     cutoff = None
@@ -616,9 +739,33 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
     train = keyed | "Train" >> beam.Filter(lambda element: element[0] == TRAIN)
     vocabulary_sizes = _vocabularies(pipeline, plan, train, output_dir)
     distinct, occupied = _hash_statistics(plan, train)
+    num_candidates = sequence_users = None
+    if plan.candidate_outputs:
+        corpus = (records
+                  | "CandidateValues" >> beam.Map(lambda element: _candidate_values(plan, element[1]))
+                  | "DistinctCandidates" >> beam.Distinct()
+                  | "OneCorpus" >> beam.Map(lambda pair: ("candidates", pair)))
+        num_candidates = (_group_with_every_key(pipeline, corpus, ["candidates"], "Candidates")
+                          | "WriteCandidates" >> beam.Map(_write_candidates, plan=plan, output_dir=output_dir))
+    if plan.sequence_outputs:
+        shards = plan.config.num_shards
+        sequences = by_user | "UserSequences" >> beam.Map(
+            lambda user_events, cutoff: user_sequence(plan, user_events, cutoff),
+            cutoff=beam.pvalue.AsSingleton(cutoff) if cutoff is not None else None)
+        sequence_users = (_group_with_every_key(pipeline, sequences, list(range(shards)), "Sequences")
+                          | "WriteSequences" >> beam.Map(_write_sequence_shard, output_dir=output_dir,
+                                                         num_shards=shards))
     if plan.is_event_log:
-        item_counts = (train
-                       | "Items" >> beam.Map(lambda element: (element[2][plan.item_column], 1))
+        positives = train
+        if plan.config.frequency_label:
+            positives = train | "Positives" >> beam.Filter(
+                lambda element: element[2][plan.config.frequency_label] == 1.0)
+        counted = positives | "Items" >> beam.Map(lambda element: (element[2][plan.item_column], 1))
+        if plan.candidate_outputs:
+            # Every corpus item gets a line, 0 when no counted training row has it.
+            corpus_items = records | "CorpusItems" >> beam.Map(lambda element: (element[1][plan.item_column], 0))
+            counted = (counted, corpus_items) | "CountedAndCorpus" >> beam.Flatten()
+        item_counts = (counted
                        | "CountItems" >> beam.CombinePerKey(sum)
                        | "OneTable" >> beam.Map(lambda item_count: ("items", item_count)))
         (_group_with_every_key(pipeline, item_counts, ["items"], "ItemFrequency")
@@ -643,7 +790,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
         records=beam.pvalue.AsSingleton(records | "CountRecords" >> beam.combiners.Count.Globally()),
         vocabulary_sizes=beam.pvalue.AsDict(vocabulary_sizes), distinct=beam.pvalue.AsDict(distinct),
         occupied=beam.pvalue.AsDict(occupied),
-        cutoff=beam.pvalue.AsSingleton(cutoff) if cutoff is not None else None))
+        cutoff=beam.pvalue.AsSingleton(cutoff) if cutoff is not None else None,
+        num_candidates=beam.pvalue.AsSingleton(num_candidates) if num_candidates is not None else None,
+        sequence_users=beam.pvalue.AsList(sequence_users) if sequence_users is not None else None))
 
 
 def _feature_values(plan: Plan, element, names: Iterable[str]):
@@ -693,7 +842,9 @@ def _clear_previous_output(output_dir: str, overwrite: bool) -> None:
     with tf.io.gfile.GFile(metadata) as f:
         previous = json.load(f)
     stale = [os.path.join(output_dir, name) for split in previous.get("splits", {}).values() for name in split["files"]]
-    stale += [os.path.join(output_dir, name) for name in (DEAD_LETTER_FILE, ITEM_FREQUENCY_FILE, METADATA_FILE)]
+    stale += [os.path.join(output_dir, name) for name in previous.get("sequences", {}).get("files", [])]
+    stale += [os.path.join(output_dir, name) for name in (DEAD_LETTER_FILE, ITEM_FREQUENCY_FILE, CANDIDATES_FILE,
+                                                          METADATA_FILE)]
     for path in stale:
         if tf.io.gfile.exists(path):
             tf.io.gfile.remove(path)

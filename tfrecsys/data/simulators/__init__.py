@@ -3,6 +3,7 @@
 | kind | for | ground truth |
 |---|---|---|
 | ``click_log`` | dnn, two-tower | click probability, latent vectors, item exposure |
+| ``retrieval`` | two-tower | item popularity, the true P(item given user), latent vectors |
 | ``sequential`` | DIN, DIEN, SIM, HSTU | drifting current interest, long-term interests, click probability |
 | ``position_bias`` | position-bias towers | examination curve per device and position, relevance |
 | ``multitask`` | ESMM, MMoE, PLE | pCTR, pCVR, pCTCVR over every impression, task correlation |
@@ -10,7 +11,8 @@
 
 A config's ``data.simulator`` block picks one with ``kind`` (``click_log`` when absent); the other keys are
 the simulator's settings. ``write_from_config(block, output_dir)`` writes train/eval shards,
-``metadata.json`` and ``ground_truth.npz``.
+``metadata.json`` and ``ground_truth.npz`` (``retrieval`` also ``candidates.tfrecord`` and
+``item_frequency.tsv``, the layout of ``tfrecsys.data.retrieval_data``).
 """
 
 from tfrecsys.data.simulators import click_log
@@ -18,10 +20,12 @@ from tfrecsys.data.simulators.delayed_feedback import (DelayedFeedbackConfig, si
                                                        write_delayed_feedback)
 from tfrecsys.data.simulators.multitask import MultitaskConfig, simulate_multitask, write_multitask
 from tfrecsys.data.simulators.position_bias import PositionBiasConfig, simulate_position_bias, write_position_bias
+from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
 from tfrecsys.data.simulators.sequential import SequentialConfig, simulate_sequential, write_sequential
 
 SIMULATORS = {
     "click_log": (click_log.ClickLogConfig, click_log.write_click_log),
+    "retrieval": (RetrievalWorldConfig, write_retrieval_world),
     "sequential": (SequentialConfig, write_sequential),
     "position_bias": (PositionBiasConfig, write_position_bias),
     "multitask": (MultitaskConfig, write_multitask),

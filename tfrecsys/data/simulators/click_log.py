@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from tfrecsys.data import tfrecord
+from tfrecsys.data.histories import history_rows
 from tfrecsys.data.simulators.common import auc, item_world, power_law, settings_from_config, sigmoid, solve_bias
 
 
@@ -75,7 +76,9 @@ def simulate_click_log(config: ClickLogConfig) -> tuple[dict, dict]:
     probability = sigmoid(logits + bias)
     clicks = (rng.random(n) < probability).astype(np.int64)
 
-    histories, seen_count = _histories(users, items, clicks, config.history_len, config.num_users)
+    history = history_rows(users, timestamps, config.history_len, eligible=clicks == 1)
+    histories = [items[rows].astype(np.int64) for rows in history]
+    seen_count = _earlier_impressions(users, config.num_users)
     columns = {
         "example_id": np.arange(n, dtype=np.int64),
         "timestamp": timestamps,
@@ -93,20 +96,14 @@ def simulate_click_log(config: ClickLogConfig) -> tuple[dict, dict]:
     return columns, truth
 
 
-def _histories(users, items, clicks, history_len, num_users):
-    """Per row, the user's clicked items strictly before it (rows are in time order), and how many
-    impressions the user had before it."""
-    clicked = [[] for _ in range(num_users)]
+def _earlier_impressions(users, num_users):
+    """Per row, how many impressions the user had before it (rows are in time order)."""
     seen = np.zeros(num_users, np.int64)
-    histories = []
     seen_count = np.empty(len(users), np.int64)
-    for row, (user, item, click) in enumerate(zip(users.tolist(), items.tolist(), clicks.tolist())):
-        histories.append(np.asarray(clicked[user][-history_len:], np.int64))
+    for row, user in enumerate(users.tolist()):
         seen_count[row] = seen[user]
         seen[user] += 1
-        if click:
-            clicked[user].append(item)
-    return histories, seen_count
+    return seen_count
 
 
 def _slice(columns: dict, start: int, stop: int) -> dict:

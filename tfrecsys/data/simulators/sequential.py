@@ -24,6 +24,7 @@ import dataclasses
 
 import numpy as np
 
+from tfrecsys.data.histories import gather_histories, history_rows
 from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, power_law,
                                              settings_from_config, sigmoid, solve_bias, write_simulation)
 
@@ -126,22 +127,15 @@ def _user_events(user: int, world: _World, config: SequentialConfig, rng) -> dic
 
 
 def _histories(events: dict, clicks: np.ndarray, config: SequentialConfig) -> dict:
-    """Per row, the user's history strictly before it, oldest first, the most recent ``history_len``."""
-    length = config.history_len
-    out = {"hist_item_id": [], "hist_category": [], "hist_timestamp": []}
+    """Per row, the user's clicks (or impressions) strictly before it, oldest first, the most recent
+    ``history_len``."""
+    eligible = clicks == 1 if config.history == "clicks" else None
+    rows = history_rows(events["user_id"], events["timestamp"], config.history_len, eligible=eligible)
+    columns = {"hist_item_id": events["item_id"], "hist_category": events["item_category"],
+               "hist_timestamp": events["timestamp"]}
     if config.history == "impressions":
-        out["hist_action"] = []
-    clicked = np.flatnonzero(clicks)
-    for row in range(len(clicks)):
-        if config.history == "clicks":
-            earlier = clicked[:np.searchsorted(clicked, row)][-length:]
-        else:
-            earlier = np.arange(max(0, row - length), row)
-            out["hist_action"].append(clicks[earlier].astype(np.int64))
-        out["hist_item_id"].append(events["item_id"][earlier])
-        out["hist_category"].append(events["item_category"][earlier])
-        out["hist_timestamp"].append(events["timestamp"][earlier])
-    return out
+        columns["hist_action"] = clicks
+    return gather_histories(rows, columns, dtypes={"hist_action": np.int64})
 
 
 def simulate_sequential(config: SequentialConfig) -> tuple[dict, dict]:

@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-from tfrecsys.data.retrieval_data import HISTORY_FEATURE, leave_one_out, write_retrieval_dataset
+from tfrecsys.data.histories import history_rows
+from tfrecsys.data.retrieval_data import HISTORY_FEATURE, write_retrieval_dataset
 from tfrecsys.data.simulators.common import item_world, settings_from_config
 from tfrecsys.metrics.retrieval import summarize_ranks, target_ranks
 
@@ -76,12 +77,29 @@ def simulate_interactions(config: RetrievalWorldConfig) -> tuple[dict, dict]:
     return columns, truth
 
 
+def leave_one_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray) -> dict:
+    """``{"train": rows, "eval": rows}``, each in global time order: each user's last event by (timestamp,
+    item) is evaluated, the earlier ones train (a user with a single event only trains)."""
+    order = np.lexsort((items, timestamps, users))
+    train, evaluation = [], []
+    for block in np.split(order, np.flatnonzero(np.diff(users[order])) + 1):
+        if len(block) > 1:
+            train.extend(block[:-1].tolist())
+            evaluation.append(int(block[-1]))
+        else:
+            train.extend(block.tolist())
+    by_time = lambda rows: np.asarray(sorted(rows, key=lambda r: (timestamps[r], users[r], items[r])), np.int64)
+    return {"train": by_time(train), "eval": by_time(evaluation)}
+
+
 def write_retrieval_world(config: RetrievalWorldConfig, output_dir: str) -> dict:
     """Simulates and writes a retrieval dataset directory (``tfrecsys.data.retrieval_data``) plus
     ``ground_truth.npz``; returns the metadata."""
     columns, truth = simulate_interactions(config)
-    split = leave_one_out(columns["user_id"], columns["item_id"], columns["timestamp"], config.history_len)
-    interactions = {**columns, HISTORY_FEATURE: split["histories"],
+    users, items, timestamps = columns["user_id"], columns["item_id"], columns["timestamp"]
+    split = leave_one_out(users, items, timestamps)
+    histories = [items[rows] for rows in history_rows(users, timestamps, config.history_len, tiebreak=items)]
+    interactions = {**columns, HISTORY_FEATURE: histories,
                     "reward": np.ones(len(columns["item_id"]), np.float32)}
     corpus = np.arange(config.num_items, dtype=np.int64)
     candidates = {"item_id": corpus, "item_category": truth["item_category"].astype(np.int64)}
@@ -93,7 +111,7 @@ def write_retrieval_world(config: RetrievalWorldConfig, output_dir: str) -> dict
     top_decile = np.sort(train_counts)[::-1][: max(1, config.num_items // 10)].sum() / train_counts.sum()
     metadata = write_retrieval_dataset(
         output_dir, interactions, split, candidates, num_shards=config.num_shards,
-        extra_metadata={"source": "retrieval_simulator", "config": dataclasses.asdict(config), "oracle": oracle,
+        extra_metadata={"simulator": "retrieval", "config": dataclasses.asdict(config), "oracle": oracle,
                         "top_decile_interaction_share": float(top_decile)})
     np.savez(os.path.join(output_dir, "ground_truth.npz"), **truth)
     return metadata
