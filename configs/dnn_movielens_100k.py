@@ -11,18 +11,17 @@ timestamps) as its history. ``--config.preprocess.input`` points at another copy
 
 import ml_collections
 
+from tfrecsys.config import config_beside
+
 HISTORY_LEN = 20
+
+base = config_beside(__file__, "base.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.experiment = "dnn_movielens_100k"
-
-    data_dir = ml_collections.FieldReference("runs/data/movielens_100k")
-    config.data = ml_collections.ConfigDict()
-    config.data.dir = data_dir
-    config.data.train_files = "train-*.tfrecord"
-    config.data.eval_files = "eval-*.tfrecord"
+    config = base.get_config("dnn_movielens_100k", data_dir="runs/data/movielens_100k",
+                             model_name="dnn_movielens_100k")
+    data_dir = config.data.get_ref("dir")
 
     config.preprocess = ml_collections.ConfigDict(dict(
         source="movielens-100k",
@@ -38,7 +37,6 @@ def get_config() -> ml_collections.ConfigDict:
     def vocabulary(feature):
         return data_dir + f"/vocabularies/{feature}.txt"
 
-    config.features = ml_collections.ConfigDict()
     config.features.user_id = dict(kind="id", vocabulary=vocabulary("user_id"), embedding_dim=16)
     config.features.item_id = dict(kind="id", vocabulary=vocabulary("item_id"), embedding_dim=16)
     config.features.genres = dict(kind="sequence", dtype="string", max_len=6, vocabulary=vocabulary("genres"),
@@ -51,28 +49,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.features.hist_item_id = dict(kind="sequence", shares="item_id", max_len=HISTORY_LEN)
     config.features.like = dict(kind="label")
 
-    config.model = ml_collections.ConfigDict()
     config.model.name = "dnn"
     config.model.hidden_units = (128, 64)
     config.model.dropout = 0.0
 
-    config.tasks = ml_collections.ConfigDict()
     config.tasks.score = dict(label="like", loss="binary_crossentropy", weight=1.0)
 
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 512
     config.train.steps = 600
     config.train.steps_per_loop = 200
-    config.train.steps_per_execution = 20
     config.train.learning_rate = 0.002
-    config.train.optimizer = "adam"
-    config.train.shuffle_buffer = 20_000
-    config.train.eval_batch_size = 2048
-    config.train.eval_steps = 0
-    config.train.seed = 42
-    config.train.max_checkpoints = 3
 
-    config.export = ml_collections.ConfigDict()
-    config.export.model_name = "dnn_movielens_100k"
-    config.export.warmup_requests = 8
     return config

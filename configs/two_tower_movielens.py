@@ -12,21 +12,20 @@ bench/bench_retrieval.py compares popularity, in-batch, mixed and mixed + logQ.
 
 import ml_collections
 
+from tfrecsys.config import config_beside
+
 from tfrecsys.data.readers.movielens import GENRES_100K
 
 NUM_USERS = 943    # ids 1..943 (id 0 and unseen ids go to the OOV row)
 NUM_ITEMS = 1682   # ids 1..1682
 HISTORY_LEN = 50
 
+base = config_beside(__file__, "base.py")
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.experiment = "two_tower_movielens"
+    config = base.get_config("two_tower_movielens", data_dir="runs/data/movielens_100k_retrieval", model_name="two_tower_movielens")
 
-    config.data = ml_collections.ConfigDict()
-    config.data.dir = "runs/data/movielens_100k_retrieval"
-    config.data.train_files = "train-*.tfrecord"
-    config.data.eval_files = "eval-*.tfrecord"
     config.data.candidates_file = "candidates.tfrecord"
     config.data.item_frequency_file = "item_frequency.tsv"
 
@@ -41,7 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
         num_shards=2,
     ))
 
-    config.features = ml_collections.ConfigDict()
     config.features.user_id = dict(kind="id", num_buckets=NUM_USERS + 1, embedding_dim=32)
     config.features.hist_item_id = dict(kind="sequence", shares="item_id", max_len=HISTORY_LEN)
     config.features.item_id = dict(kind="id", num_buckets=NUM_ITEMS + 1, embedding_dim=32)
@@ -49,7 +47,6 @@ def get_config() -> ml_collections.ConfigDict:
                                        max_len=6, embedding_dim=8)
     config.features.reward = dict(kind="label")
 
-    config.model = ml_collections.ConfigDict()
     config.model.name = "two_tower"
     config.model.query_features = ("user_id", "hist_item_id")
     config.model.candidate_features = ("item_id", "genres")
@@ -67,24 +64,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.eval_ks = (10, 50, 100)
     config.model.export_k = 100
 
-    config.tasks = ml_collections.ConfigDict()
     config.tasks.retrieval = dict(loss="sampled_softmax", sample_weight="reward", weight=1.0)
 
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 512
     config.train.steps = 2000                 # ~10 epochs of the 99,057 training ratings
     config.train.steps_per_loop = 500
     config.train.steps_per_execution = 50
-    config.train.learning_rate = 0.003
-    config.train.optimizer = "adam"
     config.train.shuffle_buffer = 100_000
     config.train.eval_batch_size = 943
-    config.train.eval_steps = 0
-    config.train.seed = 42
-    config.train.max_checkpoints = 3
 
-    config.export = ml_collections.ConfigDict()
-    config.export.model_name = "two_tower_movielens"
     config.export.candidate_model_name = "two_tower_movielens_candidates"
-    config.export.warmup_requests = 8
     return config

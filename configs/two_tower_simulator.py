@@ -12,20 +12,19 @@ hashed estimator of Yi et al.).
 
 import ml_collections
 
+from tfrecsys.config import config_beside
+
 NUM_USERS = 1000
 NUM_ITEMS = 1000
 NUM_CATEGORIES = 20
 HISTORY_LEN = 20
 
+base = config_beside(__file__, "base.py")
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.experiment = "two_tower_simulator"
+    config = base.get_config("two_tower_simulator", data_dir="runs/data/retrieval_world", model_name="two_tower")
 
-    config.data = ml_collections.ConfigDict()
-    config.data.dir = "runs/data/retrieval_world"
-    config.data.train_files = "train-*.tfrecord"
-    config.data.eval_files = "eval-*.tfrecord"
     config.data.candidates_file = "candidates.tfrecord"       # one example per corpus item
     config.data.item_frequency_file = "item_frequency.tsv"    # item_id<TAB>training count
     config.data.simulator = ml_collections.ConfigDict(dict(
@@ -33,14 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
         num_users=NUM_USERS, num_items=NUM_ITEMS, num_categories=NUM_CATEGORIES, events_per_user=40.0,
         popularity_exponent=1.2, affinity=3.0, history_len=HISTORY_LEN, seed=0))
 
-    config.features = ml_collections.ConfigDict()
     config.features.user_id = dict(kind="id", num_buckets=NUM_USERS, embedding_dim=32)
     config.features.hist_item_id = dict(kind="sequence", shares="item_id", max_len=HISTORY_LEN)
     config.features.item_id = dict(kind="id", num_buckets=NUM_ITEMS, embedding_dim=32)
     config.features.item_category = dict(kind="id", num_buckets=NUM_CATEGORIES, embedding_dim=8)
     config.features.reward = dict(kind="label")
 
-    config.model = ml_collections.ConfigDict()
     config.model.name = "two_tower"
     config.model.query_features = ("user_id", "hist_item_id")
     config.model.candidate_features = ("item_id", "item_category")
@@ -59,24 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.export_k = 100
 
     # The one task: each row's reward r_i (its sample_weight) weights the row in the sampled softmax.
-    config.tasks = ml_collections.ConfigDict()
     config.tasks.retrieval = dict(loss="sampled_softmax", sample_weight="reward", weight=1.0)
 
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 512
-    config.train.steps = 1000
     config.train.steps_per_loop = 250
     config.train.steps_per_execution = 25
-    config.train.learning_rate = 0.003
-    config.train.optimizer = "adam"
     config.train.shuffle_buffer = 50_000
     config.train.eval_batch_size = 1024
-    config.train.eval_steps = 0
-    config.train.seed = 42
-    config.train.max_checkpoints = 3
 
-    config.export = ml_collections.ConfigDict()
-    config.export.model_name = "two_tower"
     config.export.candidate_model_name = "two_tower_candidates"
-    config.export.warmup_requests = 8
     return config
