@@ -21,6 +21,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from tests.serving_dnn import DNN_CONFIG, SMALL_DNN, export_ranking_model, synthetic_examples
 from tfrecsys.config import load_config
+from tfrecsys.data.model_tables import ModelTables
 from tfrecsys.export import saved_model as contract
 from tfrecsys.features.schema import FeatureSchema, IdFeature, SequenceFeature
 from tfrecsys.export.trained import export_model, first_records
@@ -46,7 +47,7 @@ def export_two_tower(config_path: str, overrides: dict, export_base: str, model_
     config = load_config(config_path, {**overrides, "data.dir": data_dir})
     write_retrieval_world(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
     schema = FeatureSchema.from_config(config.features)
-    model = build_model(config, schema)
+    model = build_model(config, schema, ModelTables(config, schema))
     warmup = first_records(sorted(tf.io.gfile.glob(os.path.join(data_dir, config.data.eval_files))), 4)
     model(schema.parse_examples(tf.constant(warmup), with_labels=False, serving=True), training=False)
     return export_model(model, export_base, model_name, warmup_examples=warmup)

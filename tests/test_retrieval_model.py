@@ -138,12 +138,14 @@ def test_export_round_trip_over_grpc_and_batch_scoring(world, trained, tmp_path)
 
 
 def test_config_errors_name_the_field(world, trained):
+    from tfrecsys.data.model_tables import ModelTables
     from tfrecsys.models import build_model
     from tfrecsys.features.schema import FeatureSchema
 
     def build(**overrides):
         config = small_config(world["dir"], **overrides)
-        return build_model(config, FeatureSchema.from_config(config.features))
+        schema = FeatureSchema.from_config(config.features)
+        return build_model(config, schema, ModelTables(config, schema))
 
     with pytest.raises(ValueError, match="config.model.negatives must be one of"):
         build(**{"model.negatives": "hard"})

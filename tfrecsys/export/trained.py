@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfrecsys.data.input import resolve_files
+from tfrecsys.data.model_tables import ModelTables
 from tfrecsys.export.retrieval import export_retrieval
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
@@ -29,7 +30,7 @@ def load_trained_model(config, model_dir: str):
     # Always float32, whatever precision training used (mixed-precision variables are float32, so the
     # checkpoint restores as is): serving signatures compute and return float32.
     with precision_policy("none"):
-        model = build_model(config, schema)
+        model = build_model(config, schema, ModelTables(config, schema))
         sample = first_records(resolve_files(config.data.eval_files, config.data.dir), 2)
         model(schema.parse_examples(tf.constant(sample), with_labels=False, serving=True), training=False)
     path = restore_latest(model, model_dir, expect_partial=True)

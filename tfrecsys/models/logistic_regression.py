@@ -25,5 +25,5 @@ class LogisticRegression(RecModel):
 
 
 @register("logistic_regression")
-def build_logistic_regression(config, schema):
+def build_logistic_regression(config, schema, tables=None):
     return LogisticRegression(schema, tasks_from_config(config.tasks, schema), name="logistic_regression")

@@ -1,4 +1,9 @@
-"""Model registry: config ``model.name`` → builder ``(config, schema) -> tf.keras.Model``."""
+"""Model registry: config ``model.name`` → builder ``(config, schema, tables) -> RecModel``.
+
+``tables`` is what data/ hands a model besides batches (``tfrecsys.data.model_tables.ModelTables``: candidate
+corpora, item frequencies), or None where no files are at hand; a builder that needs a table it was not given
+says so.
+"""
 
 from typing import Callable
 
@@ -21,9 +26,9 @@ def available() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_model(config, schema):
+def build_model(config, schema, tables=None):
     """Builds the model ``config.model.name`` for ``schema``; an unknown name lists the known ones."""
     name = config.model.name
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r} in config.model.name; registered models: {available()}")
-    return _BUILDERS[name](config, schema)
+    return _BUILDERS[name](config, schema, tables)

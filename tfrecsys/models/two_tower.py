@@ -15,20 +15,16 @@ Config (``config.model``): ``query_features``, ``candidate_features`` (schema in
 ``negatives`` (in_batch | sampled | mixed), ``num_sampled`` (B′), ``sampler_alpha`` (sampled negatives
 ∝ count^α; 0 = uniform), ``logq`` (none | table | streaming), ``remove_accidental_hits``, ``estimator``
 (``num_buckets``, ``num_hashes``, ``alpha`` of the streaming estimator), ``eval_ks``, ``export_k``.
-``config.data.candidates_file`` (one tf.train.Example per corpus item) and ``config.data.item_frequency_file``
-(``item_id<TAB>count``) live under ``config.data.dir``. The one task's label is the reward ``r_i`` that weights
-each row's loss.
+The candidate corpus (``config.data.candidates_file``, one tf.train.Example per corpus item, and
+``config.data.item_frequency_file``, ``item_id<TAB>count``) comes from ``tfrecsys.data.model_tables``. The
+one task's ``sample_weight`` is the reward ``r_i`` that weights each row's loss.
 """
 
-import dataclasses
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tfrecsys.data.input import check_schema
-from tfrecsys.data.item_frequency import read_item_frequency
 from tfrecsys.features.schema import FeatureSchema, IdFeature, LabelFeature, SequenceFeature
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.layers.pooling import concat_pooled
@@ -75,41 +71,6 @@ class Tower(tf.keras.layers.Layer):
                 "output_dim": self.output_dim, "dropout": self.dropout}
 
 
-@dataclasses.dataclass
-class CandidateCorpus:
-    """Every item the model can retrieve, read from ``path`` (one tf.train.Example per item): ``ids`` ``[N]``,
-    the candidate tower's inputs ``features`` (parsed and padded like a batch, ``[N, ...]``) and ``counts``
-    ``[N]``, each item's occurrences in the training data (0 for items the frequency table does not list)."""
-
-    path: str
-    ids: np.ndarray
-    features: dict
-    counts: np.ndarray
-
-    @classmethod
-    def read(cls, candidates_path: str, schema: FeatureSchema, feature_names: Sequence[str], id_feature: str,
-             frequency_path: Optional[str] = None) -> "CandidateCorpus":
-        if not tf.io.gfile.exists(candidates_path):
-            raise FileNotFoundError(f"candidate corpus {candidates_path} does not exist (config.data.candidates_file)")
-        features = [schema[name] for name in feature_names]
-        check_schema(candidates_path, schema, features)
-        records = tf.data.TFRecordDataset(candidates_path).batch(1 << 30).get_single_element()
-        parsed = schema.pad_sequences(tf.io.parse_example(records, schema.parse_spec(features)))
-        ids = parsed[id_feature].numpy()
-        unique, first = np.unique(ids, return_counts=True)
-        if (first > 1).any():
-            raise ValueError(f"{candidates_path}: {id_feature} {unique[first > 1][0]!r} is listed more than once")
-        counts = np.zeros(len(ids), np.float64)
-        if frequency_path is not None:
-            table = read_item_frequency(frequency_path, key_dtype=schema[id_feature].dtype)
-            keys = [i.decode("utf-8") for i in ids.tolist()] if ids.dtype == object else ids.tolist()
-            counts = np.asarray([table.get(key, 0) for key in keys], np.float64)
-            if counts.sum() <= 0:
-                raise ValueError(f"item frequency table {frequency_path} counts none of the {len(ids)} items of "
-                                 f"{candidates_path}")
-        return cls(path=candidates_path, ids=ids, features=parsed, counts=counts)
-
-
 class TwoTowerRetrieval(RecModel):
     """Two-tower retrieval model.
 
@@ -124,7 +85,7 @@ class TwoTowerRetrieval(RecModel):
 
     export_kinds = ("retrieval",)
 
-    def __init__(self, schema: FeatureSchema, tasks, corpus: CandidateCorpus, *, query_features: Sequence[str],
+    def __init__(self, schema: FeatureSchema, tasks, corpus, *, query_features: Sequence[str],
                  candidate_features: Sequence[str], candidate_id: str, hidden_units=(),
                  output_dim: int = 32, dropout: float = 0.0, temperature: float = 0.05, negatives: str = "in_batch",
                  num_sampled: int = 0, sampler_alpha: float = 0.0, logq: str = "none",
@@ -258,13 +219,6 @@ class TwoTowerRetrieval(RecModel):
                     candidate_model_name=self.candidate_model_name)
 
 
-def _data_path(config, name: str) -> str:
-    path = config.data[name]
-    if "://" in path or os.path.isabs(path):
-        return path
-    return os.path.join(config.data.dir, path)
-
-
 def _check_tower_features(schema: FeatureSchema, names: Sequence[str], field: str) -> None:
     for name in names:
         feature = schema[name]
@@ -277,7 +231,7 @@ def _check_tower_features(schema: FeatureSchema, names: Sequence[str], field: st
 
 
 @register("two_tower")
-def build_two_tower(config, schema: FeatureSchema) -> TwoTowerRetrieval:
+def build_two_tower(config, schema: FeatureSchema, tables=None) -> TwoTowerRetrieval:
     model = config.model
     tasks = tasks_from_config(config.tasks, schema)
     if len(tasks) != 1 or tasks[0].loss != SAMPLED_SOFTMAX:
@@ -291,9 +245,10 @@ def build_two_tower(config, schema: FeatureSchema) -> TwoTowerRetrieval:
                          f"tower ({candidate_features})")
     if model.negatives not in NEGATIVE_MODES:
         raise ValueError(f"config.model.negatives must be one of {NEGATIVE_MODES}, got {model.negatives!r}")
-    frequency = config.data.get("item_frequency_file")
-    corpus = CandidateCorpus.read(_data_path(config, "candidates_file"), schema, candidate_features,
-                                  model.candidate_id, _data_path(config, "item_frequency_file") if frequency else None)
+    if tables is None:
+        raise ValueError("two_tower indexes its candidate corpus: build it with "
+                         "build_model(config, schema, tfrecsys.data.model_tables.ModelTables(config, schema))")
+    corpus = tables.candidate_corpus(candidate_features, model.candidate_id)
     estimator = dict(model.get("estimator", {}))
     return TwoTowerRetrieval(
         schema, tasks, corpus, query_features=query_features, candidate_features=candidate_features,

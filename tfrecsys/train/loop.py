@@ -21,6 +21,7 @@ from absl import logging
 
 from tfrecsys.data.input import (DataError, check_schema, count_records, find_bad_record, make_dataset,
                                  resolve_files)
+from tfrecsys.data.model_tables import ModelTables
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
 from tfrecsys.models.tasks import tasks_from_config
@@ -64,7 +65,7 @@ def build_and_compile(config, schema: FeatureSchema, jit_compile: bool = False):
     """The registry model for ``config``, compiled with its optimizer (``jit_compile``: the train and eval
     steps are XLA-compiled). Losses and metrics are the model's tasks', summed in its own step
     (``tfrecsys.models.base.RecModel``)."""
-    model = build_model(config, schema)
+    model = build_model(config, schema, ModelTables(config, schema))
     model.compile(optimizer=_optimizer(config.train.optimizer, config.train.learning_rate),
                   steps_per_execution=config.train.steps_per_execution, jit_compile=jit_compile)
     return model
