@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import tensorflow as tf
 
 from tfrecsys.data import parquet
+from tfrecsys.data.user_histories import UserHistories
 from tfrecsys.features.schema import FeatureSchema
 
 PARQUET_SUFFIX = ".parquet"
@@ -74,7 +75,7 @@ def _pipeline_options() -> tf.data.Options:
 def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *,
                  targets: Mapping[str, str], training: bool, shuffle_buffer: int = 10_000,
                  seed: Optional[int] = None, input_context: Optional[tf.distribute.InputContext] = None,
-                 parallel_reads: int = 4) -> tf.data.Dataset:
+                 parallel_reads: int = 4, user_histories: Optional[UserHistories] = None) -> tf.data.Dataset:
     """Batches of ``(inputs, {output_name: label})`` from TFRecord or Parquet ``files``.
 
     ``targets`` maps model output names to label features (``{"score": "click"}``). ``batch_size`` is per
@@ -88,10 +89,16 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     uniform draw from a window that spans several files. The permutation is seeded by ``seed`` and the
     window's index, so a seeded pipeline gives the same batches every time, from TFRecord and Parquet alike.
     Eval data is one pass over the files in order, chunks of the files taken in turn.
+
+    ``user_histories`` (``tfrecsys.data.user_histories``): the files hold per example only the user and the
+    timestamp, and the sequences it fills are cut from the per-user store right after decoding, so the batches
+    equal those of files that store the same histories per row.
     """
     for output, label in targets.items():
         schema[label]  # raises naming the label if the schema lacks it
     features = schema.inputs + schema.labels
+    if user_histories is not None:
+        features = user_histories.row_features(features)
     files = list(files)
     cycle = max(1, min(parallel_reads, len(files)))
     chunk_rows = max(1, -(-shuffle_buffer // cycle)) if training else READ_CHUNK_ROWS
@@ -105,7 +112,12 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
         def read_chunks(path):
             return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).batch(chunk_rows)
 
-        decode = schema.parse_examples
+        decode = schema.parse_examples  # sequences the rows lack parse as empty; the cut overwrites them
+    if user_histories is not None:
+        decode_rows = decode
+
+        def decode(rows):
+            return user_histories.cut_histories(decode_rows(rows))
 
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:

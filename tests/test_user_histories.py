@@ -1,0 +1,165 @@
+"""Lifelong histories cut at input time equal the per-row ones (issue 11, deliverable 5).
+
+One seeded event log with many events in the same second, a user with a single event, and examples whose
+user the store does not hold or whose time lies before or after all of the user's events. The same examples
+are written twice: with their histories stored per row (as the per-row builders write them), and with only
+user and timestamp next to a per-user store. ``make_dataset`` must give equal batches from both.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrecsys.data import parquet, tfrecord
+from tfrecsys.data.input import make_dataset
+from tfrecsys.data.retrieval_data import leave_one_out
+from tfrecsys.data.user_histories import UserHistories, UserHistoryError, UserHistoryStore, write_user_histories
+from tfrecsys.features.schema import FeatureSchema
+
+NUM_USERS, NUM_ITEMS, SHORT_LEN = 8, 30, 2
+ABSENT_USER = 99
+SEQUENCES = {"hist_item_id": "item_id", "hist_category": "category", "hist_action": "action",
+             "recent_item_id": "item_id"}
+
+
+def event_log(seed=0):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, NUM_USERS - 1, 120)
+    users = np.r_[users, NUM_USERS - 1]  # the last user has one event
+    timestamps = rng.integers(1_700_000_000, 1_700_000_012, len(users))  # 12 distinct seconds: many ties
+    items = rng.integers(1, NUM_ITEMS, len(users))
+    actions = rng.integers(1, 4, len(users))
+    # One event per (user, second, item): the per-row builder orders a second's events by item only.
+    _, unique = np.unique(np.c_[users, timestamps, items], axis=0, return_index=True)
+    unique = np.sort(unique)
+    users, timestamps, items, actions = users[unique], timestamps[unique], items[unique], actions[unique]
+    return {"user_id": users, "timestamp": timestamps, "item_id": items, "category": items % 4 + 1,
+            "action": actions}
+
+
+def reference_history(log, user, time, column, max_len):
+    """The straightforward per-row rule: the user's events strictly before ``time``, ordered by (time, item),
+    the most recent ``max_len``, oldest first."""
+    mine = np.flatnonzero((log["user_id"] == user) & (log["timestamp"] < time))
+    mine = mine[np.lexsort((log["item_id"][mine], log["timestamp"][mine]))]
+    return log[column][mine[max(0, len(mine) - max_len):]].astype(np.int64)
+
+
+def schema_for(max_len):
+    return FeatureSchema.from_config({
+        "user_id": dict(kind="id", num_buckets=128),
+        "timestamp": dict(kind="dense", dtype="int64"),
+        "hist_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=max_len),
+        "hist_category": dict(kind="sequence", num_buckets=8, max_len=max_len, aligned_with="hist_item_id"),
+        "hist_action": dict(kind="sequence", num_buckets=8, max_len=max_len, aligned_with="hist_item_id"),
+        "recent_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=SHORT_LEN),
+        "click": dict(kind="label"),
+    })
+
+
+def examples(log):
+    """Every event of the log as an example, then a user the store lacks and times before and after all."""
+    users = np.r_[log["user_id"], ABSENT_USER, 0, 0]
+    times = np.r_[log["timestamp"], 1_700_000_005, 1_600_000_000, 1_800_000_000]
+    clicks = np.random.default_rng(1).integers(0, 2, len(users)).astype(np.float32)
+    return users, times, clicks
+
+
+def write_both(directory, log, max_len, write_sharded):
+    users, times, clicks = examples(log)
+    rows = {"user_id": users, "timestamp": times, "click": clicks}
+    per_row = dict(rows)
+    for feature, column in SEQUENCES.items():
+        length = SHORT_LEN if feature == "recent_item_id" else max_len
+        per_row[feature] = [reference_history(log, u, t, column, length) for u, t in zip(users, times)]
+    store = str(directory / "user_histories.parquet")
+    write_user_histories(store, log["user_id"], log["timestamp"],
+                         {name: log[name] for name in ("item_id", "category", "action")})
+    return (write_sharded(per_row, str(directory), "per_row", 2), write_sharded(rows, str(directory), "rows", 2),
+            store, per_row)
+
+
+def batches(dataset, count=None):
+    dataset = dataset if count is None else dataset.take(count)
+    return [(inputs, labels) for inputs, labels in dataset.as_numpy_iterator()]
+
+
+def assert_same_batches(expected, actual):
+    assert len(expected) == len(actual) > 0
+    for (inputs, labels), (got_inputs, got_labels) in zip(expected, actual):
+        assert sorted(inputs) == sorted(got_inputs)
+        for name in inputs:
+            np.testing.assert_array_equal(got_inputs[name], inputs[name], err_msg=name)
+        np.testing.assert_array_equal(got_labels["score"], labels["score"])
+
+
+def test_reference_is_the_per_row_builder():
+    """The reference above is today's per-row builder (retrieval_data.leave_one_out) on the log's events."""
+    log = event_log()
+    assert len(np.unique(np.c_[log["user_id"], log["timestamp"]], axis=0)) < len(log["user_id"])  # ties
+    for max_len in (1, 3, 40):
+        built = leave_one_out(log["user_id"], log["item_id"], log["timestamp"], max_len)["histories"]
+        for row, history in enumerate(built):
+            np.testing.assert_array_equal(
+                reference_history(log, log["user_id"][row], log["timestamp"][row], "item_id", max_len), history)
+
+
+@pytest.mark.parametrize("max_len, write_sharded", [(1, tfrecord.write_sharded), (3, tfrecord.write_sharded),
+                                                    (40, tfrecord.write_sharded), (3, parquet.write_sharded)])
+def test_histories_cut_at_input_time_equal_per_row_histories(tmp_path, max_len, write_sharded):
+    log = event_log()
+    schema = schema_for(max_len)
+    per_row_files, row_files, store, per_row = write_both(tmp_path, log, max_len, write_sharded)
+    user_histories = UserHistories(UserHistoryStore.load(store), schema, user_feature="user_id",
+                                   time_feature="timestamp", sequences=SEQUENCES)
+
+    def dataset(files, histories, training):
+        return make_dataset(files, schema, 16, targets={"score": "click"}, training=training, shuffle_buffer=64,
+                            seed=3, user_histories=histories)
+
+    expected = batches(dataset(per_row_files, None, training=False))
+    assert_same_batches(expected, batches(dataset(row_files, user_histories, training=False)))
+    assert_same_batches(batches(dataset(per_row_files, None, training=True), 12),
+                        batches(dataset(row_files, user_histories, training=True), 12))
+
+    # The log has ties and histories of every length up to max_len; the last three examples' users and times
+    # lie outside the store: absent user, before the user's first event, after the user's last.
+    lengths = np.concatenate([inputs["hist_item_id_length"] for inputs, _ in expected])
+    assert set(range(min(max_len, 3) + 1)) <= set(lengths.tolist()) and lengths.max() <= max_len
+    assert lengths[-3:].tolist() == [0, 0, min(max_len, int((log["user_id"] == 0).sum()))]
+    assert len(per_row["hist_item_id"]) == len(lengths)
+
+
+def test_string_user_ids(tmp_path):
+    log = event_log()
+    names = np.asarray([f"user-{u}" for u in log["user_id"]], dtype=object)
+    store_path = str(tmp_path / "histories.parquet")
+    write_user_histories(store_path, names, log["timestamp"], {"item_id": log["item_id"]})
+    schema = FeatureSchema.from_config({
+        "user_id": dict(kind="id", dtype="string", hash_buckets=64),
+        "timestamp": dict(kind="dense", dtype="int64"),
+        "hist_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=3)})
+    cut = UserHistories(UserHistoryStore.load(store_path), schema, user_feature="user_id",
+                        time_feature="timestamp", sequences={"hist_item_id": "item_id"}).cut_histories(
+        {"user_id": tf.constant(["user-0", "nobody"]), "timestamp": tf.constant([1_700_000_006] * 2, tf.int64)})
+    history = reference_history(log, 0, 1_700_000_006, "item_id", 3)
+    np.testing.assert_array_equal(cut["hist_item_id"][0, :len(history)], history)
+    assert cut["hist_item_id_length"].numpy().tolist() == [len(history), 0]
+
+
+def test_errors_name_the_feature_or_column(tmp_path):
+    log = event_log()
+    store_path = str(tmp_path / "histories.parquet")
+    write_user_histories(store_path, log["user_id"], log["timestamp"], {"item_id": log["item_id"]})
+    store = UserHistoryStore.load(store_path)
+    schema = schema_for(3)
+    with pytest.raises(UserHistoryError, match=r"hist_category.*has no column 'category'"):
+        UserHistories(store, schema, user_feature="user_id", time_feature="timestamp", sequences=SEQUENCES)
+    float_time = FeatureSchema.from_config({"user_id": dict(kind="id", num_buckets=128),
+                                            "timestamp": dict(kind="dense"),
+                                            "hist_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=3)})
+    with pytest.raises(UserHistoryError, match=r"'timestamp' \(DenseFeature float32\) must be an int64"):
+        UserHistories(store, float_time, user_feature="user_id", time_feature="timestamp",
+                      sequences={"hist_item_id": "item_id"})
+    with pytest.raises(UserHistoryError, match="no user history file matches"):
+        UserHistoryStore.load(str(tmp_path / "missing-*.parquet"))
