@@ -91,8 +91,8 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     Eval data is one pass over the files in order, chunks of the files taken in turn.
 
     ``user_histories`` (``tfrecsys.data.user_histories``): the files hold per example only the user and the
-    timestamp, and the sequences it fills are cut from the per-user store right after decoding, so the batches
-    equal those of files that store the same histories per row.
+    timestamp, not the sequences it fills; those are cut from the per-user store batch by batch, so the
+    batches equal those of files that store the same histories per row.
     """
     for output, label in targets.items():
         schema[label]  # raises naming the label if the schema lacks it
@@ -112,12 +112,10 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
         def read_chunks(path):
             return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).batch(chunk_rows)
 
-        decode = schema.parse_examples  # sequences the rows lack parse as empty; the cut overwrites them
-    if user_histories is not None:
-        decode_rows = decode
-
-        def decode(rows):
-            return user_histories.cut_histories(decode_rows(rows))
+        decode = schema.parse_examples
+        if user_histories is not None:
+            def decode(serialized):
+                return schema.pad_sequences(tf.io.parse_example(serialized, schema.parse_spec(features)))
 
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
@@ -128,8 +126,13 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
         files_ds = files_ds.shuffle(len(files), seed=window_seed, reshuffle_each_iteration=True).repeat()
     chunks = files_ds.interleave(read_chunks, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=True)
-    return batches_from_chunks(chunks, decode, schema, batch_size, targets=targets, training=training,
-                               window_chunks=cycle, seed=window_seed)
+    batches = batches_from_chunks(chunks, decode, schema, batch_size, targets=targets, training=training,
+                                  window_chunks=cycle, seed=window_seed)
+    if user_histories is None:
+        return batches
+    # Cut per batch, after the shuffle: the window's permutation then moves users and times, not histories.
+    return batches.map(lambda inputs, labels: (user_histories.cut_histories(inputs), labels),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: FeatureSchema, batch_size: int, *,

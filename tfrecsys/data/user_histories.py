@@ -41,12 +41,16 @@ from tfrecsys.features.schema import FeatureSchema, LabelFeature, SequenceFeatur
 
 _METADATA_KEY = b"tfrecsys.user_histories"
 _TF_DTYPES = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
-_PADDING = {tf.string: ""}
 
 
 class UserHistoryError(ValueError):
     """A user history store, or a config naming one, that does not fit; the message names the file, the
     column or the feature at fault."""
+
+
+def _padding(dtype: np.dtype):
+    """What a padded sequence holds past its length: "" for strings, 0 otherwise (``pad_sequences``' rule)."""
+    return "" if dtype.kind in "OSU" else 0
 
 
 def _widened(values: np.ndarray) -> np.ndarray:
@@ -114,8 +118,9 @@ def write_user_histories(path: str, users, timestamps, columns: Mapping[str, Seq
 class UserHistoryStore:
     """A user history store in memory, ready for in-graph lookups.
 
-    ``row_splits`` ``[users + 1]`` int64 cut ``timestamps`` and every ``columns[name]`` (``[events]``) into
-    the users' rows; ``row_of_user`` maps a user id to its row (-1 for a user the store does not hold).
+    ``row_splits`` ``[users + 1]`` int64 cut ``timestamps`` (``[events]``) and every ``columns[name]``
+    (``[events + 1]``: the last value is padding, 0 or "") into the users' rows; ``row_of_user`` maps a user
+    id to its row (-1 for a user the store does not hold).
     """
 
     def __init__(self, path: str, user_ids: np.ndarray, row_splits: np.ndarray, timestamps: np.ndarray,
@@ -127,7 +132,10 @@ class UserHistoryStore:
         self.user_dtype = tf.string if user_ids.dtype.kind in "OSU" else tf.int64
         self.row_splits = tf.constant(row_splits, tf.int64)
         self.timestamps = tf.constant(timestamps, tf.int64)
-        self.columns = {name: tf.constant(values) for name, values in columns.items()}
+        # One padding value after each column's events: positions past a history's end point at it, so a
+        # cut is one gather per column with no select.
+        self.columns = {name: tf.constant(np.r_[values, np.asarray([_padding(values.dtype)], values.dtype)])
+                        for name, values in columns.items()}
         self.row_of_user = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(user_ids, self.user_dtype),
                                                 tf.range(self.num_users, dtype=tf.int64)),
@@ -295,11 +303,10 @@ class UserHistories:
                 offsets = tf.range(feature.max_len, dtype=tf.int64)
                 valid = offsets[tf.newaxis, :] < (cut - start)[:, tf.newaxis]
                 positions_of_length[feature.max_len] = (
-                    tf.where(valid, start[:, tf.newaxis] + offsets[tf.newaxis, :], 0), valid, cut - start)
-            positions, valid, length = positions_of_length[feature.max_len]
-            values = self.store.columns[self.sequences[feature.name]]
-            out[feature.name] = tf.where(valid, tf.gather(values, positions),
-                                         tf.constant(_PADDING.get(values.dtype, 0), values.dtype))
+                    tf.where(valid, start[:, tf.newaxis] + offsets[tf.newaxis, :], self.store.num_events),
+                    cut - start)
+            positions, length = positions_of_length[feature.max_len]
+            out[feature.name] = tf.gather(self.store.columns[self.sequences[feature.name]], positions)
             if feature.aligned_with is None:
                 out[feature.length_name] = length
         return out
