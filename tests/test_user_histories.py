@@ -134,17 +134,24 @@ def test_string_user_ids(tmp_path):
     log = event_log()
     names = np.asarray([f"user-{u}" for u in log["user_id"]], dtype=object)
     store_path = str(tmp_path / "histories.parquet")
-    write_user_histories(store_path, names, log["timestamp"], {"item_id": log["item_id"]})
+    genres = np.asarray([f"genre-{c}" for c in log["category"]], dtype=object)
+    write_user_histories(store_path, names, log["timestamp"], {"item_id": log["item_id"], "genre": genres})
     schema = FeatureSchema.from_config({
         "user_id": dict(kind="id", dtype="string", hash_buckets=64),
         "timestamp": dict(kind="dense", dtype="int64"),
-        "hist_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=3)})
+        "hist_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=5),
+        "hist_genre": dict(kind="sequence", dtype="string", hash_buckets=8, max_len=5, aligned_with="hist_item_id")})
     cut = UserHistories(UserHistoryStore.load(store_path), schema, user_feature="user_id",
-                        time_feature="timestamp", sequences={"hist_item_id": "item_id"}).cut_histories(
-        {"user_id": tf.constant(["user-0", "nobody"]), "timestamp": tf.constant([1_700_000_006] * 2, tf.int64)})
-    history = reference_history(log, 0, 1_700_000_006, "item_id", 3)
-    np.testing.assert_array_equal(cut["hist_item_id"][0, :len(history)], history)
-    assert cut["hist_item_id_length"].numpy().tolist() == [len(history), 0]
+                        time_feature="timestamp", sequences={"hist_item_id": "item_id", "hist_genre": "genre"}
+                        ).cut_histories({"user_id": tf.constant(["user-0", "nobody"]),
+                                         "timestamp": tf.constant([1_700_000_002] * 2, tf.int64)})
+    items = reference_history(log, 0, 1_700_000_002, "item_id", 5)
+    categories = reference_history(log, 0, 1_700_000_002, "category", 5)
+    assert 0 < len(items) < 5  # the padding shows
+    assert cut["hist_item_id"].numpy().tolist() == [items.tolist() + [0] * (5 - len(items)), [0] * 5]
+    assert cut["hist_genre"].numpy().tolist() == [
+        [f"genre-{c}".encode() for c in categories] + [b""] * (5 - len(items)), [b""] * 5]
+    assert cut["hist_item_id_length"].numpy().tolist() == [len(items), 0]
 
 
 def test_errors_name_the_feature_or_column(tmp_path):
@@ -163,3 +170,16 @@ def test_errors_name_the_feature_or_column(tmp_path):
                       sequences={"hist_item_id": "item_id"})
     with pytest.raises(UserHistoryError, match="no user history file matches"):
         UserHistoryStore.load(str(tmp_path / "missing-*.parquet"))
+
+
+def test_from_config_reads_the_store_relative_to_the_data_dir(tmp_path):
+    log = event_log()
+    write_user_histories(str(tmp_path / "histories.parquet"), log["user_id"], log["timestamp"],
+                         {"item_id": log["item_id"], "category": log["category"], "action": log["action"]})
+    block = {"file": "histories.parquet", "user_feature": "user_id", "time_feature": "timestamp",
+             "sequences": SEQUENCES}
+    histories = UserHistories.from_config(block, schema_for(3), base_dir=str(tmp_path))
+    assert histories.store.num_events == len(log["user_id"]) and sorted(histories.store.column_dtypes) == [
+        "action", "category", "item_id"]
+    with pytest.raises(UserHistoryError, match=r"unknown keys \['max_len'\]"):
+        UserHistories.from_config({**block, "max_len": 3}, schema_for(3), base_dir=str(tmp_path))
