@@ -151,12 +151,15 @@ def main():
         rows_mb, store_mb = megabytes(row_files), megabytes([store_path])
 
     lengths = np.asarray([len(h) for h in per_row_histories(log, examples)["hist_item_id"]])
-    store_memory_mb = sum(t.numpy().nbytes for t in [store.row_splits, store.timestamps, *store.columns.values()])
+    # Row offsets, timestamps and the two int64 columns (the hash table aside).
+    store_memory_mb = 8 * (store.num_users + 1 + store.num_events * (1 + len(SEQUENCES)))
     print(f"{NUM_USERS:,} users, {store.num_events:,} events (longest user {store.longest:,}); {NUM_EXAMPLES:,} "
           f"examples, history max_len {MAX_LEN} (mean length {lengths.mean():.0f}), item + category columns")
     print(f"bytes on disk: per-row histories {per_row_mb:,.1f} MB (TFRecord) | per-user store {store_mb:,.1f} MB "
           f"(Parquet) + example rows {rows_mb:,.1f} MB (TFRecord) = {store_mb + rows_mb:,.1f} MB; "
           f"ratio per-row / per-user {per_row_mb / (store_mb + rows_mb):.1f}x")
+    print(f"  per example: per-row {per_row_mb * 1e6 / NUM_EXAMPLES:,.0f} bytes, per-user {rows_mb * 1e6 / NUM_EXAMPLES:,.0f}"
+          f" bytes; the store: {store_mb * 1e6 / store.num_events:.1f} bytes per event, whatever the examples")
     print(f"write: per-row {per_row_write:.1f} s, per-user {per_user_write:.1f} s; store load {load_seconds:.2f} s, "
           f"{store_memory_mb / 1e6:,.1f} MB in memory")
     median = {name: statistics.median(values) for name, values in rates.items()}
