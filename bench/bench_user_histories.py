@@ -158,8 +158,9 @@ def main():
     print(f"bytes on disk: per-row histories {per_row_mb:,.1f} MB (TFRecord) | per-user store {store_mb:,.1f} MB "
           f"(Parquet) + example rows {rows_mb:,.1f} MB (TFRecord) = {store_mb + rows_mb:,.1f} MB; "
           f"ratio per-row / per-user {per_row_mb / (store_mb + rows_mb):.1f}x")
-    print(f"  per example: per-row {per_row_mb * 1e6 / NUM_EXAMPLES:,.0f} bytes, per-user {rows_mb * 1e6 / NUM_EXAMPLES:,.0f}"
-          f" bytes; the store: {store_mb * 1e6 / store.num_events:.1f} bytes per event, whatever the examples")
+    print(f"  per example: per-row {per_row_mb * 1e6 / NUM_EXAMPLES:,.0f} bytes, per-user "
+          f"{rows_mb * 1e6 / NUM_EXAMPLES:,.0f} bytes; the store: {store_mb * 1e6 / store.num_events:.1f} bytes "
+          "per event, whatever the examples")
     print(f"write: per-row {per_row_write:.1f} s, per-user {per_user_write:.1f} s; store load {load_seconds:.2f} s, "
           f"{store_memory_mb / 1e6:,.1f} MB in memory")
     median = {name: statistics.median(values) for name, values in rates.items()}

@@ -168,7 +168,7 @@ def test_errors_name_the_feature_or_column(tmp_path):
     with pytest.raises(UserHistoryError, match=r"'timestamp' \(DenseFeature float32\) must be an int64"):
         UserHistories(store, float_time, user_feature="user_id", time_feature="timestamp",
                       sequences={"hist_item_id": "item_id"})
-    with pytest.raises(UserHistoryError, match="no user history file matches"):
+    with pytest.raises(UserHistoryError, match="no user history file matches '.*missing-\\*.parquet'"):
         UserHistoryStore.load(str(tmp_path / "missing-*.parquet"))
 
 

@@ -149,9 +149,10 @@ class UserHistoryStore:
         the event columns when given. Raises UserHistoryError naming the file for a missing column, unaligned
         lists, nulls, unsorted timestamps or a user stored twice."""
         if isinstance(paths, str):
-            paths = sorted(glob.glob(paths)) if "://" not in paths else sorted(tf.io.gfile.glob(paths))
+            pattern = paths
+            paths = sorted(glob.glob(pattern)) if "://" not in pattern else sorted(tf.io.gfile.glob(pattern))
             if not paths:
-                raise UserHistoryError(f"no user history file matches {paths!r}")
+                raise UserHistoryError(f"no user history file matches {pattern!r}")
         parts = [_read_store_file(path, columns) for path in paths]
         user_ids = np.concatenate([part[0] for part in parts])
         unique, counts = np.unique(user_ids, return_counts=True)
@@ -262,7 +263,7 @@ class UserHistories:
         if isinstance(user, (SequenceFeature, LabelFeature)) or _TF_DTYPES[user.dtype] != store.user_dtype:
             raise UserHistoryError(f"feature {user_feature!r} ({type(user).__name__} {user.dtype}) cannot look up "
                                    f"users in {store.path}, whose user ids are {store.user_dtype.name} scalars")
-        if isinstance(time, (SequenceFeature, LabelFeature)) or time.dtype != "int64":
+        if isinstance(time, (SequenceFeature, LabelFeature)) or time.dtype != "int64" or getattr(time, "dim", 1) != 1:
             raise UserHistoryError(f"feature {time_feature!r} ({type(time).__name__} {time.dtype}) must be an "
                                    "int64 scalar: the cut compares exact timestamps")
         self.features = []
