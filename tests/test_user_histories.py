@@ -6,6 +6,8 @@ are written twice: with their histories stored per row (as the per-row builders 
 user and timestamp next to a per-user store. ``make_dataset`` must give equal batches from both.
 """
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,6 +18,7 @@ from tfrecsys.data.retrieval_data import leave_one_out
 from tfrecsys.data.user_histories import UserHistories, UserHistoryError, UserHistoryStore, write_user_histories
 from tfrecsys.features.schema import FeatureSchema
 
+MOVIELENS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "datasets", "movielens-100k")
 NUM_USERS, NUM_ITEMS, SHORT_LEN = 8, 30, 2
 ABSENT_USER = 99
 SEQUENCES = {"hist_item_id": "item_id", "hist_category": "category", "hist_action": "action",
@@ -183,3 +186,27 @@ def test_from_config_reads_the_store_relative_to_the_data_dir(tmp_path):
         "action", "category", "item_id"]
     with pytest.raises(UserHistoryError, match=r"unknown keys \['max_len'\]"):
         UserHistories.from_config({**block, "max_len": 3}, schema_for(3), base_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MOVIELENS, "u.data")),
+                    reason=f"MovieLens-100K is not at {MOVIELENS}")
+def test_movielens_histories_equal_the_per_row_builder(tmp_path):
+    """All 100,000 ratings (many users rate several movies in one second): the cut equals leave_one_out's."""
+    from tfrecsys.data.readers.movielens import read_movielens_100k
+
+    ratings = read_movielens_100k(MOVIELENS).ratings
+    users, items, times = (ratings[c].astype(np.int64) for c in ("user_id", "item_id", "timestamp"))
+    write_user_histories(str(tmp_path / "ml.parquet"), users, times, {"item_id": items})
+    schema = FeatureSchema.from_config({"user_id": dict(kind="id", num_buckets=944),
+                                        "timestamp": dict(kind="dense", dtype="int64"),
+                                        "hist_item_id": dict(kind="sequence", num_buckets=1683, max_len=50)})
+    cut = UserHistories(UserHistoryStore.load(str(tmp_path / "ml.parquet")), schema, user_feature="user_id",
+                        time_feature="timestamp", sequences={"hist_item_id": "item_id"}).cut_histories(
+        {"user_id": tf.constant(users), "timestamp": tf.constant(times)})
+    expected = leave_one_out(users, items, times, 50)["histories"]
+    lengths = cut["hist_item_id_length"].numpy()
+    assert lengths.tolist() == [len(history) for history in expected]
+    padded = np.zeros((len(expected), 50), np.int64)
+    for row, history in enumerate(expected):
+        padded[row, :len(history)] = history
+    np.testing.assert_array_equal(cut["hist_item_id"].numpy(), padded)
