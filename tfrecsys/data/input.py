@@ -7,7 +7,6 @@ Parquet files (``*.parquet`` of standard Arrow columns: ``list<int64>`` sequence
 files holding the same rows.
 """
 
-import functools
 import glob
 import os
 import random
@@ -17,6 +16,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import tensorflow as tf
 
 from tfrecsys.data import parquet
+from tfrecsys.data.user_histories import UserHistories
 from tfrecsys.features.schema import FeatureSchema
 
 PARQUET_SUFFIX = ".parquet"
@@ -75,7 +75,8 @@ def _pipeline_options() -> tf.data.Options:
 def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *,
                  training: bool, targets: Optional[Mapping[str, str]] = None, shuffle_buffer: int = 10_000,
                  seed: Optional[int] = None, input_context: Optional[tf.distribute.InputContext] = None,
-                 parallel_reads: int = 4, ragged: bool = False) -> tf.data.Dataset:
+                 parallel_reads: int = 4, ragged: bool = False,
+                 user_histories: Optional[UserHistories] = None) -> tf.data.Dataset:
     """Batches of ``(inputs, labels)`` from TFRecord or Parquet ``files``.
 
     ``labels`` holds every label feature of the schema by its name, in its own dtype (what a model's tasks
@@ -92,10 +93,16 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     uniform draw from a window that spans several files. The permutation is seeded by ``seed`` and the
     window's index, so a seeded pipeline gives the same batches every time, from TFRecord and Parquet alike.
     Eval data is one pass over the files in order, chunks of the files taken in turn.
+
+    ``user_histories`` (``tfrecsys.data.user_histories``): the files hold per example only the user and the
+    timestamp, not the sequences it fills; those are cut from the per-user store batch by batch, so the
+    batches equal those of files that store the same histories per row.
     """
     for label in (targets or {}).values():
         schema[label]  # raises naming the label if the schema lacks it
     features = schema.inputs + schema.labels
+    if user_histories is not None:
+        features = user_histories.row_features(features)
     files = list(files)
     cycle = max(1, min(parallel_reads, len(files)))
     chunk_rows = max(1, -(-shuffle_buffer // cycle)) if training else READ_CHUNK_ROWS
@@ -109,7 +116,9 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
         def read_chunks(path):
             return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER_BYTES).batch(chunk_rows)
 
-        decode = functools.partial(schema.parse_examples, ragged=ragged)
+        def decode(serialized):
+            columns = tf.io.parse_example(serialized, schema.parse_spec(features))
+            return schema.features_from_columns(columns, features, ragged=ragged)
 
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None and input_context.num_input_pipelines > 1:
@@ -120,8 +129,13 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
         files_ds = files_ds.shuffle(len(files), seed=window_seed, reshuffle_each_iteration=True).repeat()
     chunks = files_ds.interleave(read_chunks, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=True)
-    return batches_from_chunks(chunks, decode, schema, batch_size, targets=targets, training=training,
-                               window_chunks=cycle, seed=window_seed)
+    batches = batches_from_chunks(chunks, decode, schema, batch_size, targets=targets, training=training,
+                                  window_chunks=cycle, seed=window_seed)
+    if user_histories is None:
+        return batches
+    # Cut per batch, after the shuffle: the window's permutation then moves users and times, not histories.
+    return batches.map(lambda inputs, labels: (user_histories.cut_histories(inputs), labels),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: FeatureSchema, batch_size: int, *,
@@ -173,16 +187,17 @@ def _short(message: str) -> str:
     return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message).strip()
 
 
-def find_bad_record(files: Sequence[str], schema: FeatureSchema) -> Optional[str]:
+def find_bad_record(files: Sequence[str], schema: FeatureSchema, features=None) -> Optional[str]:
     """Reads every file record by record and returns ``"<file>: record N: <reason>"`` for the first one
     that cannot be read or parsed with ``schema``, or None when all are good.
 
     Used after a training error to name the file at fault: TensorFlow's own message ("corrupted record at
     12345") does not say which of many shards it was reading.
     """
+    features = features if features is not None else schema.inputs + schema.labels
     if is_parquet(files):
-        return _find_bad_parquet(files, schema)
-    spec = schema.parse_spec(schema.inputs + schema.labels)
+        return _find_bad_parquet(files, features)
+    spec = schema.parse_spec(features)
 
     def first_unparseable(records, first_index):
         try:
@@ -217,13 +232,13 @@ def find_bad_record(files: Sequence[str], schema: FeatureSchema) -> Optional[str
     return None
 
 
-def _find_bad_parquet(files: Sequence[str], schema: FeatureSchema) -> Optional[str]:
+def _find_bad_parquet(files: Sequence[str], features) -> Optional[str]:
     """Reads every file as training does (same reader, same checks) and returns the first problem."""
     for path in files:
         if not tf.io.gfile.exists(path):
             return f"{path}: file does not exist"
         try:
-            for _ in parquet.read_chunks(path, schema.inputs + schema.labels, READ_CHUNK_ROWS):
+            for _ in parquet.read_chunks(path, features, READ_CHUNK_ROWS):
                 pass
         except parquet.ParquetSchemaError as error:
             return str(error)

@@ -167,7 +167,7 @@ def write_sharded(columns: Mapping, output_dir: str, prefix: str, num_shards: in
 # Opening files, schema checks -------------------------------------------------------------------------------
 
 
-def _source(path: str):
+def readable(path: str):
     """What pyarrow reads ``path`` from: the local path, or the bytes of a remote (gs://...) file."""
     if "://" not in path:
         return path
@@ -177,7 +177,7 @@ def _source(path: str):
 
 def _read_schema(path: str) -> pa.Schema:
     try:
-        return pq.read_schema(_source(path))
+        return pq.read_schema(readable(path))
     except (pa.ArrowException, OSError) as error:
         raise ParquetSchemaError(f"{path}: not a readable Parquet file ({error})") from None
 
@@ -234,7 +234,7 @@ def check_parquet_schema(path: str, features: Sequence) -> None:
 
 
 def count_rows(files: Sequence[str]) -> int:
-    return sum(pq.read_metadata(_source(path)).num_rows for path in files)
+    return sum(pq.read_metadata(readable(path)).num_rows for path in files)
 
 
 # Reading ----------------------------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def read_chunks(path: str, features: Sequence, chunk_rows: int) -> Iterator[dict
     columns = _by_column(features)
     names = list(columns)
     try:
-        parquet_file = pq.ParquetFile(_source(path))
+        parquet_file = pq.ParquetFile(readable(path))
     except (pa.ArrowException, OSError) as error:
         raise ParquetSchemaError(f"{path}: not a readable Parquet file ({error})") from None
     with parquet_file:

@@ -7,18 +7,40 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
+from tfrecsys.data import tfrecord
 from tfrecsys.data.input import resolve_files
 from tfrecsys.data.model_tables import ModelTables
 from tfrecsys.export.retrieval import export_retrieval
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
-from tfrecsys.train.loop import EVAL_METRICS_FILE, restore_latest
+from tfrecsys.train.loop import EVAL_METRICS_FILE, restore_latest, user_histories
 from tfrecsys.train.strategy import is_chief, precision_policy
 
 
 def first_records(files, count: int) -> list[bytes]:
     return [r.numpy() for r in tf.data.TFRecordDataset(list(files)).take(count)]
+
+
+def serving_rows(config, schema: FeatureSchema, count: int) -> list[bytes]:
+    """The first ``count`` eval rows as serialized Examples holding every serving input: as stored, or with
+    the sequences cut from the per-user store put in when ``config.data.user_histories`` fills them (the
+    serving contract takes histories from the client, so warmup requests must carry them)."""
+    records = first_records(resolve_files(config.data.eval_files, config.data.dir), count)
+    histories = user_histories(config, schema)
+    if histories is None or not records:
+        return records
+    stored = histories.row_features(schema.inputs + schema.labels)
+    rows = histories.cut_histories(schema.features_from_columns(
+        tf.io.parse_example(tf.constant(records), schema.parse_spec(stored)), stored))
+    columns = {}
+    # Shortest first: of two cuts of one stored column (a short and a lifelong history), the longest is kept.
+    for feature in sorted(schema.serving_inputs, key=lambda f: getattr(f, "max_len", 0)):
+        value = rows[feature.name].numpy()
+        if feature.is_sequence:
+            value = [row[:length] for row, length in zip(value, rows[feature.length_name].numpy())]
+        columns[feature.source] = value
+    return tfrecord.to_examples(columns)
 
 
 def load_trained_model(config, model_dir: str):
@@ -31,7 +53,7 @@ def load_trained_model(config, model_dir: str):
     # checkpoint restores as is): serving signatures compute and return float32.
     with precision_policy("none"):
         model = build_model(config, schema, ModelTables(config, schema))
-        sample = first_records(resolve_files(config.data.eval_files, config.data.dir), 2)
+        sample = serving_rows(config, schema, 2)
         model(schema.parse_examples(tf.constant(sample), with_labels=False, serving=True), training=False)
     path = restore_latest(model, model_dir, expect_partial=True)
     if path is None:
@@ -50,8 +72,7 @@ def export_trained(config, model_dir: str, export_base: str, version=None) -> Op
         logging.info("not the chief: the export of %s is left to it", model_dir)
         return None
     model, schema, checkpoint = load_trained_model(config, model_dir)
-    warmup = first_records(resolve_files(config.data.eval_files, config.data.dir),
-                           config.export.warmup_requests)
+    warmup = serving_rows(config, schema, config.export.warmup_requests)
     metadata = {"experiment": config.get("experiment", ""), "checkpoint": checkpoint,
                 "model_family": config.model.name}
     metrics_path = os.path.join(model_dir, EVAL_METRICS_FILE)

@@ -15,6 +15,7 @@ BackupAndRestore backup in ``<model_dir>/backup`` lets a restarted cluster resum
 import contextlib
 import json
 import os
+from typing import Optional
 
 import tensorflow as tf
 from absl import logging
@@ -22,6 +23,7 @@ from absl import logging
 from tfrecsys.data.input import (DataError, check_schema, count_records, find_bad_record, make_dataset,
                                  resolve_files)
 from tfrecsys.data.model_tables import ModelTables
+from tfrecsys.data.user_histories import UserHistories
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
 from tfrecsys.models.tasks import tasks_from_config
@@ -50,12 +52,13 @@ def data_files(config) -> tuple[list[str], list[str]]:
 
 
 @contextlib.contextmanager
-def naming_bad_files(files, schema):
-    """Turns a read or parse error inside TensorFlow into a DataError naming the file and record."""
+def naming_bad_files(files, schema, features=None):
+    """Turns a read or parse error inside TensorFlow into a DataError naming the file and record
+    (``features``: what the rows hold, default every schema feature)."""
     try:
         yield
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
-        bad = find_bad_record(files, schema)
+        bad = find_bad_record(files, schema, features)
         if bad is None:
             raise
         raise DataError(f"cannot read input data: {bad}") from error
@@ -102,7 +105,14 @@ def _worker_slice(batch, index: int, count: int):
     return tf.nest.map_structure(lambda tensor: tensor[start:stop], batch)
 
 
-def _distributed(strategy, files, schema, config, training):
+def user_histories(config, schema: FeatureSchema) -> Optional[UserHistories]:
+    """The per-user history store of ``config.data.user_histories`` (None without one): the rows then hold
+    only the user and the time, and make_dataset cuts the sequences the store fills."""
+    block = config.data.get("user_histories")
+    return UserHistories.from_config(block, schema, base_dir=config.data.dir) if block else None
+
+
+def _distributed(strategy, files, schema, config, training, histories=None):
     """Global batches of ``train.batch_size`` (eval: ``train.eval_batch_size``) as per-replica batches of
     ``strategy``.
 
@@ -120,9 +130,10 @@ def _distributed(strategy, files, schema, config, training):
         if by_file:
             return make_dataset(files, schema, per_replica, training=training,
                                 shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed,
-                                input_context=context, ragged=ragged)
+                                input_context=context, ragged=ragged, user_histories=histories)
         dataset = make_dataset(files, schema, global_batch, training=training,
-                               shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed, ragged=ragged)
+                               shuffle_buffer=config.train.shuffle_buffer, seed=config.train.seed, ragged=ragged,
+                               user_histories=histories)
         if context.num_input_pipelines > 1:
             def own_slice(*batch):
                 return _worker_slice(batch, context.input_pipeline_id, context.num_input_pipelines)
@@ -158,8 +169,11 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
     schema = FeatureSchema.from_config(config.features)
     tasks = tasks_from_config(config.tasks, schema)
     train_files, eval_files = data_files(config)
-    check_schema(train_files[0], schema)
-    check_schema(eval_files[0], schema)
+    # Built once, eagerly and outside the strategy scope: its tables are constants of the input pipeline.
+    histories = user_histories(config, schema)
+    row_features = histories.row_features(schema.inputs + schema.labels) if histories else None
+    check_schema(train_files[0], schema, row_features)
+    check_schema(eval_files[0], schema, row_features)
 
     steps, per_loop = config.train.steps, min(config.train.steps_per_loop, config.train.steps)
     if steps % per_loop:
@@ -181,8 +195,8 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
             checkpoint.restore(latest)
             logging.info("%s: resuming from %s", task_name(), latest)
     done = int(model.optimizer.iterations.numpy())
-    train_data = _distributed(strategy, train_files, schema, config, training=True)
-    eval_data = _distributed(strategy, eval_files, schema, config, training=False)
+    train_data = _distributed(strategy, train_files, schema, config, training=True, histories=histories)
+    eval_data = _distributed(strategy, eval_files, schema, config, training=False, histories=histories)
     # steps_per_execution > 1 needs a step count even for a finite eval set.
     eval_steps = config.train.eval_steps or -(-count_records(eval_files) // config.train.eval_batch_size)
 
@@ -196,13 +210,13 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
         if is_chief():
             loop_callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")))
         loop_callbacks += extra_callbacks
-        with naming_lost_peers(), naming_bad_files(train_files + eval_files, schema):
+        with naming_lost_peers(), naming_bad_files(train_files + eval_files, schema, row_features):
             model.fit(train_data, epochs=steps // per_loop, initial_epoch=done // per_loop,
                       steps_per_epoch=per_loop, callbacks=loop_callbacks, verbose=verbose)
     else:
         logging.info("checkpoint is at step %d of %d: nothing left to train", done, steps)
 
-    with naming_lost_peers(), naming_bad_files(eval_files, schema):
+    with naming_lost_peers(), naming_bad_files(eval_files, schema, row_features):
         raw = model.evaluate(eval_data, steps=eval_steps, return_dict=True, verbose=0)
     metrics = _by_task(raw, [t.name for t in tasks])
     if is_chief():
