@@ -25,7 +25,8 @@ Signatures of a ranking model (``saved_model_cli show --all`` lists them so):
   restores signatures from the function library and is unaffected).
 
 No function a serving signature reaches may be XLA-compiled (``jit_compile=True``): TF Serving runs XLA only
-behind an experimental flag. ``write_version`` refuses such an export for every exporter.
+behind an experimental flag. ``write_version`` refuses such an export for every exporter. Serving functions
+are traced in ``tfrecsys.layers.xla.serving_mode()``, so layers with an XLA path export their plain one.
 
 Warmup requests (TF Serving's ``assets.extra/tf_serving_warmup_requests``) are written when examples are
 given, and ``assets.extra/tfrecsys.json`` records the schema, outputs and training metrics.
@@ -44,6 +45,7 @@ from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.layers.xla import serving_mode
 
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
@@ -84,12 +86,15 @@ class ServingModule(tf.Module):
         self.serve_examples = tf.function(
             self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
 
+    # Traced in serving_mode(): layers with an XLA path (tfrecsys.layers.xla) take their plain one here.
     def _serve(self, features):
-        return self.model(features, training=False)
+        with serving_mode():
+            return self.model(features, training=False)
 
     def _serve_examples(self, serialized):
         features = self._schema.parse_examples(serialized, with_labels=False, serving=True)
-        return self.model(features, training=False)
+        with serving_mode():
+            return self.model(features, training=False)
 
     def signatures(self) -> dict:
         """Signature key → concrete function, for ``tf.saved_model.save``.
