@@ -149,12 +149,22 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1, 
     ``mixed_precision``: ``none``, ``mixed_float16`` (dynamic loss scaling) or ``mixed_bfloat16``: the model
     computes in 16 bits and keeps float32 variables. ``jit_compile``: XLA-compiles the train and eval steps.
     ``callbacks``: more Keras callbacks for ``fit``, after the loop's own.
+    ``config.train.mode``: ``batch`` (default) or ``streaming`` (time windows in order, each evaluated before it
+    is trained on; ``tfrecsys.train.streaming``, which returns the metrics averaged over windows).
     Under several workers (TF_CONFIG) every worker calls this with the same arguments; ``model_dir`` must be
     on storage all of them see, and only the chief writes there (checkpoints, TensorBoard logs,
     eval_metrics.json). A worker restarted after a failure resumes, with the others, from the last backup.
     """
     strategy = strategy or strategy_from_environment()
+    mode = config.train.get("mode", "batch")
+    if mode not in ("batch", "streaming"):
+        raise ValueError(f"config.train.mode must be 'batch' or 'streaming', got {mode!r}")
     with precision_policy(mixed_precision):
+        if mode == "streaming":
+            # Imported here: streaming builds on this module's pieces.
+            from tfrecsys.train.streaming import train_streaming
+
+            return train_streaming(config, model_dir, strategy, verbose, jit_compile, list(callbacks))
         return _train_and_evaluate(config, model_dir, strategy, verbose, jit_compile, list(callbacks))
 
 
