@@ -160,6 +160,14 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
             raise ValueError(f"config.train.{field} ({config.train[field]}) is the global batch and must be a "
                              f"multiple of the {replicas} replicas in sync (workers × devices per worker)")
 
+    if replicas > 1 and config.train.steps_per_execution > 1:
+        # Measured with 2 CPU workers on TF 2.16: the second window's fit (a new input iterator for the same
+        # train function) fails with "Shape mismatch in the collective instance" in the step loop that
+        # steps_per_execution > 1 compiles; with one step per call every window trains.
+        logging.info("streaming over %d replicas: steps_per_execution %d → 1", replicas,
+                     config.train.steps_per_execution)
+        config = config.copy_and_resolve_references()
+        config.train.steps_per_execution = 1
     checkpoint_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
     with strategy.scope():
         model = build_and_compile(config, schema, jit_compile=jit_compile)
@@ -217,8 +225,8 @@ def _evaluate(model, strategy, window: TimeWindow, previous: TimeWindow, rows: i
               task_names, callbacks) -> dict:
     """Metrics of the model trained through ``previous`` on ``window``."""
     steps = -(-rows // config.train.eval_batch_size)
-    raw = model.evaluate(_window_data(strategy, window, schema, targets, config.train.eval_batch_size),
-                         steps=steps, return_dict=True, verbose=0, callbacks=list(callbacks))
+    data = _window_data(strategy, window, schema, targets, config.train.eval_batch_size)
+    raw = model.evaluate(data, steps=steps, return_dict=True, verbose=0, callbacks=list(callbacks))
     metrics = _by_task(raw, task_names)
     logging.info("window %d (%s), evaluated after training through window %d (%s) on %d rows: %s", window.index,
                  window.key, previous.index, previous.key, rows, metrics)
