@@ -108,6 +108,9 @@ def test_a_model_with_an_xla_layer_exports_its_plain_path_and_serves_the_same_sc
     schema = FeatureSchema.from_config(SCHEMA_CONFIG)
     path = contract.export_saved_model(model, schema, str(tmp_path), "xla_scorer")
     assert contract.xla_compiled_functions(path) == {}
+    # Not even unreachable XLA functions (the layer's training traces, Keras' own layer traces) are saved.
+    library = contract.read_saved_model_proto(path).meta_graphs[0].graph_def.library.function
+    assert library and [f.signature.name for f in library if f.attr["_XlaMustCompile"].b] == []
 
     loaded = tf.saved_model.load(path)
     served = loaded.signatures[contract.SERVING_DEFAULT](**features)["score"].numpy()

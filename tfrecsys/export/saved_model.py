@@ -314,7 +314,9 @@ def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base
     methods = signature_methods(signatures)
 
     def write(path, version):
-        tf.saved_model.save(module, path, signatures=signatures)
+        # Saving traces the Keras layers' own call functions too: in serving mode they keep the plain path.
+        with serving_mode():
+            tf.saved_model.save(module, path, signatures=signatures)
         set_serving_methods(path, methods)
         if warmup_examples:
             tf.io.gfile.makedirs(os.path.join(path, "assets.extra"))

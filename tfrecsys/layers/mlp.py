@@ -9,8 +9,9 @@ class MLP(XlaLayer):
     """``h_{l+1} = dropout(act(W_l h_l + b_l))`` for each width in ``hidden_units``; ``[batch, d_in] → [batch, d_out]``.
 
     ``output_units``: an optional last linear layer (no activation), e.g. 1 for a logit.
-    ``xla``: run the stack as one XLA-compiled function in training and evaluation (the Dense matmuls, bias
-    adds and activations fuse); exported serving signatures take the plain path (``tfrecsys.layers.xla``).
+    ``xla``: run the stack as one XLA-compiled function in training and evaluation (bias adds and activations
+    fuse into the matmuls; for GPUs: on CPU a step measured 2-4x slower, see ``tfrecsys.layers.xla``); exported
+    serving signatures take the plain path.
     """
 
     def __init__(self, hidden_units, activation="relu", dropout=0.0, output_units=None, xla=False, **kwargs):
