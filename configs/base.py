@@ -34,6 +34,7 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.tasks = ml_collections.ConfigDict()
 
     config.train = ml_collections.ConfigDict()
+    config.train.mode = "batch"              # batch (shuffled, steps) | streaming (time windows in order)
     config.train.batch_size = 512            # global batch: split across replicas under a strategy
     config.train.steps = 1000
     config.train.steps_per_loop = 100        # steps between checkpoints / progress summaries

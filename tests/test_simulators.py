@@ -247,4 +247,5 @@ def test_unknown_simulator_and_setting_are_named():
         write_from_config({"kind": "nope"}, "unused")
     with pytest.raises(ValueError, match=r"unknown MultitaskConfig settings \['num_clickz'\]"):
         write_from_config({"kind": "multitask", "num_clickz": 3}, "unused")
-    assert set(SIMULATORS) == {"click_log", "retrieval", "sequential", "position_bias", "multitask", "delayed_feedback"}
+    assert set(SIMULATORS) == {"click_log", "retrieval", "sequential", "position_bias", "multitask", "delayed_feedback",
+                               "click_log_stream"}

@@ -34,7 +34,7 @@ def main(argv):
     output_dir = _OUTPUT_DIR.value or config.data.dir
     # data.simulator.kind picks the simulator (tfrecsys/data/simulators); the click log when absent.
     metadata = write_from_config(config.data.simulator, output_dir)
-    summary = {k: v for k, v in metadata.items() if k in ("train_rows", "eval_rows") or k.endswith(("_rate", "auc"))}
+    summary = {k: v for k, v in metadata.items() if k in ("train_rows", "eval_rows", "rows") or k.endswith(("_rate", "auc"))}
     print(f"wrote simulated {metadata['simulator'].replace('_', ' ')} to {output_dir}: {json.dumps(summary)}")
 
 

@@ -2,9 +2,13 @@
 
     tfrecsys-train --config=configs/dnn_simulator.py --model_dir=runs/dnn [--config.train.steps=1000]
 
-Re-running with the same --model_dir resumes from its newest checkpoint. Under TF_CONFIG with several
-workers it trains with MultiWorkerMirroredStrategy (every worker runs this binary with the same flags;
-tfrecsys-launch starts such a cluster on one machine); config.train.batch_size is always the global batch.
+Re-running with the same --model_dir resumes from its newest checkpoint. With config.train.mode=streaming it
+trains time windows in order, evaluating each before training on it, and resumes after the last finished
+window (docs/streaming-training.md).
+
+Under TF_CONFIG with several workers it trains with MultiWorkerMirroredStrategy (every worker runs this
+binary with the same flags; tfrecsys-launch starts such a cluster on one machine); config.train.batch_size is
+always the global batch.
 A restarted worker resumes, with the others, from the last backup in <model_dir>/backup.
 See docs/distributed-training.md.
 """
@@ -21,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Any field can be overridden, e.g. --config.train.batch_size=256 --config.data.dir=/data/click_log.")
 _MODEL_DIR = flags.DEFINE_string(
     "model_dir", None, "Run directory: checkpoints/ (resumed on restart), logs/ (TensorBoard) and "
-    "eval_metrics.json are written here.")
+    "eval_metrics.json are written here (streaming mode: checkpoints/ and streaming_metrics.json).")
 _COLLECTIVE = flags.DEFINE_enum(
     "collective", "RING", ["RING", "NCCL", "AUTO"],
     "Collective implementation for multi-worker training (used only when TF_CONFIG names several workers): "

@@ -25,7 +25,8 @@ Signatures of a ranking model (``saved_model_cli show --all`` lists them so):
   restores signatures from the function library and is unaffected).
 
 No function a serving signature reaches may be XLA-compiled (``jit_compile=True``): TF Serving runs XLA only
-behind an experimental flag. ``write_version`` refuses such an export for every exporter.
+behind an experimental flag. ``write_version`` refuses such an export for every exporter. Serving functions
+are traced in ``tfrecsys.layers.xla.serving_mode()``, so layers with an XLA path export their plain one.
 
 Warmup requests (TF Serving's ``assets.extra/tf_serving_warmup_requests``) are written when examples are
 given, and ``assets.extra/tfrecsys.json`` records the schema, outputs and training metrics.
@@ -47,6 +48,7 @@ from tfrecsys.contract import (ASSETS_EXTRA_DIR, CLASSIFY_METHOD, CLASSIFY_PREFI
                                METADATA_FILE, PREDICT_METHOD, REGRESS_METHOD, REGRESS_OUTPUTS, REGRESS_PREFIX,
                                SAVED_MODEL_FILE, SERVING_DEFAULT, SERVING_EXAMPLES, WARMUP_FILE)
 from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.layers.xla import serving_mode
 
 _VERSION = re.compile(r"^\d+$")
 # Node and function attributes that make TensorFlow compile a function with XLA.
@@ -78,7 +80,9 @@ class ServingModule(tf.Module):
             self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
 
     def _outputs(self, features):
-        outputs = self.model(features, training=False)
+        # Traced in serving_mode(): layers with an XLA path (tfrecsys.layers.xla) take their plain one here.
+        with serving_mode():
+            outputs = self.model(features, training=False)
         return {name: value for name, value in outputs.items() if name not in self._drop_outputs}
 
     def _serve(self, features):
@@ -305,7 +309,9 @@ def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base
     methods = signature_methods(signatures)
 
     def write(path, version):
-        tf.saved_model.save(module, path, signatures=signatures)
+        # Saving traces the Keras layers' own call functions too: in serving mode they keep the plain path.
+        with serving_mode():
+            tf.saved_model.save(module, path, signatures=signatures)
         set_serving_methods(path, methods)
         if warmup_examples:
             tf.io.gfile.makedirs(os.path.join(path, ASSETS_EXTRA_DIR))

@@ -97,7 +97,7 @@ def shard_policy(num_files: int, workers: int) -> str:
     return "file" if num_files >= workers else "data"
 
 
-def _worker_slice(batch, index: int, count: int):
+def worker_slice(batch, index: int, count: int):
     """Rows ``[index·m/count, (index+1)·m/count)`` of every tensor of a batch of ``m`` rows: worker
     ``index``'s share of a global batch (a last, partial batch is split as evenly as it goes)."""
     rows = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
@@ -136,7 +136,7 @@ def _distributed(strategy, files, schema, config, training, histories=None):
                                user_histories=histories)
         if context.num_input_pipelines > 1:
             def own_slice(*batch):
-                return _worker_slice(batch, context.input_pipeline_id, context.num_input_pipelines)
+                return worker_slice(batch, context.input_pipeline_id, context.num_input_pipelines)
 
             dataset = dataset.map(own_slice)
         return dataset.rebatch(per_replica, drop_remainder=training)
@@ -155,12 +155,22 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1, 
     ``mixed_precision``: ``none``, ``mixed_float16`` (dynamic loss scaling) or ``mixed_bfloat16``: the model
     computes in 16 bits and keeps float32 variables. ``jit_compile``: XLA-compiles the train and eval steps.
     ``callbacks``: more Keras callbacks for ``fit``, after the loop's own.
+    ``config.train.mode``: ``batch`` (default) or ``streaming`` (time windows in order, each evaluated before it
+    is trained on; ``tfrecsys.train.streaming``, which returns the metrics averaged over windows).
     Under several workers (TF_CONFIG) every worker calls this with the same arguments; ``model_dir`` must be
     on storage all of them see, and only the chief writes there (checkpoints, TensorBoard logs,
     eval_metrics.json). A worker restarted after a failure resumes, with the others, from the last backup.
     """
     strategy = strategy or strategy_from_environment()
+    mode = config.train.get("mode", "batch")
+    if mode not in ("batch", "streaming"):
+        raise ValueError(f"config.train.mode must be 'batch' or 'streaming', got {mode!r}")
     with precision_policy(mixed_precision):
+        if mode == "streaming":
+            # Imported here: streaming builds on this module's pieces.
+            from tfrecsys.train.streaming import train_streaming
+
+            return train_streaming(config, model_dir, strategy, verbose, jit_compile, list(callbacks))
         return _train_and_evaluate(config, model_dir, strategy, verbose, jit_compile, list(callbacks))
 
 
@@ -218,7 +228,7 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
 
     with naming_lost_peers(), naming_bad_files(eval_files, schema, row_features):
         raw = model.evaluate(eval_data, steps=eval_steps, return_dict=True, verbose=0)
-    metrics = _by_task(raw, [t.name for t in tasks])
+    metrics = metrics_by_task(raw, [t.name for t in tasks])
     if is_chief():
         with tf.io.gfile.GFile(os.path.join(model_dir, EVAL_METRICS_FILE), "w") as f:
             json.dump({"step": int(model.optimizer.iterations.numpy()), **metrics}, f, indent=2, sort_keys=True)
@@ -226,7 +236,7 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
     return metrics
 
 
-def _by_task(raw: dict, task_names) -> dict:
+def metrics_by_task(raw: dict, task_names) -> dict:
     """Groups Keras' flat metric names by task: ``<task>_auc`` (several outputs) or ``auc`` (one output)
     become ``{task: {"auc": …}}``; names that belong to no task (a model's own metrics) stay at the top."""
     out = {"loss": float(raw["loss"])}

@@ -8,6 +8,7 @@
 | ``position_bias`` | position-bias towers | examination curve per device and position, relevance |
 | ``multitask`` | ESMM, MMoE, PLE | pCTR, pCVR, pCTCVR over every impression, task correlation |
 | ``delayed_feedback`` | DEFUSE | conversion delay distribution, IP/FN/RN types, p(x) and f_dp(x) |
+| ``click_log_stream`` | streaming training | the click log's, written as time-window files (``time_windows.py``) |
 
 A config's ``data.simulator`` block picks one with ``kind`` (``click_log`` when absent); the other keys are
 the simulator's settings. ``write_from_config(block, output_dir)`` writes train/eval shards,
@@ -22,6 +23,7 @@ from tfrecsys.data.simulators.multitask import MultitaskConfig, simulate_multita
 from tfrecsys.data.simulators.position_bias import PositionBiasConfig, simulate_position_bias, write_position_bias
 from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
 from tfrecsys.data.simulators.sequential import SequentialConfig, simulate_sequential, write_sequential
+from tfrecsys.data.simulators.time_windows import ClickLogStreamConfig, write_click_log_stream
 
 SIMULATORS = {
     "click_log": (click_log.ClickLogConfig, click_log.write_click_log),
@@ -30,6 +32,7 @@ SIMULATORS = {
     "position_bias": (PositionBiasConfig, write_position_bias),
     "multitask": (MultitaskConfig, write_multitask),
     "delayed_feedback": (DelayedFeedbackConfig, write_delayed_feedback),
+    "click_log_stream": (ClickLogStreamConfig, write_click_log_stream),
 }
 
 
@@ -46,4 +49,4 @@ def write_from_config(block, output_dir: str) -> dict:
 __all__ = ["SIMULATORS", "write_from_config", "SequentialConfig", "simulate_sequential", "write_sequential",
            "PositionBiasConfig", "simulate_position_bias", "write_position_bias", "MultitaskConfig",
            "simulate_multitask", "write_multitask", "DelayedFeedbackConfig", "simulate_delayed_feedback",
-           "write_delayed_feedback"]
+           "write_delayed_feedback", "ClickLogStreamConfig", "write_click_log_stream"]
