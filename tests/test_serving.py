@@ -234,7 +234,7 @@ def test_wrong_dtype_is_invalid_argument_naming_the_input(served, rows):
     inputs = dict(to_serving_inputs(rows), user_id=np.arange(ROWS, dtype=np.float32))
     error = rpc_error(served.predict_stub.Predict, predict_request(inputs))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "Expects input user_id to be int64 but float32 is provided"
+    assert error.details() == "Expects input user_id to be int64 but float is provided"
 
 
 def test_wrong_shape_is_invalid_argument_naming_the_input(served, rows):

@@ -262,7 +262,7 @@ def bad_predict_cases(rows):
          "Missing but required: {item_price}."),
         ("unknown input", predict_request(extra), grpc.StatusCode.INVALID_ARGUMENT, "Sent extra: {user_age}."),
         ("wrong dtype", predict_request(wrong_dtype), grpc.StatusCode.INVALID_ARGUMENT,
-         "Expects input user_id to be int64 but float32 is provided"),
+         "Expects input user_id to be int64 but float is provided"),
         ("wrong shape", predict_request(wrong_shape), grpc.StatusCode.INVALID_ARGUMENT,
          f"Input hist_item_id has shape [{ROWS},3], which the signature's shape [?,20] does not accept"),
     ]

@@ -56,7 +56,8 @@ def inputs():
 def test_broken_and_partial_versions_are_refused_and_the_last_good_one_keeps_serving(tmp_path, inputs):
     base = str(tmp_path / "m")
     export_contract_model(base, version=1)
-    with ModelServer("m", base, port=0, host="127.0.0.1", file_system_poll_wait_seconds=0.05) as server, \
+    with ModelServer("m", base, port=0, host="127.0.0.1", file_system_poll_wait_seconds=0.05,
+                     max_num_load_retries=0) as server, \
             ServingClient(f"127.0.0.1:{server.port}") as client:
         before = scores(client, "m", inputs)
         os.makedirs(os.path.join(base, "2"))  # partial: a directory without its SavedModel yet

@@ -46,7 +46,7 @@ flags.DEFINE_integer("model_config_file_poll_wait_seconds", 0, "Interval in seco
                      lower_bound=0)
 flags.DEFINE_string("bind_address", "0.0.0.0", "Address the gRPC and REST ports listen on. tfrecsys-only (the "
                     "real server always listens on all interfaces, 0.0.0.0): use 127.0.0.1 to accept local "
-                    "clients only, as the tests do.")
+                    "clients only, as the tests do. Listening beyond loopback logs a warning at start: nothing is authenticated.")
 flags.DEFINE_integer("file_system_poll_wait_seconds", 1, "Interval in seconds between polls of the base paths "
                      "for new model versions; a new version is loaded, then the old one unloaded. 0 polls "
                      "once, at start.", lower_bound=0)
@@ -68,12 +68,33 @@ flags.DEFINE_string("grpc_channel_arguments", "", "Comma-separated gRPC server a
 flags.DEFINE_integer("rest_api_num_threads", server.DEFAULT_REST_API_NUM_THREADS, "Threads serving HTTP/REST "
                      "requests; more connections wait their turn.", lower_bound=1)
 flags.DEFINE_integer("rest_api_timeout_in_ms", server.DEFAULT_REST_API_TIMEOUT_MS, "Timeout for HTTP/REST API "
-                     "calls: a client that stalls while sending is cut off, and a request waits at most this long "
-                     "in a batching queue. 0: no timeout.", lower_bound=0)
+                     "calls: a request body must arrive within it (a client that stalls while sending is cut off; "
+                     "a body waiting for room under --rest_api_max_in_flight_bytes gets 429 after it), and a "
+                     "request waits at most this long in a batching queue. 0: no timeout.", lower_bound=0)
+flags.DEFINE_integer("rest_api_header_timeout_in_ms", server.DEFAULT_REST_API_HEADER_TIMEOUT_MS, "tfrecsys-only: "
+                     "time a REST client has to send its request line and headers before it is disconnected. "
+                     "Requests are read by one event loop and only complete ones reach the "
+                     "--rest_api_num_threads workers, so slow or stalled clients cannot hold them.", lower_bound=1)
+flags.DEFINE_integer("rest_api_max_in_flight_bytes", None, "tfrecsys-only: the most REST request body bytes held "
+                     "at once, being received or answered (default: --max_request_bytes). A body that does not fit "
+                     "is not read until others finish, and gets 429 (RESOURCE_EXHAUSTED) if that takes longer "
+                     "than --rest_api_timeout_in_ms. Decoding JSON costs several times the body's size, so this "
+                     "bounds the REST API's memory.", lower_bound=1)
 flags.DEFINE_integer("max_request_bytes", DEFAULT_MAX_TENSOR_BYTES, "tfrecsys-only: the largest request accepted, "
                      "checked on the gRPC message, the REST body (413 beyond it) and the tensors a request decodes "
                      "to (RESOURCE_EXHAUSTED beyond it), so no request can exhaust the server's memory.",
                      lower_bound=1)
+flags.DEFINE_integer("max_num_load_retries", server.DEFAULT_MAX_NUM_LOAD_RETRIES, "Maximum number of times a "
+                     "failed load of a new version is retried before giving up, as tensorflow_model_server's flag "
+                     "(e.g. a version directory polled while it is still being copied in). 0: one try only. "
+                     "Versions loaded at start are not retried (a failure exits 1).", lower_bound=0)
+flags.DEFINE_integer("load_retry_interval_micros", server.DEFAULT_LOAD_RETRY_INTERVAL_MICROS, "Interval in "
+                     "microseconds between load retries, as tensorflow_model_server's flag (default 1 minute); the "
+                     "version shows LOADING, with the last error, meanwhile.")
+flags.DEFINE_bool("allow_config_reload_requests", True, "tfrecsys-only: answer ModelService."
+                  "HandleReloadConfigRequest. It is unauthenticated and can load any path or unload every model; "
+                  "false refuses it with PERMISSION_DENIED (tensorflow_model_server has no such switch and always "
+                  "answers it). --model_config_file polling is not affected.")
 flags.DEFINE_string("saved_model_tags", "serve", "Comma-separated set of tags of the MetaGraphDef to load "
                     "from each SavedModel.")
 flags.DEFINE_bool("enable_model_warmup", True, "Replay the PredictionLog records in a version's "
@@ -122,8 +143,13 @@ def main(argv: list[str]) -> int:
             max_request_bytes=FLAGS.max_request_bytes,
             grpc_channel_arguments=_channel_arguments(FLAGS.grpc_channel_arguments),
             rest_api_num_threads=FLAGS.rest_api_num_threads,
-            rest_api_timeout_in_ms=FLAGS.rest_api_timeout_in_ms).start()
-    except (server.ModelLoadError, ConfigFileError, OSError) as error:
+            rest_api_timeout_in_ms=FLAGS.rest_api_timeout_in_ms,
+            rest_api_header_timeout_in_ms=FLAGS.rest_api_header_timeout_in_ms,
+            rest_api_max_in_flight_bytes=FLAGS.rest_api_max_in_flight_bytes,
+            max_num_load_retries=FLAGS.max_num_load_retries,
+            load_retry_interval_micros=FLAGS.load_retry_interval_micros,
+            allow_config_reload_requests=FLAGS.allow_config_reload_requests).start()
+    except (server.ModelLoadError, ConfigFileError, OSError, ValueError) as error:
         logging.error("tfrecsys-serve cannot start: %s", error)
         return 1
     if batching:

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (classification_pb2, inference_pb2, predict_
 
 from tfrecsys.serving.errors import ServingError
 from tfrecsys.serving.protos import SerializedInputProto
-from tfrecsys.serving.tensors import shape_fits, shape_text, tensor_spec
+from tfrecsys.serving.tensors import data_type_string, shape_fits, shape_text, tensor_spec
 
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -94,15 +94,24 @@ def run_predict(servable: Servable, request: predict_pb2.PredictRequest, execute
     _check_input_names(signature_def, request)
     _check_request_size(request.inputs, max_tensor_bytes)
     inputs = {alias: _input_array(alias, proto, signature_def.inputs[alias]) for alias, proto in request.inputs.items()}
-    aliases = _output_aliases(signature_def, request.output_filter)
-    outputs = execute(servable, signature_name, inputs, deadline)
+    outputs = predict_arrays(servable, signature_name, inputs, request.output_filter, execute, deadline)
     response = predict_pb2.PredictResponse()
     response.model_spec.name = request.model_spec.name
     response.model_spec.version.value = servable.version
     response.model_spec.signature_name = signature_name
-    for alias in aliases:
-        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
+    for alias, array in outputs.items():
+        response.outputs[alias].CopyFrom(tf.make_tensor_proto(array))
     return response
+
+
+def predict_arrays(servable: Servable, signature_name: str, inputs: Arrays, output_filter=(),
+                   execute: Execute = call_signature, deadline: float | None = None) -> Arrays:
+    """Runs a signature on inputs already checked against it (named, typed and shaped as it says) and
+    returns the outputs ``output_filter`` names, all of them by default. REST calls this directly, without
+    the copy a TensorProto round trip would make of every tensor."""
+    aliases = _output_aliases(servable.signature_defs[signature_name], output_filter)
+    outputs = execute(servable, signature_name, inputs, deadline)
+    return {alias: outputs[alias] for alias in aliases}
 
 
 def _check_input_names(signature_def: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest) -> None:
@@ -151,7 +160,8 @@ def _input_array(alias: str, proto, tensor_info: meta_graph_pb2.TensorInfo) -> n
     """The request tensor as an array, checked against the signature's dtype and shape.
 
     The real server lets the session reject a wrong dtype ("Expects arg[0] to be int64 but float is
-    provided"), which does not say which input was wrong; here the message names it.
+    provided"), which does not say which input was wrong; here the message names it, with the same dtype
+    names (TensorFlow's DataTypeString: float, double, int64, string).
     """
     try:
         array = tf.make_ndarray(proto)
@@ -159,7 +169,7 @@ def _input_array(alias: str, proto, tensor_info: meta_graph_pb2.TensorInfo) -> n
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}") from error
     if proto.dtype != tensor_info.dtype:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, (
-            f"Expects input {alias} to be {tf.as_dtype(tensor_info.dtype).name} but "
+            f"Expects input {alias} to be {data_type_string(tensor_info.dtype)} but "
             f"{_dtype_text(proto.dtype)} is provided"))
     _, signature_shape = tensor_spec(tensor_info)
     if not shape_fits(array.shape, signature_shape):
@@ -171,8 +181,8 @@ def _input_array(alias: str, proto, tensor_info: meta_graph_pb2.TensorInfo) -> n
 
 def _dtype_text(dtype_enum: int) -> str:
     try:
-        return tf.as_dtype(dtype_enum).name
-    except TypeError:
+        return data_type_string(dtype_enum)
+    except (TypeError, ValueError):
         return f"invalid dtype {dtype_enum}"
 
 

@@ -161,6 +161,10 @@ class ServingMetrics:
             "/tensorflow/serving/batching_session/padding_size",
             "Tracks the padding size distribution on batches.", exponential_buckets(1, 2, 14),
             "execution_batch_size"))
+        # TensorFlow's SavedModel loader counts every load try, so failed tries and retries show here.
+        self.load_attempt_count = registry.add(Counter(
+            "/tensorflow/cc/saved_model/load_attempt_count",
+            "The number of times a SavedModel was successfully loaded.", "model_path", "status"))
         self.batch_wrapped_run_count = registry.add(Counter(
             "/tensorflow/serving/batching_session/wrapped_run_count",
             "Total count of run calls on the wrapped session"))

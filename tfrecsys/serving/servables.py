@@ -177,8 +177,11 @@ class ModelRegistry:
 
     def __init__(self, config: model_server_config_pb2.ModelServerConfig, saved_model_tags=("serve",),
                  enable_model_warmup: bool = True, batch_scheduler: BatchScheduler | None = None,
-                 metrics: ServingMetrics | None = None, max_request_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
+                 metrics: ServingMetrics | None = None, max_request_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 max_num_load_retries: int = 5, load_retry_interval_s: float = 60.0):
         self._configs = _model_configs(config)
+        self._max_num_load_retries = max_num_load_retries
+        self._load_retry_interval_s = max(load_retry_interval_s, 0.0)
         self._saved_model_tags = tuple(saved_model_tags)
         self._enable_model_warmup = enable_model_warmup
         self._batch_scheduler = batch_scheduler
@@ -189,6 +192,8 @@ class ModelRegistry:
         self._loaded: dict[str, dict[int, Servable]] = {name: {} for name in self._configs}
         # version → (state, error message) per model, as GetModelStatus reports it.
         self._states: dict[str, dict[int, tuple[int, str]]] = {name: {} for name in self._configs}
+        # (model, version) → (failed tries so far, monotonic time of the next try) for loads awaiting a retry.
+        self._retries: dict[tuple[str, int], tuple[int, float]] = {}
         self._availability_listeners = []
 
     def add_availability_listener(self, listener) -> None:
@@ -217,8 +222,10 @@ class ModelRegistry:
 
         With ``strict`` (server start) a missing base path, a model without versions, a failed load or a
         version label on a version that is not available raises ModelLoadError. Otherwise (polling) failures
-        are logged, the versions already serving keep serving, and a version that failed to load is not
-        retried. Returns the newly loaded servables.
+        are logged, the versions already serving keep serving, and a failed load is retried
+        ``max_num_load_retries`` times, ``load_retry_interval_s`` apart (a version copied in file by file
+        fails until the copy is complete); the version is LOADING meanwhile, then END with the last error.
+        Returns the newly loaded servables.
         """
         with self._refresh_lock:
             with self._lock:
@@ -299,23 +306,31 @@ class ModelRegistry:
                 f"integer-named directories holding a SavedModel, e.g. {model_config.base_path}/1/saved_model.pb")
         current = self.loaded(name)
         serving = {version: current[version] for version in aspired if version in current}
+        self._forget_retries(name, set(aspired))
         newly_loaded, failed = [], False
         for version in aspired:
             if version in serving or self._failed_before(name, version):
                 continue
+            tries, next_try = self._retries.get((name, version), (0, 0.0))
+            if time.monotonic() < next_try:
+                failed = True  # waiting for its retry: what serves now keeps serving
+                continue
             path = os.path.join(model_config.base_path, str(version))
-            self._set_state(name, version, State.LOADING)
+            if not tries:
+                self._set_state(name, version, State.LOADING)
             try:
                 servable = load_servable(name, version, path, self._saved_model_tags, self._enable_model_warmup)
             # A bad export must not take down a running server, whatever load_servable raises.
             except Exception as error:  # noqa: BLE001
+                self._count_load(path, "fail")
                 message = f"Loading servable: {{name: {name} version: {version}}} from {path} failed: {error}"
                 if strict:
                     raise ModelLoadError(message) from error
-                logging.error("%s", message)
-                self._set_state(name, version, State.END, message)
+                self._load_failed(name, version, tries + 1, message)
                 failed = True
                 continue
+            self._count_load(path, "success")
+            self._retries.pop((name, version), None)
             serving[version] = servable
             newly_loaded.append(servable)
         if failed or not serving:
@@ -323,6 +338,32 @@ class ModelRegistry:
             serving = {**current, **serving}
         self._swap(name, current, serving)
         return newly_loaded
+
+    def _load_failed(self, name: str, version: int, tries: int, message: str) -> None:
+        """Schedules a retry of a failed load (LOADING, with the error in its status), or gives up (END)."""
+        if tries > self._max_num_load_retries:
+            self._retries.pop((name, version), None)
+            logging.error("%s (retried %d times; giving up)", message, self._max_num_load_retries)
+            self._set_state(name, version, State.END, message)
+            return
+        self._retries[(name, version)] = (tries, time.monotonic() + self._load_retry_interval_s)
+        retry = (f"retry {tries} of {self._max_num_load_retries} in {self._load_retry_interval_s:g} s "
+                 "(--max_num_load_retries, --load_retry_interval_micros)")
+        logging.warning("%s; %s", message, retry)
+        self._set_state(name, version, State.LOADING, f"{message}; {retry}")
+
+    def _forget_retries(self, name: str, aspired: set[int]) -> None:
+        """Versions gone from disk (or from the policy) while awaiting a retry are not loaded after all."""
+        for key in [key for key in self._retries if key[0] == name and key[1] not in aspired]:
+            del self._retries[key]
+            with self._lock:
+                state, error = self._states[name].get(key[1], (None, ""))
+            if state == State.LOADING:
+                self._set_state(name, key[1], State.END, error)
+
+    def _count_load(self, path: str, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.load_attempt_count.increment(path, status)
 
     def _failed_before(self, name: str, version: int) -> bool:
         with self._lock:
@@ -364,6 +405,8 @@ class ModelRegistry:
     def servable(self, model_spec: model_pb2.ModelSpec) -> Servable:
         """The servable a request's ModelSpec names: its version, its version label, or the latest version."""
         name = model_spec.name
+        if not name:  # checked before any lookup, as ServerCore::ServableRequestFromModelSpec does
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         versions = self.loaded(name)
         choice = model_spec.WhichOneof("version_choice")
         if choice == "version_label":

@@ -16,6 +16,7 @@ available version.
 """
 
 import concurrent.futures
+import ipaddress
 import os
 import threading
 import time
@@ -41,6 +42,10 @@ __all__ = ["ModelLoadError", "ModelServer", "ModelServiceServicer", "PredictionS
 DEFAULT_GRPC_MAX_THREADS = 4 * (os.cpu_count() or 1)
 DEFAULT_REST_API_NUM_THREADS = 4 * (os.cpu_count() or 1)
 DEFAULT_REST_API_TIMEOUT_MS = 30_000
+DEFAULT_REST_API_HEADER_TIMEOUT_MS = 5_000
+# TF Serving's --max_num_load_retries and --load_retry_interval_micros defaults (model_servers/main.cc).
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_INTERVAL_MICROS = 60_000_000
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 
@@ -84,15 +89,22 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
 
 
 class ModelServiceServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus and HandleReloadConfigRequest."""
+    """GetModelStatus and HandleReloadConfigRequest; the latter refused with PERMISSION_DENIED unless
+    ``allow_config_reload`` (it is unauthenticated, and can load any path or unload every model)."""
 
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, allow_config_reload: bool = True):
         self._registry = registry
+        self._allow_config_reload = allow_config_reload
 
     def GetModelStatus(self, request, context):  # noqa: N802
         return _answer(context, "GetModelStatus", lambda: servables.get_model_status(self._registry, request))
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        if not self._allow_config_reload:
+            logging.warning("Refused a HandleReloadConfigRequest from %s (--allow_config_reload_requests=false)",
+                            context.peer())
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          "HandleReloadConfigRequest is disabled on this server (--allow_config_reload_requests=false)")
         return _answer(context, "HandleReloadConfigRequest", lambda: servables.reload_config(self._registry, request))
 
 
@@ -118,7 +130,11 @@ class ModelServer:
     ``file_system_poll_wait_seconds`` (0: never) and new versions replace old ones without downtime, and
     ``model_config_file`` (when given) is re-read every ``model_config_file_poll_wait_seconds`` (0: never).
     ``batching`` turns on server-side batching; ``monitoring_path`` serves Prometheus metrics on the REST
-    port. ``max_request_bytes`` bounds a request (gRPC message, REST body, decoded tensors).
+    port. ``max_request_bytes`` bounds a request (gRPC message, REST body, decoded tensors) and
+    ``rest_api_max_in_flight_bytes`` (default: ``max_request_bytes``) the REST bodies held at once; a REST
+    client has ``rest_api_header_timeout_in_ms`` to send its request head. A version that fails to load while
+    polling is retried ``max_num_load_retries`` times, ``load_retry_interval_micros`` apart, as TF Serving
+    does. ``allow_config_reload_requests=False`` refuses HandleReloadConfigRequest.
     ``port=0`` picks a free port; ``.port`` tells which.
     """
 
@@ -131,7 +147,12 @@ class ModelServer:
                  monitoring_path: str | None = None, max_request_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
                  grpc_channel_arguments: list[tuple[str, object]] = (),
                  rest_api_num_threads: int = DEFAULT_REST_API_NUM_THREADS,
-                 rest_api_timeout_in_ms: int = DEFAULT_REST_API_TIMEOUT_MS):
+                 rest_api_timeout_in_ms: int = DEFAULT_REST_API_TIMEOUT_MS,
+                 rest_api_header_timeout_in_ms: int = DEFAULT_REST_API_HEADER_TIMEOUT_MS,
+                 rest_api_max_in_flight_bytes: int | None = None,
+                 max_num_load_retries: int = DEFAULT_MAX_NUM_LOAD_RETRIES,
+                 load_retry_interval_micros: int = DEFAULT_LOAD_RETRY_INTERVAL_MICROS,
+                 allow_config_reload_requests: bool = True):
         if model_config is None and model_config_file:
             model_config = servables.read_model_server_config(model_config_file)
         if model_config is None:
@@ -140,10 +161,14 @@ class ModelServer:
             model_config = single_model_config(model_name, model_base_path)
         if monitoring_path and not rest_api_port:
             raise ValueError("Prometheus metrics are served on the REST port: set rest_api_port too")
+        if rest_api_max_in_flight_bytes is not None and rest_api_max_in_flight_bytes < max_request_bytes:
+            raise ValueError(f"rest_api_max_in_flight_bytes ({rest_api_max_in_flight_bytes}) must be at least "
+                             f"max_request_bytes ({max_request_bytes}), or the largest REST requests could never run")
         self.metrics = ServingMetrics()
         self.batch_scheduler = BatchScheduler(batching, self.metrics) if batching else None
         self.registry = ModelRegistry(model_config, saved_model_tags, enable_model_warmup, self.batch_scheduler,
-                                      self.metrics, max_request_bytes)
+                                      self.metrics, max_request_bytes, max_num_load_retries,
+                                      load_retry_interval_micros / 1e6)
         self.health = health.HealthServicer()
         self.registry.add_availability_listener(self._set_model_health)
         self._host = host
@@ -159,6 +184,9 @@ class ModelServer:
         self._grpc_channel_arguments = list(grpc_channel_arguments)
         self._rest_api_num_threads = rest_api_num_threads
         self._rest_api_timeout_s = rest_api_timeout_in_ms / 1000 if rest_api_timeout_in_ms > 0 else None
+        self._rest_api_header_timeout_s = rest_api_header_timeout_in_ms / 1000
+        self._rest_api_max_in_flight_bytes = rest_api_max_in_flight_bytes
+        self._allow_config_reload_requests = allow_config_reload_requests
         self._grpc_server: grpc.Server | None = None
         self._rest_server: RestServer | None = None
         self._port = 0
@@ -198,8 +226,8 @@ class ModelServer:
             options=self._grpc_options())
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServiceServicer(self.registry, self.metrics), self._grpc_server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(self.registry),
-                                                                   self._grpc_server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServiceServicer(self.registry, self._allow_config_reload_requests), self._grpc_server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc_server)
         address = _address(self._host, self._requested_port)
         try:
@@ -208,7 +236,9 @@ class ModelServer:
                 self._rest_server = RestServer(
                     self.registry, self._host, self._requested_rest_api_port, metrics=self.metrics,
                     monitoring_path=self._monitoring_path, max_request_bytes=self._max_request_bytes,
-                    num_threads=self._rest_api_num_threads, timeout_s=self._rest_api_timeout_s)
+                    num_threads=self._rest_api_num_threads, timeout_s=self._rest_api_timeout_s,
+                    max_in_flight_bytes=self._rest_api_max_in_flight_bytes,
+                    header_timeout_s=self._rest_api_header_timeout_s)
         except (RuntimeError, OSError) as error:
             self._stop_batching()
             raise OSError(f"Could not listen for gRPC on {address}: {error}") from error
@@ -220,6 +250,13 @@ class ModelServer:
             logging.info("Serving model %s version %d from %s on %s", servable.name, servable.version,
                          servable.path, grpc_address)
         logging.info("Running gRPC ModelServer at %s ...", grpc_address)
+        if not _is_loopback(self._host):
+            logging.warning(
+                "Listening on %s, beyond this machine: the gRPC and REST APIs have no authentication%s. "
+                "--bind_address=127.0.0.1 accepts local clients only.", self._host,
+                ", and HandleReloadConfigRequest can load any path or unload every model "
+                "(--allow_config_reload_requests=false refuses it)" if self._allow_config_reload_requests else
+                " (HandleReloadConfigRequest is refused: --allow_config_reload_requests=false)")
         if self._rest_server:
             self._rest_server.start()
             logging.info("Exporting HTTP/REST API at:%s ...", _address(self._host, self.rest_api_port))
@@ -300,6 +337,13 @@ class ModelServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _address(host: str, port: int) -> str:
