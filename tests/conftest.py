@@ -14,6 +14,24 @@ import tfrecsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports
 
 BIN = os.path.dirname(sys.executable)
 SERVER_START_TIMEOUT_S = 120
+# Set to 1 by .ci/run when ../shared/datasets exists beside the clone: a dataset test that skips there means
+# a test lost its data (a renamed file, a wrong path), so the skip fails the run instead.
+REQUIRE_DATASETS_ENV = "TFRECSYS_REQUIRE_DATASETS"
+# Every dataset test's skip reason names the missing path, which lies under ../shared/datasets.
+DATASET_SKIP_MARKER = os.path.join("shared", "datasets")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under TFRECSYS_REQUIRE_DATASETS=1, a skip for an absent dataset becomes a failure naming the path."""
+    report = (yield).get_result()
+    if not report.skipped or os.environ.get(REQUIRE_DATASETS_ENV) != "1" or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if DATASET_SKIP_MARKER in reason:
+        report.outcome = "failed"
+        report.longrepr = (f"{REQUIRE_DATASETS_ENV}=1 (the datasets are expected beside the clone) but this "
+                           f"dataset test skipped: {reason}")
 
 
 def free_port() -> int:
