@@ -34,6 +34,17 @@ def pytest_runtest_makereport(item, call):
                            f"dataset test skipped: {reason}")
 
 
+@pytest.fixture(scope="session")
+def multi_task_base(tmp_path_factory) -> str:
+    """Model base path holding version 1 of the three-output contract model (ctr, cvr, ctcvr), exported once
+    per session for the output_filter tests."""
+    from tests.contract_models import export_contract_model
+
+    base = str(tmp_path_factory.mktemp("multi_task") / "multi_task")
+    export_contract_model(base, version=1, multi_task=True)
+    return base
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
