@@ -431,6 +431,10 @@ def test_new_version_replaces_the_old_one_while_serving(tmp_path, rows):
         assert client.wait_until_available(MODEL, timeout_s=60, version=3) == 3
         assert client.status(MODEL) == {3: "AVAILABLE", 1: "END"}
         after = client.predict(MODEL, inputs)["score"]
+    np.testing.assert_array_equal(before, in_process(tf.saved_model.load(os.path.join(base, "1")),
+                                                     "serving_default", inputs))
+    np.testing.assert_array_equal(after, in_process(tf.saved_model.load(os.path.join(base, "3")),
+                                                    "serving_default", inputs))
     assert np.min(np.abs(after - before)) > 1e-3
 
 
