@@ -131,7 +131,7 @@ class StateAtFirstStep(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start_step = int(self.model.optimizer.iterations.numpy())
         self.model(self.features, training=False)
-        self.weights = [w.numpy() for w in self.model.weights]
+        self.first_step_weights = [w.numpy() for w in self.model.weights]
 
     def on_train_end(self, logs=None):
         self.steps_run = int(self.model.optimizer.iterations.numpy()) - self.start_step
@@ -144,8 +144,8 @@ def test_training_resumes_from_its_checkpoint(run):
     first_step = StateAtFirstStep({name: value[:2] for name, value in run["features"].items()})
     metrics = train_and_evaluate(config, run["model_dir"], verbose=0, callbacks=[first_step])
     assert (first_step.start_step, first_step.steps_run) == (300, 100)
-    assert len(first_step.weights) == len(checkpoint_weights) > 0
-    for resumed, saved in zip(first_step.weights, checkpoint_weights):
+    assert len(first_step.first_step_weights) == len(checkpoint_weights) > 0
+    for resumed, saved in zip(first_step.first_step_weights, checkpoint_weights):
         np.testing.assert_array_equal(resumed, saved)
     assert json.load(open(os.path.join(run["model_dir"], "eval_metrics.json")))["step"] == 400
     assert metrics["score"]["auc"] >= 0.70
