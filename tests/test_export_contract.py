@@ -242,7 +242,9 @@ def test_unknown_ids_read_the_oov_row_and_known_ids_their_own(exports, family):
         if rows is None:
             continue
         known, known_row, oov_row = rows
-        [table] = [v for name, v in tables.items() if name.endswith(f"/{owner.table}_embedding/embeddings:0")]
+        matching = [v for name, v in tables.items() if name.endswith(f"/{owner.table}_embedding/embeddings:0")]
+        assert len(matching) == 1, f"no single embedding table for {owner.table} among {sorted(tables)}"
+        [table] = matching
 
         def score_with(raw_id):
             features = dict(base)
