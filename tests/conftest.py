@@ -14,6 +14,35 @@ import tfrecsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports
 
 BIN = os.path.dirname(sys.executable)
 SERVER_START_TIMEOUT_S = 120
+# Set to 1 by .ci/run when ../shared/datasets exists beside the clone: a dataset test that skips there means
+# a test lost its data (a renamed file, a wrong path), so the skip fails the run instead.
+REQUIRE_DATASETS_ENV = "TFRECSYS_REQUIRE_DATASETS"
+# Every dataset test's skip reason names the missing path, which lies under ../shared/datasets.
+DATASET_SKIP_MARKER = os.path.join("shared", "datasets")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under TFRECSYS_REQUIRE_DATASETS=1, a skip for an absent dataset becomes a failure naming the path."""
+    report = (yield).get_result()
+    if not report.skipped or os.environ.get(REQUIRE_DATASETS_ENV) != "1" or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if DATASET_SKIP_MARKER in reason:
+        report.outcome = "failed"
+        report.longrepr = (f"{REQUIRE_DATASETS_ENV}=1 (the datasets are expected beside the clone) but this "
+                           f"dataset test skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def multi_task_base(tmp_path_factory) -> str:
+    """Model base path holding version 1 of the three-output contract model (ctr, cvr, ctcvr), exported once
+    per session for the output_filter tests."""
+    from tests.contract_models import export_contract_model
+
+    base = str(tmp_path_factory.mktemp("multi_task") / "multi_task")
+    export_contract_model(base, version=1, multi_task=True)
+    return base
 
 
 def free_port() -> int:

@@ -6,6 +6,9 @@ module rather than a trained model: the same signatures, dtypes and named output
     serving_default(user_id int64 [B], item_id int64 [B], price float32 [B],
                     hist_item_id int64 [B, 4], hist_item_id_length int64 [B]) -> {"score": float32 [B]}
     serving_examples(inputs string [B])  # serialized tf.train.Example            -> {"score": float32 [B]}
+
+``MultiTaskContractModel`` takes the same inputs and answers ESMM's three named outputs instead,
+``{"ctr", "cvr", "ctcvr"}`` (float32 [B] each, ``ctcvr = ctr · cvr``): what ``output_filter`` selects from.
 """
 
 import os
@@ -56,9 +59,27 @@ class ContractModel(tf.Module):
         return self.score(parsed)
 
 
-def export_contract_model(model_base_path: str, version: int = 1, offset: float = 0.0) -> str:
-    """Writes the contract model to ``<model_base_path>/<version>`` and returns that directory."""
-    model = ContractModel(offset)
+class MultiTaskContractModel(ContractModel):
+    """Several named outputs, as ESMM exports them: ``ctr`` is the contract score, ``cvr`` its own sigmoid of
+    the price and the item, ``ctcvr = ctr · cvr``."""
+
+    def __init__(self, offset: float = 0.0):
+        super().__init__(offset)
+        self.cvr_price_weight = tf.Variable(-0.7, dtype=tf.float32)
+        self.cvr_item_weight = tf.Variable(0.05, dtype=tf.float32)
+
+    def score(self, features):
+        ctr = super().score(features)["score"]
+        cvr = tf.sigmoid(self.cvr_price_weight * features["price"]
+                         + self.cvr_item_weight * tf.cast(features["item_id"] % 7, tf.float32))
+        return {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
+
+
+def export_contract_model(model_base_path: str, version: int = 1, offset: float = 0.0,
+                          multi_task: bool = False) -> str:
+    """Writes the contract model (``multi_task``: MultiTaskContractModel) to ``<model_base_path>/<version>``
+    and returns that directory."""
+    model = (MultiTaskContractModel if multi_task else ContractModel)(offset)
     path = os.path.join(model_base_path, str(version))
     tf.saved_model.save(model, path, signatures={
         "serving_default": model.serve, "serving_examples": model.serve_examples})

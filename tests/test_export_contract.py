@@ -208,22 +208,69 @@ def test_tf_serving_session_runs_classify_and_regress_from_one_input(exports, fa
         np.testing.assert_allclose(by_features[task].numpy(), by_examples[task].numpy(), atol=1e-6)
 
 
+def known_id_and_rows(vocab) -> tuple | None:
+    """(an id inside the vocabulary, its row, the OOV row of an unseen id: 10**12 or b"never-seen"), or None
+    for a hashed feature (no OOV row) or several vocabulary OOV rows (picked by a hash not recomputed here)."""
+    if vocab.num_buckets is not None:
+        known = min(7, vocab.num_buckets - 1)
+        return known, known, vocab.num_buckets + 10**12 % vocab.num_oov
+    if vocab.vocabulary is not None and vocab.num_oov == 1:
+        entries = vocab.vocabulary if isinstance(vocab.vocabulary, tuple) else open(vocab.vocabulary).read().split()
+        index = min(3, len(entries) - 1)
+        return entries[index], index + 1, 0  # OOV row first, then the vocabulary in order
+    return None
+
+
 @pytest.mark.parametrize("family", RANKING_FAMILIES)
-def test_raw_ids_unknown_to_the_vocabulary_are_served(exports, family):
+def test_unknown_ids_read_the_oov_row_and_known_ids_their_own(exports, family):
     """Lookup and hashing live in the SavedModel: a client sends raw ids, and one never seen in training
-    lands in an OOV row instead of failing the request."""
+    lands in an OOV row instead of failing the request.
+
+    For each id and sequence input: rows whose id is unseen and rows whose id is a known ``k`` score
+    differently, and alike once the OOV row of the table holds row ``k``'s values. So the unseen id reads
+    the OOV row (nothing else changed) and ``k`` reads row ``k`` (not the OOV row, not a neighbour)."""
     path, config, _ = exports(family)
     schema = FeatureSchema.from_config(config.features)
-    features = {name: value.numpy() for name, value in schema.parse_examples(
+    base = {name: value.numpy() for name, value in schema.parse_examples(
         tf.constant(synthetic_examples(schema, 3, seed=1)), with_labels=False, serving=True).items()}
+    loaded = tf.saved_model.load(path)  # owns the variables: the signature alone would see them deleted
+    signature = loaded.signatures[contract.SERVING_DEFAULT]
+    tables = {v.name: v for v in signature.variables}
+    checked = []
     for feature in schema.serving_inputs:
-        if isinstance(feature, (IdFeature, SequenceFeature)):
-            unseen = b"never-seen" if feature.dtype == "string" else 10**12
-            features[feature.name] = np.full_like(features[feature.name], unseen)
-    outputs = tf.saved_model.load(path).signatures[contract.SERVING_DEFAULT](
-        **{name: tf.constant(value) for name, value in features.items()})
-    for value in outputs.values():
-        assert np.all(np.isfinite(value.numpy()))
+        if not isinstance(feature, (IdFeature, SequenceFeature)):
+            continue
+        owner = schema[feature.table]
+        rows = known_id_and_rows(owner.vocab)
+        if rows is None:
+            continue
+        known, known_row, oov_row = rows
+        matching = [v for name, v in tables.items() if name.endswith(f"/{owner.table}_embedding/embeddings:0")]
+        assert len(matching) == 1, f"no single embedding table for {owner.table} among {sorted(tables)}"
+        [table] = matching
+
+        def score_with(raw_id):
+            features = dict(base)
+            unseen_or_known = np.array(raw_id, dtype=object if owner.dtype == "string" else np.int64)
+            features[feature.name] = np.full_like(base[feature.name], unseen_or_known)
+            if isinstance(feature, SequenceFeature):  # every position valid, so every one is read
+                features[feature.length_name] = np.full_like(base[feature.length_name], feature.max_len)
+            outputs = signature(**{name: tf.constant(value) for name, value in features.items()})
+            return {task: value.numpy() for task, value in outputs.items()}
+
+        unseen = b"never-seen" if owner.dtype == "string" else 10**12
+        saved_oov_row = table[oov_row].numpy()
+        by_unseen, by_known = score_with(unseen), score_with(known)
+        assert any(np.any(by_unseen[t] != by_known[t]) for t in by_unseen), feature.name
+        table[oov_row].assign(table[known_row])
+        try:  # other inputs' random ids may be unseen too, so both sides are scored with the copied row
+            by_known = score_with(known)
+            for task, value in score_with(unseen).items():
+                np.testing.assert_array_equal(value, by_known[task], err_msg=f"{feature.name} → {task}")
+        finally:
+            table[oov_row].assign(saved_oov_row)
+        checked.append(feature.name)
+    assert checked, "no id or sequence input with an OOV row to check"
 
 
 @pytest.mark.parametrize("family", RANKING_FAMILIES)

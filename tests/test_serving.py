@@ -142,9 +142,32 @@ def test_highest_version_is_served_and_older_versions_are_not_loaded(served, row
     assert error.details() == f"Servable not found for request: Specific({MODEL}, 1)"
 
 
-def test_output_filter_is_honoured(served, rows):
-    outputs = served.client.predict(MODEL, to_serving_inputs(rows), output_filter=["score"])
-    assert list(outputs) == ["score"]
+def test_output_filter_is_honoured(multi_task_base, rows):
+    """gRPC answers only the filtered outputs, each equal to the SavedModel's; REST (whose predict request
+    has no output_filter in TF Serving's API) answers every output, by row and by column."""
+    inputs = to_serving_inputs(rows)
+    loaded = tf.saved_model.load(os.path.join(multi_task_base, "1"))
+    expected = {name: value.numpy() for name, value in loaded.signatures["serving_default"](
+        **{name: tf.constant(value) for name, value in inputs.items()}).items()}
+    assert sorted(expected) == ["ctcvr", "ctr", "cvr"]
+    rest_port = free_port()
+    with ModelServer("multi_task", multi_task_base, port=0, host="127.0.0.1", rest_api_port=rest_port,
+                     file_system_poll_wait_seconds=0) as server, \
+            ServingClient(f"127.0.0.1:{server.port}") as client:
+        for output_filter in (["cvr"], ["ctcvr", "ctr"], []):
+            outputs = client.predict("multi_task", inputs, output_filter=output_filter)
+            assert sorted(outputs) == sorted(output_filter or expected), output_filter
+            for name, value in outputs.items():
+                np.testing.assert_array_equal(value, expected[name])
+        by_rows = rest(SimpleNamespace(rest_port=rest_port), "/v1/models/multi_task:predict",
+                       {"instances": [{name: value[i].tolist() for name, value in inputs.items()}
+                                      for i in range(ROWS)]})
+        by_columns = rest(SimpleNamespace(rest_port=rest_port), "/v1/models/multi_task:predict",
+                          {"inputs": {name: value.tolist() for name, value in inputs.items()}})
+    assert by_rows[0] == by_columns[0] == 200
+    for name, value in expected.items():
+        np.testing.assert_array_equal(np.float32([row[name] for row in by_rows[1]["predictions"]]), value)
+        np.testing.assert_array_equal(np.float32(by_columns[1]["outputs"][name]), value)
 
 
 def test_concurrent_requests_get_their_own_answers(served):
@@ -408,6 +431,10 @@ def test_new_version_replaces_the_old_one_while_serving(tmp_path, rows):
         assert client.wait_until_available(MODEL, timeout_s=60, version=3) == 3
         assert client.status(MODEL) == {3: "AVAILABLE", 1: "END"}
         after = client.predict(MODEL, inputs)["score"]
+    np.testing.assert_array_equal(before, in_process(tf.saved_model.load(os.path.join(base, "1")),
+                                                     "serving_default", inputs))
+    np.testing.assert_array_equal(after, in_process(tf.saved_model.load(os.path.join(base, "3")),
+                                                    "serving_default", inputs))
     assert np.min(np.abs(after - before)) > 1e-3
 
 

@@ -48,6 +48,12 @@ def scores(client: ServingClient, model: str, inputs, **kwargs) -> np.ndarray:
     return client.predict(model, inputs, **kwargs)["score"]
 
 
+def in_process(version_dir: str, inputs) -> np.ndarray:
+    """The scores of the SavedModel in ``version_dir`` called in this process: what the server must answer."""
+    signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+    return signature(**{name: tf.constant(value) for name, value in inputs.items()})["score"].numpy()
+
+
 @pytest.fixture
 def inputs():
     return to_serving_inputs(example_rows(4, seed=5))
@@ -73,7 +79,10 @@ def test_broken_and_partial_versions_are_refused_and_the_last_good_one_keeps_ser
         export_contract_model(str(tmp_path / "good"), version=4, offset=0.5)
         os.rename(str(tmp_path / "good" / "4"), os.path.join(base, "4"))
         assert client.wait_until_available("m", timeout_s=TIMEOUT_S, version=4) == 4
-        assert np.min(np.abs(scores(client, "m", inputs) - before)) > 1e-3
+        after = scores(client, "m", inputs)
+    np.testing.assert_array_equal(before, in_process(os.path.join(base, "1"), inputs))
+    np.testing.assert_array_equal(after, in_process(os.path.join(base, "4"), inputs))
+    assert np.min(np.abs(after - before)) > 1e-3
 
 
 def test_handle_reload_config_request_adds_removes_and_relabels_models(tmp_path, inputs):
@@ -92,6 +101,8 @@ def test_handle_reload_config_request_adds_removes_and_relabels_models(tmp_path,
         assert response.status.error_code == 0
         assert client.status("b") == {2: "AVAILABLE", 1: "AVAILABLE"}
         by_version = {version: client.predict("b", inputs, version=version)["score"] for version in (1, 2)}
+        for version, served in by_version.items():
+            np.testing.assert_array_equal(served, in_process(os.path.join(b, str(version)), inputs))
         assert np.min(np.abs(by_version[1] - by_version[2])) > 1e-3
         assert client.health("b") == "SERVING"
 
@@ -136,4 +147,4 @@ def test_model_config_file_is_polled_and_applied_when_it_changes(tmp_path, input
         with pytest.raises(ModelLoadError, match=f"Invalid model config file '{config_path}'"):
             server.reload_config_file()
         assert client.status("b") == {1: "AVAILABLE"}
-        assert tf.math.is_finite(scores(client, "b", inputs)).numpy().all()
+        np.testing.assert_array_equal(scores(client, "b", inputs), in_process(os.path.join(b, "1"), inputs))

@@ -116,9 +116,37 @@ def test_beam_scores_are_the_keras_scores(run):
     assert max(abs(r["score"] - keras[r["example_id"]]) for r in rows) < 1e-5
 
 
+class StateAtFirstStep(tf.keras.callbacks.Callback):
+    """Records the optimizer step and the weights as the first train step sees them, and the steps run.
+
+    Keras creates a model's variables in its first call, and a checkpoint restore waits for them; calling
+    the model once on ``features`` before the first step creates them (and so applies a pending restore)
+    where this callback can read them.
+    """
+
+    def __init__(self, features: dict):
+        super().__init__()
+        self.features = features
+
+    def on_train_begin(self, logs=None):
+        self.start_step = int(self.model.optimizer.iterations.numpy())
+        self.model(self.features, training=False)
+        self.first_step_weights = [w.numpy() for w in self.model.weights]
+
+    def on_train_end(self, logs=None):
+        self.steps_run = int(self.model.optimizer.iterations.numpy()) - self.start_step
+
+
 def test_training_resumes_from_its_checkpoint(run):
+    checkpoint_model, _, _ = load_trained_model(run["config"], run["model_dir"])
+    checkpoint_weights = [w.numpy() for w in checkpoint_model.weights]
     config = small_config(run["data_dir"], **{"train.steps": 400})
-    metrics = train_and_evaluate(config, run["model_dir"], verbose=0)
+    first_step = StateAtFirstStep({name: value[:2] for name, value in run["features"].items()})
+    metrics = train_and_evaluate(config, run["model_dir"], verbose=0, callbacks=[first_step])
+    assert (first_step.start_step, first_step.steps_run) == (300, 100)
+    assert len(first_step.first_step_weights) == len(checkpoint_weights) > 0
+    for resumed, saved in zip(first_step.first_step_weights, checkpoint_weights):
+        np.testing.assert_array_equal(resumed, saved)
     assert json.load(open(os.path.join(run["model_dir"], "eval_metrics.json")))["step"] == 400
     assert metrics["score"]["auc"] >= 0.70
 
