@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.eval_steps = 0
     config.train.seed = 42
     config.train.max_checkpoints = 3
+    config.train.eval_every_loop = 1         # evaluate after every N-th loop (TensorBoard val curves); 0: only at the end
+    config.train.best_metric = "recall_at_50" # keep <model_dir>/best/ by this eval metric ("": no best checkpoint)
+    config.train.early_stopping_patience = 0 # stop after N evaluations without a better best_metric; 0: never
 
     config.export = ml_collections.ConfigDict()
     config.export.model_name = "two_tower_movielens"
