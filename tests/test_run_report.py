@@ -64,6 +64,32 @@ def test_the_best_checkpoint_is_the_one_with_the_best_eval_metric(run):
     assert best_path.endswith(f"best/ckpt-{best['step']}") and last_path.endswith(f"checkpoints/ckpt-{STEPS}")
 
 
+def test_best_checkpoint_keeps_the_lowest_loss_across_a_resumed_run(tmp_path):
+    weight = tf.Variable(0.0)
+    checkpoint = tf.train.Checkpoint(weight=weight)
+    model = types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=tf.Variable(0)))
+
+    def loop_ends(keeper, step, logloss):
+        model.optimizer.iterations.assign(step)
+        weight.assign(float(step))
+        keeper.on_epoch_end(step // 10 - 1, {"logloss": 0.1, "val_logloss": logloss})
+
+    keeper = callbacks_lib.BestCheckpoint(checkpoint, str(tmp_path), "logloss")
+    keeper.set_model(model)
+    for step, logloss in [(10, 0.50), (20, 0.40), (30, 0.45)]:
+        loop_ends(keeper, step, logloss)
+    resumed = callbacks_lib.BestCheckpoint(checkpoint, str(tmp_path), "logloss")
+    resumed.set_model(model)
+    loop_ends(resumed, 40, 0.42)
+    loop_ends(resumed, 50, 0.30)
+    loop_ends(resumed, 60, 0.35)
+
+    best = callbacks_lib.read_best(str(tmp_path))
+    assert (best["step"], best["mode"]) == (50, "min") and best["value"] == pytest.approx(0.30)
+    tf.train.Checkpoint(weight=weight).restore(tf.train.latest_checkpoint(str(tmp_path / "best")))
+    assert float(weight.numpy()) == 50.0
+
+
 def test_best_checkpoint_export_without_one_names_the_fix(run, tmp_path):
     with pytest.raises(FileNotFoundError, match="best_metric"):
         load_trained_model(run["config"], str(tmp_path), checkpoint="best")
