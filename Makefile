@@ -7,11 +7,12 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: env quickstart test bench lock clean help
+.PHONY: env quickstart test test-all bench lock clean help
 
 help:
 	@echo "make quickstart  create .venv, then simulate -> train -> export -> serve -> query -> Beam score"
-	@echo "make test        create .venv, then run the test suite"
+	@echo "make test        create .venv, then run the test suite without the tests marked slow"
+	@echo "make test-all    create .venv, then run every test, the slow end-to-end ones included"
 	@echo "make bench       create .venv, then run the benchmarks (figures go to bench/RESULTS.md by hand)"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml"
 
@@ -31,6 +32,9 @@ quickstart: env
 	$(VENV)/bin/tfrecsys-quickstart --workdir=runs/quickstart
 
 test: env
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+test-all: env
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
 
 bench: env

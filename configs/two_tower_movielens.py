@@ -72,5 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.shuffle_buffer = 100_000
     config.train.eval_batch_size = 943
 
+    config.train.best_metric = "recall_at_50"  # keep <model_dir>/best/ by this eval metric
+
     config.export.candidate_model_name = "two_tower_movielens_candidates"
     return config

@@ -63,5 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.shuffle_buffer = 50_000
     config.train.eval_batch_size = 1024
 
+    config.train.best_metric = "recall_at_50"  # keep <model_dir>/best/ by this eval metric
+
     config.export.candidate_model_name = "two_tower_candidates"
     return config

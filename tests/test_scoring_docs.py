@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "batch-scoring.md")
 FLAGS = ("input", "input_format", "model_base_path", "model_version", "model_name", "model", "signature_name",
          "mode", "top_k", "key_feature", "output", "output_format", "num_output_shards", "dead_letter_output",
-         "batch_size", "runner")
+         "batch_size", "max_rejected_fraction", "runner")
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,8 @@ def test_schema_mismatch_fails_at_start_naming_the_feature(run, tmp_path):
 @pytest.mark.parametrize("binary, expected_flags", [
     ("tfrecsys-simulate", ["--config", "--output_dir"]),
     ("tfrecsys-train", ["--config", "--model_dir", "--collective"]),
-    ("tfrecsys-export", ["--config", "--model_dir", "--export_base", "--version"]),
+    ("tfrecsys-export", ["--config", "--model_dir", "--export_base", "--version", "--checkpoint"]),
+    ("tfrecsys-report", ["--model_dir"]),
     ("tfrecsys-quickstart", ["--workdir", "--config", "--port", "--step_timeout"]),
 ])
 def test_help_explains_every_flag(binary, expected_flags):

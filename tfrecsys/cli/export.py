@@ -1,6 +1,6 @@
 """tfrecsys-export: write a trained run as a versioned SavedModel for TF Serving and Beam.
 
-    tfrecsys-export --config=configs/dnn_simulator.py --model_dir=runs/dnn --export_base=runs/export
+    tfrecsys-export --config=configs/dnn_simulator.py --model_dir=runs/dnn --export_base=runs/export [--checkpoint=best]
 
 Writes <export_base>/<config.export.model_name>/<version>/ atomically (temporary directory, then rename).
 """
@@ -13,8 +13,11 @@ from tfrecsys.cli.common import run_binary
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The experiment config the run was trained with (configs/*.py, same overrides); it "
     "rebuilds the model, and its export block names the model (export.model_name).")
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory of tfrecsys-train; its newest checkpoint "
-                                 "is exported.")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory of tfrecsys-train; --checkpoint says which "
+                                 "of its checkpoints is exported.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "last: the newest checkpoint; best: the one "
+                                "with the best eval config.train.best_metric (<model_dir>/best/, kept when "
+                                "training evaluates every loop).")
 _EXPORT_BASE = flags.DEFINE_string("export_base", None, "Export base path; the model lands in "
                                    "<export_base>/<model_name>/<version>/, the layout TF Serving polls.")
 _VERSION = flags.DEFINE_integer("version", None, "Integer version to write (default: one more than the "
@@ -28,8 +31,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from tfrecsys.export.trained import export_trained
 
-    path = export_trained(_CONFIG.value, _MODEL_DIR.value, _EXPORT_BASE.value, version=_VERSION.value)
-    print(f"exported SavedModel to {path}")
+    path = export_trained(_CONFIG.value, _MODEL_DIR.value, _EXPORT_BASE.value, version=_VERSION.value,
+                          checkpoint=_CHECKPOINT.value)
+    print(f"exported the {_CHECKPOINT.value} checkpoint of {_MODEL_DIR.value} to {path}")
 
 
 def run():

@@ -110,6 +110,7 @@ def main(argv):
     print(f"served scores   {served['score']}  (gRPC Predict, 3 eval rows)")
     print(f"scored rows     {scored_rows}  (Beam DirectRunner → {scores})")
     print(f"export          {model_base_path}")
+    print(f"report          {os.path.join(model_dir, 'report', 'index.html')}  (curves, metrics, calibration)")
     print(f"total time      {time.perf_counter() - started:.0f} s")
 
 

@@ -11,7 +11,8 @@ RunInference, and writes keyed rows tagged with the model's name and version to 
 
 Rows that cannot be scored (not a tf.train.Example, no key, a missing feature, a wrong dtype, a null Parquet
 value) go with the reason to <dead_letter_output>-SSSSS-of-NNNNN.jsonl; the job still finishes and prints the
-rows read, scored (per model), rejected and written.
+rows read, scored (per model), rejected and written, then exits with status 1 when more than
+--max_rejected_fraction (default 0: any) of the rows read were rejected.
 
 Score one model, or several in one pass over the input (champion and challenger):
 
@@ -33,6 +34,7 @@ from absl import flags
 
 from tfrecsys.cli.common import run_binary
 from tfrecsys.contract import SERVING_EXAMPLES
+from tfrecsys.data.input import DataError
 from tfrecsys.scoring import inputs, model_handler, outputs, pipeline, saved_models
 
 FLAGS = flags.FLAGS
@@ -73,6 +75,9 @@ flags.DEFINE_string("dead_letter_output", None, "Path prefix of the rows that co
                     f"<output>{pipeline.DEAD_LETTER_SUFFIX}.")
 flags.DEFINE_integer("batch_size", model_handler.DEFAULT_BATCH_SIZE, "Rows per signature call (the last rows of "
                      "each input file may make a smaller batch).", lower_bound=1)
+flags.DEFINE_float("max_rejected_fraction", 0.0, "Fail (exit status 1, after the summary) when more than this "
+                   "fraction of the rows read went to the dead letters; 0 fails on any rejected row, 1 never "
+                   "fails, so a scheduled job notices damaged input.", lower_bound=0.0)
 flags.DEFINE_string("runner", "DirectRunner", "Beam runner: DirectRunner, FlinkRunner, SparkRunner, "
                     "DataflowRunner, ...; give the runner's own options after a bare `--`.")
 flags.mark_flags_as_required(["input", "output"])
@@ -94,6 +99,13 @@ def main(argv: list[str]) -> None:
     print(f"Wrote {summary.rows_written} rows into {len(summary.output_files)} file(s): "
           f"{', '.join(summary.output_files)}")
     print(f"Rejected {summary.rows_rejected} rows into {', '.join(summary.dead_letter_files)}")
+    # A job that reads nothing but rejects (a damaged file tail) counts as fully rejected.
+    rejected_fraction = summary.rows_rejected / summary.rows_read if summary.rows_read else float(
+        summary.rows_rejected > 0)
+    if rejected_fraction > FLAGS.max_rejected_fraction:
+        raise DataError(f"{summary.rows_rejected} of {summary.rows_read} rows ({rejected_fraction:.2%}) went to the "
+                        f"dead letters, more than --max_rejected_fraction={FLAGS.max_rejected_fraction:g}; their "
+                        f"reasons are in {', '.join(summary.dead_letter_files)}")
 
 
 def run() -> None:

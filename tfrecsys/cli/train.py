@@ -2,9 +2,11 @@
 
     tfrecsys-train --config=configs/dnn_simulator.py --model_dir=runs/dnn [--config.train.steps=1000]
 
-Re-running with the same --model_dir resumes from its newest checkpoint. With config.train.mode=streaming it
-trains time windows in order, evaluating each before training on it, and resumes after the last finished
-window (docs/streaming-training.md).
+Re-running with the same --model_dir resumes from its newest checkpoint (Ctrl-C stops cleanly after the
+running step: exit status 130, and the same command resumes from that step). At the end the chief writes the
+run report, <model_dir>/report/index.html (tfrecsys-report). With config.train.mode=streaming it trains time
+windows in order, evaluating each before training on it, and resumes after the last finished window
+(docs/streaming-training.md).
 
 Under TF_CONFIG with several workers it trains with MultiWorkerMirroredStrategy (every worker runs this
 binary with the same flags; tfrecsys-launch starts such a cluster on one machine); config.train.batch_size is
@@ -24,8 +26,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py): features, model, tasks, data and train settings. "
     "Any field can be overridden, e.g. --config.train.batch_size=256 --config.data.dir=/data/click_log.")
 _MODEL_DIR = flags.DEFINE_string(
-    "model_dir", None, "Run directory: checkpoints/ (resumed on restart), logs/ (TensorBoard) and "
-    "eval_metrics.json are written here (streaming mode: checkpoints/ and streaming_metrics.json).")
+    "model_dir", None, "Run directory: checkpoints/ (resumed on restart), best/ (the best checkpoint by "
+    "config.train.best_metric), logs/ (TensorBoard, training and eval curves), eval_metrics.json and report/ "
+    "(the run report) are written here (streaming mode: checkpoints/ and streaming_metrics.json).")
 _COLLECTIVE = flags.DEFINE_enum(
     "collective", "RING", ["RING", "NCCL", "AUTO"],
     "Collective implementation for multi-worker training (used only when TF_CONFIG names several workers): "
@@ -64,6 +67,13 @@ def main(argv):
     metrics = train_and_evaluate(_CONFIG.value, _MODEL_DIR.value, strategy=strategy,
                                  mixed_precision=_MIXED_PRECISION.value, jit_compile=_JIT_COMPILE.value)
     print(f"eval metrics: {json.dumps(metrics)}")
+    from tfrecsys.train.strategy import is_chief
+
+    if is_chief():
+        from tfrecsys.report import write_calibration, write_report
+
+        write_calibration(_CONFIG.value, _MODEL_DIR.value)
+        print(f"report: {write_report(_MODEL_DIR.value)}")
     if _EXPORT_BASE.value:
         from tfrecsys.export.trained import export_trained
 

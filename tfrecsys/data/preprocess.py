@@ -43,9 +43,9 @@ from typing import Iterable, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
+from tfrecsys.beam_runner import pipeline_options
 from tfrecsys.data import parquet
 from tfrecsys.data.histories import history_rows
 from tfrecsys.data.item_frequency import write_item_frequency
@@ -865,7 +865,7 @@ def preprocess(config: PreprocessConfig, features_config, output_dir: str,
     _clear_previous_output(output_dir, overwrite)
     tf.io.gfile.makedirs(os.path.join(output_dir, VOCABULARY_DIR))
     source = get_source(config.source)
-    pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args or [])))
+    pipeline = beam.Pipeline(options=pipeline_options(pipeline_args))
     build_pipeline(pipeline, plan, files, output_dir, source.make_joiner)
     state = pipeline.run().wait_until_finish()
     if state != PipelineState.DONE:

@@ -14,8 +14,12 @@ from tfrecsys.export.retrieval import export_retrieval
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
+from tfrecsys.train.callbacks import BEST_CHECKPOINT_SUBDIR
 from tfrecsys.train.loop import EVAL_METRICS_FILE, restore_latest, user_histories
 from tfrecsys.train.strategy import is_chief, precision_policy
+
+
+CHECKPOINT_CHOICES = ("last", "best")
 
 
 def first_records(files, count: int) -> list[bytes]:
@@ -43,11 +47,14 @@ def serving_rows(config, schema: FeatureSchema, count: int) -> list[bytes]:
     return tfrecord.to_examples(columns)
 
 
-def load_trained_model(config, model_dir: str):
-    """The model of ``config`` with the newest checkpoint of ``model_dir``, built on sample data.
+def load_trained_model(config, model_dir: str, checkpoint: str = "last"):
+    """The model of ``config`` with a checkpoint of ``model_dir``, built on sample data: ``last``, the newest
+    one, or ``best``, the one kept by eval ``config.train.best_metric`` (``<model_dir>/best/``).
 
-    Returns ``(model, schema, checkpoint_path)``; fails naming ``model_dir`` when it has no checkpoint.
+    Returns ``(model, schema, checkpoint_path)``; fails naming ``model_dir`` when it has no such checkpoint.
     """
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {checkpoint!r}")
     schema = FeatureSchema.from_config(config.features)
     # Always float32, whatever precision training used (mixed-precision variables are float32, so the
     # checkpoint restores as is): serving signatures compute and return float32.
@@ -55,6 +62,14 @@ def load_trained_model(config, model_dir: str):
         model = build_model(config, schema, ModelTables(config, schema))
         sample = serving_rows(config, schema, 2)
         model(schema.parse_examples(tf.constant(sample), with_labels=False, serving=True), training=False)
+    if checkpoint == "best":
+        path = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT_SUBDIR))
+        if path is None:
+            raise FileNotFoundError(f"no best checkpoint under {os.path.join(model_dir, BEST_CHECKPOINT_SUBDIR)}: "
+                                    "train with config.train.best_metric set (and eval_every_loop > 0), or "
+                                    "export the last checkpoint")
+        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        return model, schema, path
     path = restore_latest(model, model_dir, expect_partial=True)
     if path is None:
         raise FileNotFoundError(f"no checkpoint under {os.path.join(model_dir, 'checkpoints')}: "
@@ -62,8 +77,9 @@ def load_trained_model(config, model_dir: str):
     return model, schema, path
 
 
-def export_trained(config, model_dir: str, export_base: str, version=None) -> Optional[str]:
-    """Writes ``<export_base>/<config.export.model_name>/<version>`` from ``model_dir``; returns the path.
+def export_trained(config, model_dir: str, export_base: str, version=None, checkpoint: str = "last") -> Optional[str]:
+    """Writes ``<export_base>/<config.export.model_name>/<version>`` from the ``last`` or ``best`` checkpoint of
+    ``model_dir``; returns the path.
 
     Safe to call from every worker of a multi-worker run (TF_CONFIG): only the chief exports, the others
     return None (the model rebuilt here is not distributed, so no collective needs them).
@@ -71,9 +87,9 @@ def export_trained(config, model_dir: str, export_base: str, version=None) -> Op
     if not is_chief():
         logging.info("not the chief: the export of %s is left to it", model_dir)
         return None
-    model, schema, checkpoint = load_trained_model(config, model_dir)
+    model, schema, checkpoint_path = load_trained_model(config, model_dir, checkpoint)
     warmup = serving_rows(config, schema, config.export.warmup_requests)
-    metadata = {"experiment": config.get("experiment", ""), "checkpoint": checkpoint,
+    metadata = {"experiment": config.get("experiment", ""), "checkpoint": checkpoint_path,
                 "model_family": config.model.name}
     metrics_path = os.path.join(model_dir, EVAL_METRICS_FILE)
     if tf.io.gfile.exists(metrics_path):

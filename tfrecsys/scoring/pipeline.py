@@ -19,10 +19,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from tfrecsys.contract import SERVING_EXAMPLES
+from tfrecsys.beam_runner import pipeline_options
 from tfrecsys.scoring import inputs, outputs
 from tfrecsys.scoring.inputs import DEAD_LETTER, METRICS_NAMESPACE, ROWS_READ
 from tfrecsys.scoring.model_handler import DEFAULT_BATCH_SIZE, SavedModelBatchHandler
@@ -106,7 +106,7 @@ def score(input_pattern: str, models: Union[str, ModelSpec, Sequence[ModelSpec]]
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     if batch_size < 1 or num_output_shards < 0:
         raise ValueError(f"Need batch_size >= 1 and num_output_shards >= 0, got {batch_size} and {num_output_shards}")
-    options = PipelineOptions(list(pipeline_args or []))
+    options = pipeline_options(pipeline_args)
     # File systems that need options (HDFS hosts, S3 regions) must have them before the input is matched.
     FileSystems.set_options(options)
     files = inputs.match_files(input_pattern)

@@ -210,13 +210,17 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
     # steps_per_execution > 1 needs a step count even for a finite eval set.
     eval_steps = config.train.eval_steps or -(-count_records(eval_files) // config.train.eval_batch_size)
 
-    if done < steps:
+    if done < steps and not callbacks_lib.stopped_early(model_dir):
         # BackupAndRestore comes first: it restores the last loop's state (weights, optimizer, loop number)
         # before the others start, and backs up before the checkpoint of each loop is written.
-        loop_callbacks = [tf.keras.callbacks.BackupAndRestore(os.path.join(model_dir, BACKUP_SUBDIR)),
+        loop_callbacks = [callbacks_lib.BackupEveryLoop(os.path.join(model_dir, BACKUP_SUBDIR), per_loop),
                           callbacks_lib.StartLogger(steps, task_name()),
                           callbacks_lib.ThroughputLogger(config.train.batch_size, per_loop),
                           callbacks_lib.CheckpointEveryLoop(manager, scratch=not is_chief())]
+        # Before TensorBoard: it writes the val_* metrics these add to each loop's logs.
+        loop_callbacks += callbacks_lib.evaluation_callbacks(config.train, model_dir, checkpoint, eval_data, eval_steps)
+        if num_workers() == 1:
+            loop_callbacks.append(callbacks_lib.StopOnInterrupt(loop_callbacks[0], manager))
         if is_chief():
             loop_callbacks.append(tf.keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")))
         loop_callbacks += extra_callbacks
