@@ -53,7 +53,7 @@ def fresh_copy(root) -> str:
 def test_readme_lists_the_commands_of_the_main_path():
     programs = [shlex.split(c, comments=True)[0] for c in readme_commands()]
     for program in ("tfrecsys-simulate", "tfrecsys-train", "tfrecsys-export", "tfrecsys-serve", "tfrecsys-query",
-                    "tfrecsys-score", "tfrecsys-retrieval-data", "tfrecsys-preprocess", "tfrecsys-launch"):
+                    "tfrecsys-score", "tfrecsys-preprocess", "tfrecsys-launch"):
         assert program in programs
     assert not any("users/*.parquet" in c for c in readme_commands()), "no command may read a file nothing writes"
 

@@ -45,14 +45,14 @@ def run(tmp_path_factory):
 def test_eval_curves_are_written_next_to_the_training_curves(run):
     train = read_scalars(os.path.join(run["model_dir"], "logs", "train"))
     evaluation = read_scalars(os.path.join(run["model_dir"], "logs", "validation"))
-    assert sorted(evaluation["auc"]) == sorted(train["auc"]) == [0, 1, 2]
-    assert sorted(evaluation) == ["auc", "logloss", "loss"]
+    assert sorted(evaluation["score_auc"]) == sorted(train["score_auc"]) == [0, 1, 2]
+    assert sorted(evaluation) == ["loss", "score_auc", "score_logloss", "score_loss"]
     # The last loop's eval is the final evaluation of the same weights.
-    assert evaluation["auc"][2] == pytest.approx(run["metrics"]["score"]["auc"], abs=1e-5)
+    assert evaluation["score_auc"][2] == pytest.approx(run["metrics"]["score"]["auc"], abs=1e-5)
 
 
 def test_the_best_checkpoint_is_the_one_with_the_best_eval_metric(run):
-    evaluation = read_scalars(os.path.join(run["model_dir"], "logs", "validation"))["auc"]
+    evaluation = read_scalars(os.path.join(run["model_dir"], "logs", "validation"))["score_auc"]
     best_epoch = max(evaluation, key=evaluation.get)
     best = callbacks_lib.read_best(run["model_dir"])
     assert best["metric"] == "auc" and best["mode"] == "max"
@@ -126,7 +126,7 @@ def test_an_early_stopped_run_is_not_trained_on_by_a_rerun(run, tmp_path):
 
 def test_an_unknown_best_metric_names_the_eval_metrics(run, tmp_path):
     config = tiny_config(run["data_dir"], **{"train.steps": PER_LOOP, "train.best_metric": "recall_at_10"})
-    with pytest.raises(ValueError, match=r"'recall_at_10' is not an eval metric of this model; it has \['auc'"):
+    with pytest.raises(ValueError, match=r"'recall_at_10' is not one eval metric of this model \(none matches\); it has \['loss', 'score_auc'"):
         train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
 
 
@@ -154,8 +154,8 @@ def _browser():
 
 def test_the_report_renders_every_plot_in_a_real_browser(run):
     pngs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run["model_dir"], "report", "*.png")))
-    assert pngs == ["calibration_score.png", "curve_auc.png", "curve_examples_per_sec.png", "curve_logloss.png",
-                    "curve_loss.png"]
+    assert pngs == ["calibration_score.png", "curve_examples_per_sec.png", "curve_loss.png", "curve_score_auc.png",
+                    "curve_score_logloss.png", "curve_score_loss.png"]
     browser = _browser()
     try:
         browser.set_page_load_timeout(60)

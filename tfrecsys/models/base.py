@@ -30,6 +30,15 @@ from tfrecsys.models.tasks import Task, task_columns
 EXPORT_KINDS = ("ranking", "retrieval")
 
 
+class StepMetrics:
+    """Metrics held outside Keras' tracking (a plain object, not a list or dict attribute): their variables
+    are step state, so they stay out of ``model.weights``, ``get_weights`` and checkpoints — a replica's
+    partial counts would otherwise differ between workers and from a one-worker run."""
+
+    def __init__(self, metrics=()):
+        self.metrics = list(metrics)
+
+
 class RecModel(tf.keras.Model):
     """Base of every tfrecsys model. Subclasses implement ``call(features, training)`` → ``{output: tensor}``.
 
@@ -47,10 +56,11 @@ class RecModel(tf.keras.Model):
         self.schema = schema
         self.tasks = list(tasks)
         self.embeddings = EmbeddingTables(schema, name="embeddings")
-        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
-        self.task_loss_trackers = {t.name: tf.keras.metrics.Mean(name=f"{t.name}_loss")
-                                   for t in self.tasks if t.has_loss}
-        self.task_metrics = {t.name: t.make_metrics() for t in self.tasks}
+        self._step = StepMetrics()
+        self._step.loss = tf.keras.metrics.Mean(name="loss")
+        self._step.task_losses = {t.name: tf.keras.metrics.Mean(name=f"{t.name}_loss")
+                                  for t in self.tasks if t.has_loss}
+        self._step.tasks = {t.name: t.make_metrics() for t in self.tasks}
 
     # Inputs ------------------------------------------------------------------------------------------------
 
@@ -95,8 +105,8 @@ class RecModel(tf.keras.Model):
 
     @property
     def metrics(self):
-        task_metrics = [m for t in self.tasks for m in self.task_metrics[t.name]]
-        return [self.loss_tracker, *self.task_loss_trackers.values(), *task_metrics, *self.evaluation_metrics]
+        task_metrics = [m for t in self.tasks for m in self._step.tasks[t.name]]
+        return [self._step.loss, *self._step.task_losses.values(), *task_metrics, *self.evaluation_metrics]
 
     def _step_loss(self, data, training: bool):
         features, labels = data
@@ -105,11 +115,11 @@ class RecModel(tf.keras.Model):
         columns = {t.name: task_columns(t, features, labels) for t in self.tasks}
         rows = tf.shape(tf.nest.flatten(features)[0])[0]
         weights = {t.name: t.row_weights(columns[t.name], rows) for t in self.tasks
-                   if t.has_loss or self.task_metrics[t.name]}
+                   if t.has_loss or self._step.tasks[t.name]}
         numerators, denominators = [], []
         for task in loss_tasks:
             losses = task.row_losses(columns[task.name], outputs[task.name])
-            self.task_loss_trackers[task.name].update_state(losses, sample_weight=weights[task.name])
+            self._step.task_losses[task.name].update_state(losses, sample_weight=weights[task.name])
             numerators.append(tf.reduce_sum(losses * weights[task.name]))
             denominators.append(tf.reduce_sum(weights[task.name]))
         total = tf.constant(0.0)
@@ -126,10 +136,10 @@ class RecModel(tf.keras.Model):
             total += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.losses]))
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # Each replica adds its share times the replica count, so the Mean over replicas is the global loss.
-        self.loss_tracker.update_state(total * replicas)
+        self._step.loss.update_state(total * replicas)
         for task in self.tasks:
-            if self.task_metrics[task.name]:
-                task.update_metrics(self.task_metrics[task.name], columns[task.name], outputs[task.name],
+            if self._step.tasks[task.name]:
+                task.update_metrics(self._step.tasks[task.name], columns[task.name], outputs[task.name],
                                     weights[task.name])
         if not training:
             self.update_evaluation_metrics(features, labels, outputs)

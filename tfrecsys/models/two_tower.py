@@ -31,7 +31,7 @@ from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.layers.retrieval import (NEGATIVE_MODES, CorpusSampler, MixedNegativeLogits,
                                        StreamingFrequencyEstimator)
 from tfrecsys.metrics.retrieval import DEFAULT_KS, retrieval_metrics, target_ranks
-from tfrecsys.models.base import RecModel
+from tfrecsys.models.base import RecModel, StepMetrics
 from tfrecsys.models.registry import register
 from tfrecsys.models.tasks import task_columns, tasks_from_config
 
@@ -130,7 +130,7 @@ class TwoTowerRetrieval(RecModel):
         # An item the table has not counted gets the probability of one occurrence, not 0 (log 0 = -inf).
         self._table_probability = tf.constant(np.maximum(corpus.counts, 1.0) / total, tf.float32)
         self._unseen_probability = float(1.0 / total)
-        self.corpus_metrics = retrieval_metrics(eval_ks)
+        self.corpus_metrics = StepMetrics(retrieval_metrics(eval_ks))
 
     # Training ----------------------------------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ class TwoTowerRetrieval(RecModel):
 
     @property
     def evaluation_metrics(self) -> list:
-        return self.corpus_metrics
+        return self.corpus_metrics.metrics
 
     def update_evaluation_metrics(self, features, labels, outputs) -> None:
         """The rank of each row's item among the whole corpus (rows of positive weight)."""
@@ -194,7 +194,7 @@ class TwoTowerRetrieval(RecModel):
         ranks = target_ranks(scores, self._corpus_rows(features[self.candidate_id]))
         rows = tf.shape(ranks)[0]
         positive = tf.cast(self.task.row_weights(task_columns(self.task, features, labels), rows) > 0, tf.float32)
-        for metric in self.corpus_metrics:
+        for metric in self.corpus_metrics.metrics:
             metric.update_state(ranks, positive)
 
     def call(self, features, training=None):

@@ -39,7 +39,8 @@ from absl import logging
 from tfrecsys.data.input import DataError, check_schema, count_records, make_dataset, resolve_files
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models.tasks import tasks_from_config
-from tfrecsys.train.loop import CHECKPOINT_SUBDIR, build_and_compile, metrics_by_task, naming_bad_files, worker_slice
+from tfrecsys.train.loop import (CHECKPOINT_SUBDIR, EVAL_METRICS_FILE, build_and_compile, metrics_by_task,
+                                 naming_bad_files, worker_slice)
 from tfrecsys.train.strategy import is_chief, naming_lost_peers, task_name, worker_dir
 
 STREAMING_METRICS_FILE = "streaming_metrics.json"
@@ -215,6 +216,9 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
     summary = summarize(entries, int(windows_done.numpy()), int(model.optimizer.iterations.numpy()))
     if is_chief():
         _write_json(metrics_path, summary)
+        # The average over windows is the run's eval result, where the report and the export look for it.
+        _write_json(os.path.join(model_dir, EVAL_METRICS_FILE), {"step": summary["step"],
+                                                                 **summary.get("average", {})})
     logging.info("streaming: %d windows trained, %d evaluated; average %s", summary["windows_trained"],
                  len(entries), summary.get("average", {}))
     return summary.get("average", {})
