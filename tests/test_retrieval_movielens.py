@@ -1,5 +1,5 @@
-"""two_tower on MovieLens-100K, leave-one-out by time: a short run of configs/two_tower_movielens.py (mixed
-negatives + logQ) clearly beats the popularity ranking. The full comparison is bench/bench_retrieval.py.
+"""two_tower on MovieLens-100K, leave-one-out by time: a short run of configs/two_tower_movielens.py (its default,
+mixed negatives) clearly beats the popularity ranking. The full comparison is bench/bench_retrieval.py.
 
 Reads ../shared/datasets/movielens-100k (GroupLens' license forbids copying it into the repository) and skips
 when it is absent.
