@@ -1,7 +1,7 @@
 """two_tower on MovieLens-100K from `tfrecsys-preprocess` output alone (configs/two_tower_movielens.py's
 preprocess block): the files two_tower needs are there with the right contents (candidates = every movie once
 with its genres, item frequencies = the training positives, leak-free histories, each user's last rating held
-out), and a short run (mixed negatives + logQ) clearly beats the popularity ranking. The full comparison is
+out), and a short run of the config's default (mixed negatives) clearly beats the popularity ranking. The full comparison is
 bench/bench_retrieval.py.
 
 Reads ../shared/datasets/movielens-100k (GroupLens' license forbids copying it into the repository) and skips

@@ -28,18 +28,24 @@ if not tf.keras.__name__.startswith("tf_keras"):
         "or import tfrecsys before tensorflow.")
 
 
-def _skip_autograph_of_tf_keras():
-    """Skip AutoGraph conversion of tf_keras internals.
+def _skip_autograph_of_tf_keras_and_tfrecsys():
+    """Skip AutoGraph conversion of tf_keras internals and of tfrecsys' own code.
 
     On TF 2.16.2 + tf-keras 2.16.0 the first ``fit`` of every process spends 5-10 s converting tf_keras' own
     train-step code with AutoGraph (measured, see stack-pins-and-gotchas.md). That code is already graph-safe,
-    so converting it buys nothing; losses and weights are identical with the rule in place.
+    so converting it buys nothing; losses and weights are identical with the rule in place. The same holds for
+    tfrecsys: its layers, steps and input functions write graph control flow explicitly (``tf.where``,
+    ``tf.cond``, vectorised ops), and converting them cost 1.3 of two_tower's 3 CPU-seconds to its first train
+    step on MovieLens (docs/retrieval.md). A function that needs Python control flow over tensors converted
+    is decorated with its own ``tf.function``: AutoGraph converts what a ``tf.function`` wraps whatever the
+    rules say.
     """
     from tensorflow.python.autograph.core import config as autograph_config
 
-    rule = autograph_config.DoNotConvert("tf_keras")
-    if not any(getattr(r, "module_prefix", None) == "tf_keras" for r in autograph_config.CONVERSION_RULES):
-        autograph_config.CONVERSION_RULES = (rule,) + tuple(autograph_config.CONVERSION_RULES)
+    present = {getattr(r, "module_prefix", None) for r in autograph_config.CONVERSION_RULES}
+    rules = tuple(autograph_config.DoNotConvert(prefix) for prefix in ("tf_keras", "tfrecsys")
+                  if prefix not in present)
+    autograph_config.CONVERSION_RULES = rules + tuple(autograph_config.CONVERSION_RULES)
 
 
-_skip_autograph_of_tf_keras()
+_skip_autograph_of_tf_keras_and_tfrecsys()
