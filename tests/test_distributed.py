@@ -177,6 +177,7 @@ def evaluate_export(path: str, eval_dir: str) -> dict:
     return {"auc": auc(labels, p), "logloss": float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))}
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_killed_worker_is_restarted_and_training_completes(data, tmp_path):
     """SIGKILL worker 1 after the first loop's checkpoint: worker 0 fails (its collective lost its peer),
     the launcher restarts the cluster, both workers resume from the backup, the chief exports the model.
@@ -241,6 +242,7 @@ def two_worker_tf_config(index: int) -> str:
     return launch_lib.tf_config([f"127.0.0.1:{port}" for port in launch_lib.free_ports(2)], index)
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_worker_without_its_peer_exits_with_a_clear_message(data, tmp_path):
     """Each of the two workers alone: worker 1 gets DeadlineExceeded from TensorFlow's coordination service
     and exits 1; worker 0 (the leader, which TensorFlow lets wait with no deadline) is ended by the

@@ -384,6 +384,7 @@ def test_existing_output_is_kept_unless_overwrite(movielens_loo):
 # The binary, into training -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_cli_preprocesses_the_movielens_config_and_training_reads_it(tmp_path):
     """tfrecsys-preprocess on configs/dnn_movielens_100k.py (a 20,000-rating part of u.data), then the
     config's schema parses the output and the dnn trains on it."""

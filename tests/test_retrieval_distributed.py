@@ -105,6 +105,7 @@ def mirrored(tmp_path_factory):
     return json.loads(output.read_text())
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_estimator_state_is_the_same_on_every_replica_and_as_on_one_device(mirrored):
     estimator = mirrored["estimator"]
     assert mirrored["replicas"] == 2
@@ -116,6 +117,7 @@ def test_estimator_state_is_the_same_on_every_replica_and_as_on_one_device(mirro
     np.testing.assert_allclose(estimator["mirrored"], estimator["truth"], rtol=0.25)
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_two_tower_trains_with_mixed_negatives_and_streaming_logq_on_two_replicas(mirrored):
     metrics = mirrored["metrics"]
     assert np.isfinite(metrics["loss"])

@@ -160,6 +160,7 @@ def test_config_errors_name_the_field(world, trained):
                            str(world["dir"]) + "-bad", verbose=0)
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_binaries_prepare_data_and_train(tmp_path):
     data_dir, model_dir = str(tmp_path / "data"), str(tmp_path / "model")
     world = ["--config.data.simulator.num_users=200", "--config.data.simulator.num_items=300",

@@ -13,6 +13,7 @@ import threading
 import time
 
 import grpc
+import pytest
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -30,6 +31,7 @@ CANDIDATES = 100
 MIN_ANSWERS_PER_CLIENT_AND_VERSION = 5
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_sixteen_clients_see_the_version_switch_without_a_failed_request(tmp_path):
     base = str(tmp_path / "dnn")
     v1 = export_dnn(str(tmp_path), "dnn", 1, seed=1)

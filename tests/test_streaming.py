@@ -226,6 +226,7 @@ def test_click_log_stream_settings_refuse_the_train_eval_split():
         ClickLogStreamConfig.from_config({"eval_fraction": 0.1})
 
 
+@pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_two_workers_stream_the_same_windows_and_only_the_chief_writes(stream, uninterrupted, tmp_path):
     """tfrecsys-train on 2 local workers (MultiWorkerMirroredStrategy, data sharding): both workers report
     the same averages, close to the one-worker run of the same global batch, and only the chief wrote
