@@ -76,16 +76,14 @@ class XlaLayer(tf.keras.layers.Layer):
 
     def __init__(self, xla: bool = False, **kwargs):
         super().__init__(**kwargs)
+        if not callable(getattr(type(self), "plain_call", None)):
+            raise TypeError(f"{type(self).__name__} extends XlaLayer and must define plain_call (what call would be)")
         self.xla = bool(xla)
         # reduce_retracing: batches of every size (a last partial batch, serving-size calls) share one
         # trace with an unknown batch dimension; XLA still compiles per concrete shape, and caches it.
         # Held by a plain object, which object tracking does not follow: a tf.function attribute of a
         # layer would be written into every SavedModel with its XLA-compiled traces.
         self._compiled = _Untracked(tf.function(self.plain_call, jit_compile=True, reduce_retracing=True))
-
-    def plain_call(self, inputs, training=None, **kwargs):
-        raise NotImplementedError(f"{type(self).__name__} extends XlaLayer and must implement plain_call "
-                                  "(what call would be)")
 
     def call(self, inputs, training=None, **kwargs):
         if self.xla and not in_serving_mode():
