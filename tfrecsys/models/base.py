@@ -5,7 +5,7 @@ A family writes ``call`` (features → named outputs) and its layers; the base g
 * **inputs**: ``self.embeddings`` (``EmbeddingTables``), the one owner of the model's tables, and
   ``embedding_view(names)`` for each tower or branch, so a shared item table is one variable;
 * **outputs**: ``call`` returns every output, training heads included; ``training_heads`` names the outputs
-  that exist for training only (a position-bias logit), which ``serve`` and the serving signature leave out.
+  that exist for training only (a position-bias logit), which every exported signature leaves out.
   Training-only features (``training_only`` in the schema) are never serving inputs: ``call`` must give the
   serving outputs without them (``has_features``) — the serving signature does not carry them;
 * **the step**: ``train_step``/``test_step`` sum the tasks' losses (``tfrecsys.models.tasks``) with their
