@@ -69,21 +69,24 @@ def per_row_pipeline(files, schema, batch_size, shuffle_buffer, seed):
             .prefetch(tf.data.AUTOTUNE))
 
 
-def input_examples_per_second(dataset: tf.data.Dataset, batches: int) -> float:
+def input_rates(dataset: tf.data.Dataset, batches: int, warmup_batches: int = WARMUP_BATCHES) -> tuple:
+    """(examples/s of wall time, µs of this process' CPU time per example) of consuming ``batches`` batches in a
+    ``tf.function`` loop, as training consumes input; on a machine other jobs share, the CPU time is the
+    steadier of the two."""
     iterator = iter(dataset)
 
     @tf.function
     def consume(steps):
         examples = tf.constant(0, tf.int64)
         for _ in tf.range(steps):
-            _, labels = next(iterator)
-            examples += tf.shape(labels["score"], out_type=tf.int64)[0]
+            batch = next(iterator)
+            examples += tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
         return examples
 
-    consume(tf.constant(WARMUP_BATCHES))  # trace; fill the first windows and the prefetch queue
-    started = time.perf_counter()
+    consume(tf.constant(warmup_batches))  # trace; fill the first windows and the prefetch queue
+    started, cpu_started = time.perf_counter(), time.process_time()
     examples = int(consume(tf.constant(batches)))
-    return examples / (time.perf_counter() - started)
+    return examples / (time.perf_counter() - started), (time.process_time() - cpu_started) / examples * 1e6
 
 
 def training_examples_per_second(model, dataset: tf.data.Dataset, steps: int, batch_size: int) -> float:
@@ -156,10 +159,10 @@ def main() -> None:
         model.fit(cached, epochs=1, steps_per_epoch=CACHED_BATCHES, verbose=0)  # fill the cache
         for _ in range(ROUNDS):
             for name, make in inputs.items():
-                rates[name].append(input_examples_per_second(make(), INPUT_BATCHES))
+                rates[name].append(input_rates(make(), INPUT_BATCHES)[0])
                 rates[TRAINED_ON[name]].append(training_examples_per_second(model, make(), TRAIN_STEPS, batch_size))
-            rates["per_row"].append(input_examples_per_second(
-                per_row_pipeline(tfrecord_files, schema, batch_size, buffer, seed), INPUT_BATCHES))
+            rates["per_row"].append(input_rates(
+                per_row_pipeline(tfrecord_files, schema, batch_size, buffer, seed), INPUT_BATCHES)[0])
             rates["training_cached"].append(training_examples_per_second(model, cached, TRAIN_STEPS, batch_size))
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"batch size {batch_size}, shuffle buffer {buffer}, 4 shards of {len(columns['click'])} simulated "

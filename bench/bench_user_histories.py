@@ -28,6 +28,7 @@ import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
+from bench.bench_input_pipeline import input_rates
 from tfrecsys.data import tfrecord
 from tfrecsys.data.input import make_dataset
 from tfrecsys.data.user_histories import UserHistories, UserHistoryStore, write_user_histories
@@ -88,25 +89,6 @@ def schema() -> FeatureSchema:
     })
 
 
-def input_rates(dataset: tf.data.Dataset, batches: int) -> tuple:
-    """(examples/s of wall time, µs of this process' CPU time per example): on a machine other jobs share,
-    the CPU time is the steadier of the two."""
-    iterator = iter(dataset)
-
-    @tf.function
-    def consume(steps):
-        examples = tf.constant(0, tf.int64)
-        for _ in tf.range(steps):
-            inputs, _ = next(iterator)
-            examples += tf.shape(inputs["hist_item_id"], out_type=tf.int64)[0]
-        return examples
-
-    consume(tf.constant(WARMUP_BATCHES))  # trace; fill the first windows and the prefetch queue
-    started, cpu_started = time.perf_counter(), time.process_time()
-    examples = int(consume(tf.constant(batches)))
-    return examples / (time.perf_counter() - started), (time.process_time() - cpu_started) / examples * 1e6
-
-
 def megabytes(paths) -> float:
     return sum(os.path.getsize(path) for path in paths) / 1e6
 
@@ -144,7 +126,7 @@ def main():
         cpu = {name: [] for name in inputs}
         for _ in range(ROUNDS):
             for name, make in inputs.items():
-                rate, cpu_per_example = input_rates(make(), INPUT_BATCHES)
+                rate, cpu_per_example = input_rates(make(), INPUT_BATCHES, WARMUP_BATCHES)
                 rates[name].append(rate)
                 cpu[name].append(cpu_per_example)
         per_row_mb = megabytes(per_row_files)
