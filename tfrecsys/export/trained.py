@@ -47,10 +47,11 @@ def serving_rows(config, schema: FeatureSchema, count: int) -> list[bytes]:
     return tfrecord.to_examples(columns)
 
 
-def load_trained_model(config, model_dir: str, checkpoint: str = "last"):
+def load_trained_model(config, model_dir: str, checkpoint: str = "last", sample_rows=None):
     """The model of ``config`` with a checkpoint of ``model_dir``, built on sample data: ``last``, the newest
     one, or ``best``, the one kept by eval ``config.train.best_metric`` (``<model_dir>/best/``).
 
+    ``sample_rows``: serialized rows to build the model on (default: the first two of ``serving_rows``).
     Returns ``(model, schema, checkpoint_path)``; fails naming ``model_dir`` when it has no such checkpoint.
     """
     if checkpoint not in CHECKPOINT_CHOICES:
@@ -60,7 +61,7 @@ def load_trained_model(config, model_dir: str, checkpoint: str = "last"):
     # checkpoint restores as is): serving signatures compute and return float32.
     with precision_policy("none"):
         model = build_model(config, schema, ModelTables(config, schema))
-        sample = serving_rows(config, schema, 2)
+        sample = list(sample_rows)[:2] if sample_rows else serving_rows(config, schema, 2)
         model(schema.parse_examples(tf.constant(sample), with_labels=False, serving=True), training=False)
     if checkpoint == "best":
         path = tf.train.latest_checkpoint(os.path.join(model_dir, BEST_CHECKPOINT_SUBDIR))
@@ -87,8 +88,10 @@ def export_trained(config, model_dir: str, export_base: str, version=None, check
     if not is_chief():
         logging.info("not the chief: the export of %s is left to it", model_dir)
         return None
-    model, schema, checkpoint_path = load_trained_model(config, model_dir, checkpoint)
-    warmup = serving_rows(config, schema, config.export.warmup_requests)
+    # Read once: with config.data.user_histories every read cuts histories from the per-user store.
+    rows = serving_rows(config, FeatureSchema.from_config(config.features), max(config.export.warmup_requests, 2))
+    model, schema, checkpoint_path = load_trained_model(config, model_dir, checkpoint, sample_rows=rows)
+    warmup = rows[:config.export.warmup_requests]
     metadata = {"experiment": config.get("experiment", ""), "checkpoint": checkpoint_path,
                 "model_family": config.model.name}
     metrics_path = os.path.join(model_dir, EVAL_METRICS_FILE)
