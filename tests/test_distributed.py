@@ -312,21 +312,30 @@ def test_shard_policy():
 
 # Worker 1 fails at once; worker 0 ignores SIGTERM and would wait forever, as a worker blocked in a
 # collective does.
+# Worker 1 fails only once worker 0 has said it is up (marker file), so the launcher must stop a live,
+# SIGTERM-ignoring worker 0; without the wait, worker 1 could fail before worker 0 had started printing.
 FAILING_WORKER = textwrap.dedent("""
     import json, os, signal, sys, time
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    print(f"worker {index} up", flush=True)
-    if index == 1:
-        print("bad thing", file=sys.stderr, flush=True)
-        sys.exit(3)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    time.sleep(600)
+    marker = sys.argv[1]
+    if index == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("worker 0 up", flush=True)
+        open(marker, "w").close()
+        time.sleep(600)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("worker 1 up", flush=True)
+    print("bad thing", file=sys.stderr, flush=True)
+    sys.exit(3)
 """)
 
 
 def test_launcher_stops_every_worker_when_one_fails(tmp_path):
     started = time.monotonic()
-    status, text = run_launcher([sys.executable, "-c", FAILING_WORKER], 2, tmp_path / "log", timeout_s=120, grace_s=1)
+    status, text = run_launcher([sys.executable, "-c", FAILING_WORKER, str(tmp_path / "worker-0-up")], 2,
+                                tmp_path / "log", timeout_s=120, grace_s=1)
     assert status == 3
     assert time.monotonic() - started < 60
     assert "[worker 1] bad thing" in text and "[worker 0] worker 0 up" in text
