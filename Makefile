@@ -7,13 +7,14 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: env quickstart test test-all bench lock clean help
+.PHONY: env peers-env quickstart test test-all bench lock clean help
 
 help:
 	@echo "make quickstart  create .venv, then simulate -> train -> export -> serve -> query -> Beam score"
 	@echo "make test        create .venv, then run the test suite without the tests marked slow"
 	@echo "make test-all    create .venv, then run every test, the slow end-to-end ones included"
 	@echo "make bench       create .venv, then run the benchmarks (figures go to bench/RESULTS.md by hand)"
+	@echo "make peers-env   create .venv-peers: the project's environment plus DeepCTR 0.9.4, for peer benchmarks only"
 	@echo "make lock        regenerate requirements.lock from pyproject.toml"
 
 env: $(VENV)/.installed
@@ -26,6 +27,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
 	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -r requirements.lock
 	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e .
+	touch $@
+
+# The peer benchmarks (bench/bench_*_peers.py) run our models and DeepCTR's in one process on the same rows, so
+# their environment is the project's plus DeepCTR 0.9.4 (installed without its dependencies: it would pull in
+# another TensorFlow). It is never a dependency of the project.
+PEERS_VENV := .venv-peers
+peers-env: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: requirements.lock pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(PEERS_VENV)
+	VIRTUAL_ENV=$(PEERS_VENV) $(UV) pip install --quiet -r requirements.lock
+	VIRTUAL_ENV=$(PEERS_VENV) $(UV) pip install --quiet --no-deps -e . deepctr==0.9.4
 	touch $@
 
 quickstart: env
