@@ -17,8 +17,8 @@ import tensorflow as tf
 from tests.contract_models import example_rows, export_contract_model
 from tfrecsys.config import load_config
 from tfrecsys.data import parquet, tfrecord
-from tfrecsys.data.input import (DataError, batches_from_chunks, check_schema, count_records, find_bad_record,
-                                 make_dataset)
+from tfrecsys.data.input import (FIRST_WINDOW_BATCHES, DataError, batches_from_chunks, check_schema, count_records,
+                                 find_bad_record, make_dataset)
 from tfrecsys.data.simulators.click_log import ClickLogConfig, simulate_click_log
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.scoring import pipeline
@@ -111,6 +111,19 @@ def test_training_shuffles_rows_across_files_and_covers_every_row_each_epoch(bot
     first = ids[:50]
     assert len(np.unique(np.searchsorted([333, 666], first, side="right"))) >= 2
     assert np.mean(np.abs(np.diff(first)) == 1) < 0.2
+
+
+def test_first_training_windows_are_small_and_double_up_to_the_shuffle_buffer(tmp_path):
+    # Time to first step: the first batch waits for FIRST_WINDOW_BATCHES batches' rows to be decoded, not for
+    # a whole shuffle_buffer (a second each for MovieLens); windows then double: 80, 160, 320, 640 rows.
+    path = tfrecord.write_sharded(_columns(ROWS), str(tmp_path), "data", 1)
+    dataset = make_dataset(path, SCHEMA, 10, targets={"click": "click"}, training=True, seed=3, shuffle_buffer=640)
+    ids = [inputs["example_id"].numpy() for inputs, _ in dataset.take(8 + 16 + 32)]
+    assert FIRST_WINDOW_BATCHES == 8
+    for window, (start, stop) in enumerate([(0, 8), (8, 24), (24, 56)]):
+        rows = np.concatenate(ids[start:stop])
+        assert sorted(rows) == list(range(start * 10, stop * 10)), f"window {window}"
+        assert not np.array_equal(rows, np.arange(start * 10, stop * 10)), f"window {window} is not shuffled"
 
 
 def test_chunks_held_in_memory_batch_exactly_as_read_from_the_file(both_formats):

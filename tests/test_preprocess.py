@@ -94,6 +94,18 @@ def test_leave_one_out_holds_out_each_users_last_rating(movielens_loo):
     assert sorted(held_out["hist_item_id"][0].numpy().tolist()) == sorted(expected.tolist())
 
 
+def test_training_shards_mix_users(movielens_loo):
+    # A small shuffle window (make_dataset's first windows) over a file of one user after another would hold a
+    # few dozen users; training rows are written in a seeded pseudo-random order instead.
+    out, _ = movielens_loo
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.int64)}
+    users = _records(resolve_files("train-00000-of-00002.tfrecord", out), spec)["user_id"].numpy()
+    assert len(np.unique(users[:2048])) > 600
+    assert np.mean(users[1:] == users[:-1]) < 0.02  # in key order, nearly every row follows its own user's
+    with pytest.raises(ValueError, match="preprocess.train_order is 'random'; choose from"):
+        PreprocessConfig(source="movielens-100k", input="unused", train_order="random")
+
+
 def test_vocabularies_min_counts_and_item_frequencies(movielens_loo):
     out, metadata = movielens_loo
     items = open(os.path.join(out, "vocabularies", "item_id.txt")).read().split()

@@ -8,6 +8,7 @@ files holding the same rows.
 """
 
 import glob
+import itertools
 import os
 import random
 import re
@@ -58,6 +59,7 @@ def resolve_files(patterns: Union[str, Sequence[str]], base_dir: str = "") -> li
 
 
 READ_CHUNK_ROWS = 1024  # rows per read in file order (evaluation); training reads shuffle-window chunks
+FIRST_WINDOW_BATCHES = 8  # the first training window's size in batches (later ones: ``shuffle_buffer`` rows)
 _READ_BUFFER_BYTES = 4 << 20
 
 
@@ -88,9 +90,10 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     Every stage works on chunks of rows, never on single rows (a per-row tf.data element costs more than
     parsing the row): each file is read in chunks, ``parallel_reads`` files at a time, and the chunks go
     through ``batches_from_chunks``. Training data is shuffled (files, then rows) and repeated forever — the
-    train loop counts steps: a window of one chunk from each of ``parallel_reads`` files, about
-    ``shuffle_buffer`` rows, is decoded at once, permuted as a whole and cut into batches, so a batch is a
-    uniform draw from a window that spans several files. The permutation is seeded by ``seed`` and the
+    train loop counts steps: a window of chunks from ``parallel_reads`` files in turn, about ``shuffle_buffer``
+    rows, is decoded at once, permuted as a whole and cut into batches, so a batch is a uniform draw from a
+    window that spans several files; the first window is ``FIRST_WINDOW_BATCHES`` batches, so the first step
+    does not wait for a whole ``shuffle_buffer`` to be decoded. The permutation is seeded by ``seed`` and the
     window's index, so a seeded pipeline gives the same batches every time, from TFRecord and Parquet alike.
     Eval data is one pass over the files in order, chunks of the files taken in turn.
 
@@ -105,7 +108,13 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
         features = user_histories.row_features(features)
     files = list(files)
     cycle = max(1, min(parallel_reads, len(files)))
-    chunk_rows = max(1, -(-shuffle_buffer // cycle)) if training else READ_CHUNK_ROWS
+    chunk_rows, chunks_per_file_window = READ_CHUNK_ROWS, 1
+    if training:
+        # The first window is small (FIRST_WINDOW_BATCHES batches): the first step waits for its decode and
+        # permutation only, not for a whole ``shuffle_buffer`` (about 1 s for MovieLens' 100,000 rows).
+        first_window_rows = min(shuffle_buffer, FIRST_WINDOW_BATCHES * batch_size)
+        chunk_rows = max(1, -(-first_window_rows // cycle))
+        chunks_per_file_window = max(1, round(shuffle_buffer / (chunk_rows * cycle)))
     if is_parquet(files):
         def read_chunks(path):
             return parquet.chunk_dataset(path, features, chunk_rows)
@@ -130,7 +139,8 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     chunks = files_ds.interleave(read_chunks, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=True)
     batches = batches_from_chunks(chunks, decode, schema, batch_size, targets=targets, training=training,
-                                  window_chunks=cycle, seed=window_seed)
+                                  window_chunks=cycle * chunks_per_file_window, first_window_chunks=cycle,
+                                  seed=window_seed)
     if user_histories is None:
         return batches
     # Cut per batch, after the shuffle: the window's permutation then moves users and times, not histories.
@@ -140,15 +150,16 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
 
 def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: FeatureSchema, batch_size: int, *,
                         training: bool, targets: Optional[Mapping[str, str]] = None, window_chunks: int = 1,
-                        seed: int = 0) -> tf.data.Dataset:
+                        first_window_chunks: Optional[int] = None, seed: int = 0) -> tf.data.Dataset:
     """Batches of ``(inputs, {output_name: label})`` from a dataset of raw row chunks, whatever they were read
     from: ``decode`` turns one chunk (a ``[rows]`` string tensor of serialized Examples, or Parquet columns)
     into the schema's feature dict.
 
     Training: ``window_chunks`` chunks at a time form one shuffle window: one decode per window, then one
     permutation of the decoded rows (seeded by ``seed`` and the window's index), then batches of exactly
-    ``batch_size`` rows, so per-row work stays vectorised. Evaluation: each chunk is decoded in order and the
-    last batch may be smaller.
+    ``batch_size`` rows, so per-row work stays vectorised. ``first_window_chunks`` (fewer) makes the first
+    window smaller, so the first batch comes sooner. Evaluation: each chunk is decoded in order and the last
+    batch may be smaller.
     """
     def inputs_and_targets(rows):
         inputs, labels = schema.split_labels(rows)
@@ -164,7 +175,7 @@ def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: Featu
                 tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), index]))
             return inputs_and_targets({name: tf.gather(value, order) for name, value in rows.items()})
 
-        batches = (chunks.ragged_batch(window_chunks).enumerate()
+        batches = (_windows(chunks, window_chunks, first_window_chunks or window_chunks)
                    .map(shuffled_window, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                    .rebatch(batch_size, drop_remainder=True))
     else:
@@ -172,6 +183,34 @@ def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: Featu
                               deterministic=True)
                    .rebatch(batch_size))
     return batches.prefetch(tf.data.AUTOTUNE).with_options(_pipeline_options())
+
+
+def _windows(chunks: tf.data.Dataset, window_chunks: int, first_window_chunks: int) -> tf.data.Dataset:
+    """``(window index, chunks of the window)``: the first window holds ``first_window_chunks`` chunks, each
+    next one twice as many up to ``window_chunks``, then every window ``window_chunks``. Doubling rather than
+    jumping to full size keeps the work decoded ahead, in parallel with the first steps, small too."""
+    if first_window_chunks >= window_chunks:
+        return chunks.ragged_batch(window_chunks).enumerate()
+    ramp_sizes = []
+    while first_window_chunks * 2 ** len(ramp_sizes) < window_chunks:
+        ramp_sizes.append(first_window_chunks * 2 ** len(ramp_sizes))
+    ramp_ends = tf.constant(list(itertools.accumulate(ramp_sizes)), tf.int64)
+    ramp_sizes = tf.constant(ramp_sizes, tf.int64)
+    ramp_windows, size = len(ramp_sizes), tf.constant(window_chunks, tf.int64)
+
+    def window_of(chunk_index, _):
+        after_ramp = ramp_windows + (chunk_index - ramp_ends[-1]) // size
+        in_ramp = tf.searchsorted(ramp_ends, chunk_index[tf.newaxis], side="right", out_type=tf.int64)[0]
+        return tf.where(chunk_index < ramp_ends[-1], in_ramp, after_ramp)
+
+    def window_size(window_index):
+        ramp_size = tf.gather(ramp_sizes, tf.minimum(window_index, ramp_windows - 1))
+        return tf.where(window_index < ramp_windows, ramp_size, size)
+
+    def batched(window_index, window):
+        return window.ragged_batch(window_chunks).map(lambda _, chunk_batch: (window_index, chunk_batch))
+
+    return chunks.enumerate().group_by_window(window_of, batched, window_size_func=window_size)
 
 
 def count_records(files: Sequence[str]) -> int:

@@ -66,6 +66,7 @@ EVENT_SPLITS = ("leave_one_out", "chronological")
 SAMPLE_SPLITS = ("files", "random", "chronological")
 FORMATS = {"tfrecord": ".tfrecord", "parquet": ".parquet"}
 TRAIN, EVAL = "train", "eval"
+TRAIN_ORDERS = ("shuffled", "key")
 
 
 def vocabulary_path(output_dir: str, feature: str) -> str:
@@ -94,6 +95,10 @@ class PreprocessConfig:
     training row, each a positive interaction). ``sequence_columns``: event columns of the per-user sequences
     (sequential models); when set, ``sequences-*.tfrecord`` holds one example per user: the user column, the
     time column, these columns and ``in_eval`` (1 for events of the eval split), every event once, oldest first.
+
+    ``train_order``: the order of rows inside each training shard, ``shuffled`` (default: a seeded
+    pseudo-random order, so a small shuffle window mixes many users and times) or ``key`` (by user and time,
+    as eval shards always are: for data read as a stream in the order it happened).
     """
 
     source: str
@@ -110,7 +115,12 @@ class PreprocessConfig:
     num_shards: int = 4
     eval_shards: int = 1
     output_format: str = "tfrecord"
+    train_order: str = "shuffled"
     seed: int = 0
+
+    def __post_init__(self):
+        if self.train_order not in TRAIN_ORDERS:
+            raise ValueError(f"preprocess.train_order is {self.train_order!r}; choose from {TRAIN_ORDERS}")
 
     @classmethod
     def from_config(cls, block) -> "PreprocessConfig":
@@ -537,14 +547,21 @@ def _columns_of(plan: Plan, examples: list) -> dict:
 
 
 class WriteShard(beam.DoFn):
-    """Writes one shard: its examples sorted by key, so the file is the same whatever order they came in."""
+    """Writes one shard in a fixed order, so the file is the same whatever order its examples came in: sorted
+    by key (user, time), or for training shards with ``train_order="shuffled"`` in a seeded pseudo-random order
+    of the keys. A training file that holds each user's rows together would make every small shuffle window
+    (the first, small windows of ``make_dataset``; a small ``shuffle_buffer``) a batch of few users."""
 
     def __init__(self, plan: Plan, output_dir: str):
         self.plan, self.output_dir = plan, output_dir
 
     def process(self, element):
         (split, index), keyed = element
-        rows = sorted(keyed, key=lambda pair: pair[0])
+        if split == TRAIN and self.plan.config.train_order == "shuffled":
+            seed = self.plan.config.seed
+            rows = sorted(keyed, key=lambda pair: (_stable_hash(f"{seed}:{pair[0]!r}"), pair[0]))
+        else:
+            rows = sorted(keyed, key=lambda pair: pair[0])
         path = shard_path(self.output_dir, split, index, self.plan.shards(split), self.plan.config.output_format)
         if self.plan.config.output_format == "parquet":
             columns = _columns_of(self.plan, [example for _, example in rows])
