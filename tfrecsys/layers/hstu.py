@@ -20,7 +20,9 @@ One layer, over a batch of time-ordered event sequences ``X`` ``[batch, L, D]`` 
   iff ``j <= i < n`` (causal, valid) and key ``j`` is not one of the row's last ``num_targets[b]`` events,
   except ``j = i``: candidate items appended for ranking see the history and themselves, never each other,
   so scoring m candidates in one pass equals scoring each alone.
-- ``rab^{p,t}[b, i, j] = w_p[bucket(i − j + 1)] + w_t[bucket(|t_i − t_j|)]``, shared by all heads, with
+- ``rab^{p,t}[b, i, j] = w_p[bucket(p_i − p_j + 1)] + w_t[bucket(|t_i − t_j|)]``, shared by all heads, with
+  ``p_i = min(i, n − num_targets[b])``: every candidate takes the position right after the history (a
+  candidate's bias must not depend on how many candidates precede it); with
   log-linear buckets: ``2^s`` buckets per doubling (``s`` = log2 of ``*_buckets_per_doubling``), read from the
   float32 exponent and top mantissa bits of the value, clamped to the table size. Integer work only, so the
   padded, XLA and jagged paths (and GPUs) pick the very same bucket; the reference's
@@ -160,7 +162,7 @@ class HSTULayer(XlaLayer):
             return tf.transpose(tf.reshape(t, [batch, width, self.num_heads, dim]), [0, 2, 1, 3])
 
         scores = tf.matmul(per_head(q, self.attention_dim), per_head(k, self.attention_dim), transpose_b=True)
-        scores += self.relative_attention_bias(timestamps, width, x.dtype)[:, None]
+        scores += self.relative_attention_bias(timestamps, lengths - num_targets, width, x.dtype)[:, None]
         mask = self.attention_mask(lengths, num_targets, width, x.dtype)
         weights = tf.nn.silu(scores) * (mask / tf.cast(self.max_seq_len, x.dtype))[:, None]  # [batch, H, L, L]
         attended = tf.matmul(weights, per_head(v, self.value_dim))
@@ -171,14 +173,15 @@ class HSTULayer(XlaLayer):
         y = tf.einsum("ble,ed->bld", gated, tf.cast(self.output_kernel, x.dtype)) + tf.cast(self.output_bias, x.dtype)
         return (x + y) * valid
 
-    def relative_attention_bias(self, timestamps, width, dtype) -> tf.Tensor:
-        """``rab^{p,t}`` ``[batch, L, L]``: position buckets of ``i − j + 1`` plus time buckets of ``|t_i − t_j|``."""
-        positions = tf.range(width)
-        distance = tf.maximum(positions[:, None] - positions[None, :], 0) + 1  # future keys: masked anyway
+    def relative_attention_bias(self, timestamps, history_lengths, width, dtype) -> tf.Tensor:
+        """``rab^{p,t}`` ``[batch, L, L]``: position buckets of ``p_i − p_j + 1`` plus time buckets of
+        ``|t_i − t_j|``, with ``p_i = min(i, history_length)``: every candidate sits right after the history."""
+        positions = tf.minimum(tf.range(width)[None, :], history_lengths[:, None])  # [batch, L]
+        distance = tf.maximum(positions[:, :, None] - positions[:, None, :], 0) + 1  # future keys: masked anyway
         position_bucket = log_linear_bucket(distance, self.position_buckets_per_doubling, self.num_position_buckets)
         gap = tf.abs(timestamps[:, :, None] - timestamps[:, None, :])
         time_bucket = log_linear_bucket(gap, self.time_buckets_per_doubling, self.num_time_buckets)
-        return (tf.gather(tf.cast(self.position_bias, dtype), position_bucket)[None]
+        return (tf.gather(tf.cast(self.position_bias, dtype), position_bucket)
                 + tf.gather(tf.cast(self.time_bias, dtype), time_bucket))
 
     @staticmethod
