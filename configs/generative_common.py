@@ -43,7 +43,7 @@ def get_config(dataset: str, encoder: str) -> ml_collections.ConfigDict:
     if dataset == "simulator":
         config.data.simulator = ml_collections.ConfigDict(dict(
             kind="sequential_next_item", num_users=1000, num_items=spec["num_items"], num_categories=20,
-            events_per_user=160, drift_rate=0.05, history_len=max_len, num_shards=2, seed=0))
+            events_per_user=160, target_ctr=0.1, drift_rate=0.05, history_len=max_len, num_shards=2, seed=0))
     else:
         config.preprocess = ml_collections.ConfigDict(dict(
             source=spec["source"], input=spec["input"], split="leave_one_out", history_len=max_len,

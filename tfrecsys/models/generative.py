@@ -199,6 +199,10 @@ class GenerativeRetrieval(RecModel):
 
     # Evaluation --------------------------------------------------------------------------------------------
 
+    def corpus_embeddings(self, training=False):
+        """``v_y`` of every corpus item, ``[N, d]``."""
+        return self.items(self._corpus_ids, training=training)
+
     @property
     def evaluation_metrics(self) -> list:
         return self.corpus_metrics.metrics
@@ -207,7 +211,7 @@ class GenerativeRetrieval(RecModel):
         """Leave-one-out: the rank among the whole corpus of each row's last label (the held-out item)."""
         targets, lengths = labels[self.next_item], labels[self.next_item + "_length"]
         target = tf.gather(targets, tf.maximum(lengths - 1, 0), batch_dims=1)
-        scores = tf.matmul(outputs["query_embedding"], self.items(self._corpus_ids), transpose_b=True)
+        scores = tf.matmul(outputs["query_embedding"], self.corpus_embeddings(), transpose_b=True)
         ranks = target_ranks(scores, self._corpus_rows(target))
         has_target = tf.cast(lengths > 0, tf.float32)
         for metric in self.corpus_metrics.metrics:
