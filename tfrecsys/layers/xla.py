@@ -29,12 +29,21 @@ Writing such a layer::
 
 ``plain_call`` takes the layer's inputs and ``training`` (and ``mask`` if Keras passes one), like ``call``.
 It must be XLA-compatible when ``xla=True``: no string ops, shapes that XLA can bound.
+
+Variable lengths: XLA compiles once per concrete input shape, so a sequence layer whose padded length changes
+from batch to batch would compile for every length. Such a layer pads its inputs to ``bucket_length(length)``
+before the compiled call (lengths inside one bucket share one compilation) and sets the class attribute
+``xla_reduce_retracing = False``: its compiled function is then traced once per bucket shape, so the trace
+count is the compilation count and a test can count it (``HSTULayer`` in ``tfrecsys/layers/hstu.py``).
 """
 
 import contextlib
 import threading
+from typing import Sequence, Union
 
 import tensorflow as tf
+
+DEFAULT_LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 # Thread-local: a tf.function is traced in the thread that calls it, so an export in one thread never
 # switches the path of a training step traced in another.
@@ -61,6 +70,17 @@ def serving_mode():
         _mode.serving = previous
 
 
+def bucket_length(length: Union[int, tf.Tensor], buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS):
+    """The smallest of ``buckets`` (ascending) that is >= ``length``; beyond the largest, the next multiple of
+    the largest. A Python int for a Python int (static shapes stay static), else an int32 scalar tensor."""
+    largest = buckets[-1]
+    if isinstance(length, int):
+        return next((bucket for bucket in buckets if bucket >= length), -(-length // largest) * largest)
+    length = tf.cast(length, tf.int32)
+    candidates = tf.concat([tf.constant(buckets, tf.int32), [(length + largest - 1) // largest * largest]], 0)
+    return tf.reduce_min(tf.where(candidates >= length, candidates, candidates[-1]))
+
+
 class _Untracked:
     def __init__(self, function):
         self.function = function
@@ -74,6 +94,9 @@ class XlaLayer(tf.keras.layers.Layer):
     through it), except inside ``serving_mode()``; when False, ``call`` is ``plain_call``.
     """
 
+    # See the module docstring: False for layers that pad their inputs to bucket shapes themselves.
+    xla_reduce_retracing = True
+
     def __init__(self, xla: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not callable(getattr(type(self), "plain_call", None)):
@@ -83,7 +106,8 @@ class XlaLayer(tf.keras.layers.Layer):
         # trace with an unknown batch dimension; XLA still compiles per concrete shape, and caches it.
         # Held by a plain object, which object tracking does not follow: a tf.function attribute of a
         # layer would be written into every SavedModel with its XLA-compiled traces.
-        self._compiled = _Untracked(tf.function(self.plain_call, jit_compile=True, reduce_retracing=True))
+        self._compiled = _Untracked(tf.function(
+            self.plain_call, jit_compile=True, reduce_retracing=type(self).xla_reduce_retracing))
 
     def call(self, inputs, training=None, **kwargs):
         if self.xla and not in_serving_mode():
