@@ -69,7 +69,9 @@ def get_config(dataset: str, encoder: str) -> ml_collections.ConfigDict:
     config.model.num_sampled = 512            # uniform corpus negatives per step, shared by every position
     config.model.eval_ks = (10, 50, 200)
     config.model.export_k = 100
-    config.model.hstu = ml_collections.ConfigDict()   # HSTU-only settings, passed to HSTUStack
+    # HSTU-only HSTULayer arguments; per-head widths default to embedding_dim / num_heads, as SASRec's.
+    # attention_path: padded | xla (length-bucketed, compiled) | jagged; exports always take the padded one.
+    config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
 
     config.tasks.next_item = dict(loss="next_item_softmax")
 

@@ -73,10 +73,12 @@ def export_simulated_retrieval(config_path: str, overrides: dict, export_base: s
     return export_model(model, export_base, model_name, warmup_examples=warmup)
 
 
-GENERATIVE_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "sasrec_simulator.py")
+# HSTU trained on its XLA path: the export must still hold no XLA-compiled function (the padded path).
+GENERATIVE_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "hstu_simulator.py")
 SMALL_GENERATIVE = {"data.simulator.num_users": 40, "data.simulator.num_items": 30,
                     "data.simulator.events_per_user": 40, "data.simulator.target_ctr": 0.3,
-                    "model.num_blocks": 1, "model.num_sampled": 8, "model.export_k": 5}
+                    "model.num_blocks": 1, "model.num_sampled": 8, "model.export_k": 5,
+                    "model.hstu.attention_path": "xla"}
 LR_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "logistic_regression_simulator.py")
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecsys.features.schema import FeatureSchema, IdFeature, LabelFeature, SequenceFeature
+from tfrecsys.layers.hstu import HSTUStack
 from tfrecsys.layers.retrieval import CorpusSampler, MixedNegativeLogits
 from tfrecsys.layers.sasrec import SASRecStack
 from tfrecsys.metrics.retrieval import DEFAULT_KS, retrieval_metrics, target_ranks
@@ -53,10 +54,16 @@ def next_item_softmax(_, prediction):
     return per_row * tf.cast(rows, tf.float32) / tf.maximum(tf.cast(tf.size(per_position), tf.float32), 1.0)
 
 
-def make_encoder(kind: str, num_blocks: int, num_heads: int, dropout: float, max_len: int, **hstu_settings):
-    """The sequence encoder ``(x [B, L, d], lengths [B], timestamps [B, L]) -> [B, L, d]`` named by ``kind``."""
+def make_encoder(kind: str, num_blocks: int, num_heads: int, dropout: float, max_len: int, dim: int,
+                 **hstu_settings):
+    """The sequence encoder ``(x [B, L, d], lengths [B], timestamps [B, L]) -> [B, L, d]`` named by ``kind``.
+    HSTU's per-head widths default to ``d / num_heads`` (SASRec's), its ``N`` to ``max_len``; ``hstu_settings``
+    (``config.model.hstu``) set any other ``HSTULayer`` argument, e.g. ``attention_path="xla"``."""
     if kind == "sasrec":
         return SASRecStack(num_blocks, num_heads, dropout, name="sasrec")
+    if kind == "hstu":
+        settings = dict(num_heads=num_heads, attention_dim=dim // num_heads, max_seq_len=max_len, dropout=dropout)
+        return HSTUStack(num_blocks, name="hstu", **{**settings, **hstu_settings})
     raise ValueError(f"config.model.encoder must be one of {ENCODERS}, got {kind!r}")
 
 
@@ -145,7 +152,8 @@ class GenerativeRetrieval(RecModel):
         max_len = schema[history].max_len
         self.queries = SequenceQueries(
             self.embedding_view([history, timestamps], name="history_features"), history, timestamps, max_len,
-            make_encoder(encoder, num_blocks, num_heads, dropout, max_len, **(hstu or {})), dropout,
+            make_encoder(encoder, num_blocks, num_heads, dropout, max_len, schema[candidate_id].embedding_dim,
+                         **(hstu or {})), dropout,
             name="sequence_queries")
         self.last_query = LastPositionQuery(self.queries, name="query_tower")
         self.items = ItemEmbedding(self.embedding_view([candidate_id], name="item_features"), candidate_id,
