@@ -143,7 +143,8 @@ class GenerativeRetrieval(RecModel):
             raise ValueError(f"config.model.num_sampled must be positive for uniform negatives, got {num_sampled}")
         self.corpus = corpus
         self.task = self.tasks[0]
-        self.history, self.timestamps, self.next_item = history, timestamps, next_item
+        # Not ``self.history``: Keras' fit sets that attribute to its History callback.
+        self.history_feature, self.timestamp_feature, self.label_feature = history, timestamps, next_item
         self.label_inputs = (next_item,)
         self.candidate_id = candidate_id
         self.negatives = negatives
@@ -180,8 +181,8 @@ class GenerativeRetrieval(RecModel):
         """``{task: {logits [P, C], positive_column [P], row [P], rows}, "query_embedding": [B, d]}`` over the
         batch's ``P`` valid positions (those with a label)."""
         queries, lengths = self.queries(features, training=training)
-        labels = features[self.next_item]
-        label_mask = tf.sequence_mask(features[self.next_item + "_length"], tf.shape(labels)[1])
+        labels = features[self.label_feature]
+        label_mask = tf.sequence_mask(features[self.label_feature + "_length"], tf.shape(labels)[1])
         positions = tf.where(label_mask)
         query = tf.gather_nd(queries, positions)
         positive_ids = tf.gather_nd(labels, positions)
@@ -217,7 +218,7 @@ class GenerativeRetrieval(RecModel):
 
     def update_evaluation_metrics(self, features, labels, outputs) -> None:
         """Leave-one-out: the rank among the whole corpus of each row's last label (the held-out item)."""
-        targets, lengths = labels[self.next_item], labels[self.next_item + "_length"]
+        targets, lengths = labels[self.label_feature], labels[self.label_feature + "_length"]
         target = tf.gather(targets, tf.maximum(lengths - 1, 0), batch_dims=1)
         scores = tf.matmul(outputs["query_embedding"], self.corpus_embeddings(), transpose_b=True)
         ranks = target_ranks(scores, self._corpus_rows(target))
@@ -227,13 +228,13 @@ class GenerativeRetrieval(RecModel):
 
     def call(self, features, training=None):
         out = {}
-        if self.history in features:
+        if self.history_feature in features:
             out["query_embedding"] = self.last_query(features, training=training)
         if self.candidate_id in features:
             out["candidate_embedding"] = self.items(features, training=training)
         if not out:
-            raise KeyError(f"generative needs the history {self.history!r} (with {self.timestamps!r}) or the item "
-                           f"{self.candidate_id!r}; got {sorted(features)}")
+            raise KeyError(f"generative needs the history {self.history_feature!r} (with "
+                           f"{self.timestamp_feature!r}) or the item {self.candidate_id!r}; got {sorted(features)}")
         return out
 
     # Export ------------------------------------------------------------------------------------------------
@@ -241,7 +242,8 @@ class GenerativeRetrieval(RecModel):
     def retrieval_export(self) -> dict:
         """The query tower (raw history → last-position query), the item tower and the corpus."""
         return dict(query_tower=self.last_query, candidate_tower=self.items, schema=self.schema,
-                    query_features=[self.history, self.timestamps], candidate_features=[self.candidate_id],
+                    query_features=[self.history_feature, self.timestamp_feature],
+                    candidate_features=[self.candidate_id],
                     candidate_ids=self._corpus_ids, corpus_features={self.candidate_id: self._corpus_ids},
                     corpus_path=self.corpus.path, k=min(self.export_k, len(self.corpus.ids)),
                     candidate_model_name=self.candidate_model_name)
