@@ -9,6 +9,7 @@ exporter that family uses. A family without one fails here on purpose, so no fam
 import contextlib
 import dataclasses
 import io
+import json
 import os
 import re
 from typing import Callable
@@ -57,11 +58,33 @@ TWO_TOWER_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "two_tower_simulato
 SMALL_TWO_TOWER = {"data.simulator.num_users": 60, "data.simulator.num_items": 40,
                    "data.simulator.events_per_user": 4.0, "model.hidden_units": (8,), "model.output_dim": 8,
                    "model.num_sampled": 8, "model.export_k": 5}
+def export_simulated_retrieval(config_path: str, overrides: dict, export_base: str, model_name: str) -> str:
+    """The config's simulator (``data.simulator.kind``) written small, the model built on it (untrained) and
+    exported by its own exporter."""
+    from tfrecsys.data.simulators import write_from_config
+
+    data_dir = os.path.join(export_base, "data")
+    config = load_config(config_path, {**overrides, "data.dir": data_dir})
+    write_from_config(config.data.simulator, data_dir)
+    schema = FeatureSchema.from_config(config.features)
+    model = build_model(config, schema, ModelTables(config, schema))
+    warmup = first_records(sorted(tf.io.gfile.glob(os.path.join(data_dir, config.data.eval_files))), 4)
+    model(schema.parse_examples(tf.constant(warmup), with_labels=False, serving=True), training=False)
+    return export_model(model, export_base, model_name, warmup_examples=warmup)
+
+
+# HSTU trained on its XLA path: the export must still hold no XLA-compiled function (the padded path).
+GENERATIVE_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "hstu_simulator.py")
+SMALL_GENERATIVE = {"data.simulator.num_users": 40, "data.simulator.num_items": 30,
+                    "data.simulator.events_per_user": 40, "data.simulator.target_ctr": 0.3,
+                    "model.num_blocks": 1, "model.num_sampled": 8, "model.export_k": 5,
+                    "model.hstu.attention_path": "xla"}
 LR_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "logistic_regression_simulator.py")
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
     "logistic_regression": FamilyCase(LR_CONFIG, {}),
     "two_tower": FamilyCase(TWO_TOWER_CONFIG, SMALL_TWO_TOWER, export_two_tower, kind="retrieval"),
+    "generative": FamilyCase(GENERATIVE_CONFIG, SMALL_GENERATIVE, export_simulated_retrieval, kind="retrieval"),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
 
@@ -122,7 +145,8 @@ def test_retrieval_signatures_return_top_k_item_ids_and_scores(exports, family):
     signatures, ops = parse_saved_model_cli(output)
     schema = FeatureSchema.from_config(config.features)
     k = FAMILY_CASES[family].overrides["model.export_k"]
-    query_features = set(config.model.query_features)
+    with open(os.path.join(path, contract.METADATA_FILE)) as f:
+        query_features = set(json.load(f)["retrieval"]["query_features"])
     query_inputs = {name: spec for name, spec in schema.input_signature(serving=True).items()
                     if name in query_features or name.removesuffix("_length") in query_features}
     assert set(signatures) == {"__saved_model_init_op", contract.SERVING_DEFAULT, contract.SERVING_EXAMPLES}

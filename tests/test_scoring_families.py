@@ -44,6 +44,12 @@ def write_retrieval_world(config, data_dir: str) -> None:
     write(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
 
 
+def write_simulated(config, data_dir: str) -> None:
+    from tfrecsys.data.simulators import write_from_config
+
+    write_from_config(config.data.simulator, data_dir)
+
+
 def ranking_predictions(model, schema: FeatureSchema, records: list[bytes]) -> dict[str, np.ndarray]:
     """The model's outputs by name, ``[rows]`` each."""
     features = schema.parse_examples(tf.constant(records), with_labels=False, serving=True)
@@ -93,6 +99,14 @@ FAMILY_CASES = {
          "train.steps_per_execution": 5, "train.batch_size": 64, "train.eval_batch_size": 256,
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_retrieval_world, "retrieve", "user_id",
+        lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
+    "generative": FamilyCase(
+        "sasrec_simulator.py",
+        {"data.simulator.num_users": 60, "data.simulator.num_items": 40, "data.simulator.events_per_user": 40,
+         "model.num_blocks": 1, "model.num_sampled": 16, "model.export_k": 10, "model.eval_ks": (10,),
+         "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5, "train.batch_size": 32,
+         "train.eval_batch_size": 256, "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
+        write_simulated, "retrieve", "user_id",
         lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
 }
 

@@ -62,6 +62,8 @@ SEQUENCES_PREFIX = "sequences"
 SEQUENCE_EVAL_MARK = "in_eval"
 VOCABULARY_DIR = "vocabularies"
 HISTORY_PREFIX = "hist_"
+NEXT_PREFIX = "next_"
+EXAMPLES_PER_USER = ("every_event", "last")
 EVENT_SPLITS = ("leave_one_out", "chronological")
 SAMPLE_SPLITS = ("files", "random", "chronological")
 FORMATS = {"tfrecord": ".tfrecord", "parquet": ".parquet"}
@@ -85,7 +87,10 @@ class PreprocessConfig:
     the time column). ``labels``: ``{name: rule}``, a rule such as ``"rating >= 4"`` or
     ``"0 <= conversion_timestamp - click_timestamp <= 86400"`` (``tfrecsys.data.label_rules``).
     ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split stay out of the
-    vocabulary (default 1).
+    vocabulary (default 1). ``examples_per_user``: ``every_event`` (default: one example per event) or
+    ``last`` (leave-one-out only: per user, the last training event and the eval event; next-item models
+    learn every position of one history, ``tfrecsys.data.next_item``). Vocabularies and item frequencies
+    still count every training event.
 
     What else an event log's output holds, for other model families:
     ``candidate_columns``: item columns of the candidate corpus (retrieval); when set, ``candidates.tfrecord``
@@ -112,6 +117,7 @@ class PreprocessConfig:
     candidate_columns: tuple = ()
     frequency_label: str = ""
     sequence_columns: tuple = ()
+    examples_per_user: str = "every_event"
     num_shards: int = 4
     eval_shards: int = 1
     output_format: str = "tfrecord"
@@ -224,10 +230,21 @@ def _output_for(feature, source: Source, columns: dict, config: PreprocessConfig
                 raise SchemaError(f"feature {name!r} is a history of {found} values in the source {source.name} but "
                                   f"the schema says {type(feature).__name__} {feature.dtype}")
             return Output(name, feature.dtype, True, "history", column)
-    options = sorted(columns) + [HISTORY_PREFIX + c for c in (_history_columns(config, source) if source.is_event_log
-                                                              else ())] + sorted(rules)
+    if name.startswith(NEXT_PREFIX) and source.is_event_log:
+        column = name[len(NEXT_PREFIX):]
+        if column in _history_columns(config, source):
+            found = columns[column]
+            if not feature.is_sequence or found != feature.dtype:
+                raise SchemaError(f"feature {name!r} is the next {found} value after each history event of the source "
+                                  f"{source.name}, but the schema says {type(feature).__name__} {feature.dtype} "
+                                  f"{'list' if feature.is_sequence else 'scalar'}")
+            return Output(name, feature.dtype, True, "next", column)
+    history_columns = _history_columns(config, source) if source.is_event_log else ()
+    options = (sorted(columns) + [HISTORY_PREFIX + c for c in history_columns]
+               + [NEXT_PREFIX + c for c in history_columns] + sorted(rules))
     raise SchemaError(f"feature {name!r}: the source {source.name} has no such column; available: {options} "
-                      "(histories come from preprocess.history_columns, labels from preprocess.labels)")
+                      "(histories and next_<column> label sequences come from preprocess.history_columns, labels "
+                      "from preprocess.labels)")
 
 
 def _history_columns(config: PreprocessConfig, source: Source) -> tuple:
@@ -250,6 +267,13 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
         raise ValueError(f"preprocess.split {config.split!r}: {source.name} is {kind}; use one of {list(allowed)}")
     if config.split == "chronological" and not source.time_column:
         raise ValueError(f"preprocess.split 'chronological': {source.name} has no time column")
+    if config.examples_per_user not in EXAMPLES_PER_USER:
+        raise ValueError(f"preprocess.examples_per_user {config.examples_per_user!r} is not one of "
+                         f"{list(EXAMPLES_PER_USER)}")
+    if config.examples_per_user == "last" and (config.split != "leave_one_out" or not source.is_event_log):
+        raise ValueError("preprocess.examples_per_user 'last' needs an event log with split 'leave_one_out' (the "
+                         f"last training event and the held-out one of each user); got {source.name} with split "
+                         f"{config.split!r}")
     files = source.files(config.input)
     columns = source.columns_for(files)
     if source.is_event_log:
@@ -389,6 +413,9 @@ def _value(output: Output, record: dict, history: Sequence[dict]):
         return output.key(record)
     if output.origin == "history":
         return [event[output.key] for event in history]
+    if output.origin == "next":
+        # The value that follows each history event: the next history event's, the example's own for the last.
+        return [event[output.key] for event in history[1:]] + [record[output.key]] if history else []
     value = record[output.key]
     if output.dtype == "float32" and not output.is_list:
         value = float(value)
@@ -417,15 +444,18 @@ def _event_split(plan: Plan, index: int, count: int, time, cutoff) -> Optional[s
     return EVAL if time >= cutoff else TRAIN
 
 
-def user_examples(plan: Plan, user_events) -> Iterable:
+def user_examples(plan: Plan, user_events, last_only: bool = False) -> Iterable:
     """One (split, sort key, example) per event of a user, with its history (``tfrecsys.data.histories``:
-    the user's events strictly before it, oldest first, the most recent ``history_len``)."""
+    the user's events strictly before it, oldest first, the most recent ``history_len``); with ``last_only``
+    (leave-one-out) only for the last training event and the held-out one, each when it has a history."""
     user, events = user_events
     time_column = plan.time_column
     events = _time_ordered(plan, events)
     times = np.asarray([event[time_column] for event in events])
     histories = history_rows(np.zeros(len(events), np.int64), times, plan.config.history_len)
     for index, event in enumerate(events):
+        if last_only and (index < len(events) - 2 or len(histories[index]) == 0):
+            continue
         history = [events[row] for row in histories[index]]
         split = _event_split(plan, index, len(events), event[time_column], None)
         yield split, (event[time_column], str(user), index), make_example(plan, event, history)
@@ -788,6 +818,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
         (_group_with_every_key(pipeline, item_counts, ["items"], "ItemFrequency")
          | "WriteItemFrequency" >> beam.Map(_counts_to_table, output_dir=output_dir))
 
+    if config.examples_per_user == "last":
+        keyed = by_user | "LastExamples" >> beam.FlatMap(
+            lambda user_events: user_examples(plan, user_events, last_only=True))
     shard_keys = [(split, index) for split in plan.splits for index in range(plan.shards(split))]
     sharded = keyed | "ShardKey" >> beam.Map(lambda element: (
         (element[0], _stable_hash(repr(element[1])) % plan.shards(element[0])), (element[1], element[2])))

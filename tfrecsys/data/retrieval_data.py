@@ -45,14 +45,16 @@ def _take(columns: dict, rows: np.ndarray) -> dict:
 
 
 def write_retrieval_dataset(output_dir: str, interactions: dict, split: dict, candidates: dict,
-                            item_feature: str = "item_id", num_shards: int = 2, extra_metadata=None) -> dict:
+                            item_feature: str = "item_id", num_shards: int = 2, extra_metadata=None,
+                            item_counts=None) -> dict:
     """Writes a retrieval dataset directory (see the module docstring) and returns its metadata.
 
     ``interactions``: columns of every interaction (arrays, or lists of arrays for variable-length features);
     ``split``: ``{"train": rows, "eval": rows}`` (e.g. the simulator's leave-one-out); ``candidates``: columns
     of the corpus, one row per item, including ``item_feature``. The item frequency table counts
     ``item_feature`` over the training rows, with every corpus item listed (count 0 for items no training row
-    has).
+    has); ``item_counts`` ``{item: count}`` replaces those counts where the training rows are not the events
+    (``tfrecsys.data.next_item``: one row per user stands for all of the user's training events).
     """
     corpus_ids = np.asarray(candidates[item_feature])
     if len(np.unique(corpus_ids)) != len(corpus_ids):
@@ -69,9 +71,10 @@ def write_retrieval_dataset(output_dir: str, interactions: dict, split: dict, ca
         for record in tfrecord.to_examples(candidates):
             writer.write(record)
     counts = {item.item() if isinstance(item, np.generic) else item: 0 for item in corpus_ids}
-    ids, item_counts = np.unique(train_items, return_counts=True)
-    for item, count in zip(ids.tolist(), item_counts.tolist()):
-        counts[item] = count
+    if item_counts is None:
+        ids, row_counts = np.unique(train_items, return_counts=True)
+        item_counts = dict(zip(ids.tolist(), row_counts.tolist()))
+    counts.update(item_counts)
     write_item_frequency(os.path.join(output_dir, ITEM_FREQUENCY_FILE), counts)
     metadata = {
         "train_files": [os.path.basename(f) for f in train_files],

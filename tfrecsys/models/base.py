@@ -12,7 +12,9 @@ A family writes ``call`` (features → named outputs) and its layers; the base g
   weights, masks and per-sample weights, plus the model's own losses (``add_loss``: auxiliary losses,
   regularisers), averaged over the *global* batch under any distribution strategy, and update every task's
   metrics over its masked rows. ``training_outputs`` (default: ``call``) lets a family hand a loss more than
-  its served outputs (retrieval: logits against sampled negatives); ``evaluation_metrics`` and
+  its served outputs (retrieval: logits against sampled negatives); the labels named in ``label_inputs``
+  (with their ``<name>_length``) reach it inside the features (a next-item model reads its label sequence
+  to pick its positives), never ``call`` or a serving signature; ``evaluation_metrics`` and
   ``update_evaluation_metrics`` add evaluation metrics that belong to no task (full-corpus recall);
 * **export**: ``export_kinds`` says what ``tfrecsys.export`` writes: ``("ranking",)`` (one SavedModel of the
   serving outputs) and/or ``"retrieval"`` (a top-K query model and a candidate model, from
@@ -23,6 +25,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from tfrecsys.contract import LENGTH_SUFFIX
 from tfrecsys.features.embedding import EmbeddingTables, FeatureEmbedding
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models.tasks import Task, task_columns
@@ -47,6 +50,7 @@ class RecModel(tf.keras.Model):
 
     export_kinds: tuple = ("ranking",)
     training_heads: tuple = ()
+    label_inputs: tuple = ()
 
     def __init__(self, schema: FeatureSchema, tasks: Sequence[Task], **kwargs):
         super().__init__(**kwargs)
@@ -108,9 +112,16 @@ class RecModel(tf.keras.Model):
         task_metrics = [m for t in self.tasks for m in self._step.tasks[t.name]]
         return [self._step.loss, *self._step.task_losses.values(), *task_metrics, *self.evaluation_metrics]
 
+    def _with_label_inputs(self, features, labels) -> dict:
+        """``features`` plus the ``label_inputs`` labels and their lengths (``features`` when there are none)."""
+        if not self.label_inputs:
+            return features
+        wanted = set(self.label_inputs) | {name + LENGTH_SUFFIX for name in self.label_inputs}
+        return {**features, **{name: value for name, value in labels.items() if name in wanted}}
+
     def _step_loss(self, data, training: bool):
         features, labels = data
-        outputs = self.training_outputs(features, training=training)
+        outputs = self.training_outputs(self._with_label_inputs(features, labels), training=training)
         loss_tasks = [t for t in self.tasks if t.has_loss]
         columns = {t.name: task_columns(t, features, labels) for t in self.tasks}
         rows = tf.shape(tf.nest.flatten(features)[0])[0]

@@ -9,6 +9,7 @@
 | ``multitask`` | ESMM, MMoE, PLE | pCTR, pCVR, pCTCVR over every impression, task correlation |
 | ``delayed_feedback`` | DEFUSE | conversion delay distribution, IP/FN/RN types, p(x) and f_dp(x) |
 | ``click_log_stream`` | streaming training | the click log's, written as time-window files (``time_windows.py``) |
+| ``sequential_next_item`` | generative (SASRec, HSTU) | the ``sequential`` world's clicks as next-item rows (``tfrecsys.data.next_item``) |
 
 A config's ``data.simulator`` block picks one with ``kind`` (``click_log`` when absent); the other keys are
 the simulator's settings. ``write_from_config(block, output_dir)`` writes train/eval shards,
@@ -22,13 +23,15 @@ from tfrecsys.data.simulators.delayed_feedback import (DelayedFeedbackConfig, si
 from tfrecsys.data.simulators.multitask import MultitaskConfig, simulate_multitask, write_multitask
 from tfrecsys.data.simulators.position_bias import PositionBiasConfig, simulate_position_bias, write_position_bias
 from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
-from tfrecsys.data.simulators.sequential import SequentialConfig, simulate_sequential, write_sequential
+from tfrecsys.data.simulators.sequential import (SequentialConfig, simulate_sequential, write_sequential,
+                                                 write_sequential_next_item)
 from tfrecsys.data.simulators.time_windows import ClickLogStreamConfig, write_click_log_stream
 
 SIMULATORS = {
     "click_log": (click_log.ClickLogConfig, click_log.write_click_log),
     "retrieval": (RetrievalWorldConfig, write_retrieval_world),
     "sequential": (SequentialConfig, write_sequential),
+    "sequential_next_item": (SequentialConfig, write_sequential_next_item),
     "position_bias": (PositionBiasConfig, write_position_bias),
     "multitask": (MultitaskConfig, write_multitask),
     "delayed_feedback": (DelayedFeedbackConfig, write_delayed_feedback),

@@ -25,6 +25,7 @@ import dataclasses
 import numpy as np
 
 from tfrecsys.data.histories import gather_histories, history_rows
+from tfrecsys.data.next_item import write_next_item_dataset
 from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, power_law,
                                              settings_from_config, sigmoid, solve_bias, write_simulation)
 
@@ -184,3 +185,15 @@ def write_sequential(config: SequentialConfig, output_dir: str) -> dict:
     }
     return write_simulation(output_dir, "sequential", config, columns, truth, eval_start, config.num_shards,
                             statistics)
+
+
+def write_sequential_next_item(config: SequentialConfig, output_dir: str) -> dict:
+    """The same world as a next-item dataset (``tfrecsys.data.next_item``): each user's clicked items in time
+    order, leave-one-out, with ``history_len`` items of history. The next click mostly follows the current
+    interest, so a sequence model can beat the popularity ranking the metadata records."""
+    columns, _ = simulate_sequential(config)
+    clicked = columns["click"] == 1
+    return write_next_item_dataset(
+        output_dir, columns["user_id"][clicked], columns["item_id"][clicked], columns["timestamp"][clicked],
+        config.history_len, np.arange(config.num_items, dtype=np.int64), num_shards=config.num_shards,
+        extra_metadata={"simulator": "sequential_next_item", "clicks": int(clicked.sum())})

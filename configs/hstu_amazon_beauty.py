@@ -1,0 +1,14 @@
+"""Generative retrieval, hstu encoder, amazon_beauty (the shared setup: configs/generative_common.py).
+
+    tfrecsys-preprocess --config=configs/hstu_amazon_beauty.py
+    tfrecsys-train  --config=configs/hstu_amazon_beauty.py --model_dir=runs/hstu_amazon_beauty
+    tfrecsys-export --config=configs/hstu_amazon_beauty.py --model_dir=runs/hstu_amazon_beauty --export_base=runs/export
+"""
+
+from tfrecsys.config import config_beside
+
+common = config_beside(__file__, "generative_common.py")
+
+
+def get_config():
+    return common.get_config("amazon_beauty", "hstu")
