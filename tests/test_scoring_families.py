@@ -44,6 +44,13 @@ def write_retrieval_world(config, data_dir: str) -> None:
     write(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
 
 
+def write_simulator(config, data_dir: str) -> None:
+    """The simulator a config's ``data.simulator`` block names by ``kind`` (as ``tfrecsys-simulate`` runs it)."""
+    from tfrecsys.data.simulators import write_from_config
+
+    write_from_config(config.data.simulator, data_dir)
+
+
 def ranking_predictions(model, schema: FeatureSchema, records: list[bytes]) -> dict[str, np.ndarray]:
     """The model's outputs by name, ``[rows]`` each."""
     features = schema.parse_examples(tf.constant(records), with_labels=False, serving=True)
@@ -71,6 +78,10 @@ class FamilyCase:
     predict: Callable
 
 
+SMALL_SEQUENTIAL_WORLD = {
+    "data.simulator.num_users": 40, "data.simulator.events_per_user": 30, "model.attention_units": (4,),
+    "model.hidden_units": (8,), "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
+    "train.batch_size": 64, "train.shuffle_buffer": 1000, "export.warmup_requests": 2}
 FAMILY_CASES = {
     "dnn": FamilyCase(
         "dnn_simulator.py",
@@ -94,6 +105,10 @@ FAMILY_CASES = {
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_retrieval_world, "retrieve", "user_id",
         lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
+    "din": FamilyCase("din_simulator.py", SMALL_SEQUENTIAL_WORLD, write_simulator, "score", "example_id",
+                      ranking_predictions),
+    "dien": FamilyCase("dien_simulator.py", SMALL_SEQUENTIAL_WORLD, write_simulator, "score", "example_id",
+                       ranking_predictions),
 }
 
 
