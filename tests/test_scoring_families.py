@@ -258,3 +258,30 @@ def test_parquet_rows_with_sequences_score_like_their_examples(trained):
     row_of = {key: row for row, key in enumerate(run["keys"])}
     assert sorted(line["example_id"] for line in lines) == sorted(row_of)
     assert max(abs(line["score"] - run["predictions"]["score"][row_of[line["example_id"]]]) for line in lines) < 1e-5
+
+
+@pytest.mark.slow  # starts a model server process
+@pytest.mark.parametrize("family", ["din", "dien"])
+def test_grpc_scores_of_behaviour_histories_equal_the_in_process_predictions(family, trained, tmp_path):
+    """The raw padded histories (``serving_default``) and the serialized Examples (``serving_examples``) of the
+    trained model's eval rows, sent to ``tfrecsys-serve`` over the official gRPC stub, score as in process."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tests.conftest import served_model
+
+    run = trained(family)
+    records = run["records"][:64]
+    raw = run["schema"].parse_examples(tf.constant(records), with_labels=False, serving=True)
+    requests = {"serving_default": {name: value.numpy() for name, value in raw.items()},
+                "serving_examples": {"inputs": np.array(records, dtype=object)}}
+    model_name = os.path.basename(run["model_base"])
+    with served_model(run["model_base"], model_name, str(tmp_path)) as target, grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for signature, inputs in requests.items():
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name, request.model_spec.signature_name = model_name, signature
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            scores = tf.make_ndarray(stub.Predict(request, timeout=60).outputs["score"])
+            np.testing.assert_allclose(scores, run["predictions"]["score"][:64], atol=1e-5, err_msg=signature)
