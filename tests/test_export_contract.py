@@ -80,11 +80,16 @@ SMALL_GENERATIVE = {"data.simulator.num_users": 40, "data.simulator.num_items": 
                     "model.num_blocks": 1, "model.num_sampled": 8, "model.export_k": 5,
                     "model.hstu.attention_path": "xla"}
 LR_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "logistic_regression_simulator.py")
+DIN_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "din_simulator.py")
+DIEN_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "dien_simulator.py")
+SMALL_BEHAVIOUR_MODEL = {"model.attention_units": (4,), "model.hidden_units": (8,)}
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
     "logistic_regression": FamilyCase(LR_CONFIG, {}),
     "two_tower": FamilyCase(TWO_TOWER_CONFIG, SMALL_TWO_TOWER, export_two_tower, kind="retrieval"),
     "generative": FamilyCase(GENERATIVE_CONFIG, SMALL_GENERATIVE, export_simulated_retrieval, kind="retrieval"),
+    "din": FamilyCase(DIN_CONFIG, SMALL_BEHAVIOUR_MODEL),
+    "dien": FamilyCase(DIEN_CONFIG, SMALL_BEHAVIOUR_MODEL),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
 
