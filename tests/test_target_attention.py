@@ -1,0 +1,112 @@
+"""DIN's target attention and activations: the paper's equations against numpy, order and padding invariance."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrecsys.layers.activations import Dice, PReLU, activation_layer
+from tfrecsys.layers.target_attention import ActivationUnit, TargetAttention
+
+
+def _history(batch=3, length=5, dim=4, seed=0):
+    rng = np.random.default_rng(seed)
+    keys = rng.normal(size=(batch, length, dim)).astype(np.float32)
+    query = rng.normal(size=(batch, dim)).astype(np.float32)
+    lengths = np.array([length, 3, 0][:batch])
+    mask = np.arange(length)[None, :] < lengths[:, None]
+    return keys, mask, query
+
+
+def test_target_attention_is_the_unnormalised_weighted_sum_of_the_activation_unit():
+    keys, mask, query = _history()
+    attention = TargetAttention(hidden_units=(8,), activation="sigmoid")
+    pooled = attention(keys, mask, query).numpy()
+    scores = attention.unit(keys, query).numpy()
+    expected = np.einsum("bl,bld->bd", scores * mask, keys)
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6)
+    weights = attention.weights_for(keys, mask, query).numpy()
+    assert not np.allclose(weights[:2].sum(axis=1), 1.0)  # not softmax-normalised
+    np.testing.assert_array_equal(pooled[2], 0.0)  # an empty history pools to zeros
+
+
+def test_activation_unit_input_is_key_query_difference_and_product():
+    keys, _, query = _history(batch=2)
+    unit = ActivationUnit(hidden_units=(), activation="relu")
+    scores = unit(keys, query).numpy()
+    kernel, bias = (w.numpy() for w in unit._score.weights)
+    q = np.broadcast_to(query[:, None, :], keys.shape)
+    features = np.concatenate([keys, q, keys - q, keys * q], axis=-1)
+    np.testing.assert_allclose(scores, (features @ kernel)[..., 0] + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["none", "softmax"])
+def test_target_attention_ignores_history_order_and_padding(normalization):
+    keys, mask, query = _history(length=6)
+    attention = TargetAttention(hidden_units=(8, 4), activation="dice", normalization=normalization)
+    for training in (True, False):
+        pooled = attention(keys, mask, query, training=training).numpy()
+        permuted = np.random.default_rng(1).permutation(6)
+        # Rows 0 and 1 permuted inside their valid prefix only; padded keys replaced by garbage.
+        shuffled = keys.copy()
+        shuffled[0] = keys[0, permuted]
+        shuffled[1, :3] = keys[1, [2, 0, 1]]
+        shuffled[~mask] = 1e3
+        np.testing.assert_allclose(attention(shuffled, mask, query, training=training).numpy(), pooled,
+                                   rtol=1e-4, atol=1e-5)
+        # Extra padding columns change nothing either.
+        padded = np.concatenate([keys, np.full((3, 2, 4), 7.0, np.float32)], axis=1)
+        padded_mask = np.concatenate([mask, np.zeros((3, 2), bool)], axis=1)
+        np.testing.assert_allclose(attention(padded, padded_mask, query, training=training).numpy(), pooled,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_duplicating_a_behaviour_doubles_its_contribution():
+    keys, _, query = _history(batch=1, length=2)
+    attention = TargetAttention(hidden_units=(8,), activation="prelu")
+    one = attention(keys[:, :1], np.ones((1, 1), bool), query).numpy()
+    two = attention(np.repeat(keys[:, :1], 2, axis=1), np.ones((1, 2), bool), query).numpy()
+    np.testing.assert_allclose(two, 2 * one, rtol=1e-5)
+
+
+def test_softmax_normalised_weights_sum_to_one_over_valid_behaviours():
+    keys, mask, query = _history()
+    weights = TargetAttention(hidden_units=(8,), normalization="softmax").weights_for(keys, mask, query).numpy()
+    np.testing.assert_allclose(weights.sum(axis=1), [1.0, 1.0, 0.0], atol=1e-6)
+    assert (weights[~mask] == 0).all()
+
+
+def test_mismatched_key_and_query_dimensions_are_named():
+    with pytest.raises(ValueError, match="keys have dimension 4 but the query has 3"):
+        TargetAttention(name="din_attention")(np.zeros((1, 2, 4), np.float32), np.ones((1, 2), bool),
+                                              np.zeros((1, 3), np.float32))
+
+
+def test_dice_is_data_adaptive_prelu():
+    x = np.random.default_rng(0).normal(2.0, 3.0, size=(64, 5)).astype(np.float32)
+    dice = Dice(epsilon=1e-8, momentum=0.0)
+    dice(x, training=True)
+    dice.alpha.assign(np.full(5, 0.25, np.float32))
+    out = dice(x, training=True).numpy()
+    p = 1 / (1 + np.exp(-(x - x.mean(0)) / np.sqrt(x.var(0) + 1e-8)))
+    np.testing.assert_allclose(out, p * x + (1 - p) * 0.25 * x, rtol=1e-4, atol=1e-5)
+    # momentum 0: the moving moments are the last batch's, so inference reproduces training on that batch.
+    np.testing.assert_allclose(dice(x, training=False).numpy(), out, rtol=1e-4, atol=1e-5)
+
+
+def test_dice_moments_skip_masked_positions():
+    x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+    mask = np.array([[True, True, False, False], [True, True, True, False]])
+    dice = Dice(momentum=0.0)
+    dice(x, training=True, mask=mask)
+    np.testing.assert_allclose(dice.moving_mean.numpy(), x[mask].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dice.moving_variance.numpy(), x[mask].var(0), rtol=1e-4, atol=1e-6)
+
+
+def test_prelu_and_activation_names():
+    prelu = PReLU()
+    x = np.array([[-2.0, 3.0]], np.float32)
+    prelu(x)
+    prelu.alpha.assign([0.5, 0.5])
+    np.testing.assert_allclose(prelu(x).numpy(), [[-1.0, 3.0]])
+    assert isinstance(activation_layer("dice"), Dice)
+    np.testing.assert_allclose(activation_layer("relu")(x).numpy(), [[0.0, 3.0]])

@@ -1,0 +1,85 @@
+"""Data-adaptive activations of DIN (Zhou et al., KDD 2018, §4.3): PReLU and Dice.
+
+Both act elementwise on ``[..., channels]`` with one learned ``α`` per channel (the last axis). ``activation_layer``
+turns a config name (``"dice"``, ``"prelu"`` or any Keras activation) into a layer, so an MLP can take any of them.
+"""
+
+import tensorflow as tf
+
+
+class PReLU(tf.keras.layers.Layer):
+    """``f(s) = s`` if ``s > 0`` else ``α s`` (the paper's eq. 3 with the rectifier point fixed at 0); ``α`` starts
+    at 0 (ReLU). ``[..., channels] → [..., channels]``."""
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight(name="alpha", shape=[input_shape[-1]], initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return tf.where(inputs > 0, inputs, self.alpha * inputs)
+
+
+class Dice(tf.keras.layers.Layer):
+    """Dice (DIN eq. 4): ``f(s) = p(s)·s + (1 − p(s))·α·s``, ``p(s) = sigmoid((s − E[s]) / sqrt(Var[s] + ε))``.
+
+    PReLU whose rectifier point follows the data: ``E[s]`` and ``Var[s]`` are per-channel moments of the
+    mini-batch in training and moving averages (``momentum``) at inference, as in batch normalisation.
+
+    ``call(inputs [..., channels], training, mask [...] bool)``: with ``mask`` the moments are taken over the
+    valid positions only, so padding of a behaviour sequence changes neither the statistics nor, through them,
+    the activation of real behaviours. Moving moments are ON_READ/MEAN variables like Keras'
+    BatchNormalization's, so each replica keeps its own and a read averages them.
+    """
+
+    def __init__(self, epsilon: float = 1e-8, momentum: float = 0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.momentum = momentum
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.alpha = self.add_weight(name="alpha", shape=[channels], initializer="zeros")
+        moving = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                      aggregation=tf.VariableAggregation.MEAN)
+        self.moving_mean = self.add_weight(name="moving_mean", shape=[channels], initializer="zeros", **moving)
+        self.moving_variance = self.add_weight(name="moving_variance", shape=[channels], initializer="ones",
+                                               **moving)
+        super().build(input_shape)
+
+    def _batch_moments(self, inputs, mask):
+        axes = list(range(inputs.shape.rank - 1))
+        if mask is None:
+            return tf.nn.moments(inputs, axes=axes)
+        weights = tf.cast(mask, inputs.dtype)[..., tf.newaxis]
+        count = tf.maximum(tf.reduce_sum(weights, axis=axes), 1.0)
+        mean = tf.reduce_sum(inputs * weights, axis=axes) / count
+        variance = tf.reduce_sum(tf.square(inputs - mean) * weights, axis=axes) / count
+        return mean, variance
+
+    def call(self, inputs, training=None, mask=None):
+        if training:
+            mean, variance = self._batch_moments(inputs, mask)
+            self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
+            self.moving_variance.assign(self.momentum * self.moving_variance + (1.0 - self.momentum) * variance)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        p = tf.sigmoid((inputs - mean) * tf.math.rsqrt(variance + self.epsilon))
+        return p * inputs + (1.0 - p) * self.alpha * inputs
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
+
+
+def activation_layer(activation: str, **kwargs) -> tf.keras.layers.Layer:
+    """``"dice"`` → ``Dice``, ``"prelu"`` → ``PReLU``, any other Keras activation name → ``Activation``;
+    ``kwargs`` (a layer ``name``) go to the layer."""
+    if activation == "dice":
+        return Dice(**kwargs)
+    if activation == "prelu":
+        return PReLU(**kwargs)
+    return tf.keras.layers.Activation(activation, **kwargs)
+
+
+def takes_mask(layer: tf.keras.layers.Layer) -> bool:
+    """Whether ``layer`` (from ``activation_layer``) takes ``mask=`` and ``training=``: only Dice does."""
+    return isinstance(layer, Dice)

@@ -1,0 +1,85 @@
+"""DIN's target attention (Zhou et al., Deep Interest Network, KDD 2018, §4.3, eq. 3).
+
+``v_U(A) = Σ_j a(e_j, v_A) · e_j``: the history ``e_1..e_H`` pooled with weights that depend on the target ``v_A``,
+so a user's representation changes with the item being ranked. ``a`` is the *activation unit*, a small MLP over
+``[e_j ; v_A ; e_j − v_A ; e_j ⊙ v_A]`` with one linear output. The paper keeps the weights unnormalised ("to
+reserve the intensity of user interests"): a history with many relevant behaviours yields a larger vector.
+"""
+
+import tensorflow as tf
+
+from tfrecsys.layers.activations import activation_layer, takes_mask
+
+NORMALIZATIONS = ("none", "softmax")
+
+
+class ActivationUnit(tf.keras.layers.Layer):
+    """``a(e_j, v_A) = w^T f(…f(W_1 [e_j ; v_A ; e_j − v_A ; e_j ⊙ v_A] + b_1)…) + b``: one score per behaviour.
+
+    ``call(keys [batch, len, dim], query [batch, dim], key_mask [batch, len] bool)`` → ``[batch, len]`` scores
+    (unmasked; ``TargetAttention`` masks them). ``activation``: ``"dice"`` (the paper's), ``"prelu"`` or a Keras
+    activation; Dice takes its batch moments over the valid behaviours only.
+    """
+
+    def __init__(self, hidden_units=(80, 40), activation="dice", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = tuple(hidden_units)
+        self.activation = activation
+        self._dense = [tf.keras.layers.Dense(units, name=f"dense_{i}") for i, units in enumerate(self.hidden_units)]
+        self._activations = [activation_layer(activation, name=f"{activation}_{i}")
+                             for i in range(len(self.hidden_units))]
+        self._score = tf.keras.layers.Dense(1, name="score")
+
+    def call(self, keys, query, key_mask=None, training=None):
+        if keys.shape[-1] != query.shape[-1]:
+            raise ValueError(f"{self.name}: keys have dimension {keys.shape[-1]} but the query has "
+                             f"{query.shape[-1]}; the activation unit compares them elementwise (e_j − v_A, "
+                             "e_j ⊙ v_A), so embed the history and the target alike")
+        query = tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(keys))
+        hidden = tf.concat([keys, query, keys - query, keys * query], axis=-1)
+        for dense, activation in zip(self._dense, self._activations):
+            hidden = dense(hidden)
+            hidden = (activation(hidden, training=training, mask=key_mask) if takes_mask(activation)
+                      else activation(hidden))
+        return tf.squeeze(self._score(hidden), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": self.hidden_units, "activation": self.activation}
+
+
+class TargetAttention(tf.keras.layers.Layer):
+    """DIN pooling: ``v_U(A) = Σ_j w_j e_j`` with ``w_j = a(e_j, v_A)`` from an ``ActivationUnit``.
+
+    ``call(keys [batch, len, dim], key_mask [batch, len] bool, query [batch, dim])`` → ``[batch, dim]``.
+    Padded behaviours (``key_mask`` False) get weight exactly 0, so padding never changes the result and an
+    empty history pools to zeros. ``normalization``: ``"none"`` (DIN: raw scores, the weights need not sum to 1)
+    or ``"softmax"`` over the valid behaviours (DIEN's attention). ``weights_for(...)`` gives the ``[batch, len]``
+    weights themselves (DIEN's AUGRU consumes them).
+    """
+
+    def __init__(self, hidden_units=(80, 40), activation="dice", normalization="none", **kwargs):
+        super().__init__(**kwargs)
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"{self.name}: normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        self.hidden_units = tuple(hidden_units)
+        self.activation = activation
+        self.normalization = normalization
+        self.unit = ActivationUnit(hidden_units, activation, name="activation_unit")
+
+    def weights_for(self, keys, key_mask, query, training=None):
+        """``[batch, len]`` weights ``w_j``, 0 at padding."""
+        scores = self.unit(keys, query, key_mask=key_mask, training=training)
+        mask = tf.cast(key_mask, scores.dtype)
+        if self.normalization == "softmax":
+            # The lowest finite score (not −inf) for padding, so an all-padding row gives zeros, not NaN.
+            lowest = tf.fill(tf.shape(scores), tf.constant(scores.dtype.min, scores.dtype))
+            scores = tf.nn.softmax(tf.where(key_mask, scores, lowest), axis=-1)
+        return scores * mask
+
+    def call(self, keys, key_mask, query, training=None):
+        weights = self.weights_for(keys, key_mask, query, training=training)
+        return tf.einsum("bl,bld->bd", weights, keys)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden_units": self.hidden_units, "activation": self.activation,
+                "normalization": self.normalization}
