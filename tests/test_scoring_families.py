@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+from tests.sim_cases import SMALL_SIM_PER_ROW
 from tfrecsys.config import load_config
 from tfrecsys.data.input import resolve_files
 from tfrecsys.export.saved_model import export_saved_model
@@ -42,6 +43,12 @@ def write_retrieval_world(config, data_dir: str) -> None:
     from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world as write
 
     write(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
+
+
+def write_sequential(config, data_dir: str) -> None:
+    from tfrecsys.data.simulators.sequential import SequentialConfig, write_sequential as write
+
+    write(SequentialConfig.from_config(config.data.simulator), data_dir)
 
 
 def ranking_predictions(model, schema: FeatureSchema, records: list[bytes]) -> dict[str, np.ndarray]:
@@ -94,6 +101,12 @@ FAMILY_CASES = {
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_retrieval_world, "retrieve", "user_id",
         lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
+    "sim": FamilyCase(
+        "sim_simulator.py",
+        {**SMALL_SIM_PER_ROW, "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
+         "train.batch_size": 64, "train.eval_batch_size": 256, "train.shuffle_buffer": 1000,
+         "export.warmup_requests": 2},
+        write_sequential, "score", "example_id", ranking_predictions),
 }
 
 
