@@ -1,5 +1,7 @@
 """Model families, each registered under its config name (``config.model.name``)."""
 
+from tfrecsys.models import dien  # noqa: F401  (registers "dien")
+from tfrecsys.models import din  # noqa: F401  (registers "din")
 from tfrecsys.models import dnn  # noqa: F401  (registers "dnn")
 from tfrecsys.models import logistic_regression  # noqa: F401  (registers "logistic_regression")
 from tfrecsys.models import sim  # noqa: F401  (registers "sim")

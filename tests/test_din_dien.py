@@ -1,0 +1,158 @@
+"""DIN and DIEN models: the paper's properties on tiny hand-made batches (order, padding, auxiliary loss, graph
+mode), and GAUC's one-user case."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.metrics.ranking import GroupAUC
+from tfrecsys.models.dien import DIEN
+from tfrecsys.models.din import DIN
+from tfrecsys.models.tasks import tasks_from_config
+
+MAX_LEN = 6
+FEATURES = {
+    "user_id": dict(kind="id", num_buckets=10, embedding_dim=4),
+    "item_id": dict(kind="id", num_buckets=30, embedding_dim=4),
+    "item_category": dict(kind="id", num_buckets=5, embedding_dim=2),
+    "hist_item_id": dict(kind="sequence", shares="item_id", max_len=MAX_LEN),
+    "hist_category": dict(kind="sequence", shares="item_category", max_len=MAX_LEN, aligned_with="hist_item_id"),
+    "neg_item_id": dict(kind="sequence", shares="item_id", max_len=MAX_LEN, aligned_with="hist_item_id",
+                        training_only=True),
+    "neg_category": dict(kind="sequence", shares="item_category", max_len=MAX_LEN, aligned_with="hist_item_id",
+                         training_only=True),
+    "click": dict(kind="label"),
+}
+HISTORY = ("hist_item_id", "hist_category")
+NEGATIVES = ("neg_item_id", "neg_category")
+SCHEMA = FeatureSchema.from_config(FEATURES)
+TASKS = tasks_from_config({"score": dict(label="click")}, SCHEMA)
+
+
+def _batch(rows=8, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = np.array([MAX_LEN, 4, 1, 0, 5, 3, 2, MAX_LEN][:rows])
+    valid = np.arange(MAX_LEN)[None, :] < lengths[:, None]
+
+    def history(high):
+        return tf.constant(np.where(valid, rng.integers(0, high, (rows, MAX_LEN)), 0), tf.int64)
+
+    return {"user_id": tf.constant(rng.integers(0, 10, rows), tf.int64),
+            "item_id": tf.constant(rng.integers(0, 30, rows), tf.int64),
+            "item_category": tf.constant(rng.integers(0, 5, rows), tf.int64),
+            "hist_item_id": history(30), "hist_category": history(5), "hist_item_id_length": tf.constant(lengths),
+            "neg_item_id": history(30), "neg_category": history(5)}
+
+
+def _reorder(batch, order_of_row):
+    """The batch with each row's valid history permuted by ``order_of_row(row, length)`` and its padding ids
+    replaced by other (garbage) ids."""
+    out = dict(batch)
+    lengths = batch["hist_item_id_length"].numpy()
+    for name in HISTORY + NEGATIVES:
+        values = batch[name].numpy().copy()
+        for row, length in enumerate(lengths):
+            values[row, :length] = values[row, order_of_row(row, length)]
+            values[row, length:] = 3
+        out[name] = tf.constant(values)
+    return out
+
+
+def _din(**kwargs):
+    tf.keras.utils.set_random_seed(0)
+    return DIN(SCHEMA, TASKS, history=HISTORY, attention_units=(8, 4), hidden_units=(8,), **kwargs)
+
+
+def _dien(**kwargs):
+    tf.keras.utils.set_random_seed(0)
+    return DIEN(SCHEMA, TASKS, history=HISTORY, attention_units=(8,), hidden_units=(8,), **kwargs)
+
+
+def _reverse(row, length):
+    return np.arange(length)[::-1]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_din_is_invariant_to_history_order_and_ignores_padding(training):
+    model, batch = _din(), _batch()
+    score = model(batch, training=training)["score"].numpy()
+    shuffled = _reorder(batch, lambda row, length: np.random.default_rng(row).permutation(length))
+    np.testing.assert_allclose(model(shuffled, training=training)["score"].numpy(), score, rtol=1e-5, atol=1e-6)
+
+
+def test_dien_depends_on_history_order_but_ignores_padding():
+    model, batch = _dien(aux_weight=0.0), _batch()
+    score = model(batch, training=False)["score"].numpy()
+    padded_differently = _reorder(batch, lambda row, length: np.arange(length))
+    np.testing.assert_allclose(model(padded_differently, training=False)["score"].numpy(), score, rtol=1e-5,
+                               atol=1e-6)
+    reversed_score = model(_reorder(batch, _reverse), training=False)["score"].numpy()
+    lengths = batch["hist_item_id_length"].numpy()
+    changed = np.abs(reversed_score - score) > 1e-6
+    assert changed[lengths > 1].all() and not changed[lengths <= 1].any()
+
+
+@pytest.mark.parametrize("negative_history", [NEGATIVES, ()])
+def test_dien_auxiliary_loss_has_zero_gradient_to_the_ranking_head(negative_history):
+    model, batch = _dien(aux_weight=1.0, negative_history=negative_history), _batch()
+    with tf.GradientTape(persistent=True) as tape:
+        score = model(batch, training=True)["score"]
+        aux = tf.add_n(model.losses)
+    head = model.tower.trainable_variables + [v for h in model.heads.values() for v in h.trainable_variables]
+    assert all(g is None for g in tape.gradient(aux, head))
+    extractor_gradients = tape.gradient(aux, model.extractor.trainable_variables)
+    assert all(g is not None and np.abs(g.numpy()).max() > 0 for g in extractor_gradients)
+    assert all(g is not None for g in tape.gradient(score, head))
+    # Serving (no negatives, not training) computes no auxiliary loss.
+    model({k: v for k, v in batch.items() if k not in NEGATIVES}, training=False)
+    assert model.losses == []
+
+
+def test_dien_aux_weight_zero_adds_no_loss():
+    model = _dien(aux_weight=0.0, negative_history=NEGATIVES)
+    model(_batch(), training=True)
+    assert model.losses == []
+
+
+@pytest.mark.parametrize("variant", ["aigru", "agru", "augru"])
+def test_dien_gives_the_same_scores_eagerly_and_in_graph_mode(variant):
+    model, batch = _dien(gru_variant=variant, negative_history=NEGATIVES), _batch()
+    eager = model(batch, training=False)["score"].numpy()
+    graph = tf.function(lambda features: model(features, training=False))(batch)["score"].numpy()
+    np.testing.assert_allclose(graph, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # ~25 s on the loaded 2-core machine, nearly all of it tracing the recurrent gradients
+def test_dien_trains_eagerly_and_in_graph_mode():
+    model, batch = _dien(negative_history=NEGATIVES), _batch()
+    data = tf.data.Dataset.from_tensors((batch, {"click": tf.constant(np.arange(8) % 2, tf.float32)})).repeat(2)
+    for run_eagerly in (True, False):
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.01), run_eagerly=run_eagerly)
+        assert np.isfinite(model.fit(data, epochs=1, verbose=0).history["loss"][-1])
+
+
+def test_din_mini_batch_aware_l2_is_a_training_loss_only():
+    model, batch = _din(mba_l2=0.5), _batch()
+    model(batch, training=False)
+    assert model.losses == []
+    model(batch, training=True)
+    (penalty,) = model.losses
+    used = {"item_id": set(batch["item_id"].numpy()), "item_category": set(batch["item_category"].numpy()),
+            "user_id": set(batch["user_id"].numpy())}
+    lengths = batch["hist_item_id_length"].numpy()
+    for row, length in enumerate(lengths):
+        used["item_id"] |= set(batch["hist_item_id"].numpy()[row, :length])
+        used["item_category"] |= set(batch["hist_category"].numpy()[row, :length])
+    expected = sum(np.sum(model.embeddings.table(t).embeddings.numpy()[sorted(ids)] ** 2) for t, ids in used.items())
+    np.testing.assert_allclose(penalty.numpy(), 0.5 * expected, rtol=1e-5)
+
+
+def test_gauc_of_one_user_equals_auc():
+    rng = np.random.default_rng(0)
+    labels = (rng.random(200) < 0.4).astype(np.float32)
+    predictions = np.clip(0.3 * labels + 0.7 * rng.random(200), 0, 1).astype(np.float32)
+    gauc, auc = GroupAUC(num_groups=8, num_thresholds=2000), tf.keras.metrics.AUC(num_thresholds=2000)
+    gauc.update_state(labels, predictions, tf.fill([200], tf.constant(7, tf.int64)))
+    auc.update_state(labels, predictions)
+    np.testing.assert_allclose(gauc.result().numpy(), auc.result().numpy(), atol=2e-3)

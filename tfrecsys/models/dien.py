@@ -1,0 +1,99 @@
+"""dien: Deep Interest Evolution Network (Zhou et al., AAAI 2019): a GRU extracts interests from the history,
+an attention-gated GRU evolves them towards the target."""
+
+import tensorflow as tf
+
+from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.layers.augru import GRU_VARIANTS, InterestEvolution, InterestExtractor, auxiliary_loss
+from tfrecsys.layers.mlp import MLP
+from tfrecsys.layers.pooling import concat_pooled
+from tfrecsys.models.base import RecModel
+from tfrecsys.models.behaviours import behaviour_history
+from tfrecsys.models.registry import register
+from tfrecsys.models.tasks import tasks_from_config
+
+
+def in_batch_negatives(keys: tf.Tensor, mask: tf.Tensor, seed=None) -> tf.Tensor:
+    """``[batch, len, d]``: for every step, a valid behaviour drawn uniformly from the whole batch's histories.
+
+    The negatives of the auxiliary loss when the data has no negative history: real (item, category) pairs,
+    drawn with their frequency in the batch (DIEN's paper samples negatives from the item pool; a batch's
+    behaviours are such a sample, popularity-weighted). An empty batch yields zeros, which the loss masks.
+    """
+    valid = tf.boolean_mask(keys, mask)
+    pool = tf.concat([valid, tf.zeros_like(keys[:1, 0])], axis=0)
+    count = tf.maximum(tf.shape(valid)[0], 1)
+    draws = tf.random.uniform(tf.shape(mask), maxval=count, dtype=tf.int32, seed=seed)
+    return tf.gather(pool, draws)
+
+
+class DIEN(RecModel):
+    """``h_t = GRU(e_b[t])`` (interest extractor), ``h'_T = AUGRU(h_t, a_t)`` with
+    ``a_t = softmax_t(a(h_t, e_a))`` (interest evolution), ``p_task = sigmoid(w_task · MLP([x_other ; h'_T]))``;
+    loss ``L_target + α L_aux`` (DIEN eq. 6–7).
+
+    ``history``: the behaviour sequences (``hist_item_id``, ``hist_category``), each sharing a candidate id
+    feature, so ``e_b[t]`` and the target ``e_a`` are ``[batch, d]`` in one space; both GRUs have ``d`` units.
+    ``gru_variant``: ``augru`` (the paper's), ``agru`` or ``aigru``. ``aux_weight`` ``α``: 0 turns the auxiliary
+    loss off. Its negatives come from ``negative_history`` (training-only sequences aligned with the history
+    and sharing the same tables, e.g. one random item per step written by preprocessing) when the batch holds
+    them, else from the batch's own behaviours (``in_batch_negatives``). The auxiliary loss enters the step
+    through ``add_loss`` whenever the negatives are at hand (training, and evaluation on training-format
+    data); serving never computes it. Outputs ``{task: [batch]}``.
+    """
+
+    def __init__(self, schema: FeatureSchema, tasks, history, negative_history=(), gru_variant="augru",
+                 aux_weight=1.0, attention_units=(64, 16), attention_activation="dice", hidden_units=(200, 80),
+                 dropout=0.0, **kwargs):
+        super().__init__(schema, tasks, **kwargs)
+        if gru_variant not in GRU_VARIANTS:
+            raise ValueError(f"model.gru_variant must be one of {GRU_VARIANTS}, got {gru_variant!r}")
+        self.behaviours = behaviour_history(schema, history)
+        self.negative_history = (behaviour_history(schema, negative_history, "model.negative_history",
+                                                   targets=self.behaviours.targets) if negative_history else None)
+        self.aux_weight = aux_weight
+        self.other_features = [name for name in self.serving_features if name not in self.behaviours.sequences]
+        self.embedding = self.embedding_view(self.serving_features, name="features")
+        if self.negative_history is not None:
+            self.negative_embedding = self.embedding_view(self.negative_history.sequences, name="negatives")
+        units = sum(schema[name].embedding_dim for name in self.behaviours.targets)
+        self.extractor = InterestExtractor(units, name="interest_extractor")
+        self.evolution = InterestEvolution(units, gru_variant, attention_units, attention_activation,
+                                           name="interest_evolution")
+        self.tower = MLP(hidden_units, dropout=dropout, name="tower")
+        self.heads = {task.name: tf.keras.layers.Dense(1, name=f"{task.name}_logit", dtype="float32")
+                      for task in self.tasks}
+
+    def call(self, features, training=None):
+        embedded = self.embedding(features)
+        behaviours, mask = self.behaviours.keys(embedded), self.behaviours.mask(embedded)
+        interests = self.extractor(behaviours, mask, training=training)
+        evolved = self.evolution(interests, mask, self.behaviours.query(embedded), training=training)
+        if self.aux_weight:
+            negatives = self.auxiliary_negatives(features, behaviours, mask, training)
+            if negatives is not None:
+                self.add_loss(self.aux_weight * auxiliary_loss(interests, behaviours, negatives, mask))
+        hidden = self.tower(tf.concat([concat_pooled(embedded, self.schema, self.other_features), evolved], -1),
+                            training=training)
+        return {name: tf.sigmoid(tf.squeeze(head(hidden), axis=-1)) for name, head in self.heads.items()}
+
+    def auxiliary_negatives(self, features, behaviours, mask, training):
+        """The negative behaviours ``ê_b`` ``[batch, len, d]``, or None where the auxiliary loss does not apply
+        (serving, or evaluation without a negative history)."""
+        if self.negative_history is not None:
+            if not self.has_features(features, self.negative_history.sequences):
+                return None
+            return self.negative_history.keys(self.negative_embedding(features))
+        return in_batch_negatives(behaviours, mask) if training else None
+
+
+@register("dien")
+def build_dien(config, schema: FeatureSchema, tables=None) -> DIEN:
+    model = config.model
+    return DIEN(schema, tasks_from_config(config.tasks, schema), history=tuple(model.history),
+                negative_history=tuple(model.get("negative_history", ())),
+                gru_variant=model.get("gru_variant", "augru"), aux_weight=model.get("aux_weight", 1.0),
+                attention_units=tuple(model.get("attention_units", (64, 16))),
+                attention_activation=model.get("attention_activation", "dice"),
+                hidden_units=tuple(model.get("hidden_units", (200, 80))), dropout=model.get("dropout", 0.0),
+                name="dien")
