@@ -39,6 +39,8 @@ def synthetic_examples(schema: FeatureSchema, count: int, seed: int = 0) -> list
                 values = _ids(spec, rng, 1)
             elif isinstance(spec, SequenceFeature):
                 values = _ids(spec, rng, lengths[spec.aligned_with or spec.name])
+            elif isinstance(spec, DenseFeature) and spec.dtype == "int64":  # a request time
+                values = rng.integers(1_700_000_000, 1_700_001_000, spec.dim).tolist()
             elif isinstance(spec, DenseFeature):
                 values = rng.random(spec.dim).astype(np.float32).tolist()
             else:

@@ -21,6 +21,7 @@ from tensorflow.python.tools import saved_model_cli
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tests.serving_dnn import DNN_CONFIG, SMALL_DNN, export_ranking_model, synthetic_examples
+from tests.sim_cases import SIM_CONFIG, SMALL_SIM
 from tfrecsys.config import load_config
 from tfrecsys.data.model_tables import ModelTables
 from tfrecsys.export import saved_model as contract
@@ -90,6 +91,7 @@ FAMILY_CASES = {
     "generative": FamilyCase(GENERATIVE_CONFIG, SMALL_GENERATIVE, export_simulated_retrieval, kind="retrieval"),
     "din": FamilyCase(DIN_CONFIG, SMALL_BEHAVIOUR_MODEL),
     "dien": FamilyCase(DIEN_CONFIG, SMALL_BEHAVIOUR_MODEL),
+    "sim": FamilyCase(SIM_CONFIG, SMALL_SIM),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
 
@@ -255,8 +257,8 @@ def test_unknown_ids_read_the_oov_row_and_known_ids_their_own(exports, family):
     """Lookup and hashing live in the SavedModel: a client sends raw ids, and one never seen in training
     lands in an OOV row instead of failing the request.
 
-    For each id and sequence input: rows whose id is unseen and rows whose id is a known ``k`` score
-    differently, and alike once the OOV row of the table holds row ``k``'s values. So the unseen id reads
+    For each id and sequence input (set with every input of its table): rows whose id is unseen and rows
+    whose id is a known ``k`` score differently, and alike once the OOV row of the table holds row ``k``'s values. So the unseen id reads
     the OOV row (nothing else changed) and ``k`` reads row ``k`` (not the OOV row, not a neighbour)."""
     path, config, _ = exports(family)
     schema = FeatureSchema.from_config(config.features)
@@ -267,7 +269,7 @@ def test_unknown_ids_read_the_oov_row_and_known_ids_their_own(exports, family):
     tables = {v.name: v for v in signature.variables}
     checked = []
     for feature in schema.serving_inputs:
-        if not isinstance(feature, (IdFeature, SequenceFeature)):
+        if not isinstance(feature, (IdFeature, SequenceFeature)) or not feature.embedded:  # raw: no table
             continue
         owner = schema[feature.table]
         rows = known_id_and_rows(owner.vocab)
@@ -278,12 +280,17 @@ def test_unknown_ids_read_the_oov_row_and_known_ids_their_own(exports, family):
         assert len(matching) == 1, f"no single embedding table for {owner.table} among {sorted(tables)}"
         [table] = matching
 
+        # Every input of the table takes the id: a model may read a feature only where it equals another of
+        # the same table (SIM's hard search embeds the history behaviours of the target's category).
+        same_table = [f for f in schema.serving_inputs if getattr(f, "embedded", False) and f.table == feature.table]
+
         def score_with(raw_id):
             features = dict(base)
             unseen_or_known = np.array(raw_id, dtype=object if owner.dtype == "string" else np.int64)
-            features[feature.name] = np.full_like(base[feature.name], unseen_or_known)
-            if isinstance(feature, SequenceFeature):  # every position valid, so every one is read
-                features[feature.length_name] = np.full_like(base[feature.length_name], feature.max_len)
+            for alike in same_table:
+                features[alike.name] = np.full_like(base[alike.name], unseen_or_known)
+                if isinstance(alike, SequenceFeature):  # every position valid, so every one is read
+                    features[alike.length_name] = np.full_like(base[alike.length_name], alike.max_len)
             outputs = signature(**{name: tf.constant(value) for name, value in features.items()})
             return {task: value.numpy() for task, value in outputs.items()}
 

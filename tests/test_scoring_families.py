@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+from tests.sim_cases import SMALL_SIM_PER_ROW
 from tfrecsys.config import load_config
 from tfrecsys.data.input import resolve_files
 from tfrecsys.export.saved_model import export_saved_model
@@ -117,6 +118,12 @@ FAMILY_CASES = {
                       ranking_predictions),
     "dien": FamilyCase("dien_simulator.py", SMALL_SEQUENTIAL_WORLD, write_simulator, "score", "example_id",
                        ranking_predictions),
+    "sim": FamilyCase(
+        "sim_simulator.py",
+        {**SMALL_SIM_PER_ROW, "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
+         "train.batch_size": 64, "train.eval_batch_size": 256, "train.shuffle_buffer": 1000,
+         "export.warmup_requests": 2},
+        write_simulator, "score", "example_id", ranking_predictions),
 }
 
 

@@ -22,7 +22,7 @@ MOVIELENS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "share
 NUM_USERS, NUM_ITEMS, SHORT_LEN = 8, 30, 2
 ABSENT_USER = 99
 SEQUENCES = {"hist_item_id": "item_id", "hist_category": "category", "hist_action": "action",
-             "recent_item_id": "item_id"}
+             "hist_timestamp": "timestamp", "recent_item_id": "item_id"}  # the store's time column cut too
 
 
 def event_log(seed=0):
@@ -55,6 +55,7 @@ def schema_for(max_len):
         "hist_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=max_len),
         "hist_category": dict(kind="sequence", num_buckets=8, max_len=max_len, aligned_with="hist_item_id"),
         "hist_action": dict(kind="sequence", num_buckets=8, max_len=max_len, aligned_with="hist_item_id"),
+        "hist_timestamp": dict(kind="sequence", raw=True, max_len=max_len, aligned_with="hist_item_id"),
         "recent_item_id": dict(kind="sequence", num_buckets=NUM_ITEMS, max_len=SHORT_LEN),
         "click": dict(kind="label"),
     })
@@ -119,8 +120,8 @@ def test_histories_cut_at_input_time_equal_per_row_histories(tmp_path, max_len, 
     log = event_log()
     schema = schema_for(max_len)
     per_row_files, row_files, store, per_row = write_both(tmp_path, log, max_len, write_sharded)
-    user_histories = UserHistories(UserHistoryStore.load(store), schema, user_feature="user_id",
-                                   time_feature="timestamp", sequences=SEQUENCES)
+    user_histories = UserHistories(UserHistoryStore.load(store, columns=sorted(set(SEQUENCES.values()))), schema,
+                                   user_feature="user_id", time_feature="timestamp", sequences=SEQUENCES)
 
     def dataset(files, histories, training):
         return make_dataset(files, schema, 16, targets={"score": "click"}, training=training, shuffle_buffer=64,
@@ -189,7 +190,7 @@ def test_from_config_reads_the_store_relative_to_the_data_dir(tmp_path):
              "sequences": SEQUENCES}
     histories = UserHistories.from_config(block, schema_for(3), base_dir=str(tmp_path))
     assert histories.store.num_events == len(log["user_id"]) and sorted(histories.store.column_dtypes) == [
-        "action", "category", "item_id"]
+        "action", "category", "item_id", "timestamp"]
     with pytest.raises(UserHistoryError, match=r"unknown keys \['max_len'\]"):
         UserHistories.from_config({**block, "max_len": 3}, schema_for(3), base_dir=str(tmp_path))
 

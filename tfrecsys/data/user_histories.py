@@ -145,8 +145,8 @@ class UserHistoryStore:
 
     @classmethod
     def load(cls, paths: Union[str, Sequence[str]], columns: Optional[Sequence[str]] = None) -> "UserHistoryStore":
-        """Reads the files ``write_user_histories`` writes (a path, a glob or a list), only ``columns`` of
-        the event columns when given. Raises UserHistoryError naming the file for a missing column, unaligned
+        """Reads the files ``write_user_histories`` writes (a path, a glob or a list): every event column, or
+        only ``columns`` (which may name the time column, to cut timestamp sequences too). Raises UserHistoryError naming the file for a missing column, unaligned
         lists, nulls, unsorted timestamps or a user stored twice."""
         if isinstance(paths, str):
             pattern = paths
@@ -215,13 +215,16 @@ def _read_store_file(path: str, columns: Optional[Sequence[str]]) -> tuple:
                                "write it with tfrecsys.data.user_histories.write_user_histories")
     metadata = json.loads(schema.metadata[_METADATA_KEY])
     names = list(metadata["columns"]) if columns is None else list(columns)
-    unknown = [name for name in names if name not in metadata["columns"]]
-    if unknown:
-        raise UserHistoryError(f"{path}: no event column {unknown[0]!r}; the store has {metadata['columns']}")
     user_column, time_column = metadata["user_column"], metadata["time_column"]
-    table = pq.read_table(parquet.readable(path), columns=[user_column, time_column, *names])
+    # The time column is also an event column a sequence can be cut from (raw timestamps: SIM's intervals).
+    unknown = [name for name in names if name not in metadata["columns"] and name != time_column]
+    if unknown:
+        raise UserHistoryError(f"{path}: no event column {unknown[0]!r}; the store has {metadata['columns']} "
+                               f"and the time column {time_column!r}")
+    events = [name for name in names if name != time_column]
+    table = pq.read_table(parquet.readable(path), columns=[user_column, time_column, *events])
     users = table.column(user_column).combine_chunks()
-    lists = {name: table.column(name).combine_chunks() for name in [time_column, *names]}
+    lists = {name: table.column(name).combine_chunks() for name in [time_column, *events]}
     for name, array in [(user_column, users), *lists.items()]:
         if array.null_count or (name in lists and array.flatten().null_count):
             raise UserHistoryError(f"{path}: column {name!r} holds nulls")
@@ -247,7 +250,8 @@ class UserHistories:
     ``make_dataset(..., user_histories=...)`` takes.
 
     ``sequences`` maps each sequence feature filled from the store to the store column it holds
-    (``{"hist_item_id": "item_id", "hist_category_id": "category_id"}``); each is cut to its own feature's
+    (``{"hist_item_id": "item_id", "hist_category_id": "category_id"}``), or to the store's time column
+    (``{"hist_timestamp": "timestamp"}``, a raw int64 sequence of the events' times); each is cut to its own feature's
     ``max_len`` (a short and a lifelong history of the same column can sit side by side). Examples hold
     ``user_feature`` (int64 or string, as the store's user ids) and ``time_feature`` (an exact int64 scalar,
     never a float: float32 keeps Unix seconds only to 128 s).

@@ -4,6 +4,7 @@ from tfrecsys.models import dien  # noqa: F401  (registers "dien")
 from tfrecsys.models import din  # noqa: F401  (registers "din")
 from tfrecsys.models import dnn  # noqa: F401  (registers "dnn")
 from tfrecsys.models import logistic_regression  # noqa: F401  (registers "logistic_regression")
+from tfrecsys.models import sim  # noqa: F401  (registers "sim")
 from tfrecsys.models import two_tower  # noqa: F401  (registers "two_tower")
 from tfrecsys.models import generative  # noqa: F401  (registers "generative")
 from tfrecsys.models.base import RecModel  # noqa: F401

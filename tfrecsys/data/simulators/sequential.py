@@ -16,20 +16,29 @@ The world, all drawn from ``seed``:
 Each row carries the user's history strictly before it (timestamps of a user are strictly increasing):
 with ``history="clicks"`` the clicked items with their categories and timestamps (DIN/DIEN/SIM), with
 ``history="impressions"`` every earlier impression with its action (1 = click) as well (HSTU's interleaved
-stream). The ground truth holds, per row, the true click probability, the current interest, whether it just
-changed, and whether the candidate is in the current or a long-term interest.
+stream). With ``lifelong_store`` the histories are instead written once per user to
+``user_histories.parquet`` (``tfrecsys.data.user_histories``: columns ``item_id``, ``category``, and
+``action`` for impressions), and the rows hold only the user and the time, from which the input pipeline cuts
+histories of any length (SIM's lifelong history beside DIN's recent one). ``warmup_events`` (the first events
+of each user only build history) and ``row_fraction`` (the share of the other events kept as rows) keep the
+rows few while the histories stay long. The ground truth holds, per row, the true click probability, the
+current interest, whether it just changed, and whether the candidate is in the current or a long-term
+interest.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 
 from tfrecsys.data.histories import gather_histories, history_rows
 from tfrecsys.data.next_item import write_next_item_dataset
+from tfrecsys.data.user_histories import write_user_histories
 from tfrecsys.data.simulators.common import (SECONDS_PER_DAY, START_TIMESTAMP, auc, eval_start_index, power_law,
                                              settings_from_config, sigmoid, solve_bias, write_simulation)
 
 HISTORY_KINDS = ("clicks", "impressions")
+USER_HISTORIES_FILE = "user_histories.parquet"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +61,9 @@ class SequentialConfig:
     mean_gap_seconds: float = 3600.0
     eval_fraction: float = 0.1
     num_shards: int = 4
+    lifelong_store: bool = False
+    warmup_events: int = 0
+    row_fraction: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
@@ -61,6 +73,9 @@ class SequentialConfig:
             raise ValueError("long_term_interests must be between 1 and num_categories - 1")
         if self.num_items < self.num_categories:
             raise ValueError("num_items must be at least num_categories (every category needs an item)")
+        if not 0.0 < self.row_fraction <= 1.0 or self.warmup_events < 0:
+            raise ValueError("row_fraction must be in (0, 1] and warmup_events non-negative, got "
+                             f"{self.row_fraction} and {self.warmup_events}")
 
     @classmethod
     def from_config(cls, config) -> "SequentialConfig":
@@ -141,16 +156,31 @@ def _histories(events: dict, clicks: np.ndarray, config: SequentialConfig) -> di
 
 def simulate_sequential(config: SequentialConfig) -> tuple[dict, dict]:
     """Returns ``(columns, truth)``: one row per impression in time order; truth per row and of the world."""
+    columns, truth, _ = _simulate(config)
+    return columns, truth
+
+
+def _simulate(config: SequentialConfig) -> tuple[dict, dict, dict]:
+    """``simulate_sequential``'s ``(columns, truth)`` and, with ``lifelong_store``, the history event log."""
     rng = np.random.default_rng(config.seed)
     world = _World(config, rng)
     per_user = [_user_events(user, world, config, rng) for user in range(config.num_users)]
     logits = np.concatenate([events["logit"] for events in per_user])
     bias = solve_bias(logits, config.target_ctr)
-    rows = []
+    rows, store_events = [], []
     for events in per_user:
         probability = sigmoid(events["logit"] + bias)
         clicks = (rng.random(len(probability)) < probability).astype(np.int64)
-        rows.append({**events, **_histories(events, clicks, config), "probability": probability, "click": clicks})
+        if config.lifelong_store:
+            store_events.append(_store_events(events, clicks, config))
+            histories = {}
+        else:
+            histories = _histories(events, clicks, config)
+        kept = np.arange(len(clicks)) >= config.warmup_events
+        if config.row_fraction < 1.0:  # no draw otherwise: the default world stays what it always was
+            kept &= rng.random(len(clicks)) < config.row_fraction
+        rows.append({name: values[kept] if isinstance(values, np.ndarray) else [values[i] for i in np.flatnonzero(kept)]
+                     for name, values in {**events, **histories, "probability": probability, "click": clicks}.items()})
     merged = {name: (np.concatenate([r[name] for r in rows]) if not name.startswith("hist_")
                      else [h for r in rows for h in r[name]]) for name in rows[0]}
     order = np.lexsort((merged["user_id"], merged["timestamp"]))
@@ -165,16 +195,35 @@ def simulate_sequential(config: SequentialConfig) -> tuple[dict, dict]:
              "in_long_term": merged["in_long_term"], "long_term_interests": world.long_term,
              "long_term_weights": world.long_term_weights, "item_category": world.item_category,
              "item_quality": world.item_quality, "bias": np.float64(bias)}
-    return columns, truth
+    log = {name: np.concatenate([e[name] for e in store_events]) for name in store_events[0]} if store_events else {}
+    return columns, truth, log
+
+
+def _store_events(events: dict, clicks: np.ndarray, config: SequentialConfig) -> dict:
+    """The user's history events (clicks, or every impression with its action) for the per-user store."""
+    keep = clicks == 1 if config.history == "clicks" else np.ones(len(clicks), bool)
+    out = {"user_id": events["user_id"][keep], "timestamp": events["timestamp"][keep],
+           "item_id": events["item_id"][keep], "category": events["item_category"][keep]}
+    if config.history == "impressions":
+        out["action"] = clicks[keep]
+    return out
 
 
 def write_sequential(config: SequentialConfig, output_dir: str) -> dict:
-    """Simulates and writes train/eval shards (the last ``eval_fraction`` of impressions in time is eval)."""
-    columns, truth = simulate_sequential(config)
+    """Simulates and writes train/eval shards (the last ``eval_fraction`` of impressions in time is eval), and
+    with ``lifelong_store`` the per-user history store ``user_histories.parquet`` beside them."""
+    columns, truth, log = _simulate(config)
+    statistics = {}
+    if config.lifelong_store:
+        os.makedirs(output_dir, exist_ok=True)
+        stored = write_user_histories(os.path.join(output_dir, USER_HISTORIES_FILE), log["user_id"], log["timestamp"],
+                                      {name: values for name, values in log.items()
+                                       if name not in ("user_id", "timestamp")})
+        statistics["history_events_per_user"] = stored["events"] / max(stored["users"], 1)
     rows = len(columns["example_id"])
     eval_start = eval_start_index(rows, config.eval_fraction)
     clicks = columns["click"]
-    statistics = {
+    statistics.update({
         "click_rate": float(clicks.mean()),
         "oracle_auc": auc(clicks[eval_start:], truth["probability"][eval_start:]),
         "switch_rate": float(truth["switched"].mean()),
@@ -182,7 +231,7 @@ def write_sequential(config: SequentialConfig, output_dir: str) -> dict:
         "ctr_long_term_not_current": float(clicks[truth["in_long_term"] & ~truth["is_current"]].mean()),
         "ctr_other": float(clicks[~truth["in_long_term"] & ~truth["is_current"]].mean()),
         "bias": float(truth["bias"]),
-    }
+    })
     return write_simulation(output_dir, "sequential", config, columns, truth, eval_start, config.num_shards,
                             statistics)
 
