@@ -151,3 +151,18 @@ def test_simulated_actions_lie_on_the_click_path_and_leave_the_world_unchanged()
     action, click, conversion = (with_actions[name] == 1 for name in ("action", "click", "conversion"))
     assert not np.any(action & ~click)
     assert 0.65 < action[conversion].mean() < 0.95 and 0.2 < action[click & ~conversion].mean() < 0.4
+
+
+def test_dense_batch_norm_makes_training_outputs_independent_of_a_dense_column_scale():
+    config = load_config(os.path.join(CONFIGS, "mmoe_simulator.py"), {**SMALL, **EXPERTS})
+    config.features.capital_gains = dict(kind="dense")
+    config.model.dense_batch_norm = True
+    schema = FeatureSchema.from_config(config.features)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, schema)
+    features, _ = schema.split_labels(schema.parse_examples(tf.constant(synthetic_examples(schema, 32, seed=3))))
+    thousands = {**features, "capital_gains": features["capital_gains"] * 1e3}
+    millions = {**features, "capital_gains": features["capital_gains"] * 1e6 + 5e4}
+    a, b = model(thousands, training=True), model(millions, training=True)
+    for name in a:
+        np.testing.assert_allclose(a[name].numpy(), b[name].numpy(), atol=1e-5, err_msg=name)

@@ -5,7 +5,10 @@
 * ``shared_bottom``: ``bottom_units`` (the shared MLP), ``tower_units``, ``dropout``;
 * ``mmoe``: ``num_experts``, ``expert_units``, ``tower_units``, ``dropout``;
 * ``ple``: ``num_levels``, ``shared_experts``, ``task_experts`` (per task and level), ``expert_units``,
-  ``tower_units``, ``dropout``.
+  ``tower_units``, ``dropout``;
+* every family: ``dense_batch_norm`` (default False) standardises the dense inputs with a BatchNormalization
+  layer (batch statistics in training, moving averages when serving): for raw, unscaled columns such as
+  Census-Income's capital gains (0 to 99,999), which would otherwise dominate the input of the first layer.
 
 Every task of ``config.tasks`` gets a tower and an output of its name (``p_k = sigmoid(tower_k(f^k(x)))``),
 so a two-task config on Census-Income serves ``income`` and ``never_married``. ESMM and ESM² (``esmm.py``)
@@ -16,7 +19,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.features.schema import DenseFeature, FeatureSchema
 from tfrecsys.layers.experts import (IdentityBackbone, MixtureOfExpertsBackbone, ProgressiveLayeredExtraction,
                                      SharedBottomBackbone)
 from tfrecsys.layers.mlp import MLP
@@ -52,7 +55,8 @@ def build_backbone(kind: str, num_tasks: int, model_config) -> tf.keras.layers.L
 
 
 class MultiTaskRanker(RecModel):
-    """Towers over a multi-task backbone: ``x = [e_1 ; … ; mean_t e_seq,t ; … ; dense]`` ``[batch, Σ d_f]``,
+    """Towers over a multi-task backbone: ``x = [e_1 ; … ; mean_t e_seq,t ; … ; dense]`` ``[batch, Σ d_f]``
+    (``dense`` batch-normalised with ``dense_batch_norm``),
     ``[f^1(x), …, f^K(x)] = backbone(x)``, ``logit_k = w_k · MLP_k(f^k(x)) + b_k`` ``[batch]``.
 
     ``heads`` names the towers (default: the tasks); ``call`` returns ``{head: sigmoid(logit_head)}``.
@@ -65,6 +69,12 @@ class MultiTaskRanker(RecModel):
         self.head_names = list(heads) or [task.name for task in self.tasks]
         self.tower_units = tuple(model_config.get("tower_units", ()))
         self.embedding = self.embedding_view(self.serving_features, name="features")
+        dense = {f.name for f in schema.of_kind(DenseFeature)}
+        self.dense_normalization = (tf.keras.layers.BatchNormalization(name="dense_normalization")
+                                    if model_config.get("dense_batch_norm", False) and dense else None)
+        self.normalized_features = [name for name in self.serving_features if name in dense]
+        self.embedded_features = [name for name in self.serving_features
+                                  if not (self.dense_normalization and name in dense)]
         self.backbone = build_backbone(backbone_kind, len(self.head_names), model_config)
         dropout = model_config.get("dropout", 0.0)
         self.towers = {name: MLP(self.tower_units, dropout=dropout, name=f"{name}_tower") for name in self.head_names}
@@ -83,7 +93,11 @@ class MultiTaskRanker(RecModel):
 
     def logits(self, features, training=None) -> dict:
         """``{head: logit [batch]}``."""
-        x = concat_pooled(self.embedding(features), self.schema, self.serving_features)
+        embedded = self.embedding(features)
+        x = concat_pooled(embedded, self.schema, self.embedded_features)
+        if self.dense_normalization is not None:
+            dense = concat_pooled(embedded, self.schema, self.normalized_features)
+            x = tf.concat([x, self.dense_normalization(dense, training=training)], axis=-1)
         hidden = self.backbone(x, training=training)
         return {name: tf.squeeze(self.logit_layers[name](self.towers[name](h, training=training)), axis=-1)
                 for name, h in zip(self.head_names, hidden)}
