@@ -77,12 +77,16 @@ class FamilyCase:
     mode: str
     key_feature: str
     predict: Callable
+    slow: bool = False  # a family whose scoring path a fast case already runs: checked by make test-all only
 
 
 SMALL_SEQUENTIAL_WORLD = {
     "data.simulator.num_users": 40, "data.simulator.events_per_user": 30, "model.attention_units": (4,),
     "model.hidden_units": (8,), "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
     "train.batch_size": 64, "train.shuffle_buffer": 1000, "export.warmup_requests": 2}
+MULTITASK_RUN = {"data.simulator.num_impressions": 3000, "model.tower_units": (4,), "train.steps": 10,
+                 "train.steps_per_loop": 10, "train.steps_per_execution": 10, "train.batch_size": 128,
+                 "train.shuffle_buffer": 1000, "export.warmup_requests": 2}
 FAMILY_CASES = {
     "dnn": FamilyCase(
         "dnn_simulator.py",
@@ -124,6 +128,12 @@ FAMILY_CASES = {
          "train.batch_size": 64, "train.eval_batch_size": 256, "train.shuffle_buffer": 1000,
          "export.warmup_requests": 2},
         write_simulator, "score", "example_id", ranking_predictions),
+    # Multi-task families score through the same contract as dnn (named [batch] outputs): make test-all only.
+    **{family: FamilyCase(f"{family}_simulator.py", {**MULTITASK_RUN, **overrides}, write_simulator, "score",
+                          "example_id", ranking_predictions, slow=True)
+       for family, overrides in (("shared_bottom", {"model.bottom_units": (8,)}),
+                                 ("mmoe", {"model.num_experts": 2, "model.expert_units": (8,)}),
+                                 ("ple", {"model.expert_units": (8,)}), ("esmm", {}), ("esm2", {}))},
 }
 
 
@@ -165,7 +175,9 @@ def read_lines(files: list[str]) -> list[dict]:
     return [json.loads(line) for path in files for line in open(path)]
 
 
-@pytest.mark.parametrize("family", available())
+@pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.slow)
+                                    if name in FAMILY_CASES and FAMILY_CASES[name].slow else name
+                                    for name in available()])
 def test_beam_scores_equal_the_in_process_predictions(family, trained):
     if family not in FAMILY_CASES:
         pytest.fail(f"model family {family!r} is registered but has no small scoring case: add one to FAMILY_CASES "
