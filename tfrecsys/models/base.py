@@ -8,9 +8,13 @@ A family writes ``call`` (features → named outputs) and its layers; the base g
   that exist for training only (a position-bias logit), which every exported signature leaves out.
   Training-only features (``training_only`` in the schema) are never serving inputs: ``call`` must give the
   serving outputs without them (``has_features``) — the serving signature does not carry them;
-* **the step**: ``train_step``/``test_step`` sum the tasks' losses (``tfrecsys.models.tasks``) with their
-  weights, masks and per-sample weights, plus the model's own losses (``add_loss``: auxiliary losses,
-  regularisers), averaged over the *global* batch under any distribution strategy, and update every task's
+* **a position-bias tower** for any family (``add_position_tower``, config ``model.position_tower``): its
+  logit, from training-only features, is added to the named tasks' outputs in the step only
+  (``tfrecsys.layers.position_bias``); ``call``, and so every export, stays debiased;
+* **the step**: ``train_step``/``test_step`` combine the tasks' losses (``tfrecsys.models.tasks``) with their
+  weights, masks and per-sample weights through ``loss_weighting`` (``tfrecsys.losses.weighting``: fixed by
+  default; uncertainty, DWA, GradNorm or PCGrad by ``set_loss_weighting``), plus the model's own losses
+  (``add_loss``: auxiliary losses, regularisers), averaged over the *global* batch under any distribution strategy, and update every task's
   metrics over its masked rows. ``training_outputs`` (default: ``call``) lets a family hand a loss more than
   its served outputs (retrieval: logits against sampled negatives); the labels named in ``label_inputs``
   (with their ``<name>_length``) reach it inside the features (a next-item model reads its label sequence
@@ -28,6 +32,8 @@ import tensorflow as tf
 from tfrecsys.contract import LENGTH_SUFFIX
 from tfrecsys.features.embedding import EmbeddingTables, FeatureEmbedding
 from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.layers.position_bias import PositionBiasTower, add_bias_logit
+from tfrecsys.losses.weighting import LossWeighting
 from tfrecsys.models.tasks import Task, task_columns
 
 EXPORT_KINDS = ("ranking", "retrieval")
@@ -65,6 +71,17 @@ class RecModel(tf.keras.Model):
         self._step.task_losses = {t.name: tf.keras.metrics.Mean(name=f"{t.name}_loss")
                                   for t in self.tasks if t.has_loss}
         self._step.tasks = {t.name: t.make_metrics() for t in self.tasks}
+        self.loss_weighting = LossWeighting([t.weight for t in self.tasks if t.has_loss], name="loss_weighting")
+        self.position_tower = None
+        self.position_tower_tasks = ()
+
+    def set_loss_weighting(self, weighting: LossWeighting) -> None:
+        """Replaces the fixed task weights by another kind (one multiplier per task with a loss, in order)."""
+        expected = [t.weight for t in self.tasks if t.has_loss]
+        if list(weighting.task_weights) != expected:
+            raise ValueError(f"loss weighting {weighting.kind!r} has task weights {list(weighting.task_weights)}; "
+                             f"the model's tasks with a loss have {expected}")
+        self.loss_weighting = weighting
 
     # Inputs ------------------------------------------------------------------------------------------------
 
@@ -85,6 +102,49 @@ class RecModel(tf.keras.Model):
     def has_features(features: Mapping, names: Sequence[str]) -> bool:
         """Whether every one of ``names`` is in the batch: training-only towers run only when it is."""
         return all(name in features for name in names)
+
+    def add_position_tower(self, tasks: Sequence[str], features: Sequence[str] = (),
+                           position_feature: str = "position", hidden_units: Sequence[int] = (),
+                           position_dropout: float = 0.1) -> None:
+        """A shallow tower over ``features`` (default: every training-only input) whose logit is added to the
+        outputs of ``tasks`` (the engagement tasks, e.g. ``("ctr",)``) in the train and eval step only."""
+        features = list(features) or self.training_only_features
+        known = {f.name: f for f in self.schema.inputs}
+        for name in features:
+            if name not in known:
+                raise ValueError(f"model.position_tower.features: {name!r} is not an input feature of the schema "
+                                 f"({sorted(known)})")
+            if not known[name].training_only:
+                # Served features reach the main network: the tower would not be the only reader of the bias.
+                raise ValueError(f"model.position_tower.features: feature {name!r} must be training_only, so "
+                                 "that serving never sees it")
+        task_names = [t.name for t in self.tasks]
+        if not tasks or set(tasks) - set(task_names):
+            raise ValueError(f"model.position_tower.tasks {list(tasks)} must name one or more of the tasks "
+                             f"{task_names}")
+        self.position_tower_tasks = tuple(tasks)
+        self.position_tower = PositionBiasTower(
+            self.embedding_view(features, name="position_tower_features"), position_feature=position_feature,
+            hidden_units=hidden_units, position_dropout=position_dropout, name="position_tower")
+
+    def with_position_bias(self, outputs: dict, features, training: bool) -> dict:
+        """``outputs`` with the position tower's logit added to its tasks' (as they are without a tower, or
+        when the batch has no selection-bias features outside training)."""
+        if self.position_tower is None:
+            return outputs
+        if not self.has_features(features, self.position_tower.feature_names):
+            if training:
+                raise ValueError(f"the position tower needs features {self.position_tower.feature_names} in "
+                                 f"every training batch; the batch has {sorted(features)}")
+            return outputs
+        bias = self.position_tower(features, training=training)
+        return {**outputs, **{name: add_bias_logit(outputs[name], bias) for name in self.position_tower_tasks}}
+
+    def build_training_towers(self, features) -> None:
+        """Creates the variables of the towers that only the step calls (the position tower), so an optimizer
+        built before ``fit`` has slots for them."""
+        if self.position_tower is not None:
+            self.position_tower(features, training=False)
 
     # Outputs -----------------------------------------------------------------------------------------------
 
@@ -120,8 +180,11 @@ class RecModel(tf.keras.Model):
         return {**features, **{name: value for name, value in labels.items() if name in wanted}}
 
     def _step_loss(self, data, training: bool):
+        """``(total, task_losses [K], extra_loss)``: this replica's shares of the combined loss, of each task's
+        loss (tasks with a loss, in order) and of the model's own losses."""
         features, labels = data
         outputs = self.training_outputs(self._with_label_inputs(features, labels), training=training)
+        outputs = self.with_position_bias(outputs, features, training)
         loss_tasks = [t for t in self.tasks if t.has_loss]
         columns = {t.name: task_columns(t, features, labels) for t in self.tasks}
         rows = tf.shape(tf.nest.flatten(features)[0])[0]
@@ -133,7 +196,7 @@ class RecModel(tf.keras.Model):
             self._step.task_losses[task.name].update_state(losses, sample_weight=weights[task.name])
             numerators.append(tf.reduce_sum(losses * weights[task.name]))
             denominators.append(tf.reduce_sum(weights[task.name]))
-        total = tf.constant(0.0)
+        task_losses = tf.zeros([0])
         if loss_tasks:
             # The global Σ m·w of each task: each replica divides its own numerator by it, so the replicas'
             # gradients sum to the gradient of the global weighted mean.
@@ -141,10 +204,11 @@ class RecModel(tf.keras.Model):
             context = tf.distribute.get_replica_context()
             if context is not None:
                 global_denominators = context.all_reduce(tf.distribute.ReduceOp.SUM, global_denominators)
-            for index, task in enumerate(loss_tasks):
-                total += task.weight * tf.math.divide_no_nan(numerators[index], global_denominators[index])
+            task_losses = tf.math.divide_no_nan(tf.stack(numerators), global_denominators)
+        extra = tf.constant(0.0)
         if self.losses:
-            total += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.losses]))
+            extra = tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.losses]))
+        total = (self.loss_weighting.combine(task_losses, training) if loss_tasks else 0.0) + extra
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # Each replica adds its share times the replica count, so the Mean over replicas is the global loss.
         self._step.loss.update_state(total * replicas)
@@ -154,13 +218,19 @@ class RecModel(tf.keras.Model):
                                     weights[task.name])
         if not training:
             self.update_evaluation_metrics(features, labels, outputs)
-        return total
+        return total, task_losses, extra
 
     def train_step(self, data):
-        with tf.GradientTape() as tape:
-            loss = self._step_loss(data, training=True)
-        # minimize (not tape.gradient + apply_gradients) so a LossScaleOptimizer scales the loss (float16).
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        task_gradients = self.loss_weighting.uses_task_gradients
+        with tf.GradientTape(persistent=task_gradients) as tape:
+            loss, task_losses, extra = self._step_loss(data, training=True)
+        if task_gradients:
+            gradients = self.loss_weighting.gradients(tape, task_losses, extra, self.trainable_variables,
+                                                      self.optimizer)
+            self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        else:
+            # minimize (not tape.gradient + apply_gradients) so a LossScaleOptimizer scales the loss (float16).
+            self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         evaluation_only = {id(metric) for metric in self.evaluation_metrics}
         return {metric.name: metric.result() for metric in self.metrics if id(metric) not in evaluation_only}
 

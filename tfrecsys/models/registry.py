@@ -5,7 +5,10 @@ corpora, item frequencies), or None where no files are at hand; a builder that n
 says so.
 """
 
+import inspect
 from typing import Callable
+
+from tfrecsys.losses.weighting import loss_weighting_from_config
 
 _BUILDERS: dict[str, Callable] = {}
 
@@ -27,8 +30,28 @@ def available() -> list[str]:
 
 
 def build_model(config, schema, tables=None):
-    """Builds the model ``config.model.name`` for ``schema``; an unknown name lists the known ones."""
+    """Builds the model ``config.model.name`` for ``schema``; an unknown name lists the known ones.
+
+    Then the options every family takes from the config: ``model.position_tower`` (a shallow position-bias
+    tower, ``RecModel.add_position_tower``'s keyword arguments) and ``train.loss_weighting`` (``{"kind": ...}``,
+    ``tfrecsys.losses.weighting``).
+    """
     name = config.model.name
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r} in config.model.name; registered models: {available()}")
-    return _BUILDERS[name](config, schema, tables)
+    model = _BUILDERS[name](config, schema, tables)
+    position_tower = _as_dict(config.model.get("position_tower"))
+    if position_tower:
+        known = set(inspect.signature(model.add_position_tower).parameters)
+        if set(position_tower) - known:
+            raise ValueError(f"config.model.position_tower: unknown keys {sorted(set(position_tower) - known)}; "
+                             f"it takes {sorted(known)}")
+        model.add_position_tower(**position_tower)
+    weighting = _as_dict(config.train.get("loss_weighting")) if "train" in config else {}
+    if weighting:
+        model.set_loss_weighting(loss_weighting_from_config(weighting, model.loss_weighting.task_weights))
+    return model
+
+
+def _as_dict(block) -> dict:
+    return block.to_dict() if hasattr(block, "to_dict") else dict(block or {})

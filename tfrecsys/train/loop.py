@@ -83,8 +83,11 @@ def create_variables(model, schema: FeatureSchema) -> None:
     docs/retrieval.md). Tracing the forward pass once over the schema's padded inputs (what serving sends,
     and every model takes) costs a fraction.
     """
-    tf.function(lambda features: model(features, training=False)).get_concrete_function(
-        schema.input_signature(serving=False))
+    def forward(features):
+        model.build_training_towers(features)
+        return model(features, training=False)
+
+    tf.function(forward).get_concrete_function(schema.input_signature(serving=False))
     model.optimizer.build(model.trainable_variables)
 
 
