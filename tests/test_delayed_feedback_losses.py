@@ -76,8 +76,8 @@ def test_no_gradient_reaches_the_auxiliary_parameters():
         losses = {
             "defuse": dfl._defuse(LABEL, prediction, SAMPLE_TYPE),
             "defuse_z2": dfl._defuse_z2(LABEL, prediction, SAMPLE_TYPE),
-            "es_dfm": dfl._es_dfm(LABEL, prediction),
-            "defer": dfl._defer(LABEL, prediction),
+            "es_dfm": dfl._es_dfm(LABEL, prediction, SAMPLE_TYPE),
+            "defer": dfl._defer(LABEL, prediction, SAMPLE_TYPE),
         }
     for name, loss in losses.items():
         gradients = tape.gradient(loss, auxiliary.trainable_variables + cvr.trainable_variables)
@@ -101,19 +101,23 @@ def test_baseline_weights():
     p = tf.sigmoid(LOGIT).numpy()
     pos, neg = plain_bce(tf.ones([N]), LOGIT), plain_bce(tf.zeros([N]), LOGIT)
     y, f_dp, f_rn = LABEL.numpy(), F_DP.numpy(), F_RN.numpy()
-    np.testing.assert_allclose(dfl.fnw_loss(LABEL, LOGIT).numpy(),
+    np.testing.assert_allclose(dfl.fnw_loss(LABEL, LOGIT, SAMPLE_TYPE).numpy(),
                                y * (1 + p) * pos + (1 - y) * (1 - p) * (1 + p) * neg, rtol=1e-5)
-    np.testing.assert_allclose(dfl.es_dfm_loss(LABEL, LOGIT, F_DP, F_RN).numpy(),
+    np.testing.assert_allclose(dfl.es_dfm_loss(LABEL, LOGIT, SAMPLE_TYPE, F_DP, F_RN).numpy(),
                                y * (1 + f_dp) * pos + (1 - y) * (1 + f_dp) * f_rn * neg, rtol=1e-5)
     defer_pos = p / np.maximum(p - f_dp / 2, p / 2)
-    np.testing.assert_allclose(dfl.defer_loss(LABEL, LOGIT, F_DP).numpy(),
+    np.testing.assert_allclose(dfl.defer_loss(LABEL, LOGIT, SAMPLE_TYPE, F_DP).numpy(),
                                y * defer_pos * pos + (1 - y) * (1 - p) / (1 - p + f_dp / 2) * neg, rtol=1e-5)
+    final = tf.fill([N], float(dfl.FINAL_LABEL))  # rows with their true label: plain cross-entropy for every method
+    for loss in (dfl.fnw_loss(LABEL, LOGIT, final), dfl.es_dfm_loss(LABEL, LOGIT, final, F_DP, F_RN),
+                 dfl.defer_loss(LABEL, LOGIT, final, F_DP), dfl.defuse_loss(LABEL, LOGIT, final, F_DP, 1 - F_RN)):
+        np.testing.assert_allclose(loss.numpy(), plain_bce(LABEL, LOGIT), rtol=1e-5)
     q = np.array([0.0, 0.2, 0.5, 0.9], np.float32)
     np.testing.assert_allclose(dfl.fnc_prediction(tf.constant(q)).numpy(), np.minimum(q / (1 - q), 1), rtol=1e-6)
 
 
 def test_auxiliary_loss_trains_f_rn_on_observed_negatives_only():
-    kinds = tf.constant([0, 1, 2, 4, 5, 6], tf.float32)
+    kinds = tf.constant([0, 1, 2, 5, 6, 7], tf.float32)
     f_dp_logit, f_rn_logit = tf.fill([6], 0.3), tf.fill([6], -0.2)
     loss = dfl.auxiliary_loss(f_dp_logit, f_rn_logit, kinds).numpy()
     assert np.all(loss[:3] == 0)  # stream rows train the CVR model, not the auxiliaries

@@ -21,19 +21,23 @@ code   name                      row
 1      ``IMMEDIATE_POSITIVE``    first emission, converted within the observation window ``w_o`` (IP)
 2      ``DELAYED_POSITIVE``      duplicate emitted at conversion time, label 1 (DP)
 3      ``ATTRIBUTED_DUPLICATE``  DEFER's duplicate of an IP or real-negative click after ``w_a``, real label
-4–6    ``AUXILIARY_*``           a click after ``w_a`` with its final label (IP / DP / RN), training rows of the
+4      ``FINAL_LABEL``           a click with its final label (Oracle; the pretraining period; evaluation): plain
+                                 cross-entropy under every method
+5–7    ``AUXILIARY_*``           a click after ``w_a`` with its final label (IP / DP / RN), training rows of the
                                  auxiliary models only
 =====  ========================  ===============================================================================
+
+A CVR task masks the auxiliary rows out (``mask="sample_type < 5"``), the auxiliary task everything else.
 """
 
 import tensorflow as tf
 
 from tfrecsys.models.tasks import register_loss
 
-OBSERVED_NEGATIVE, IMMEDIATE_POSITIVE, DELAYED_POSITIVE, ATTRIBUTED_DUPLICATE = 0, 1, 2, 3
-AUXILIARY_IMMEDIATE, AUXILIARY_DELAYED, AUXILIARY_REAL_NEGATIVE = 4, 5, 6
+OBSERVED_NEGATIVE, IMMEDIATE_POSITIVE, DELAYED_POSITIVE, ATTRIBUTED_DUPLICATE, FINAL_LABEL = 0, 1, 2, 3, 4
+AUXILIARY_IMMEDIATE, AUXILIARY_DELAYED, AUXILIARY_REAL_NEGATIVE = 5, 6, 7
 SAMPLE_TYPES = ("observed_negative", "immediate_positive", "delayed_positive", "attributed_duplicate",
-                "auxiliary_immediate", "auxiliary_delayed", "auxiliary_real_negative")
+                "final_label", "auxiliary_immediate", "auxiliary_delayed", "auxiliary_real_negative")
 FIRST_AUXILIARY = AUXILIARY_IMMEDIATE
 # The stop-gradient model prediction ``p`` and auxiliary outputs stay inside (ε, 1 − ε) in denominators.
 _EPSILON = 1e-6
@@ -43,6 +47,14 @@ def weighted_cross_entropy(logit, positive_weight, negative_weight):
     """``w_pos · softplus(−s) + w_neg · softplus(s)`` ``[batch]``; the weights are taken as constants."""
     positive_weight, negative_weight = tf.stop_gradient(positive_weight), tf.stop_gradient(negative_weight)
     return positive_weight * tf.nn.softplus(-logit) + negative_weight * tf.nn.softplus(logit)
+
+
+def stream_cross_entropy(label, logit, sample_type, positive_weight, negative_weight):
+    """A method's weighted cross-entropy on its stream rows, plain cross-entropy on ``FINAL_LABEL`` rows (whose
+    label is the truth, so no importance weight applies)."""
+    final = tf.equal(sample_type, FINAL_LABEL)
+    return weighted_cross_entropy(logit, tf.where(final, label, positive_weight),
+                                  tf.where(final, 1.0 - label, negative_weight))
 
 
 def defuse_weights(f_dp):
@@ -78,13 +90,13 @@ def defuse_loss(label, logit, sample_type, f_dp, z):
     positive_weight = label * (immediate * weights["IP"] + (1.0 - immediate) * weights["DP"])
     positive_weight += (1.0 - label) * z * weights["FN"]
     negative_weight = (1.0 - label) * (1.0 - z) * weights["RN"]
-    return weighted_cross_entropy(logit, positive_weight, negative_weight)
+    return stream_cross_entropy(label, logit, sample_type, positive_weight, negative_weight)
 
 
-def fnw_loss(label, logit):
+def fnw_loss(label, logit, sample_type):
     """Fake Negative Weighted: ``w_pos = 1 + p``, ``w_neg = (1 − p)(1 + p)`` on the ``w_o = 0`` stream."""
     p = tf.stop_gradient(tf.sigmoid(logit))
-    return weighted_cross_entropy(logit, label * (1.0 + p), (1.0 - label) * (1.0 - p) * (1.0 + p))
+    return stream_cross_entropy(label, logit, sample_type, label * (1.0 + p), (1.0 - label) * (1.0 - p) * (1.0 + p))
 
 
 def fnc_prediction(probability):
@@ -93,13 +105,13 @@ def fnc_prediction(probability):
     return tf.clip_by_value(probability / tf.maximum(1.0 - probability, _EPSILON), 0.0, 1.0)
 
 
-def es_dfm_loss(label, logit, f_dp, f_rn):
+def es_dfm_loss(label, logit, sample_type, f_dp, f_rn):
     """ES-DFM: ``w_pos = 1 + f_dp``, ``w_neg = (1 + f_dp) · f_rn`` on the ES-DFM stream."""
     f_dp, f_rn = tf.stop_gradient(f_dp), tf.stop_gradient(f_rn)
-    return weighted_cross_entropy(logit, label * (1.0 + f_dp), (1.0 - label) * (1.0 + f_dp) * f_rn)
+    return stream_cross_entropy(label, logit, sample_type, label * (1.0 + f_dp), (1.0 - label) * (1.0 + f_dp) * f_rn)
 
 
-def defer_loss(label, logit, f_dp):
+def defer_loss(label, logit, sample_type, f_dp):
     """DEFER: ``w_pos = p / (p − f_dp/2)``, ``w_neg = (1 − p) / (1 − p + f_dp/2)``, from
     ``q(y=0|x) = p(y=0|x) + f_dp(x)/2`` of its stream (every click ingested twice; the digest's Eq. 11 as printed
     is garbled). ``p − f_dp/2`` is kept at least ``p/2``: the auxiliary model can overshoot the CVR model."""
@@ -107,7 +119,7 @@ def defer_loss(label, logit, f_dp):
     f_dp = tf.stop_gradient(f_dp)
     positive_weight = p / tf.maximum(p - 0.5 * f_dp, tf.maximum(0.5 * p, _EPSILON))
     negative_weight = (1.0 - p) / (1.0 - p + 0.5 * f_dp)
-    return weighted_cross_entropy(logit, label * positive_weight, (1.0 - label) * negative_weight)
+    return stream_cross_entropy(label, logit, sample_type, label * positive_weight, (1.0 - label) * negative_weight)
 
 
 def bi_defuse_loss(label, inw_logit, outw_logit, sample_type):
@@ -130,7 +142,8 @@ def bi_defuse_loss(label, inw_logit, outw_logit, sample_type):
 
 
 def auxiliary_loss(f_dp_logit, f_rn_logit, sample_type):
-    """The auxiliary models' loss on the rows of clicks older than ``w_a`` (``AUXILIARY_*``; 0 elsewhere):
+    """The auxiliary models' loss on the rows of clicks older than ``w_a`` (``AUXILIARY_*``; 0 elsewhere, and
+    the task's mask ``sample_type >= 5`` leaves those rows out of its mean):
 
     * ``f_dp``: delayed positive (``w_o < d ≤ w_a``) 1, immediate positive and real negative 0, on every row;
     * ``f_rn``: real negative 1, delayed positive 0, on the observed negatives only (IPs are left out).
@@ -155,19 +168,19 @@ def _logit_cross_entropy(label, prediction):
     return weighted_cross_entropy(prediction["logit"], label, 1.0 - label)
 
 
-@register_loss("fnw", default_metrics=_BINARY)
-def _fnw(label, prediction):
-    return fnw_loss(label, prediction["logit"])
+@register_loss("fnw", default_metrics=_BINARY, columns=("sample_type",))
+def _fnw(label, prediction, sample_type):
+    return fnw_loss(label, prediction["logit"], sample_type)
 
 
-@register_loss("es_dfm", default_metrics=_BINARY)
-def _es_dfm(label, prediction):
-    return es_dfm_loss(label, prediction["logit"], prediction["f_dp"], prediction["f_rn"])
+@register_loss("es_dfm", default_metrics=_BINARY, columns=("sample_type",))
+def _es_dfm(label, prediction, sample_type):
+    return es_dfm_loss(label, prediction["logit"], sample_type, prediction["f_dp"], prediction["f_rn"])
 
 
-@register_loss("defer", default_metrics=_BINARY)
-def _defer(label, prediction):
-    return defer_loss(label, prediction["logit"], prediction["f_dp"])
+@register_loss("defer", default_metrics=_BINARY, columns=("sample_type",))
+def _defer(label, prediction, sample_type):
+    return defer_loss(label, prediction["logit"], sample_type, prediction["f_dp"])
 
 
 @register_loss("defuse", default_metrics=_BINARY, columns=("sample_type",))
