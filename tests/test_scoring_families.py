@@ -44,6 +44,12 @@ def write_retrieval_world(config, data_dir: str) -> None:
     write(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
 
 
+def write_simulated(config, data_dir: str) -> None:
+    from tfrecsys.data.simulators import write_from_config
+
+    write_from_config(config.data.simulator, data_dir)
+
+
 def ranking_predictions(model, schema: FeatureSchema, records: list[bytes]) -> dict[str, np.ndarray]:
     """The model's outputs by name, ``[rows]`` each."""
     features = schema.parse_examples(tf.constant(records), with_labels=False, serving=True)
@@ -94,6 +100,13 @@ FAMILY_CASES = {
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_retrieval_world, "retrieve", "user_id",
         lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
+    "defuse": FamilyCase(
+        "defuse_simulator.py",
+        {"data.simulator.num_clicks": 2000, "data.simulator.num_users": 100, "data.simulator.num_items": 100,
+         "data.simulator.days": 4, "data.simulator.pretrain_days": 2, "train.pretrain_windows": 2,
+         "model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,), "train.batch_size": 256,
+         "train.steps_per_execution": 4, "export.warmup_requests": 2},
+        write_simulated, "score", "example_id", ranking_predictions),
 }
 
 
