@@ -102,3 +102,24 @@ def test_rows_after_the_stream_end_are_dropped_and_the_pretraining_period_has_fi
     clicks = read_rows(str(tmp_path), stream.CLICKS_PREFIX)
     assert len(clicks["label"]) == int(streaming.sum())
     assert clicks["label"].mean() == pytest.approx(columns["converted"][streaming].mean())
+
+
+def test_a_criteo_conversion_log_becomes_a_stream(tmp_path):
+    """Lines of the Criteo Conversion Logs format (click ts, conversion ts or empty, 8 ints, 9 categories)."""
+    hour, day = 3600, 86_400
+    clicks = [(0, ""), (100, 100 + 60), (200, 200 + 5 * hour), (300, 300 + 9 * day), (day + 10, day + 20)]
+    lines = ["\t".join([str(t), str(c), *([""] * 8), *(["a1b2c3d4"] * 9)]) for t, c in clicks]
+    path = tmp_path / "data.txt"
+    path.write_text("\n".join(lines) + "\n")
+    block = stream.SourceStream.from_config(dict(input=str(path), method="defuse", observation_window_seconds=hour,
+                                                 attribution_window_seconds=7 * day, pretrain_seconds=day))
+    metadata = stream.build_source_stream(block, str(tmp_path / "out"))
+    # Day 0 pretrains (final labels; the 9-day conversion is outside w_a). The day-1 click would be emitted
+    # at t0 + w_o, after the log's last click: not yet in the stream, but scored in day 1's evaluation clicks.
+    assert metadata["sample_types"] == {"final_label": 4, "auxiliary_immediate": 1, "auxiliary_delayed": 1,
+                                        "auxiliary_real_negative": 2}
+    assert [(w["window"], w["rows"]) for w in metadata["evaluation_windows"]] == [(1, 1)]
+    rows = read_rows(str(tmp_path / "out"), stream.STREAM_PREFIX)
+    assert "int_1" in rows["columns"] and "cat_9" in rows["columns"]
+    with pytest.raises(ValueError, match="unknown delayed_feedback_stream settings \\['w_o'\\]"):
+        stream.SourceStream.from_config(dict(input=str(path), w_o=1))

@@ -31,9 +31,14 @@ Output (``output_dir``): rows in windows of ``window_seconds`` by emission time 
 ``window-<k:05d>-00000-of-00001.tfrecord``; the streaming period's clicks with their final labels, by click
 time, as ``clicks-<k:05d>-00000-of-00001.tfrecord`` (what streaming evaluation scores window ``k`` on);
 ``metadata.json`` with rows per window and per sample type. Training rows never carry the conversion time.
+
+From a click-log file (``tfrecsys-preprocess`` with a ``delayed_feedback_stream`` block, ``SourceStream``): the
+Criteo Conversion Logs (``tfrecsys.data.readers.criteo``); missing integer features become 0 and every click
+gets ``example_id``, its line order.
 """
 
 import dataclasses
+import glob
 import json
 import os
 from typing import Optional
@@ -232,3 +237,52 @@ def build_stream(clicks: dict, settings: StreamSettings, output_dir: str, pipeli
              | "Metadata" >> beam.Map(_write_metadata, settings, output_dir))
     with tf.io.gfile.GFile(os.path.join(output_dir, "metadata.json")) as f:
         return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceStream:
+    """The ``delayed_feedback_stream`` config block: a click-log source turned into a method's stream."""
+
+    input: str
+    method: str = "defuse"
+    source: str = "criteo-conversion-logs"
+    observation_window_seconds: int = 3600
+    attribution_window_seconds: int = 7 * 86_400
+    window_seconds: int = 86_400
+    pretrain_seconds: int = 30 * 86_400
+
+    @classmethod
+    def from_config(cls, block) -> "SourceStream":
+        values = dict(block)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"unknown delayed_feedback_stream settings {unknown}; known: {sorted(fields)}")
+        return cls(**values)
+
+
+def read_clicks(block: SourceStream) -> dict:
+    """The clicks of ``block.input`` (a file or a glob) as columns, with ``example_id`` in line order."""
+    from tfrecsys.data.readers.criteo import CONVERSION_DATASET, CONVERSION_INTEGERS, read_criteo_conversion_logs
+
+    if block.source != CONVERSION_DATASET:
+        raise ValueError(f"delayed_feedback_stream.source {block.source!r}: the stream builder reads "
+                         f"{CONVERSION_DATASET!r} files (click and conversion timestamps per line)")
+    paths = sorted(glob.glob(block.input))
+    if not paths:
+        raise FileNotFoundError(f"delayed_feedback_stream.input {block.input}: no such file; see "
+                                f"data/{CONVERSION_DATASET}.md for where to download it")
+    parts = [read_criteo_conversion_logs(path).rows for path in paths]
+    clicks = {name: np.concatenate([np.asarray(part[name]) for part in parts]) for name in parts[0]}
+    for name in CONVERSION_INTEGERS:
+        clicks[name] = np.nan_to_num(clicks[name].astype(np.float32), nan=0.0)
+    clicks["example_id"] = np.arange(len(clicks["click_timestamp"]), dtype=np.int64)
+    return clicks
+
+
+def build_source_stream(block: SourceStream, output_dir: str, pipeline_args=None) -> dict:
+    """Reads ``block``'s click log and writes its stream to ``output_dir``; returns the metadata."""
+    clicks = read_clicks(block)
+    settings = settings_for(clicks, block.method, block.observation_window_seconds,
+                            block.attribution_window_seconds, block.window_seconds, block.pretrain_seconds)
+    return build_stream(clicks, settings, output_dir, pipeline_args)
