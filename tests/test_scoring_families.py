@@ -102,8 +102,8 @@ FAMILY_CASES = {
         lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
     "defuse": FamilyCase(
         "defuse_simulator.py",
-        {"data.simulator.num_clicks": 2000, "data.simulator.num_users": 100, "data.simulator.num_items": 100,
-         "data.simulator.days": 4, "data.simulator.pretrain_days": 2, "train.pretrain_windows": 2,
+        {"data.simulator.num_clicks": 1000, "data.simulator.num_users": 100, "data.simulator.num_items": 100,
+         "data.simulator.days": 3, "data.simulator.pretrain_days": 1, "train.pretrain_windows": 1,
          "model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,), "train.batch_size": 256,
          "train.steps_per_execution": 4, "export.warmup_requests": 2},
         write_simulated, "score", "example_id", ranking_predictions),

@@ -5,7 +5,7 @@ Every loss here is importance-weighted cross-entropy over the rows of a delayed-
 (``tfrecsys.data.delayed_feedback_stream``), written from the CVR logit ``s`` (``f_θ = sigmoid(s)``) so it is
 stable for any logit:
 
-    ℓ(row) = w_pos(row) · softplus(−s) + w_neg(row) · softplus(s)     (= w_pos·[−log f] + w_neg·[−log(1 − f)])
+    ℓ(row) = w_pos(row) · softplus(−s) + w_neg(row) · softplus(s)  =  w_pos·[−log f] + w_neg·[−log(1 − f)]
 
 The methods differ in the stream they read and in ``(w_pos, w_neg)``; ``p`` is the model's own prediction,
 ``f_dp(x) = p(y=1, d > w_o | x)`` and ``f_rn(x) = P(real negative | observed negative, x)`` come from the
