@@ -92,6 +92,7 @@ DIEN_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "dien_simulator.py")
 SMALL_BEHAVIOUR_MODEL = {"model.attention_units": (4,), "model.hidden_units": (8,)}
 SMALL_TOWERS = {"model.tower_units": (4,)}
 SMALL_EXPERTS = {"model.expert_units": (8,)}
+DEFUSE_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "defuse_simulator.py")
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
     "logistic_regression": FamilyCase(LR_CONFIG, {}),
@@ -109,8 +110,15 @@ FAMILY_CASES = {
                        slow=True),
     "ple": FamilyCase(simulator_config("ple"), {**SMALL_TOWERS, **SMALL_EXPERTS}, slow=True),
     "esm2": FamilyCase(simulator_config("esm2"), SMALL_TOWERS, slow=True),
+    "defuse": FamilyCase(DEFUSE_CONFIG, {"model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,)}),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
+
+
+def served_tasks(config) -> list[str]:
+    """The tasks whose outputs are served: every task but the model's training heads (an auxiliary model's)."""
+    model = build_model(config, FeatureSchema.from_config(config.features))
+    return sorted(task.name for task in tasks_from_config(config.tasks) if task.name not in model.training_heads)
 
 
 def parse_saved_model_cli(text: str) -> tuple[dict, set]:
@@ -206,7 +214,7 @@ def test_signatures_as_saved_model_cli_shows_them(exports, family):
     path, config, output = exports(family)
     signatures, ops = parse_saved_model_cli(output)
     schema = FeatureSchema.from_config(config.features)
-    task_names = sorted(task.name for task in tasks_from_config(config.tasks))
+    task_names = served_tasks(config)
 
     default = signatures[contract.SERVING_DEFAULT]
     assert default["method"] == contract.PREDICT_METHOD
@@ -241,7 +249,7 @@ def test_tf_serving_session_runs_classify_and_regress_from_one_input(exports, fa
     path, config, _ = exports(family)
     schema = FeatureSchema.from_config(config.features)
     rows = synthetic_examples(schema, 5, seed=7)
-    task_names = sorted(task.name for task in tasks_from_config(config.tasks))
+    task_names = served_tasks(config)
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         meta_graph = tf.compat.v1.saved_model.load(session, ["serve"], path)
         signature_defs = meta_graph.signature_def

@@ -134,6 +134,13 @@ FAMILY_CASES = {
        for family, overrides in (("shared_bottom", {"model.bottom_units": (8,)}),
                                  ("mmoe", {"model.num_experts": 2, "model.expert_units": (8,)}),
                                  ("ple", {"model.expert_units": (8,)}), ("esmm", {}), ("esm2", {}))},
+    "defuse": FamilyCase(
+        "defuse_simulator.py",
+        {"data.simulator.num_clicks": 1000, "data.simulator.num_users": 100, "data.simulator.num_items": 100,
+         "data.simulator.days": 3, "data.simulator.pretrain_days": 1, "train.pretrain_windows": 1,
+         "model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,), "train.batch_size": 256,
+         "train.steps_per_execution": 4, "export.warmup_requests": 2},
+        write_simulator, "score", "example_id", ranking_predictions),
 }
 
 

@@ -15,6 +15,12 @@ logs), ``candidates.tfrecord`` (event logs with ``preprocess.candidate_columns``
 ``sequences-SSSSS-of-NNNNN.tfrecord`` (event logs with ``preprocess.sequence_columns``: one time-ordered
 sequence per user), ``dead_letter.jsonl`` (malformed rows with the reason) and ``metadata.json`` (schema,
 vocabulary sizes, row counts). Beam pipeline options other than --runner go after a bare ``--``.
+
+A config with a ``delayed_feedback_stream`` block instead (configs/defuse_criteo.py) turns a click log with
+conversion times into a delayed-feedback method's training stream, window files in time order
+(tfrecsys/data/delayed_feedback_stream.py, docs/delayed-feedback.md):
+
+    tfrecsys-preprocess --config=configs/defuse_criteo.py:defuse
 """
 
 import json
@@ -40,6 +46,15 @@ def main(argv):
     from tfrecsys.data.preprocess import PreprocessConfig, preprocess
 
     config = _CONFIG.value
+    if "delayed_feedback_stream" in config:
+        # A click log with conversion times → a delayed-feedback method's stream (docs/delayed-feedback.md).
+        from tfrecsys.data.delayed_feedback_stream import SourceStream, build_source_stream
+
+        metadata = build_source_stream(SourceStream.from_config(config.delayed_feedback_stream), config.data.dir,
+                                       pipeline_args=[f"--runner={_RUNNER.value}", *argv[1:]])
+        print(f"wrote the {config.delayed_feedback_stream.method} stream to {config.data.dir}: "
+              f"{json.dumps({'rows': metadata['stream_rows'], 'sample_types': metadata['sample_types']})}")
+        return
     if "preprocess" not in config:
         raise ValueError(f"the config has no preprocess block (it has {sorted(config.keys())})")
     output_dir = config.data.dir

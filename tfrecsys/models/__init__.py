@@ -9,5 +9,6 @@ from tfrecsys.models import logistic_regression  # noqa: F401  (registers "logis
 from tfrecsys.models import multitask  # noqa: F401  (registers "shared_bottom", "mmoe", "ple")
 from tfrecsys.models import sim  # noqa: F401  (registers "sim")
 from tfrecsys.models import two_tower  # noqa: F401  (registers "two_tower")
+from tfrecsys.models import defuse  # noqa: F401  (registers "defuse" and the delayed-feedback losses)
 from tfrecsys.models.base import RecModel  # noqa: F401
 from tfrecsys.models.registry import available, build_model, register  # noqa: F401

@@ -11,7 +11,13 @@ are the model's output names (``score``; ``ctr``/``cvr``/``ctcvr``). A task is a
   (``== != > >= < <=`` against a number); a masked row adds nothing to the loss or the metrics;
 * ``sample_weight``: a column whose value weights each row;
 * ``metrics``: names from ``METRICS`` (default by loss: AUC and logloss for binary tasks, MSE for
-  regression), computed over the masked, weighted rows; ``group``: the column GAUC groups by (a user id).
+  regression), computed over the masked, weighted rows; ``group``: the column GAUC groups by (a user id);
+* ``loss_columns``: for a loss that reads per-row columns besides the label (``register_loss(columns=…)``,
+  e.g. the sample type of a delayed-feedback stream), ``{loss argument: column}``; an argument not named
+  here reads the column of its own name.
+
+A loss whose prediction is a dict (logits and auxiliary outputs) gives its metrics the dict's
+``probability`` entry, the task's served prediction.
 
 Columns come from the batch's labels first, then its input features, so a loss or mask can use any label or
 auxiliary column of the schema, named by a task or not.
@@ -38,19 +44,21 @@ class LossFunction:
     fn: Callable
     needs_label: bool = True
     default_metrics: tuple = ()
+    columns: tuple = ()  # per-row columns ``fn`` takes as keyword arguments besides the label
 
 
 _LOSSES: dict[str, LossFunction] = {}
 _PER_ROW_SAMPLED_SOFTMAX = SampledSoftmaxLoss(reduction=tf.keras.losses.Reduction.NONE)
 
 
-def register_loss(name: str, needs_label: bool = True, default_metrics: tuple = ()):
-    """Decorator: makes ``fn(label, prediction) -> [batch]`` available as ``loss=name`` in task configs."""
+def register_loss(name: str, needs_label: bool = True, default_metrics: tuple = (), columns: tuple = ()):
+    """Decorator: makes ``fn(label, prediction) -> [batch]`` available as ``loss=name`` in task configs;
+    ``columns``: names of per-row columns ``fn`` also takes, as keyword arguments of ``[batch]`` float32."""
 
     def decorate(fn):
         if name in _LOSSES:
             raise ValueError(f"loss {name!r} is registered twice")
-        _LOSSES[name] = LossFunction(fn, needs_label, tuple(default_metrics))
+        _LOSSES[name] = LossFunction(fn, needs_label, tuple(default_metrics), tuple(columns))
         return fn
 
     return decorate
@@ -84,11 +92,12 @@ METRICS = {
     "mse": lambda task: tf.keras.metrics.MeanSquaredError(name=f"{task.name}_mse"),
     "calibration": lambda task: Calibration(name=f"{task.name}_calibration"),
     "gauc": lambda task: GroupAUC(name=f"{task.name}_gauc"),
+    "pr_auc": lambda task: tf.keras.metrics.AUC(name=f"{task.name}_pr_auc", curve="PR", num_thresholds=2000),
 }
 _CONDITION = re.compile(r"^\s*(?P<column>[A-Za-z_]\w*)\s*(?P<op>==|!=|>=|<=|>|<)\s*(?P<value>-?\d+(\.\d*)?)\s*$")
 _COMPARE = {"==": tf.equal, "!=": tf.not_equal, ">=": tf.greater_equal, "<=": tf.less_equal, ">": tf.greater,
             "<": tf.less}
-_FIELDS = ("label", "loss", "weight", "mask", "sample_weight", "metrics", "group")
+_FIELDS = ("label", "loss", "weight", "mask", "sample_weight", "metrics", "group", "loss_columns")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +110,7 @@ class Task:
     sample_weight: Optional[str] = None
     metrics: Optional[tuple] = None
     group: Optional[str] = None
+    loss_columns: tuple = ()  # (loss argument, column) pairs; see the module docstring
 
     @property
     def has_loss(self) -> bool:
@@ -119,9 +129,18 @@ class Task:
         match = _CONDITION.match(self.mask)
         return match.group("column") if match else self.mask.strip()
 
+    @property
+    def loss_inputs(self) -> dict:
+        """``{loss argument: column}`` of every per-row column the task's loss reads besides the label."""
+        if not self.loss:
+            return {}
+        named = dict(self.loss_columns)
+        return {argument: named.get(argument, argument) for argument in _LOSSES[self.loss].columns}
+
     def columns(self) -> list[str]:
         """Every column the task reads, besides the model's output."""
-        return [c for c in (self.label, self.mask_column, self.sample_weight, self.group) if c]
+        own = [c for c in (self.label, self.mask_column, self.sample_weight, self.group) if c]
+        return own + [c for c in self.loss_inputs.values() if c not in own]
 
     def make_metrics(self) -> list:
         return [METRICS[name](self) for name in self.metric_names]
@@ -148,11 +167,15 @@ class Task:
         """Per-row losses ``ℓ_i`` ``[batch]`` float32 of ``prediction`` (the task's output)."""
         if isinstance(prediction, tf.Tensor):
             prediction = tf.cast(tf.reshape(prediction, [-1]), tf.float32)
-        return tf.cast(_LOSSES[self.loss].fn(self.label_values(columns), prediction), tf.float32)
+        extra = {argument: tf.cast(tf.reshape(columns[column], [-1]), tf.float32)
+                 for argument, column in self.loss_inputs.items()}
+        return tf.cast(_LOSSES[self.loss].fn(self.label_values(columns), prediction, **extra), tf.float32)
 
     def update_metrics(self, metrics, columns: Mapping[str, tf.Tensor], prediction, weights) -> None:
         # [batch, 1]: Keras' mean metrics (logloss, mse) average over the last axis, one value per row.
         label = self.label_values(columns)[:, tf.newaxis]
+        if isinstance(prediction, Mapping):
+            prediction = prediction["probability"]
         prediction = tf.cast(tf.reshape(prediction, [-1, 1]), tf.float32)
         for metric in metrics:
             if isinstance(metric, GroupAUC):
@@ -187,6 +210,13 @@ def tasks_from_config(tasks_config, schema=None) -> list[Task]:
         if loss is not None and loss not in _LOSSES:
             raise ValueError(f"task {name!r}: loss {loss!r} is not one of {available_losses()} (or None for an "
                              "output with no loss)")
+        if "loss_columns" in spec:
+            spec["loss_columns"] = tuple(sorted(dict(spec["loss_columns"]).items()))
+            takes = _LOSSES[loss].columns if loss else ()
+            bad = sorted(set(dict(spec["loss_columns"])) - set(takes))
+            if bad:
+                raise ValueError(f"task {name!r}: loss_columns names {bad}, but loss {loss!r} reads only the "
+                                 f"columns {list(takes)}")
         if loss is not None and _LOSSES[loss].needs_label and not spec.get("label"):
             raise ValueError(f"task {name!r}: loss {loss!r} needs a 'label' column")
         if "metrics" in spec:

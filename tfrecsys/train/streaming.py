@@ -22,6 +22,13 @@ file's window: ``r"window-(\\d+)-"`` for ``window-00003-00000-of-00001.tfrecord`
 ``hour=2026120613/part-0.tfrecord``. Windows are ordered by their keys, as integers when every key is one,
 else as strings (zero-padded numbers and ISO timestamps sort in time order either way).
 
+Two settings serve delayed-feedback streams (docs/delayed-feedback.md), where the rows a window trains on are
+not the rows it should be judged on: ``config.data.window_eval_files`` (globs; the same ``window_key``) gives
+each window its own evaluation files (the window's clicks with their final labels), evaluated before the
+window's training rows are trained on; a window without evaluation files is trained only. And
+``config.train.pretrain_windows`` (default 0) windows at the start are trained on, never evaluated (a
+pretraining period of old data).
+
 Under MultiWorkerMirroredStrategy every worker runs the same windows: every worker reads all files of a
 window in the same order and keeps its own slice of each global batch (data sharding; by-file sharding could
 give workers different step counts within a window), and only the chief writes to ``model_dir``.
@@ -55,8 +62,9 @@ class TimeWindow:
     files: tuple[str, ...]
 
 
-def time_windows(config) -> list[TimeWindow]:
-    """The windows of ``config.data.train_files`` by ``config.data.window_key``, in time order."""
+def time_windows(config, files=None) -> list[TimeWindow]:
+    """The windows of ``files`` (default ``config.data.train_files``) by ``config.data.window_key``, in time
+    order."""
     pattern = config.data.get("window_key", "")
     if not pattern:
         raise ValueError("config.train.mode is 'streaming' but config.data.window_key is not set: give a regular "
@@ -70,7 +78,7 @@ def time_windows(config) -> list[TimeWindow]:
         raise ValueError(f"config.data.window_key {pattern!r} must have exactly one group (the window), "
                          f"it has {key_regex.groups}")
     by_key: dict[str, list[str]] = {}
-    for path in resolve_files(config.data.train_files, config.data.dir):
+    for path in resolve_files(files or config.data.train_files, config.data.dir):
         match = key_regex.search(path)
         if match is None:
             raise DataError(f"{path}: config.data.window_key {pattern!r} does not match this training file, so "
@@ -154,6 +162,9 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
     tasks = tasks_from_config(config.tasks, schema)
     windows = time_windows(config)
     check_schema(windows[0].files[0], schema)
+    eval_files = config.data.get("window_eval_files", "")
+    eval_windows = {window.key: window for window in time_windows(config, eval_files)} if eval_files else {}
+    pretrain_windows = config.train.get("pretrain_windows", 0)
     replicas = strategy.num_replicas_in_sync
     for field in ("batch_size", "eval_batch_size"):
         if config.train[field] % replicas:
@@ -191,9 +202,14 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
     for window in windows[done:]:
         rows = count_records(window.files)
         with naming_lost_peers(), naming_bad_files(list(window.files), schema):
-            if window.index > 0:
-                entries.append(_evaluate(model, strategy, window, windows[window.index - 1], rows, schema,
-                                         config, [task.name for task in tasks], callbacks))
+            evaluated = window
+            if eval_files:
+                own = eval_windows.get(window.key)
+                evaluated = dataclasses.replace(own, index=window.index) if own else None
+            if window.index >= max(1, pretrain_windows) and evaluated is not None:
+                entries.append(_evaluate(model, strategy, evaluated, windows[window.index - 1],
+                                         count_records(evaluated.files), schema, config,
+                                         [task.name for task in tasks], callbacks))
                 # Written before training too: a run stopped between the checkpoint and the next write
                 # keeps this window's evaluation.
                 if is_chief():
@@ -226,7 +242,8 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
 
 def _evaluate(model, strategy, window: TimeWindow, previous: TimeWindow, rows: int, schema, config,
               task_names, callbacks) -> dict:
-    """Metrics of the model trained through ``previous`` on ``window``."""
+    """Metrics of the model trained through ``previous`` on ``window`` (the training window's files or its
+    evaluation files)."""
     steps = -(-rows // config.train.eval_batch_size)
     data = _window_data(strategy, window, schema, config.train.eval_batch_size)
     raw = model.evaluate(data, steps=steps, return_dict=True, verbose=0, callbacks=list(callbacks))

@@ -10,6 +10,7 @@
 | ``delayed_feedback`` | DEFUSE | conversion delay distribution, IP/FN/RN types, p(x) and f_dp(x) |
 | ``click_log_stream`` | streaming training | the click log's, written as time-window files (``time_windows.py``) |
 | ``sequential_next_item`` | generative (SASRec, HSTU) | the ``sequential`` world's clicks as next-item rows (``tfrecsys.data.next_item``) |
+| ``delayed_feedback_stream`` | DEFUSE streaming | the delayed-feedback clicks as one method's training stream |
 
 A config's ``data.simulator`` block picks one with ``kind`` (``click_log`` when absent); the other keys are
 the simulator's settings. ``write_from_config(block, output_dir)`` writes train/eval shards,
@@ -20,6 +21,8 @@ the simulator's settings. ``write_from_config(block, output_dir)`` writes train/
 from tfrecsys.data.simulators import click_log
 from tfrecsys.data.simulators.delayed_feedback import (DelayedFeedbackConfig, simulate_delayed_feedback,
                                                        write_delayed_feedback)
+from tfrecsys.data.simulators.delayed_feedback_stream import (DelayedFeedbackStreamConfig,
+                                                              write_delayed_feedback_stream)
 from tfrecsys.data.simulators.multitask import MultitaskConfig, simulate_multitask, write_multitask
 from tfrecsys.data.simulators.position_bias import PositionBiasConfig, simulate_position_bias, write_position_bias
 from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
@@ -36,6 +39,7 @@ SIMULATORS = {
     "multitask": (MultitaskConfig, write_multitask),
     "delayed_feedback": (DelayedFeedbackConfig, write_delayed_feedback),
     "click_log_stream": (ClickLogStreamConfig, write_click_log_stream),
+    "delayed_feedback_stream": (DelayedFeedbackStreamConfig, write_delayed_feedback_stream),
 }
 
 

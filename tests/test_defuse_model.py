@@ -1,0 +1,90 @@
+"""The defuse family (tfrecsys/models/defuse.py): auxiliary models under stop-gradient, served outputs per method."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.losses import delayed_feedback as dfl
+from tfrecsys.models import build_model
+
+CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "defuse_simulator.py")
+_spec = importlib.util.spec_from_file_location("defuse_simulator_config", CONFIG)
+defuse_config = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(defuse_config)
+ROWS = 32
+
+
+def small_model(method: str):
+    config = defuse_config.get_config(method)
+    config.model.hidden_units, config.model.auxiliary_hidden_units, config.model.expert_units = (8,), (4,), 4
+    schema = FeatureSchema.from_config(config.features)
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, schema)
+    # Plain SGD: a step moves exactly the variables with a gradient (Adam's momentum would carry on).
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.5), run_eagerly=True)
+    return model
+
+
+def batch(sample_types):
+    rng = np.random.default_rng(0)
+    kinds = np.asarray(sample_types, np.int64)
+    features = {"user_id": tf.constant(rng.integers(0, 50, ROWS)), "item_id": tf.constant(rng.integers(0, 50, ROWS)),
+                "item_category": tf.constant(rng.integers(0, 5, ROWS))}
+    positive = np.isin(kinds, [dfl.IMMEDIATE_POSITIVE, dfl.DELAYED_POSITIVE, dfl.AUXILIARY_IMMEDIATE,
+                               dfl.AUXILIARY_DELAYED])
+    labels = {"label": tf.constant(positive.astype(np.float32)), "sample_type": tf.constant(kinds)}
+    return features, labels
+
+
+def variables_of(layers):
+    return [v.numpy().copy() for layer in layers for v in layer.trainable_variables]
+
+
+def changed(before, after):
+    return any(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_cvr_rows_leave_the_auxiliary_models_unchanged_and_auxiliary_rows_the_cvr_model():
+    model = small_model("defuse")
+    stream_rows = batch(np.resize([dfl.OBSERVED_NEGATIVE, dfl.IMMEDIATE_POSITIVE, dfl.DELAYED_POSITIVE], ROWS))
+    auxiliary_rows = batch(np.resize([dfl.AUXILIARY_IMMEDIATE, dfl.AUXILIARY_DELAYED,
+                                      dfl.AUXILIARY_REAL_NEGATIVE], ROWS))
+    model(stream_rows[0])
+    model.training_outputs(stream_rows[0], training=False)
+    auxiliary = [model.auxiliary_tables, model.auxiliary_tower]
+    cvr = [model.embeddings, model.bottom, model.head]
+    aux_before, cvr_before = variables_of(auxiliary), variables_of(cvr)
+    model.train_on_batch(*stream_rows)
+    assert not changed(aux_before, variables_of(auxiliary)), "a CVR step moved the auxiliary models"
+    assert changed(cvr_before, variables_of(cvr))
+    cvr_before = variables_of(cvr)
+    model.train_on_batch(*auxiliary_rows)
+    assert changed(aux_before, variables_of(auxiliary))
+    assert not changed(cvr_before, variables_of(cvr)), "auxiliary rows moved the CVR model"
+
+
+def test_served_cvr_per_method():
+    features, _ = batch(np.zeros(ROWS))
+    bi = small_model("bi_defuse")
+    parts = bi.heads(bi.bottom(tf.concat([bi.embedding(features)[n] for n in bi.serving_features], -1)))
+    expected = np.clip(tf.sigmoid(parts["inw_logit"]) + tf.sigmoid(parts["outw_logit"]), 0, 1)
+    np.testing.assert_allclose(bi(features)["cvr"].numpy(), expected, rtol=1e-5)
+    fnc = small_model("fnc")
+    q = tf.sigmoid(fnc.training_outputs(features, training=False)["cvr"]["logit"]).numpy()
+    np.testing.assert_allclose(fnc(features)["cvr"].numpy(), np.clip(q / (1 - q), 0, 1), rtol=1e-5)
+    assert set(small_model("defuse")(features)) == {"cvr"}  # the auxiliary outputs are not served
+
+
+def test_a_method_without_its_tasks_is_refused():
+    config = defuse_config.get_config("defuse")
+    config.model.method = "vanilla"
+    with pytest.raises(ValueError, match="method 'vanilla' trains one CVR task with loss logit_cross_entropy"):
+        build_model(config, FeatureSchema.from_config(config.features))
+    config = defuse_config.get_config("vanilla")
+    config.model.method = "defuse"
+    with pytest.raises(ValueError, match="loss defuse or defuse_z2"):
+        build_model(config, FeatureSchema.from_config(config.features))
