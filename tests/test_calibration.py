@@ -41,8 +41,10 @@ def test_isotonic_map_is_non_decreasing_and_exact_on_the_fitted_rows():
     grid = np.linspace(-0.1, 1.1, 5001, dtype=np.float32)
     mapped = layer(grid).numpy()
     assert np.all(np.diff(mapped) >= 0)
-    # Clamped outside the fitted probabilities: the end values, not an extrapolation.
-    assert mapped[0] == pytest.approx(layer.values[0]) and mapped[-1] == pytest.approx(layer.values[-1])
+    # Linear between knots, clamped outside them: the end values, not an extrapolation.
+    two_knots = IsotonicCalibration([0.2, 0.6], [0.1, 0.5])
+    np.testing.assert_allclose(two_knots(np.float32([0.0, 0.2, 0.3, 0.6, 1.0])).numpy(), [0.1, 0.1, 0.2, 0.5, 0.5],
+                               atol=1e-6)
     order = np.argsort(probability)
     fitted = pool_adjacent_violators(labels[order], np.ones(2000))
     np.testing.assert_allclose(layer(probability[order]).numpy(), fitted, atol=1e-6)
