@@ -53,4 +53,9 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.export = ml_collections.ConfigDict()
     config.export.model_name = model_name
     config.export.warmup_requests = 8        # eval rows replayed as TF Serving warmup requests
+    # Calibration of binary outputs, served inside the SavedModel (tfrecsys/calibration.py).
+    config.export.calibration = ml_collections.ConfigDict()
+    config.export.calibration.method = "none"              # none | platt | isotonic: fitted on the eval split
+    config.export.calibration.negative_sampling_rate = 1.0  # w, share of negatives training kept: p/(p+(1-p)/w)
+    config.export.calibration.max_rows = 100_000           # eval rows the maps are fitted on
     return config

@@ -48,6 +48,12 @@ class CalibrationSettings:
     def enabled(self) -> bool:
         return self.method != "none" or self.negative_sampling_rate != 1.0
 
+    @property
+    def description(self) -> str:
+        """What the maps are, for people: ``platt``, ``down-sampling correction (w=0.1) + isotonic``."""
+        parts = [f"down-sampling correction (w={self.negative_sampling_rate:g})"] * (self.negative_sampling_rate != 1.0)
+        return " + ".join(parts + [self.method] * (self.method != "none"))
+
     @classmethod
     def from_config(cls, config) -> "CalibrationSettings":
         block = config.get("export", {}).get("calibration")
