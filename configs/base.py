@@ -65,4 +65,5 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.export.calibration.method = "none"              # none | platt | isotonic: fitted on the eval split
     config.export.calibration.negative_sampling_rate = 1.0  # w, share of negatives training kept: p/(p+(1-p)/w)
     config.export.calibration.max_rows = 100_000           # eval rows the maps are fitted on
+    config.export.calibration.label = ""                   # label the maps fit ("": each task's own)
     return config

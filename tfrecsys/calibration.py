@@ -6,7 +6,9 @@
   gets ``q = p / (p + (1 − p)/w)`` (needs no data; 1.0 = no correction);
 * ``method``: ``none``, ``platt`` (``sigmoid(a · logit(q) + b)``, maximum likelihood) or ``isotonic``
   (pool-adjacent-violators, served as a non-decreasing piecewise-linear map), fitted on up to ``max_rows``
-  rows of the eval split (``config.data.eval_files``) with the task's label, mask and sample weight.
+  rows of the eval split (``config.data.eval_files``) with the task's label, mask and sample weight;
+* ``label``: the label column the maps fit instead of each task's own: a model trained on labels observed
+  early (conversions seen within an observation window) is calibrated to the final ones (``converted``).
 
 Every output of a ``binary_crossentropy`` task is calibrated. ``tfrecsys-export`` (and ``tfrecsys-train
 --export_base``) fits the maps on the checkpoint it exports and serves them (tfrecsys/layers/calibration.py):
@@ -34,6 +36,7 @@ class CalibrationSettings:
     method: str = "none"
     negative_sampling_rate: float = 1.0
     max_rows: int = 100_000
+    label: str = ""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -163,10 +166,12 @@ def binary_tasks(config) -> list:
     return [task for task in tasks_from_config(config.tasks) if task.loss == "binary_crossentropy" and task.label]
 
 
-def eval_predictions(config, model, schema, tasks, max_rows: int) -> dict:
+def eval_predictions(config, model, schema, tasks, max_rows: int, label: str = "") -> dict:
     """``{output: (probability, label, weight)}`` numpy vectors over up to ``max_rows`` eval rows (in file
-    order) for each task of ``tasks``, the weight being the task's mask times its sample weight; rows of
-    weight 0 are left out."""
+    order) for each task of ``tasks``, the label being the task's (or the column ``label``), the weight the
+    task's mask times its sample weight; rows of weight 0 are left out."""
+    if label and label not in {feature.name for feature in schema.features}:
+        raise ValueError(f"config.export.calibration.label {label!r} is not a feature of the schema")
     from tfrecsys.data.input import make_dataset, resolve_files
     from tfrecsys.models.tasks import task_columns
 
@@ -179,7 +184,9 @@ def eval_predictions(config, model, schema, tasks, max_rows: int) -> dict:
         count = int(tf.shape(tf.nest.flatten(features)[0])[0])
         for task in tasks:
             columns = task_columns(task, features, labels)
-            for part, value in zip(collected[task.name], (outputs[task.name], task.label_values(columns),
+            target = (tf.cast(labels[label] if label in labels else features[label], tf.float32) if label
+                      else task.label_values(columns))
+            for part, value in zip(collected[task.name], (outputs[task.name], target,
                                                          task.row_weights(columns, count))):
                 part.append(np.reshape(np.asarray(value), [-1])[:max_rows - rows])
         rows += count
@@ -205,9 +212,9 @@ def fit_for_export(config, model, schema) -> tuple[dict, dict]:
     if not tasks:
         raise ValueError(f"config.export.calibration.method is {settings.method!r}, but the config has no "
                          "binary_crossentropy task with a label to calibrate")
-    predictions = eval_predictions(config, model, schema, tasks, settings.max_rows)
+    predictions = eval_predictions(config, model, schema, tasks, settings.max_rows, settings.label)
     calibrators, summary = {}, {"method": settings.method, "negative_sampling_rate": settings.negative_sampling_rate,
-                                "outputs": {}}
+                                "label": settings.label, "outputs": {}}
     for name, (probability, label, weight) in predictions.items():
         layers = fit_calibration(settings, probability, label, weight, output=name)
         calibrated = apply_calibration(layers, probability).numpy() if layers else probability

@@ -203,9 +203,9 @@ def calibration_bins(predicted: np.ndarray, labels: np.ndarray, bins: int = CALI
 
 def write_calibration(config, model_dir: str, max_rows: int = CALIBRATION_MAX_ROWS):
     """Writes ``<model_dir>/calibration.json``: the calibration bins of every binary-labelled output of the
-    trained model over (up to ``max_rows`` of) the eval split, its masked rows left out; with
-    ``config.export.calibration`` set, also ``calibrated``: the bins after the maps the export serves
-    (tfrecsys/calibration.py), fitted on the same rows. Does nothing for models without a binary output
+    trained model over (up to ``max_rows`` of) the eval split, its masked rows left out, against each task's
+    label or ``config.export.calibration.label``; with ``config.export.calibration`` set, also ``calibrated``:
+    the bins after the maps the export serves (tfrecsys/calibration.py), fitted on the same rows. Does nothing for models without a binary output
     (retrieval); returns the path or None."""
     from tfrecsys.calibration import (CalibrationSettings, apply_calibration, binary_tasks, eval_predictions,
                                       fit_calibration)
@@ -217,7 +217,8 @@ def write_calibration(config, model_dir: str, max_rows: int = CALIBRATION_MAX_RO
     settings = CalibrationSettings.from_config(config)
     model, schema, _ = load_trained_model(config, model_dir)
     calibration = {}
-    for name, (predicted, observed, weight) in eval_predictions(config, model, schema, tasks, max_rows).items():
+    rows = eval_predictions(config, model, schema, tasks, max_rows, settings.label)
+    for name, (predicted, observed, weight) in rows.items():
         calibration[name] = calibration_bins(predicted, observed)
         if settings.enabled:
             maps = fit_calibration(settings, predicted, observed, weight, output=name)
