@@ -49,10 +49,23 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.train.eval_every_loop = 1         # evaluate after every N-th loop (TensorBoard val curves); 0: only at the end
     config.train.best_metric = "auc"         # keep <model_dir>/best/ by this eval metric ("": no best checkpoint)
     config.train.early_stopping_patience = 0  # stop after N evaluations without a better best_metric; 0: never
+    # Online-learning options of streaming mode (tfrecsys/train/online.py).
+    config.train.online = ml_collections.ConfigDict()
+    config.train.online.freeze = "none"              # none | all_but_embeddings: only embedding tables train
+    config.train.online.replay_windows = 0           # R > 0: window t trains mixed with window t-R's rows
+    config.train.online.distillation_weight = 0.0    # λ > 0: loss BCE(y, s) + λ·CE(teacher, s); practice: 0.2
+    config.train.online.teacher_saved_model = ""     # teacher export (base or version dir); "": teacher_column
+    config.train.online.teacher_column = "teacher_{output}"  # precomputed teacher probability per output
 
     config.export = ml_collections.ConfigDict()
     config.export.model_name = model_name
     config.export.warmup_requests = 8        # eval rows replayed as TF Serving warmup requests
     # A served "fused" output: "ctr^0.8 * cvr^1.2" or "0.7*ctr + 0.3*ctcvr" over the outputs ("": none).
     config.export.fusion = ""
+    # Calibration of binary outputs, served inside the SavedModel (tfrecsys/calibration.py).
+    config.export.calibration = ml_collections.ConfigDict()
+    config.export.calibration.method = "none"              # none | platt | isotonic: fitted on the eval split
+    config.export.calibration.negative_sampling_rate = 1.0  # w, share of negatives training kept: p/(p+(1-p)/w)
+    config.export.calibration.max_rows = 100_000           # eval rows the maps are fitted on
+    config.export.calibration.label = ""                   # label the maps fit ("": each task's own)
     return config

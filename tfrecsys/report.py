@@ -6,7 +6,8 @@
   points are those of ``config.train.eval_every_loop``), against the training step;
 - the final eval metrics per task (``eval_metrics.json``) and the best checkpoint (``best/best.json``);
 - the calibration curve of every binary output (``calibration.json``, written at the end of training by
-  ``write_calibration``): mean predicted probability against the observed rate, per bin of predictions;
+  ``write_calibration``): mean predicted probability against the observed rate, per bin of predictions
+  (the reliability diagram), with ``config.export.calibration`` set also after the maps the export serves;
 - for retrieval models, Recall@K against K (the ``recall_at_<K>`` eval metrics).
 
 The PNGs (``report/*.png``) are embedded in the page as data URIs, so the page is one file that opens in
@@ -97,6 +98,10 @@ def _calibration_plots(calibration: dict, out_dir: str) -> list[tuple[str, str]]
         figure, axes = plt.subplots(figsize=(4.2, 4.2))
         axes.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
         axes.plot(bins["mean_predicted"], bins["observed_rate"], "-o", label=output)
+        if "calibrated" in bins:
+            after = bins["calibrated"]
+            axes.plot(after["mean_predicted"], after["observed_rate"], "-s",
+                      label=f"{output} after {after['method']} (fitted on these rows)")
         axes.set_xlabel("mean predicted probability")
         axes.set_ylabel("observed rate")
         axes.set_title(f"calibration: {output} ({sum(bins['count'])} eval rows)")
@@ -198,31 +203,28 @@ def calibration_bins(predicted: np.ndarray, labels: np.ndarray, bins: int = CALI
 
 def write_calibration(config, model_dir: str, max_rows: int = CALIBRATION_MAX_ROWS):
     """Writes ``<model_dir>/calibration.json``: the calibration bins of every binary-labelled output of the
-    trained model over (up to ``max_rows`` of) the eval split. Does nothing for models without one
+    trained model over (up to ``max_rows`` of) the eval split, its masked rows left out, against each task's
+    label or ``config.export.calibration.label``; with ``config.export.calibration`` set, also ``calibrated``:
+    the bins after the maps the export serves (tfrecsys/calibration.py), fitted on the same rows. Does nothing for models without a binary output
     (retrieval); returns the path or None."""
-    from tfrecsys.data.input import make_dataset, resolve_files
+    from tfrecsys.calibration import (CalibrationSettings, apply_calibration, binary_tasks, eval_predictions,
+                                      fit_calibration)
     from tfrecsys.export.trained import load_trained_model
-    from tfrecsys.models.tasks import tasks_from_config
 
-    binary = {t.name: t.label for t in tasks_from_config(config.tasks) if t.loss == "binary_crossentropy"}
-    if not binary:
+    tasks = binary_tasks(config)
+    if not tasks:
         return None
+    settings = CalibrationSettings.from_config(config)
     model, schema, _ = load_trained_model(config, model_dir)
-    eval_files = resolve_files(config.data.eval_files, config.data.dir)
-    dataset = make_dataset(eval_files, schema, config.train.eval_batch_size, targets=binary, training=False)
-    predicted = {name: [] for name in binary}
-    observed = {name: [] for name in binary}
-    rows = 0
-    for features, labels in dataset:
-        outputs = model(features, training=False)
-        for name in binary:
-            predicted[name].append(np.reshape(outputs[name].numpy(), [-1]))
-            observed[name].append(np.reshape(labels[name].numpy(), [-1]))
-        rows += int(np.reshape(labels[next(iter(binary))].numpy(), [-1]).shape[0])
-        if rows >= max_rows:
-            break
-    calibration = {name: calibration_bins(np.concatenate(predicted[name]), np.concatenate(observed[name]))
-                   for name in binary}
+    calibration = {}
+    rows = eval_predictions(config, model, schema, tasks, max_rows, settings.label)
+    for name, (predicted, observed, weight) in rows.items():
+        calibration[name] = calibration_bins(predicted, observed)
+        if settings.enabled:
+            maps = fit_calibration(settings, predicted, observed, weight, output=name)
+            calibrated = np.asarray(apply_calibration(maps, predicted))
+            calibration[name]["calibrated"] = {"method": settings.description,
+                                               **calibration_bins(calibrated, observed)}
     path = os.path.join(model_dir, CALIBRATION_FILE)
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(calibration, f, indent=2)

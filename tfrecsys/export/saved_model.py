@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import uuid
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -69,16 +69,19 @@ def regress_signature(output: str) -> str:
 
 class ServingModule(tf.Module):
     """Holds the Keras model and traces its serving functions; outputs named in ``drop_outputs`` (a model's
-    training heads) are left out of every signature; ``fusion`` (``tfrecsys.export.fusion``) adds the
-    ``fused`` output, a formula of the served ones."""
+    training heads) are left out of every signature; an output named in ``calibrators`` is served through
+    its calibration layers, in order (tfrecsys/calibration.py), under its own name; ``fusion``
+    (``tfrecsys.export.fusion``) adds the ``fused`` output, a formula of the served (calibrated) ones."""
 
     def __init__(self, model: tf.keras.Model, schema: FeatureSchema, drop_outputs: Sequence[str] = (),
-                 fusion: Optional[ScoreFusion] = None):
+                 fusion: Optional[ScoreFusion] = None,
+                 calibrators: Optional[Mapping[str, Sequence[tf.keras.layers.Layer]]] = None):
         super().__init__()
         self.model = model
         self._schema = schema
         self._drop_outputs = frozenset(drop_outputs)
         self._fusion = fusion
+        self.calibrators = {name: list(layers) for name, layers in (calibrators or {}).items() if layers}
         self.serve = tf.function(self._serve, input_signature=[schema.input_signature(serving=True)])
         self.serve_examples = tf.function(
             self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
@@ -86,7 +89,14 @@ class ServingModule(tf.Module):
     def _outputs(self, features):
         # Traced in serving_mode(): layers with an XLA path (tfrecsys.layers.xla) take their plain one here.
         with serving_mode():
-            outputs = self.model(features, training=False)
+            outputs = dict(self.model(features, training=False))
+        missing = sorted(set(self.calibrators) - set(outputs))
+        if missing:
+            raise ValueError(f"calibration maps for outputs {missing}, which the model does not have "
+                             f"({sorted(outputs)})")
+        for name, layers in self.calibrators.items():
+            for layer in layers:
+                outputs[name] = layer(outputs[name])
         served = {name: value for name, value in outputs.items() if name not in self._drop_outputs}
         if self._fusion is not None:
             self._fusion.check_outputs(list(served))
@@ -306,16 +316,18 @@ def write_extra_metadata(saved_model_path: str, content: dict) -> None:
 def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base: str, model_name: str,
                        version: Optional[int] = None, warmup_examples: Sequence[bytes] = (),
                        metadata: Optional[dict] = None, drop_outputs: Sequence[str] = (),
-                       fusion: Optional[ScoreFusion] = None) -> str:
+                       fusion: Optional[ScoreFusion] = None,
+                       calibrators: Optional[Mapping[str, Sequence[tf.keras.layers.Layer]]] = None) -> str:
     """Writes a ranking ``model`` as ``<export_base>/<model_name>/<version>`` and returns that path.
 
     ``drop_outputs``: outputs of ``model`` that no signature returns (training heads).
-    ``fusion``: adds the served ``fused`` output (``tfrecsys.export.fusion``), with its Classify/Regress
-    signatures like every output.
+    ``calibrators``: ``{output: [layers]}`` served on that output (``tfrecsys.calibration.fit_for_export``).
+    ``fusion``: adds the served ``fused`` output (``tfrecsys.export.fusion``) over the calibrated outputs,
+    with its Classify/Regress signatures like every output.
     ``warmup_examples``: serialized tf.train.Example rows that become TF Serving warmup requests: one
     ``serving_default`` Predict per row, and one Classify and one Regress of all rows per such signature.
     """
-    module = ServingModule(model, schema, drop_outputs, fusion)
+    module = ServingModule(model, schema, drop_outputs, fusion, calibrators)
     signatures = module.signatures()
     methods = signature_methods(signatures)
 

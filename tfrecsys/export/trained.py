@@ -7,6 +7,7 @@ from typing import Optional
 import tensorflow as tf
 from absl import logging
 
+from tfrecsys.calibration import fit_for_export
 from tfrecsys.data import tfrecord
 from tfrecsys.data.input import resolve_files
 from tfrecsys.data.model_tables import ModelTables
@@ -94,23 +95,27 @@ def export_trained(config, model_dir: str, export_base: str, version=None, check
     rows = serving_rows(config, FeatureSchema.from_config(config.features), max(config.export.warmup_requests, 2))
     model, schema, checkpoint_path = load_trained_model(config, model_dir, checkpoint, sample_rows=rows)
     warmup = rows[:config.export.warmup_requests]
+    calibrators, calibration = fit_for_export(config, model, schema)
     metadata = {"experiment": config.get("experiment", ""), "checkpoint": checkpoint_path,
                 "model_family": config.model.name}
+    if calibration:
+        metadata["calibration"] = calibration
     metrics_path = os.path.join(model_dir, EVAL_METRICS_FILE)
     if tf.io.gfile.exists(metrics_path):
         with tf.io.gfile.GFile(metrics_path) as f:
             metadata["eval_metrics"] = json.load(f)
     return export_model(model, export_base, config.export.model_name, version=version, warmup_examples=warmup,
-                        metadata=metadata, fusion=fusion)
+                        metadata=metadata, fusion=fusion, calibrators=calibrators)
 
 
 def export_model(model, export_base: str, model_name: str, version=None, warmup_examples=(),
-                 metadata=None, fusion=None) -> str:
+                 metadata=None, fusion=None, calibrators=None) -> str:
     """Writes what ``model`` declares (``RecModel.export_kinds``) and returns the path of the first export.
 
     ``ranking``: one SavedModel ``<model_name>`` of the serving outputs (``serve``: training heads and
-    training-only inputs left out; ``fusion``, a ``tfrecsys.export.fusion.ScoreFusion``, adds its ``fused``
-    output). ``retrieval``: a top-K query model and a candidate-embedding model
+    training-only inputs left out), the outputs named in ``calibrators`` (``{output: [layers]}``) served
+    through their calibration maps; ``fusion``, a ``tfrecsys.export.fusion.ScoreFusion``, adds its ``fused``
+    output. ``retrieval``: a top-K query model and a candidate-embedding model
     (``candidate_model_name``, default ``<model_name>_candidates``) with one version; the query model is
     ``<model_name>``, or ``<model_name>_retrieval`` when the family exports a ranking model too.
     """
@@ -119,7 +124,8 @@ def export_model(model, export_base: str, model_name: str, version=None, warmup_
         if kind == "ranking":
             paths.append(export_saved_model(model, model.schema, export_base, model_name, version=version,
                                             warmup_examples=warmup_examples, metadata=metadata,
-                                            drop_outputs=model.training_heads, fusion=fusion))
+                                            drop_outputs=model.training_heads, fusion=fusion,
+                                            calibrators=calibrators))
             continue
         parts = model.retrieval_export()
         query_name = model_name if model.export_kinds == ("retrieval",) else f"{model_name}_retrieval"

@@ -20,6 +20,8 @@ A family writes ``call`` (features → named outputs) and its layers; the base g
   (with their ``<name>_length``) reach it inside the features (a next-item model reads its label sequence
   to pick its positives), never ``call`` or a serving signature; ``evaluation_metrics`` and
   ``update_evaluation_metrics`` add evaluation metrics that belong to no task (full-corpus recall);
+* **distillation**: ``distill`` makes training add ``λ · CE(t, s)`` to the loss of named outputs, ``t`` a
+  teacher's probability in a column of the batch (``tfrecsys.losses.distillation``; online learning);
 * **export**: ``export_kinds`` says what ``tfrecsys.export`` writes: ``("ranking",)`` (one SavedModel of the
   serving outputs) and/or ``"retrieval"`` (a top-K query model and a candidate model, from
   ``retrieval_export()``).
@@ -34,6 +36,7 @@ from tfrecsys.features.embedding import EmbeddingTables, FeatureEmbedding
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.position_bias import PositionBiasTower, add_bias_logit
 from tfrecsys.losses.weighting import LossWeighting
+from tfrecsys.losses.distillation import Distillation
 from tfrecsys.models.tasks import Task, task_columns
 
 EXPORT_KINDS = ("ranking", "retrieval")
@@ -57,6 +60,7 @@ class RecModel(tf.keras.Model):
     export_kinds: tuple = ("ranking",)
     training_heads: tuple = ()
     label_inputs: tuple = ()
+    distillation = None  # a Distillation once ``distill`` is called
 
     def __init__(self, schema: FeatureSchema, tasks: Sequence[Task], **kwargs):
         super().__init__(**kwargs)
@@ -159,6 +163,15 @@ class RecModel(tf.keras.Model):
 
     # The step ---------------------------------------------------------------------------------------------
 
+    def distill(self, teacher_columns: Mapping[str, str], weight: float) -> None:
+        """In training, adds ``weight · CE(t, s)`` to the per-row loss of each output ``s`` named in
+        ``teacher_columns``, ``t`` being the teacher's probability in that column of the batch. Call before
+        the first train step (the step is traced once)."""
+        unknown = sorted(set(teacher_columns) - {t.name for t in self.tasks if t.has_loss})
+        if unknown:
+            raise ValueError(f"cannot distil outputs {unknown}: they have no task with a loss")
+        self.distillation = Distillation(tuple(sorted(teacher_columns.items())), weight)
+
     @property
     def evaluation_metrics(self) -> list:
         """Evaluation metrics that belong to no task (full-corpus retrieval metrics); none by default."""
@@ -193,6 +206,8 @@ class RecModel(tf.keras.Model):
         numerators, denominators = [], []
         for task in loss_tasks:
             losses = task.row_losses(columns[task.name], outputs[task.name])
+            if training and self.distillation is not None and task.name in self.distillation.outputs:
+                losses += self.distillation.row_losses(task.name, outputs[task.name], features, labels)
             self._step.task_losses[task.name].update_state(losses, sample_weight=weights[task.name])
             numerators.append(tf.reduce_sum(losses * weights[task.name]))
             denominators.append(tf.reduce_sum(weights[task.name]))

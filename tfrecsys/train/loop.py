@@ -64,11 +64,14 @@ def naming_bad_files(files, schema, features=None):
         raise DataError(f"cannot read input data: {bad}") from error
 
 
-def build_and_compile(config, schema: FeatureSchema, jit_compile: bool = False):
+def build_and_compile(config, schema: FeatureSchema, jit_compile: bool = False, before_compile=None):
     """The registry model for ``config``, compiled with its optimizer (``jit_compile``: the train and eval
     steps are XLA-compiled). Losses and metrics are the model's tasks', summed in its own step
-    (``tfrecsys.models.base.RecModel``)."""
+    (``tfrecsys.models.base.RecModel``). ``before_compile(model)``: changes the model needs before it is
+    compiled (Keras trains the variables that were trainable at compile time: freezing goes here)."""
     model = build_model(config, schema, ModelTables(config, schema))
+    if before_compile is not None:
+        before_compile(model)
     model.compile(optimizer=_optimizer(config.train.optimizer, config.train.learning_rate),
                   steps_per_execution=config.train.steps_per_execution, jit_compile=jit_compile)
     return model

@@ -28,6 +28,8 @@ each window its own evaluation files (the window's clicks with their final label
 window's training rows are trained on; a window without evaluation files is trained only. And
 ``config.train.pretrain_windows`` (default 0) windows at the start are trained on, never evaluated (a
 pretraining period of old data).
+Online-learning options (``config.train.online``, ``tfrecsys.train.online``): freeze all but the embedding
+tables, replay window ``t − R``'s rows mixed into window ``t``, distil from an offline teacher.
 
 Under MultiWorkerMirroredStrategy every worker runs the same windows: every worker reads all files of a
 window in the same order and keeps its own slice of each global batch (data sharding; by-file sharding could
@@ -46,6 +48,7 @@ from absl import logging
 from tfrecsys.data.input import DataError, check_schema, count_records, make_dataset, resolve_files
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models.tasks import tasks_from_config
+from tfrecsys.train import online
 from tfrecsys.train.loop import (CHECKPOINT_SUBDIR, EVAL_METRICS_FILE, build_and_compile, metrics_by_task,
                                  naming_bad_files, worker_slice)
 from tfrecsys.train.strategy import is_chief, naming_lost_peers, task_name, worker_dir
@@ -89,12 +92,21 @@ def time_windows(config, files=None) -> list[TimeWindow]:
     return [TimeWindow(index, key, tuple(sorted(by_key[key]))) for index, key in enumerate(keys)]
 
 
-def _window_data(strategy, window: TimeWindow, schema, global_batch: int):
+def _window_data(strategy, window: TimeWindow, schema, global_batch: int, replay=None, teacher=None):
     """One pass over ``window`` in file order as global batches of ``global_batch`` rows (the last one
-    smaller), each worker keeping its own slice of every batch."""
+    smaller), each worker keeping its own slice of every batch.
+
+    ``replay``: ``(window, its rows, rows of the window to replay)``: that window's rows interleaved evenly
+    (``online.mix_replay``). ``teacher``: an ``online.Teacher`` that adds its columns to every batch."""
 
     def dataset_fn(context: tf.distribute.InputContext):
         dataset = make_dataset(list(window.files), schema, global_batch, training=False)
+        if replay is not None:
+            replayed, rows, replayed_rows = replay
+            dataset = online.mix_replay(dataset, make_dataset(list(replayed.files), schema, global_batch,
+                                                              training=False), rows, replayed_rows, global_batch)
+        if teacher is not None:
+            dataset = dataset.map(teacher.add_columns)
         if context.num_input_pipelines > 1:
             def own_slice(*batch):
                 return worker_slice(batch, context.input_pipeline_id, context.num_input_pipelines)
@@ -160,6 +172,7 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
     tf.keras.utils.set_random_seed(config.train.seed)
     schema = FeatureSchema.from_config(config.features)
     tasks = tasks_from_config(config.tasks, schema)
+    settings = online.OnlineSettings.from_config(config)
     windows = time_windows(config)
     check_schema(windows[0].files[0], schema)
     eval_files = config.data.get("window_eval_files", "")
@@ -181,7 +194,9 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
         config.train.steps_per_execution = 1
     checkpoint_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
     with strategy.scope():
-        model = build_and_compile(config, schema, jit_compile=jit_compile)
+        model = build_and_compile(config, schema, jit_compile=jit_compile,
+                                  before_compile=lambda built: online.freeze(built, settings))
+        teacher = online.prepare_distillation(config, model, schema, settings)
         windows_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="windows_done")
         checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, windows_done=windows_done)
         manager = tf.train.CheckpointManager(checkpoint, worker_dir(checkpoint_dir),
@@ -214,18 +229,22 @@ def train_streaming(config, model_dir: str, strategy, verbose: int, jit_compile:
                 # keeps this window's evaluation.
                 if is_chief():
                     _write_json(metrics_path, summarize(entries, window.index, entries[-1]["step"]))
-            steps = -(-rows // config.train.batch_size)
+            replayed = online.replayed_window(windows, window, settings)
+            replay = (replayed, rows, count_records(replayed.files)) if replayed else None
+            trained_rows = rows + (replay[2] if replay else 0)
+            steps = -(-trained_rows // config.train.batch_size)
             start = time.perf_counter()
-            model.fit(_window_data(strategy, window, schema, config.train.batch_size), epochs=1,
+            model.fit(_window_data(strategy, window, schema, config.train.batch_size, replay, teacher), epochs=1,
                       steps_per_epoch=steps, callbacks=list(callbacks), verbose=verbose)
         step = int(model.optimizer.iterations.numpy())
         windows_done.assign(window.index + 1)
         path = manager.save(checkpoint_number=step)
         if not is_chief():
             tf.io.gfile.rmtree(manager.directory)
-        logging.info("window %d (%s): trained on %d rows in %d steps (%.0f rows/s), step %d, checkpoint %s",
-                     window.index, window.key, rows, steps, rows / max(time.perf_counter() - start, 1e-9), step,
-                     path)
+        logging.info("window %d (%s): trained on %d rows%s in %d steps (%.0f rows/s), step %d, checkpoint %s",
+                     window.index, window.key, trained_rows,
+                     f" ({replay[2]} replayed from window {replayed.index})" if replay else "", steps,
+                     trained_rows / max(time.perf_counter() - start, 1e-9), step, path)
         if is_chief():
             _write_json(metrics_path, summarize(entries, window.index + 1, step))
 
