@@ -62,7 +62,8 @@ def log_linear_bucket(values: tf.Tensor, buckets_per_doubling: int, num_buckets:
     every device and compiler agrees on it (a float ``log`` can differ by an ulp and flip a boundary)."""
     shift = _FLOAT32_MANTISSA_BITS - (buckets_per_doubling.bit_length() - 1)
     as_float = tf.cast(tf.maximum(values, tf.ones_like(values)), tf.float32)
-    raw = tf.bitwise.right_shift(tf.bitcast(as_float, tf.int32), shift) - _FLOAT32_EXPONENT_BIAS * buckets_per_doubling
+    raw = tf.bitwise.right_shift(tf.bitcast(as_float, tf.int32), shift)
+    raw -= _FLOAT32_EXPONENT_BIAS * buckets_per_doubling
     return tf.clip_by_value(raw, 0, num_buckets - 1)
 
 
