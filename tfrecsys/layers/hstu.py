@@ -182,8 +182,10 @@ class HSTULayer(XlaLayer):
         position_bucket = log_linear_bucket(distance, self.position_buckets_per_doubling, self.num_position_buckets)
         gap = tf.abs(timestamps[:, :, None] - timestamps[:, None, :])
         time_bucket = log_linear_bucket(gap, self.time_buckets_per_doubling, self.num_time_buckets)
-        return (tf.gather(tf.cast(self.position_bias, dtype), position_bucket)
-                + tf.gather(tf.cast(self.time_bias, dtype), time_bucket))
+        # One gather from the [P·T] table of all sums instead of two gathers and an add: the gathers and their
+        # scatter-add gradients over [batch, L, L] are what the bias costs, the table is small.
+        sums = tf.reshape(self.position_bias[:, None] + self.time_bias[None, :], [-1])
+        return tf.gather(tf.cast(sums, dtype), position_bucket * self.num_time_buckets + time_bucket)
 
     @staticmethod
     def attention_mask(lengths, num_targets, width, dtype) -> tf.Tensor:
