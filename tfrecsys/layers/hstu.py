@@ -22,9 +22,9 @@ One layer, over a batch of time-ordered event sequences ``X`` ``[batch, L, D]`` 
   so scoring m candidates in one pass equals scoring each alone.
 - ``rab^{p,t}[b, i, j] = w_p[bucket(p_i − p_j + 1)] + w_t[bucket(|t_i − t_j|)]``, shared by all heads, with
   ``p_i = min(i, n − num_targets[b])``: every candidate takes the position right after the history (a
-  candidate's bias must not depend on how many candidates precede it); with
-  log-linear buckets: ``2^s`` buckets per doubling (``s`` = log2 of ``*_buckets_per_doubling``), read from the
-  float32 exponent and top mantissa bits of the value, clamped to the table size. Integer work only, so the
+  candidate's bias must not depend on how many candidates precede it). The buckets are log-linear:
+  ``*_buckets_per_doubling`` buckets per doubling of the value, read from the float32 exponent and top
+  mantissa bits of the value, clamped to the table size. Integer work only, so the
   padded, XLA and jagged paths (and GPUs) pick the very same bucket; the reference's
   ``floor(ln(Δt) / 0.301)`` is one bucket per factor 1.35, the default here one per factor 2^(1/4) ≈ 1.19.
   The query side uses its own timestamp ``t_i`` (the reference uses the next event's, which makes an output
