@@ -212,3 +212,17 @@ def test_bad_arguments_are_named():
         HSTULayer(time_buckets_per_doubling=3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="lengths exceed"):
         HSTULayer()(np.zeros((1, 4, DIM), np.float32), [5], np.zeros((1, 4), np.int64))
+
+
+@pytest.mark.slow
+def test_the_speed_benchmark_runs_its_bfloat16_path_on_cpu(capsys):
+    """bench/bench_hstu.py's ``--dtype=bfloat16`` (documented for GPUs) runs every section, tiny, on the CPU."""
+    from bench import bench_hstu
+    try:
+        bench_hstu.main(["--lengths=32", "--tokens_per_batch=64", "--repeats=1", "--jagged_length=32",
+                         "--jagged_batch=4", "--flops_length=32", "--dtype=bfloat16"])
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    printed = capsys.readouterr().out
+    assert "dtype bfloat16" in printed and "padded/jagged" in printed and "fraction" in printed
+    assert " 32     2 " in printed  # the section-1 row of L = 32

@@ -22,9 +22,9 @@ One layer, over a batch of time-ordered event sequences ``X`` ``[batch, L, D]`` 
   so scoring m candidates in one pass equals scoring each alone.
 - ``rab^{p,t}[b, i, j] = w_p[bucket(p_i − p_j + 1)] + w_t[bucket(|t_i − t_j|)]``, shared by all heads, with
   ``p_i = min(i, n − num_targets[b])``: every candidate takes the position right after the history (a
-  candidate's bias must not depend on how many candidates precede it); with
-  log-linear buckets: ``2^s`` buckets per doubling (``s`` = log2 of ``*_buckets_per_doubling``), read from the
-  float32 exponent and top mantissa bits of the value, clamped to the table size. Integer work only, so the
+  candidate's bias must not depend on how many candidates precede it). The buckets are log-linear:
+  ``*_buckets_per_doubling`` buckets per doubling of the value, read from the float32 exponent and top
+  mantissa bits of the value, clamped to the table size. Integer work only, so the
   padded, XLA and jagged paths (and GPUs) pick the very same bucket; the reference's
   ``floor(ln(Δt) / 0.301)`` is one bucket per factor 1.35, the default here one per factor 2^(1/4) ≈ 1.19.
   The query side uses its own timestamp ``t_i`` (the reference uses the next event's, which makes an output
@@ -62,7 +62,8 @@ def log_linear_bucket(values: tf.Tensor, buckets_per_doubling: int, num_buckets:
     every device and compiler agrees on it (a float ``log`` can differ by an ulp and flip a boundary)."""
     shift = _FLOAT32_MANTISSA_BITS - (buckets_per_doubling.bit_length() - 1)
     as_float = tf.cast(tf.maximum(values, tf.ones_like(values)), tf.float32)
-    raw = tf.bitwise.right_shift(tf.bitcast(as_float, tf.int32), shift) - _FLOAT32_EXPONENT_BIAS * buckets_per_doubling
+    raw = tf.bitwise.right_shift(tf.bitcast(as_float, tf.int32), shift)
+    raw -= _FLOAT32_EXPONENT_BIAS * buckets_per_doubling
     return tf.clip_by_value(raw, 0, num_buckets - 1)
 
 
@@ -181,8 +182,10 @@ class HSTULayer(XlaLayer):
         position_bucket = log_linear_bucket(distance, self.position_buckets_per_doubling, self.num_position_buckets)
         gap = tf.abs(timestamps[:, :, None] - timestamps[:, None, :])
         time_bucket = log_linear_bucket(gap, self.time_buckets_per_doubling, self.num_time_buckets)
-        return (tf.gather(tf.cast(self.position_bias, dtype), position_bucket)
-                + tf.gather(tf.cast(self.time_bias, dtype), time_bucket))
+        # One gather from the [P·T] table of all sums instead of two gathers and an add: the gathers and their
+        # scatter-add gradients over [batch, L, L] are what the bias costs, the table is small.
+        sums = tf.reshape(self.position_bias[:, None] + self.time_bias[None, :], [-1])
+        return tf.gather(tf.cast(sums, dtype), position_bucket * self.num_time_buckets + time_bucket)
 
     @staticmethod
     def attention_mask(lengths, num_targets, width, dtype) -> tf.Tensor:

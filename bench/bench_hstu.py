@@ -1,0 +1,219 @@
+"""HSTU layer speed (tfrecsys/layers/hstu.py): forward + backward of the attention paths, in one run.
+
+    python -m bench.run_all hstu
+    python -m bench.bench_hstu                                   # the RESULTS.md figures (CPU, float32)
+    python -m bench.bench_hstu --device=gpu --dtype=bfloat16     # on a machine with a GPU
+
+1. Paths, at each ``--lengths`` with ``--tokens_per_batch`` tokens (batch = tokens / L, every sequence full):
+   one HSTU layer's forward + backward (gradients of the input and every weight) on the XLA path, against
+   the same padded computation in a ``tf.function`` without XLA and run eagerly, and against a Keras
+   ``MultiHeadAttention`` transformer block of the same width (pre-LayerNorm, causal softmax attention with
+   the same heads, residual, pre-LayerNorm 4x feed-forward, residual: the work one HSTU layer replaces) in a
+   ``tf.function``. Methods alternate for ``--repeats`` rounds after a warm-up (XLA compiles there); medians.
+2. Jagged against padded at ``--jagged_fill`` mean fill: ``--jagged_batch`` sequences padded to
+   ``--jagged_length``, lengths uniform in [1, 2 · fill · L − 1]; forward + backward, both in a
+   ``tf.function`` without XLA (the XLA path is timed too, for reference).
+3. Achieved FLOP/s: the matmul FLOPs of the XLA path's forward + backward (3x the forward's: projection,
+   ``Q Kᵀ`` and ``A V`` over the full ``L × L``, output; elementwise work not counted) per second, as a
+   fraction of a plain ``tf.matmul`` of two square matrices with the same FLOPs, timed alternately with it.
+
+``--device=gpu`` places everything on the first GPU (the run stops if TensorFlow sees none);
+``--dtype=bfloat16`` runs the layers under the ``mixed_bfloat16`` Keras policy (float32 weights, bfloat16
+compute) and the matmul reference in bfloat16. On the 2-core CPU of this project bfloat16 only checks the
+code path: its figures are not a speed claim. Print the load (``uptime``) beside any figure you keep.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+
+from tfrecsys.layers.hstu import HSTULayer
+
+tf.get_logger().setLevel("ERROR")  # the per-length tf.functions of section 1 are built on purpose
+
+
+def hstu_layer(args, path: str, max_seq_len: int) -> HSTULayer:
+    return HSTULayer(num_heads=args.num_heads, attention_dim=args.model_dim // args.num_heads,
+                     max_seq_len=max_seq_len, attention_path=path, jagged_groups=args.jagged_groups)
+
+
+class TransformerBlock(tf.keras.layers.Layer):
+    """Pre-LN causal softmax self-attention (Keras ``MultiHeadAttention``) and 4x feed-forward, residuals."""
+
+    def __init__(self, model_dim: int, num_heads: int, **kwargs):
+        super().__init__(**kwargs)
+        self.attention_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self.attention = tf.keras.layers.MultiHeadAttention(num_heads, model_dim // num_heads)
+        self.feed_forward_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6)
+        self.feed_forward = tf.keras.Sequential([tf.keras.layers.Dense(4 * model_dim, activation="relu"),
+                                                 tf.keras.layers.Dense(model_dim)])
+
+    def call(self, x, lengths, timestamps, training=None):
+        width = tf.shape(x)[1]
+        valid_keys = tf.sequence_mask(lengths, width)[:, None, :]
+        causal = tf.linalg.band_part(tf.ones([width, width], tf.bool), -1, 0)[None]
+        normed = self.attention_norm(x)
+        x = x + self.attention(normed, normed, attention_mask=valid_keys & causal, training=training)
+        return x + self.feed_forward(self.feed_forward_norm(x), training=training)
+
+
+def forward_backward(layer, compiled: bool, model_dim: int):
+    """``(x, lengths, timestamps) -> scalar`` that runs the layer and all its gradients (returned as a sum,
+    so that graph pruning cannot drop them)."""
+    def step(x, lengths, timestamps):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, lengths, timestamps, training=True)
+            loss = tf.reduce_sum(tf.square(tf.cast(y, tf.float32)))
+        gradients = tape.gradient(loss, [x] + layer.trainable_variables)
+        return loss + tf.add_n([tf.reduce_sum(tf.cast(tf.convert_to_tensor(g), tf.float32))
+                                for g in gradients if g is not None])
+    if not compiled:
+        return step
+    spec = [tf.TensorSpec([None, None, model_dim], tf.float32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None, None], tf.int64)]
+    return tf.function(step, input_signature=spec)
+
+
+def batch_of(batch: int, width: int, model_dim: int, lengths=None, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=(batch, width, model_dim)).astype(np.float32))
+    lengths = np.full([batch], width) if lengths is None else lengths
+    timestamps = 1_700_000_000 + np.cumsum(rng.integers(0, 3_600, (batch, width)), axis=1)
+    return x, tf.constant(lengths, tf.int32), tf.constant(timestamps, tf.int64)
+
+
+def timed_rounds(methods: dict, repeats: int) -> dict:
+    """``{name: (fn, inputs)}`` → median seconds per call of each; one warm-up call each, then they alternate."""
+    for fn, inputs in methods.values():
+        float(fn(*inputs))
+    seconds = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, (fn, inputs) in methods.items():
+            started = time.perf_counter()
+            float(fn(*inputs))
+            seconds[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def hstu_forward_matmul_flops(batch: int, width: int, model_dim: int, num_heads: int) -> float:
+    head_dim = model_dim // num_heads
+    tokens, heads_dim = batch * width, num_heads * head_dim
+    projection = 2 * tokens * model_dim * 4 * heads_dim
+    attention = 2 * 2 * batch * num_heads * width * width * head_dim
+    output = 2 * tokens * heads_dim * model_dim
+    return float(projection + attention + output)
+
+
+def built(layer, model_dim: int):
+    layer.build(tf.TensorShape([None, None, model_dim]))
+    return layer
+
+
+def xla_available(args) -> bool:
+    """XLA's CPU backend in TensorFlow 2.16 has no bfloat16 dot ("unsupported operand type BF16 in op dot")."""
+    return not (args.device == "cpu" and args.dtype == "bfloat16")
+
+
+def paths_section(args) -> None:
+    base = "xla" if xla_available(args) else "function"
+    print(f"1. forward + backward, one layer, D={args.model_dim}, H={args.num_heads}, "
+          f"{args.tokens_per_batch} tokens per batch; median ms of {args.repeats} rounds; ratios to {base}"
+          + ("" if base == "xla" else " (no XLA: see xla_available)"))
+    print(f"{'L':>6} {'batch':>5} {'XLA':>9} {'tf.function':>12} {'eager':>9} {'MHA block':>10} "
+          f"{'no-XLA/XLA':>10} {'eager/XLA':>9} {'MHA/XLA':>8}")
+    for width in args.lengths:
+        batch = max(1, args.tokens_per_batch // width)
+        inputs = batch_of(batch, width, args.model_dim)
+        padded = built(hstu_layer(args, "padded", width), args.model_dim)
+        mha = built(TransformerBlock(args.model_dim, args.num_heads), args.model_dim)
+        methods = {"function": (forward_backward(padded, True, args.model_dim), inputs),
+                   "eager": (forward_backward(padded, False, args.model_dim), inputs),
+                   "mha": (forward_backward(mha, True, args.model_dim), inputs)}
+        if base == "xla":
+            xla = built(hstu_layer(args, "xla", width), args.model_dim)
+            methods["xla"] = (forward_backward(xla, True, args.model_dim), inputs)
+        ms = {name: 1e3 * s for name, s in timed_rounds(methods, args.repeats).items()}
+        ms.setdefault("xla", float("nan"))
+        print(f"{width:>6} {batch:>5} {ms['xla']:>9.1f} {ms['function']:>12.1f} {ms['eager']:>9.1f} "
+              f"{ms['mha']:>10.1f} {ms['function'] / ms[base]:>9.2f}x {ms['eager'] / ms[base]:>8.2f}x "
+              f"{ms['mha'] / ms[base]:>7.2f}x", flush=True)
+
+
+def jagged_section(args) -> None:
+    rng = np.random.default_rng(1)
+    width, batch = args.jagged_length, args.jagged_batch
+    lengths = rng.integers(1, max(2, int(2 * args.jagged_fill * width)), batch)
+    inputs = batch_of(batch, width, args.model_dim, lengths=lengths)
+    paths = ("jagged", "padded", "xla") if xla_available(args) else ("jagged", "padded")
+    layers = {path: built(hstu_layer(args, path, width), args.model_dim) for path in paths}
+    methods = {path: (forward_backward(layer, True, args.model_dim), inputs) for path, layer in layers.items()}
+    ms = {name: 1e3 * s for name, s in timed_rounds(methods, args.repeats).items()}
+    ms.setdefault("xla", float("nan"))
+    print(f"\n2. jagged vs padded: batch {batch}, L={width}, mean fill {lengths.mean() / width:.1%} "
+          f"({args.jagged_groups} length groups); forward + backward, median ms")
+    print(f"   jagged {ms['jagged']:.1f}, padded tf.function {ms['padded']:.1f}, padded XLA {ms['xla']:.1f}; "
+          f"padded/jagged {ms['padded'] / ms['jagged']:.2f}x, XLA/jagged {ms['xla'] / ms['jagged']:.2f}x",
+          flush=True)
+
+
+def flops_section(args) -> None:
+    width = args.flops_length
+    batch = max(1, args.tokens_per_batch // width)
+    path = "xla" if xla_available(args) else "padded"
+    layer = built(hstu_layer(args, path, width), args.model_dim)
+    flops = 3 * hstu_forward_matmul_flops(batch, width, args.model_dim, args.num_heads)
+    side = int(round((flops / 2) ** (1 / 3)))
+    dtype = tf.bfloat16 if args.dtype == "bfloat16" else tf.float32
+    a = tf.random.stateless_normal([side, side], seed=[1, 2], dtype=dtype)
+    b = tf.random.stateless_normal([side, side], seed=[3, 4], dtype=dtype)
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    hstu_step = forward_backward(layer, True, args.model_dim)
+    seconds = timed_rounds({"hstu": (hstu_step, batch_of(batch, width, args.model_dim)), "matmul": (matmul, (a, b))},
+                           args.repeats)
+    hstu_rate, matmul_rate = flops / seconds["hstu"], 2 * side ** 3 / seconds["matmul"]
+    print(f"\n3. achieved FLOP/s, {path} path, L={width}, batch {batch}: {flops / 1e9:.2f} GFLOP of matmuls per "
+          f"forward + backward at {hstu_rate / 1e9:.1f} GFLOP/s; plain {side}x{side} matmul at "
+          f"{matmul_rate / 1e9:.1f} GFLOP/s; fraction {hstu_rate / matmul_rate:.2f}", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=lambda s: [int(v) for v in s.split(",")], default=[256, 1024, 4096],
+                        help="comma-separated sequence lengths L of section 1")
+    parser.add_argument("--tokens_per_batch", type=int, default=4096,
+                        help="batch × L in sections 1 and 3 (the batch is this divided by L, at least 1)")
+    parser.add_argument("--model_dim", type=int, default=128, help="model width D (HSTU and the MHA block)")
+    parser.add_argument("--num_heads", type=int, default=2, help="attention heads; head dim = model_dim / heads")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per method after the warm-up")
+    parser.add_argument("--jagged_length", type=int, default=1024, help="padded length L of section 2")
+    parser.add_argument("--jagged_batch", type=int, default=16, help="sequences per batch in section 2")
+    parser.add_argument("--jagged_fill", type=float, default=0.25, help="mean fill (length / L) in section 2")
+    parser.add_argument("--jagged_groups", type=int, default=8, help="length groups of the jagged path")
+    parser.add_argument("--flops_length", type=int, default=1024, help="sequence length L of section 3")
+    parser.add_argument("--sections", default="paths,jagged,flops",
+                        help="comma-separated sections to run: paths, jagged, flops")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="run on the CPU or on the first GPU TensorFlow sees (stops if there is none)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="float32, or bfloat16 compute with float32 weights (Keras mixed_bfloat16 policy)")
+    args = parser.parse_args(argv)
+    if args.device == "gpu" and not tf.config.list_physical_devices("GPU"):
+        parser.exit(2, "--device=gpu: TensorFlow sees no GPU on this machine (tf.config.list_physical_devices)\n")
+    if args.dtype == "bfloat16":
+        tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    print(f"device {args.device}, dtype {args.dtype}, load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
+    sections = {"paths": paths_section, "jagged": jagged_section, "flops": flops_section}
+    with tf.device("/GPU:0" if args.device == "gpu" else "/CPU:0"):
+        for name in args.sections.split(","):
+            sections[name](args)
+
+
+if __name__ == "__main__":
+    main()
