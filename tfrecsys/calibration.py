@@ -29,6 +29,7 @@ from tfrecsys.layers.calibration import IsotonicCalibration, NegativeDownsamplin
 METHODS = ("none", "platt", "isotonic")
 ECE_BINS = 10
 _NEWTON_STEPS = 100
+_STEP_HALVINGS = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,18 +106,34 @@ def fit_isotonic(probability: np.ndarray, labels: np.ndarray, weights: np.ndarra
 
 def fit_platt(probability: np.ndarray, labels: np.ndarray, weights: np.ndarray, name: str = None) -> PlattScaling:
     """``(a, b)`` maximising ``Σ w [y log σ(a z + b) + (1 − y) log(1 − σ(a z + b))]``, ``z = logit(p)``, by
-    Newton's method on the two parameters (concave, so it converges from the identity ``a = 1, b = 0``)."""
+    Newton's method on the two parameters from the identity ``a = 1, b = 0``, each step halved until the
+    likelihood improves (the objective is concave, but a full Newton step from a far start overshoots: scores
+    of a model trained on early labels sit far below the rates they are fitted to)."""
     p = np.clip(probability.astype(np.float64), 1e-7, 1 - 1e-7)
     z = np.log(p) - np.log1p(-p)
     features = np.stack([z, np.ones_like(z)], axis=1)
     y, w = labels.astype(np.float64), weights.astype(np.float64)
+
+    def negative_log_likelihood(theta):
+        logit = features @ theta
+        # log(1 + e^x) − y·x, stably for large |x|.
+        return float(np.sum(w * (np.logaddexp(0.0, logit) - y * logit)))
+
     theta = np.array([1.0, 0.0])
+    loss = negative_log_likelihood(theta)
     for _ in range(_NEWTON_STEPS):
-        s = 1.0 / (1.0 + np.exp(-features @ theta))
+        s = 1.0 / (1.0 + np.exp(-(features @ theta)))
         gradient = features.T @ (w * (y - s))
         hessian = (features * (w * s * (1 - s))[:, None]).T @ features + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
-        theta = theta + step
+        for _ in range(_STEP_HALVINGS):
+            new_loss = negative_log_likelihood(theta + step)
+            if new_loss <= loss:
+                break
+            step = step / 2
+        else:
+            break  # no step improves: at the optimum up to float precision
+        theta, loss = theta + step, new_loss
         if np.max(np.abs(step)) < 1e-10:
             break
     return PlattScaling(slope=theta[0], intercept=theta[1], name=name)
