@@ -24,7 +24,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfrecsys.data.input import make_dataset, resolve_files
 from tfrecsys.layers.calibration import IsotonicCalibration, NegativeDownsamplingCorrection, PlattScaling
+from tfrecsys.models.tasks import task_columns, tasks_from_config
 
 METHODS = ("none", "platt", "isotonic")
 ECE_BINS = 10
@@ -178,8 +180,6 @@ def expected_calibration_error(probability: np.ndarray, labels: np.ndarray, bins
 
 def binary_tasks(config) -> list:
     """The tasks whose output is a probability with a 0/1 label: ``binary_crossentropy`` with a label."""
-    from tfrecsys.models.tasks import tasks_from_config
-
     return [task for task in tasks_from_config(config.tasks) if task.loss == "binary_crossentropy" and task.label]
 
 
@@ -189,9 +189,6 @@ def eval_predictions(config, model, schema, tasks, max_rows: int, label: str = "
     task's mask times its sample weight; rows of weight 0 are left out."""
     if label and label not in {feature.name for feature in schema.features}:
         raise ValueError(f"config.export.calibration.label {label!r} is not a feature of the schema")
-    from tfrecsys.data.input import make_dataset, resolve_files
-    from tfrecsys.models.tasks import task_columns
-
     files = resolve_files(config.data.eval_files, config.data.dir)
     dataset = make_dataset(files, schema, config.train.eval_batch_size, training=False)
     collected = {task.name: ([], [], []) for task in tasks}
@@ -211,9 +208,9 @@ def eval_predictions(config, model, schema, tasks, max_rows: int, label: str = "
             break
     out = {}
     for name, parts in collected.items():
-        probability, label, weight = (np.concatenate(part) for part in parts)
+        probability, observed, weight = (np.concatenate(part) for part in parts)
         kept = weight > 0
-        out[name] = (probability[kept], label[kept], weight[kept])
+        out[name] = (probability[kept], observed[kept], weight[kept])
     return out
 
 
