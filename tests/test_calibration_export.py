@@ -55,8 +55,6 @@ def test_every_calibration_map_is_served_as_in_process(tmp_path):
     by_features = served.signatures["serving_default"](**features)
     assert sorted(by_features) == ["score"]
     np.testing.assert_allclose(by_features["score"].numpy(), expected, atol=1e-6)
-    np.testing.assert_allclose(served.signatures["serving_examples"](inputs=tf.constant(records))["score"].numpy(),
-                               expected, atol=1e-6)
     np.testing.assert_allclose(served.signatures["regress_score"](inputs=tf.constant(records))["outputs"].numpy(),
                                expected, atol=1e-6)
 

@@ -24,11 +24,14 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfrecsys.data.input import make_dataset, resolve_files
 from tfrecsys.layers.calibration import IsotonicCalibration, NegativeDownsamplingCorrection, PlattScaling
+from tfrecsys.models.tasks import task_columns, tasks_from_config
 
 METHODS = ("none", "platt", "isotonic")
 ECE_BINS = 10
 _NEWTON_STEPS = 100
+_STEP_HALVINGS = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,18 +108,34 @@ def fit_isotonic(probability: np.ndarray, labels: np.ndarray, weights: np.ndarra
 
 def fit_platt(probability: np.ndarray, labels: np.ndarray, weights: np.ndarray, name: str = None) -> PlattScaling:
     """``(a, b)`` maximising ``Σ w [y log σ(a z + b) + (1 − y) log(1 − σ(a z + b))]``, ``z = logit(p)``, by
-    Newton's method on the two parameters (concave, so it converges from the identity ``a = 1, b = 0``)."""
+    Newton's method on the two parameters from the identity ``a = 1, b = 0``, each step halved until the
+    likelihood improves (the objective is concave, but a full Newton step from a far start overshoots: scores
+    of a model trained on early labels sit far below the rates they are fitted to)."""
     p = np.clip(probability.astype(np.float64), 1e-7, 1 - 1e-7)
     z = np.log(p) - np.log1p(-p)
     features = np.stack([z, np.ones_like(z)], axis=1)
     y, w = labels.astype(np.float64), weights.astype(np.float64)
+
+    def negative_log_likelihood(theta):
+        logit = features @ theta
+        # log(1 + e^x) − y·x, stably for large |x|.
+        return float(np.sum(w * (np.logaddexp(0.0, logit) - y * logit)))
+
     theta = np.array([1.0, 0.0])
+    loss = negative_log_likelihood(theta)
     for _ in range(_NEWTON_STEPS):
-        s = 1.0 / (1.0 + np.exp(-features @ theta))
+        s = 1.0 / (1.0 + np.exp(-(features @ theta)))
         gradient = features.T @ (w * (y - s))
         hessian = (features * (w * s * (1 - s))[:, None]).T @ features + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
-        theta = theta + step
+        for _ in range(_STEP_HALVINGS):
+            new_loss = negative_log_likelihood(theta + step)
+            if new_loss <= loss:
+                break
+            step = step / 2
+        else:
+            break  # no step improves: at the optimum up to float precision
+        theta, loss = theta + step, new_loss
         if np.max(np.abs(step)) < 1e-10:
             break
     return PlattScaling(slope=theta[0], intercept=theta[1], name=name)
@@ -161,8 +180,6 @@ def expected_calibration_error(probability: np.ndarray, labels: np.ndarray, bins
 
 def binary_tasks(config) -> list:
     """The tasks whose output is a probability with a 0/1 label: ``binary_crossentropy`` with a label."""
-    from tfrecsys.models.tasks import tasks_from_config
-
     return [task for task in tasks_from_config(config.tasks) if task.loss == "binary_crossentropy" and task.label]
 
 
@@ -172,9 +189,6 @@ def eval_predictions(config, model, schema, tasks, max_rows: int, label: str = "
     task's mask times its sample weight; rows of weight 0 are left out."""
     if label and label not in {feature.name for feature in schema.features}:
         raise ValueError(f"config.export.calibration.label {label!r} is not a feature of the schema")
-    from tfrecsys.data.input import make_dataset, resolve_files
-    from tfrecsys.models.tasks import task_columns
-
     files = resolve_files(config.data.eval_files, config.data.dir)
     dataset = make_dataset(files, schema, config.train.eval_batch_size, training=False)
     collected = {task.name: ([], [], []) for task in tasks}
@@ -194,9 +208,9 @@ def eval_predictions(config, model, schema, tasks, max_rows: int, label: str = "
             break
     out = {}
     for name, parts in collected.items():
-        probability, label, weight = (np.concatenate(part) for part in parts)
+        probability, observed, weight = (np.concatenate(part) for part in parts)
         kept = weight > 0
-        out[name] = (probability[kept], label[kept], weight[kept])
+        out[name] = (probability[kept], observed[kept], weight[kept])
     return out
 
 
