@@ -54,7 +54,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.features.click = dict(kind="label")
 
     config.model.name = "sim"
-    config.model.target = ("item_id", "item_category")
     config.model.recent_history = ("recent_item_id", "recent_category")
     config.model.lifelong_history = ("long_item_id", "long_category")
     config.model.lifelong_timestamps = "long_timestamp"
