@@ -59,10 +59,15 @@ SMALL_TWO_TOWER = {"data.simulator.num_users": 60, "data.simulator.num_items": 4
                    "data.simulator.events_per_user": 4.0, "model.hidden_units": (8,), "model.output_dim": 8,
                    "model.num_sampled": 8, "model.export_k": 5}
 LR_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "logistic_regression_simulator.py")
+DIN_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "din_simulator.py")
+DIEN_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "dien_simulator.py")
+SMALL_BEHAVIOUR_MODEL = {"model.attention_units": (4,), "model.hidden_units": (8,)}
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
     "logistic_regression": FamilyCase(LR_CONFIG, {}),
     "two_tower": FamilyCase(TWO_TOWER_CONFIG, SMALL_TWO_TOWER, export_two_tower, kind="retrieval"),
+    "din": FamilyCase(DIN_CONFIG, SMALL_BEHAVIOUR_MODEL),
+    "dien": FamilyCase(DIEN_CONFIG, SMALL_BEHAVIOUR_MODEL),
     "sim": FamilyCase(SIM_CONFIG, SMALL_SIM),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}

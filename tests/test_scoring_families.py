@@ -45,10 +45,11 @@ def write_retrieval_world(config, data_dir: str) -> None:
     write(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
 
 
-def write_sequential(config, data_dir: str) -> None:
-    from tfrecsys.data.simulators.sequential import SequentialConfig, write_sequential as write
+def write_simulator(config, data_dir: str) -> None:
+    """The simulator a config's ``data.simulator`` block names by ``kind`` (as ``tfrecsys-simulate`` runs it)."""
+    from tfrecsys.data.simulators import write_from_config
 
-    write(SequentialConfig.from_config(config.data.simulator), data_dir)
+    write_from_config(config.data.simulator, data_dir)
 
 
 def ranking_predictions(model, schema: FeatureSchema, records: list[bytes]) -> dict[str, np.ndarray]:
@@ -78,6 +79,10 @@ class FamilyCase:
     predict: Callable
 
 
+SMALL_SEQUENTIAL_WORLD = {
+    "data.simulator.num_users": 40, "data.simulator.events_per_user": 30, "model.attention_units": (4,),
+    "model.hidden_units": (8,), "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
+    "train.batch_size": 64, "train.shuffle_buffer": 1000, "export.warmup_requests": 2}
 FAMILY_CASES = {
     "dnn": FamilyCase(
         "dnn_simulator.py",
@@ -101,12 +106,16 @@ FAMILY_CASES = {
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_retrieval_world, "retrieve", "user_id",
         lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
+    "din": FamilyCase("din_simulator.py", SMALL_SEQUENTIAL_WORLD, write_simulator, "score", "example_id",
+                      ranking_predictions),
+    "dien": FamilyCase("dien_simulator.py", SMALL_SEQUENTIAL_WORLD, write_simulator, "score", "example_id",
+                       ranking_predictions),
     "sim": FamilyCase(
         "sim_simulator.py",
         {**SMALL_SIM_PER_ROW, "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
          "train.batch_size": 64, "train.eval_batch_size": 256, "train.shuffle_buffer": 1000,
          "export.warmup_requests": 2},
-        write_sequential, "score", "example_id", ranking_predictions),
+        write_simulator, "score", "example_id", ranking_predictions),
 }
 
 
@@ -256,3 +265,30 @@ def test_parquet_rows_with_sequences_score_like_their_examples(trained):
     row_of = {key: row for row, key in enumerate(run["keys"])}
     assert sorted(line["example_id"] for line in lines) == sorted(row_of)
     assert max(abs(line["score"] - run["predictions"]["score"][row_of[line["example_id"]]]) for line in lines) < 1e-5
+
+
+@pytest.mark.slow  # starts a model server process
+@pytest.mark.parametrize("family", ["din", "dien"])
+def test_grpc_scores_of_behaviour_histories_equal_the_in_process_predictions(family, trained, tmp_path):
+    """The raw padded histories (``serving_default``) and the serialized Examples (``serving_examples``) of the
+    trained model's eval rows, sent to ``tfrecsys-serve`` over the official gRPC stub, score as in process."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tests.conftest import served_model
+
+    run = trained(family)
+    records = run["records"][:64]
+    raw = run["schema"].parse_examples(tf.constant(records), with_labels=False, serving=True)
+    requests = {"serving_default": {name: value.numpy() for name, value in raw.items()},
+                "serving_examples": {"inputs": np.array(records, dtype=object)}}
+    model_name = os.path.basename(run["model_base"])
+    with served_model(run["model_base"], model_name, str(tmp_path)) as target, grpc.insecure_channel(target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for signature, inputs in requests.items():
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name, request.model_spec.signature_name = model_name, signature
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            scores = tf.make_ndarray(stub.Predict(request, timeout=60).outputs["score"])
+            np.testing.assert_allclose(scores, run["predictions"]["score"][:64], atol=1e-5, err_msg=signature)
