@@ -1,7 +1,7 @@
 """SIM against DIN and mean-pooling where the relevant behaviours are older than the recent history: AUC, GAUC
 and logloss on the lifelong sequential world of configs/sim_simulator.py, every model on the same rows.
 
-    python -m bench.run_all sim                      # or: python -m bench.bench_sim --steps=1500 --seeds=0,1
+    python -m bench.run_all sim                      # or: python -m bench.bench_sim --steps=450 --seeds=0,1
 
 The world (seed 0): 400 users with about 290 clicks each in the per-user history store; a user's current
 interest lasts about 250 impressions, so the 20 most recent clicks show the current interest while the other
@@ -86,7 +86,7 @@ def long_term_auc(config, model_dir: str, truth, eval_rows: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1500, help="training steps of every model (batch 256)")
+    parser.add_argument("--steps", type=int, default=450, help="training steps of every model (batch 256)")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds; the world is seed 0")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
     parser.add_argument("--data_dir", default="", help="reuse a simulated world here (written when empty)")
