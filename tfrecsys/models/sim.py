@@ -14,11 +14,12 @@ the GSU's auxiliary CTR task (the top-K has no gradient): ``p_gsu = sigmoid(MLP_
 e_a]))``, the training output ``model.gsu_task``, whose task in ``config.tasks`` gives its label and weight
 (the paper's ``L = α L_GSU + β L_ESU``); it is not exported.
 
-Config (``config.model``): ``target`` (id features of the candidate, concatenated), ``recent_history`` and
-``lifelong_history`` (sequence features aligned with ``target``, one per target feature, sharing its
-table), ``lifelong_timestamps`` (raw int64 sequence aligned with the lifelong history), ``request_time``
-(int64 dense feature), ``search`` (hard | soft), ``hard_search`` (``(history category feature, target
-category feature)``), ``top_k``, ``soft_search_dim``, ``gsu_task``, ``num_heads``, ``head_dim``,
+Config (``config.model``): ``recent_history`` and ``lifelong_history`` (behaviour histories,
+``tfrecsys.models.behaviours``: aligned sequences, each sharing the table of a candidate id feature, the
+lifelong one the same tables in the same order; those id features are the target ``e_a``),
+``lifelong_timestamps`` (raw int64 sequence aligned with the lifelong history), ``request_time`` (int64 dense
+feature), ``search`` (hard | soft), ``hard_search`` (``(history category feature, target category
+feature)``), ``top_k``, ``soft_search_dim``, ``gsu_task``, ``num_heads``, ``head_dim``,
 ``time_buckets``, ``time_embedding_dim``, ``time_unit_seconds``, ``attention_hidden_units``,
 ``attention_activation``, ``hidden_units``, ``dropout``. Every other serving feature (user profile, dense
 context) enters the MLP as ``concat_pooled`` gives it. The serving signature takes the raw histories:
@@ -36,6 +37,7 @@ from tfrecsys.layers.search import (ExactSearchUnit, HardSearch, SoftSearch, Tim
                                     relevance_pooling)
 from tfrecsys.layers.target_attention import TargetAttention
 from tfrecsys.models.base import RecModel
+from tfrecsys.models.behaviours import behaviour_history
 from tfrecsys.models.registry import register
 from tfrecsys.models.tasks import tasks_from_config
 
@@ -54,39 +56,27 @@ def _mask(features, feature: SequenceFeature) -> tf.Tensor:
     return tf.sequence_mask(lengths, feature.max_len)
 
 
-def _check_roles(schema: FeatureSchema, target, recent, lifelong, timestamps, request_time, hard_search):
-    """Every role of config.model names a schema feature of the right kind; the error names the key."""
-    def sequence(key, name, primary=None):
-        feature = schema[name]
-        if not isinstance(feature, SequenceFeature):
-            raise ValueError(f"config.model.{key}: {name!r} is not a sequence feature")
-        if primary is not None and name != primary and feature.aligned_with != primary:
-            raise ValueError(f"config.model.{key}: {name!r} must be aligned_with {primary!r}, the first feature")
-        return feature
-
-    for key, names in (("recent_history", recent), ("lifelong_history", lifelong)):
-        if len(names) != len(target):
-            raise ValueError(f"config.model.{key} has {len(names)} features, config.model.target {len(target)}: "
-                             "one history feature per target feature, sharing its table")
-        for name, target_name in zip(names, target):
-            if sequence(key, name, names[0]).table != schema[target_name].table:
-                raise ValueError(f"config.model.{key}: {name!r} must share {target_name!r}'s table "
-                                 f"(shares={target_name!r}) so history and target live in one space")
-    stamps = sequence("lifelong_timestamps", timestamps, lifelong[0])
-    if not stamps.raw or stamps.dtype != "int64":
-        raise ValueError(f"config.model.lifelong_timestamps: {timestamps!r} must be a raw int64 sequence")
+def _check_roles(schema: FeatureSchema, lifelong, timestamps: str, request_time: str, hard_search) -> None:
+    """The time and search roles of config.model name schema features of the right kind; the error names the
+    key at fault (the histories are checked by ``behaviour_history``)."""
+    stamps = schema[timestamps]
+    if not isinstance(stamps, SequenceFeature) or not stamps.raw or stamps.dtype != "int64" or (
+            stamps.aligned_with != (schema[lifelong.sequences[0]].aligned_with or lifelong.sequences[0])):
+        raise ValueError(f"config.model.lifelong_timestamps: {timestamps!r} must be a raw int64 sequence "
+                         f"aligned_with {lifelong.sequences[0]!r}")
     time = schema[request_time]
     if not isinstance(time, DenseFeature) or time.dtype != "int64" or time.training_only:
         raise ValueError(f"config.model.request_time: {request_time!r} must be an int64 dense serving feature")
-    if hard_search is not None and (hard_search[0] not in lifelong or hard_search[1] not in target):
-        raise ValueError(f"config.model.hard_search {tuple(hard_search)}: the first must be in lifelong_history "
-                         f"{tuple(lifelong)}, the second in target {tuple(target)}")
+    if hard_search is not None and (hard_search[0] not in lifelong.sequences or
+                                    hard_search[1] != lifelong.targets[lifelong.sequences.index(hard_search[0])]):
+        raise ValueError(f"config.model.hard_search {tuple(hard_search)}: a lifelong_history feature and the "
+                         f"target feature it shares ({dict(zip(lifelong.sequences, lifelong.targets))})")
 
 
 class SIMRanker(RecModel):
     """SIM (GSU + ESU over the lifelong history) with a DIN branch over the recent one; see the module doc."""
 
-    def __init__(self, schema: FeatureSchema, tasks, *, target: Sequence[str], recent_history: Sequence[str],
+    def __init__(self, schema: FeatureSchema, tasks, *, recent_history: Sequence[str],
                  lifelong_history: Sequence[str], lifelong_timestamps: str, request_time: str, search="hard",
                  hard_search=("", ""), top_k=50, soft_search_dim=16, gsu_task="gsu", num_heads=2, head_dim=16,
                  time_buckets=24, time_embedding_dim=8, time_unit_seconds=60.0, attention_hidden_units=(80, 40),
@@ -94,21 +84,23 @@ class SIMRanker(RecModel):
         super().__init__(schema, tasks, **kwargs)
         if search not in SEARCH_MODES:
             raise ValueError(f"config.model.search must be one of {SEARCH_MODES}, got {search!r}")
-        self.target, self.recent, self.lifelong = list(target), list(recent_history), list(lifelong_history)
+        self.recent = behaviour_history(schema, recent_history, "model.recent_history")
+        self.lifelong = behaviour_history(schema, lifelong_history, "model.lifelong_history",
+                                          targets=self.recent.targets)
+        _check_roles(schema, self.lifelong, lifelong_timestamps, request_time,
+                     hard_search if search == "hard" else None)
         self.timestamps, self.request_time, self.search = lifelong_timestamps, request_time, search
         self.hard_search_on = tuple(hard_search)
-        _check_roles(schema, target, recent_history, lifelong_history, lifelong_timestamps, request_time,
-                     hard_search if search == "hard" else None)
         self.gsu_task = gsu_task
         served_tasks = [t for t in self.tasks if t.name != gsu_task]
         if search == "soft" and len(served_tasks) == len(self.tasks):
             raise ValueError(f"config.model.search='soft' learns its projections only through the GSU's auxiliary "
                              f"CTR task: add config.tasks.{gsu_task} (label, weight α), or use search='hard'")
-        roles = {*target, *recent_history, *lifelong_history, lifelong_timestamps, request_time}
+        roles = {*self.recent.targets, *self.recent.sequences, *self.lifelong.sequences, lifelong_timestamps,
+                 request_time}
         self.other_features = [name for name in self.serving_features if name not in roles]
-        self.target_embedding = self.embedding_view(self.target, name="target")
-        self.recent_embedding = self.embedding_view(self.recent, name="recent_history")
-        self.other_embedding = self.embedding_view(self.other_features, name="other_features")
+        self.embedding = self.embedding_view([*self.recent.targets, *self.recent.sequences, *self.other_features],
+                                             name="features")
         self.recent_attention = TargetAttention(attention_hidden_units, attention_activation, name="din_attention")
         if search == "hard":
             self.general_search = HardSearch(top_k, name="hard_search")
@@ -129,15 +121,13 @@ class SIMRanker(RecModel):
 
     def _interests(self, features, training):
         """``(hidden [batch, h], soft-search GSU logit [batch] or None)``."""
-        targets = self.target_embedding(features)
-        target = tf.concat([targets[name] for name in self.target], axis=-1)
-        recent = self.recent_embedding(features)
-        recent_keys = tf.concat([recent[name] for name in self.recent], axis=-1)
-        recent_interest = self.recent_attention(recent_keys, recent[self.recent[0] + "_mask"], target,
+        embedded = self.embedding(features)
+        target = self.recent.query(embedded)
+        recent_interest = self.recent_attention(self.recent.keys(embedded), self.recent.mask(embedded), target,
                                                 training=training)
 
-        lifelong = {name: _padded(features[name], self.schema[name].max_len) for name in self.lifelong}
-        mask = _mask(features, self.schema[self.lifelong[0]])
+        lifelong = {name: _padded(features[name], self.schema[name].max_len) for name in self.lifelong.sequences}
+        mask = _mask(features, self.schema[self.lifelong.sequences[0]])
         gsu_logit = None
         if self.search == "hard":
             history_category, target_category = self.hard_search_on
@@ -157,7 +147,7 @@ class SIMRanker(RecModel):
 
         parts = [target, recent_interest, long_interest]
         if self.other_features:
-            parts.append(concat_pooled(self.other_embedding(features), self.schema, self.other_features))
+            parts.append(concat_pooled(embedded, self.schema, self.other_features))
         return self.bottom(tf.concat(parts, axis=-1), training=training), gsu_logit
 
     def _served(self, hidden) -> dict:
@@ -179,8 +169,8 @@ class SIMRanker(RecModel):
 def build_sim(config, schema: FeatureSchema, tables=None) -> SIMRanker:
     model = config.model
     return SIMRanker(
-        schema, tasks_from_config(config.tasks, schema), target=tuple(model.target),
-        recent_history=tuple(model.recent_history), lifelong_history=tuple(model.lifelong_history),
+        schema, tasks_from_config(config.tasks, schema), recent_history=tuple(model.recent_history),
+        lifelong_history=tuple(model.lifelong_history),
         lifelong_timestamps=model.lifelong_timestamps, request_time=model.request_time,
         search=model.get("search", "hard"), hard_search=tuple(model.get("hard_search", ("", ""))),
         top_k=model.get("top_k", 50), soft_search_dim=model.get("soft_search_dim", 16),

@@ -1,0 +1,283 @@
+"""Behaviour-sequence rankers on Taobao UserBehavior: our mean-pooling dnn, DIN and DIEN (± auxiliary loss)
+against DeepCTR 0.9.4's DIN and DIEN on the same rows: AUC, GAUC, logloss, steady examples/s and time to the
+first training step.
+
+    make peers-env && TF_USE_LEGACY_KERAS=1 .venv-peers/bin/python -m bench.bench_sequence_peers
+    .venv/bin/python -m bench.bench_sequence_peers --runs=ours:din,ours:dien   # ours only (no DeepCTR)
+
+Data: the protocol of ../shared/reference/peer-baselines.md §1 (``taobao_rows``): 'pv' events of
+``UserBehavior_head84474.csv`` (the file's last user dropped), per user in time order; for each position
+t ≥ 1 the previous ≤ 50 items and categories are the history, the real item at t the positive, a uniform
+random catalogue item (≠ the real one) the negative; each user's last event is the test pair; DIEN's negative
+history is one uniform random item per history position. Train 148,138 rows, test 1,624.
+
+Sizes as DeepCTR's defaults there: embeddings 16, DNN (256, 128, 64) relu, DIN attention (80, 40) Dice,
+DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled.
+Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
+of 20 and shuffle buffer of 20,000 rows; DeepCTR's DIEN needs TF1 graph mode and a 6-name shim (``deepctr_dien_shim``), so every run is a
+fresh process (``--one``), ours and the peer's alternating.
+
+Timings: steady ex/s = training rows of epoch 2 over its wall time (Keras epoch callbacks); first step =
+model construction + compile + the first training step, from a process whose TensorFlow is imported and
+whose data are built.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "datasets",
+                    "taobao-user-behavior", "UserBehavior_head84474.csv")
+HISTORY_LEN, EMBEDDING_DIM, BATCH, EPOCHS, LEARNING_RATE = 50, 16, 256, 2, 1e-3
+DNN_UNITS = (256, 128, 64)
+SHUFFLE_BUFFER = 20_000  # the house default (configs/base.py); Keras shuffles DeepCTR's numpy arrays whole
+DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
+                "peer:dien_no_aux")
+
+
+def taobao_rows(path: str = DATA, data_seed: int = 0) -> tuple[dict, dict, dict]:
+    """(train, test, largest id of each id column): column dicts of the protocol above, ids remapped to 1..n
+    (0 pads, as DeepCTR masks)."""
+    raw = np.genfromtxt(path, delimiter=",", dtype=None, encoding="utf-8",
+                        names=("user", "item", "category", "behavior", "timestamp"))
+    raw = raw[raw["behavior"] == "pv"]
+    raw = raw[raw["user"] != raw["user"][-1]]  # the head may cut the last user's events off
+    item_ids, items = np.unique(raw["item"], return_inverse=True)
+    category_ids, categories = np.unique(raw["category"], return_inverse=True)
+    user_ids, users = np.unique(raw["user"], return_inverse=True)
+    items, categories, users = items + 1, categories + 1, users + 1
+    category_of = np.zeros(len(item_ids) + 1, np.int64)
+    category_of[items] = categories
+    rng = np.random.default_rng(data_seed)
+    order = np.lexsort((np.arange(len(raw)), raw["timestamp"], users))
+    splits = {"train": [], "test": []}
+    for user in np.unique(users):
+        events = order[users[order] == user]
+        for t in range(1, len(events)):
+            start = max(0, t - HISTORY_LEN)
+            history = items[events[start:t]]
+            negative = int(rng.integers(1, len(item_ids) + 1))
+            while negative == items[events[t]]:
+                negative = int(rng.integers(1, len(item_ids) + 1))
+            negative_history = rng.integers(1, len(item_ids) + 1, len(history))
+            split = "test" if t == len(events) - 1 else "train"
+            for target, label in ((int(items[events[t]]), 1.0), (negative, 0.0)):
+                splits[split].append((user, target, history, negative_history, label))
+    largest = {"user_id": len(user_ids), "item_id": len(item_ids), "cate_id": len(category_ids)}
+    return _columns(splits["train"], category_of), _columns(splits["test"], category_of), largest
+
+
+def _columns(rows: list, category_of: np.ndarray) -> dict:
+    def padded(histories):
+        out = np.zeros((len(histories), HISTORY_LEN), np.int64)
+        for row, history in enumerate(histories):
+            out[row, :len(history)] = history
+        return out
+
+    hist_item_id = padded([r[2] for r in rows])
+    neg_item_id = padded([r[3] for r in rows])
+    item_id = np.array([r[1] for r in rows], np.int64)
+    return {"user_id": np.array([r[0] for r in rows], np.int64), "item_id": item_id,
+            "cate_id": category_of[item_id], "hist_item_id": hist_item_id, "hist_cate_id": category_of[hist_item_id],
+            "neg_hist_item_id": neg_item_id, "neg_hist_cate_id": category_of[neg_item_id],
+            "seq_length": np.array([len(r[2]) for r in rows], np.int64), "label": np.array([r[4] for r in rows],
+                                                                                          np.float32)}
+
+
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> dict:
+    """AUC (ties count ½), GAUC (per-user AUC weighted by rows, users of one class skipped), logloss."""
+    def auc(y, p):
+        ranks = np.argsort(np.argsort(p, kind="stable"), kind="stable").astype(np.float64)
+        for value in np.unique(p[np.r_[False, np.diff(np.sort(p)) == 0]]):  # average the ranks of ties
+            ranks[p == value] = ranks[p == value].mean()
+        positives = y == 1
+        n_pos, n_neg = positives.sum(), (~positives).sum()
+        return (ranks[positives].sum() - n_pos * (n_pos - 1) / 2) / (n_pos * n_neg)
+
+    per_user = [(len(y), auc(y, scores[users == u])) for u in np.unique(users)
+                for y in [labels[users == u]] if 0 < y.sum() < len(y)]
+    clipped = np.clip(scores, 1e-7, 1 - 1e-7)
+    return {"auc": float(auc(labels, scores)),
+            "gauc": float(np.average([a for _, a in per_user], weights=[n for n, _ in per_user])),
+            "logloss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))}
+
+
+def our_model(name: str, vocabulary: dict):
+    """Our model ``name`` (mean_pooling, din, dien, dien_no_aux) over the protocol's columns."""
+    from tfrecsys.features.schema import FeatureSchema
+    from tfrecsys.models.dien import DIEN
+    from tfrecsys.models.din import DIN
+    from tfrecsys.models.dnn import DNNRanker
+    from tfrecsys.models.tasks import tasks_from_config
+
+    def id_feature(largest_id):
+        return dict(kind="id", num_buckets=largest_id + 1, embedding_dim=EMBEDDING_DIM)
+
+    features = {"user_id": id_feature(vocabulary["user_id"]), "item_id": id_feature(vocabulary["item_id"]),
+                "cate_id": id_feature(vocabulary["cate_id"]),
+                "hist_item_id": dict(kind="sequence", shares="item_id", max_len=HISTORY_LEN),
+                "hist_cate_id": dict(kind="sequence", shares="cate_id", max_len=HISTORY_LEN,
+                                     aligned_with="hist_item_id"),
+                "neg_hist_item_id": dict(kind="sequence", shares="item_id", max_len=HISTORY_LEN,
+                                         aligned_with="hist_item_id", training_only=True),
+                "neg_hist_cate_id": dict(kind="sequence", shares="cate_id", max_len=HISTORY_LEN,
+                                         aligned_with="hist_item_id", training_only=True),
+                "label": dict(kind="label")}
+    schema = FeatureSchema.from_config(features)
+    tasks = tasks_from_config({"score": dict(label="label", metrics=())}, schema)
+    history = ("hist_item_id", "hist_cate_id")
+    if name == "mean_pooling":
+        mean_schema = FeatureSchema.from_config({k: v for k, v in features.items() if not k.startswith("neg_")})
+        return DNNRanker(mean_schema, tasks, hidden_units=DNN_UNITS, name="mean_pooling")
+    if name == "din":
+        return DIN(schema, tasks, history=history, attention_units=(80, 40), hidden_units=DNN_UNITS, name="din")
+    return DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
+                aux_weight=0.0 if name == "dien_no_aux" else 1.0, attention_units=(64, 16), hidden_units=DNN_UNITS,
+                name=name)
+
+
+def deepctr_dien_shim():
+    """DeepCTR 0.9.4's bundled dynamic_rnn calls 6 private TF names that moved after TF 2.12: re-export them
+    (the installed package untouched), as peer-baselines.md "Failures" found."""
+    import tensorflow as tf
+    from tensorflow.python.ops import array_ops, control_flow_ops
+    from tensorflow.python.util import nest
+
+    array_ops.stack, array_ops.unstack = tf.stack, tf.unstack
+    control_flow_ops.Assert, control_flow_ops.while_loop, control_flow_ops.cond = (
+        tf.debugging.Assert, tf.while_loop, tf.cond)
+    nest.is_sequence = nest.is_nested
+
+
+def peer_model(name: str, vocabulary: dict):
+    """DeepCTR 0.9.4's DIN or DIEN (AUGRU, with or without the auxiliary loss) with the defaults above."""
+    from deepctr.feature_column import SparseFeat, VarLenSparseFeat
+    from deepctr.models import DIEN as PeerDIEN, DIN as PeerDIN
+
+    columns = [SparseFeat(name, vocabulary[name] + 1, embedding_dim=EMBEDDING_DIM)
+               for name in ("user_id", "item_id", "cate_id")]
+    columns += [VarLenSparseFeat(SparseFeat(f"hist_{name}", vocabulary[name] + 1, embedding_dim=EMBEDDING_DIM,
+                                            embedding_name=name), maxlen=HISTORY_LEN, length_name="seq_length")
+                for name in ("item_id", "cate_id")]
+    if name == "din":
+        return PeerDIN(columns, ["item_id", "cate_id"], dnn_hidden_units=DNN_UNITS, att_hidden_size=(80, 40),
+                       att_activation="dice")
+    negatives = name == "dien"
+    if negatives:
+        columns += [VarLenSparseFeat(SparseFeat(f"neg_hist_{name}", vocabulary[name] + 1,
+                                                embedding_dim=EMBEDDING_DIM, embedding_name=name),
+                                     maxlen=HISTORY_LEN, length_name="seq_length") for name in ("item_id", "cate_id")]
+    return PeerDIEN(columns, ["item_id", "cate_id"], dnn_hidden_units=DNN_UNITS, gru_type="AUGRU",
+                    use_negsampling=negatives, att_hidden_units=(64, 16), att_activation="dice",
+                    att_weight_normalization=True, alpha=1.0)
+
+
+def run_one(side: str, name: str, seed: int) -> dict:
+    """Trains one model in this process and returns its figures."""
+    import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
+    import tensorflow as tf
+
+    train, test, vocabulary = taobao_rows()
+    graph_mode = side == "peer" and name.startswith("dien")
+    if graph_mode:
+        deepctr_dien_shim()
+        tf.compat.v1.disable_eager_execution()
+    tf.keras.utils.set_random_seed(seed)
+    epoch_times, first_step = [], {}
+
+    class Clock(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_times.append(time.perf_counter() - self.started)
+
+        def on_train_batch_end(self, batch, logs=None):
+            first_step.setdefault("seconds", time.perf_counter() - built_from)
+
+    if side == "ours":
+        inputs = {k: v for k, v in train.items() if k not in ("label", "seq_length")}
+        inputs["hist_item_id_length"] = train["seq_length"]
+        if name == "mean_pooling":
+            inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
+        data = (tf.data.Dataset.from_tensor_slices((inputs, {"label": train["label"]}))
+                .shuffle(SHUFFLE_BUFFER, seed=seed).batch(BATCH).prefetch(2))
+        built_from = time.perf_counter()
+        model = our_model(name, vocabulary)
+        model.compile(optimizer=tf.keras.optimizers.Adam(LEARNING_RATE), steps_per_execution=20)
+        model.fit(data, epochs=EPOCHS, verbose=0, callbacks=[Clock()])
+        serving = {k: v for k, v in test.items() if k in model.serving_features}
+        serving["hist_item_id_length"] = test["seq_length"]
+        scores = model.predict(serving, batch_size=1024, verbose=0)["score"]
+    else:
+        built_from = time.perf_counter()
+        model = peer_model(name, vocabulary)
+        optimizer = tf.keras.optimizers.legacy.Adam(LEARNING_RATE) if graph_mode else tf.keras.optimizers.Adam(
+            LEARNING_RATE)
+        model.compile(optimizer, "binary_crossentropy")
+        names = [i.name.split(":")[0] for i in model.inputs]
+        model.fit({k: train[k] for k in names}, train["label"], batch_size=BATCH, epochs=EPOCHS, verbose=0,
+                  shuffle=True, callbacks=[Clock()])
+        scores = model.predict({k: test[k] for k in names}, batch_size=1024)
+    rows = len(train["label"])
+    return {"side": side, "model": name, "seed": seed, **ranking_metrics(test["label"], np.ravel(scores),
+                                                                          test["user_id"]),
+            "steady_examples_per_s": rows * (EPOCHS - 1) / sum(epoch_times[1:]),
+            "first_step_s": first_step["seconds"], "train_rows": rows, "test_rows": len(test["label"])}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS),
+                        help="comma-separated side:model runs, in order (side ours|peer; model mean_pooling, "
+                             "din, dien, dien_no_aux; peers: din, dien, dien_no_aux)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run repeats per seed")
+    parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
+    args = parser.parse_args(argv)
+    if args.one:
+        side, name = args.one.split(":")
+        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]))), flush=True)
+        return 0
+    if not os.path.exists(DATA):
+        print(f"skipped: {DATA} is absent (../shared/datasets)")
+        return 0
+    try:
+        import deepctr  # noqa: F401
+        runs = args.runs.split(",")
+    except ImportError:
+        runs = [r for r in args.runs.split(",") if r.startswith("ours:")]
+        print("DeepCTR is not installed (make peers-env): our models only")
+    print(f"load before: {os.getloadavg()}")
+    results = []
+    for seed in args.seeds.split(","):
+        for run in runs:
+            output = subprocess.run([sys.executable, "-m", "bench.bench_sequence_peers", f"--one={run}",
+                                     f"--seeds={seed}"], capture_output=True, text=True, timeout=3600,
+                                    env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+            lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
+            if not lines:
+                print(f"{run} seed {seed} failed:\n{output.stderr[-3000:]}")
+                continue
+            results.append(json.loads(lines[0][len("RESULT "):]))
+            r = results[-1]
+            print(f"{run:22s} seed {seed}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  logloss {r['logloss']:.4f}  "
+                  f"steady {r['steady_examples_per_s']:8.0f} ex/s  first step {r['first_step_s']:5.1f} s  "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+    by_run = {(r["side"], r["model"]): r for r in results}
+    for model in ("din", "dien", "dien_no_aux"):
+        ours, peer = by_run.get(("ours", model)), by_run.get(("peer", model))
+        if ours and peer:
+            print(f"{model}: ours/DeepCTR steady ex/s {ours['steady_examples_per_s'] / peer['steady_examples_per_s']:.2f}x, "
+                  f"AUC {ours['auc'] - peer['auc']:+.4f}, first step {ours['first_step_s']:.1f} s vs "
+                  f"{peer['first_step_s']:.1f} s")
+    print(f"load after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
