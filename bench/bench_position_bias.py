@@ -1,7 +1,7 @@
 """Shallow position-bias tower on the position-bias simulator (issue 13): does it learn the examination curve,
 and does the debiased served score rank by true relevance better than the same model trained without it?
 
-    python -m bench.bench_position_bias                 # the RESULTS.md figures (configs/dnn_position_bias_simulator.py)
+    python -m bench.bench_position_bias          # the RESULTS.md figures (configs/dnn_position_bias_simulator.py)
     python -m bench.bench_position_bias --seeds=1 --steps=400
 
 For each seed the simulator writes its log once, then configs/dnn_position_bias_simulator.py trains twice
@@ -71,8 +71,8 @@ def evaluate(config, model_dir: str, data_dir: str, truth: dict) -> dict:
     model = build_model(config, schema, ModelTables(config, schema))
     files = resolve_files(config.data.eval_files, data_dir)
     # The eval rows with their request and example ids, to align scores with the truth's per-row arrays.
-    with_ids = FeatureSchema.from_config({**config.features.to_dict(), "request_id": dict(kind="label"),
-                                          "example_id": dict(kind="label")})
+    ids = {name: dict(kind="label", dtype="int64") for name in ("request_id", "example_id")}
+    with_ids = FeatureSchema.from_config({**config.features.to_dict(), **ids})
     served, requests, examples = [], [], []
     restored = False
     for features, labels in make_dataset(files, with_ids, 4096, training=False):
@@ -134,7 +134,8 @@ def main(argv) -> int:
     for name in ("tower", "no_tower"):
         ndcg = [r[name]["ndcg_true_relevance"] for r in runs]
         auc = [r[name]["eval_auc_logged_clicks"] for r in runs]
-        line = f"{name:9s} NDCG@10 vs true relevance {statistics.mean(ndcg):.4f} (per seed {[round(x, 4) for x in ndcg]})"
+        line = (f"{name:9s} NDCG@10 vs true relevance {statistics.mean(ndcg):.4f} "
+                f"(per seed {[round(x, 4) for x in ndcg]})")
         line += f", eval AUC on logged clicks {statistics.mean(auc):.4f}"
         if name == "tower":
             worst = min(min(r[name]["spearman_by_device"]) for r in runs)

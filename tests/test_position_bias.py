@@ -99,3 +99,23 @@ def test_tower_recovers_the_examination_curve_and_ranks_by_relevance_better(tmp_
     result = run(seed=0, steps=800, work_dir=str(tmp_path), num_requests=20_000)
     assert min(result["tower"]["spearman_by_device"]) >= 0.95, result["tower"]
     assert result["tower"]["ndcg_true_relevance"] > result["no_tower"]["ndcg_true_relevance"] + 0.005, result
+
+
+def test_simulator_adds_correlated_conversions_without_changing_the_click_log():
+    from tfrecsys.data.simulators import PositionBiasConfig, simulate_position_bias
+
+    settings = dict(num_requests=3000, num_users=300, num_items=300, seed=2)
+    correlated, truth = simulate_position_bias(PositionBiasConfig(task_correlation=0.9, **settings))
+    independent, _ = simulate_position_bias(PositionBiasConfig(task_correlation=0.0, **settings))
+    np.testing.assert_array_equal(correlated["click"], independent["click"])
+    clicked = correlated["click"] == 1
+    assert correlated["conversion"][~clicked].sum() == 0, "a conversion needs a click"
+    assert abs(correlated["conversion"][clicked].mean() - 0.1) < 0.03
+    # Clicked rows are a biased sample for CVR when the tasks correlate: ESMM's entire-space argument.
+    assert truth["pcvr"][clicked].mean() > 1.2 * truth["pcvr"].mean()
+    np.testing.assert_allclose(truth["pctcvr"], truth["probability"] * truth["pcvr"])
+    # The logging boost moves boosted items up the lists.
+    boosted, boost_truth = simulate_position_bias(PositionBiasConfig(logging_boost_std=2.0, **settings))
+    top = boosted["position"] <= 3
+    assert boost_truth["item_boost"][boosted["item_id"][top]].mean() > boost_truth["item_boost"][
+        boosted["item_id"][~top]].mean() + 0.5

@@ -13,8 +13,8 @@ A family writes ``call`` (features → named outputs) and its layers; the base g
   (``tfrecsys.layers.position_bias``); ``call``, and so every export, stays debiased;
 * **the step**: ``train_step``/``test_step`` combine the tasks' losses (``tfrecsys.models.tasks``) with their
   weights, masks and per-sample weights through ``loss_weighting`` (``tfrecsys.losses.weighting``: fixed by
-  default; uncertainty, DWA, GradNorm or PCGrad by ``set_loss_weighting``), plus the model's own losses (``add_loss``: auxiliary losses,
-  regularisers), averaged over the *global* batch under any distribution strategy, and update every task's
+  default; uncertainty, DWA, GradNorm or PCGrad by ``set_loss_weighting``), plus the model's own losses
+  (``add_loss``: auxiliary losses, regularisers), averaged over the *global* batch under any distribution strategy, and update every task's
   metrics over its masked rows. ``training_outputs`` (default: ``call``) lets a family hand a loss more than
   its served outputs (retrieval: logits against sampled negatives); ``evaluation_metrics`` and
   ``update_evaluation_metrics`` add evaluation metrics that belong to no task (full-corpus recall);

@@ -33,8 +33,8 @@ def build_model(config, schema, tables=None):
     """Builds the model ``config.model.name`` for ``schema``; an unknown name lists the known ones.
 
     Then the options every family takes from the config: ``model.position_tower`` (a shallow position-bias
-    tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty) and ``train.loss_weighting`` (``{"kind": ...}``,
-    ``tfrecsys.losses.weighting``).
+    tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty) and
+    ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
     """
     name = config.model.name
     if name not in _BUILDERS:
