@@ -53,4 +53,6 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.export = ml_collections.ConfigDict()
     config.export.model_name = model_name
     config.export.warmup_requests = 8        # eval rows replayed as TF Serving warmup requests
+    # A served "fused" output: "ctr^0.8 * cvr^1.2" or "0.7*ctr + 0.3*ctcvr" over the outputs ("": none).
+    config.export.fusion = ""
     return config

@@ -30,6 +30,10 @@ from tfrecsys.models.tasks import tasks_from_config
 from tfrecsys.serving import servables
 
 
+def simulator_config(family: str) -> str:
+    return os.path.join(os.path.dirname(DNN_CONFIG), f"{family}_simulator.py")
+
+
 @dataclasses.dataclass(frozen=True)
 class FamilyCase:
     config: str
@@ -37,6 +41,8 @@ class FamilyCase:
     # (config path, overrides, export_base, model_name) → exported version path
     export: Callable[..., str] = export_ranking_model
     kind: str = "ranking"
+    # A family whose export path another (fast) case already runs: checked by make test-all only.
+    slow: bool = False
 
 
 def export_two_tower(config_path: str, overrides: dict, export_base: str, model_name: str) -> str:
@@ -58,10 +64,21 @@ SMALL_TWO_TOWER = {"data.simulator.num_users": 60, "data.simulator.num_items": 4
                    "data.simulator.events_per_user": 4.0, "model.hidden_units": (8,), "model.output_dim": 8,
                    "model.num_sampled": 8, "model.export_k": 5}
 LR_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "logistic_regression_simulator.py")
+SMALL_TOWERS = {"model.tower_units": (4,)}
+SMALL_EXPERTS = {"model.expert_units": (8,)}
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
     "logistic_regression": FamilyCase(LR_CONFIG, {}),
     "two_tower": FamilyCase(TWO_TOWER_CONFIG, SMALL_TWO_TOWER, export_two_tower, kind="retrieval"),
+    # Multi-task families share one model class and export path: ESMM on MMoE runs it in make test.
+    "esmm": FamilyCase(simulator_config("esmm"), {**SMALL_TOWERS, **SMALL_EXPERTS, "model.backbone": "mmoe",
+                                                  "model.num_experts": 2}),
+    "shared_bottom": FamilyCase(simulator_config("shared_bottom"), {**SMALL_TOWERS, "model.bottom_units": (8,)},
+                                slow=True),
+    "mmoe": FamilyCase(simulator_config("mmoe"), {**SMALL_TOWERS, **SMALL_EXPERTS, "model.num_experts": 2},
+                       slow=True),
+    "ple": FamilyCase(simulator_config("ple"), {**SMALL_TOWERS, **SMALL_EXPERTS}, slow=True),
+    "esm2": FamilyCase(simulator_config("esm2"), SMALL_TOWERS, slow=True),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
 
@@ -110,8 +127,13 @@ def test_every_registered_family_has_a_contract_case():
                          f"tests/test_export_contract.py FAMILY_CASES: add a small config and its exporter")
 
 
-RANKING_FAMILIES = sorted(name for name, case in FAMILY_CASES.items() if case.kind == "ranking")
-RETRIEVAL_FAMILIES = sorted(name for name, case in FAMILY_CASES.items() if case.kind == "retrieval")
+def family_params(kind: str) -> list:
+    return [pytest.param(name, marks=pytest.mark.slow) if case.slow else name
+            for name, case in sorted(FAMILY_CASES.items()) if case.kind == kind]
+
+
+RANKING_FAMILIES = family_params("ranking")
+RETRIEVAL_FAMILIES = family_params("retrieval")
 
 
 @pytest.mark.parametrize("family", RETRIEVAL_FAMILIES)

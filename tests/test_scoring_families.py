@@ -44,6 +44,12 @@ def write_retrieval_world(config, data_dir: str) -> None:
     write(RetrievalWorldConfig.from_config(config.data.simulator), data_dir)
 
 
+def write_simulation(config, data_dir: str) -> None:
+    from tfrecsys.data.simulators import write_from_config
+
+    write_from_config(config.data.simulator, data_dir)
+
+
 def ranking_predictions(model, schema: FeatureSchema, records: list[bytes]) -> dict[str, np.ndarray]:
     """The model's outputs by name, ``[rows]`` each."""
     features = schema.parse_examples(tf.constant(records), with_labels=False, serving=True)
@@ -69,8 +75,12 @@ class FamilyCase:
     mode: str
     key_feature: str
     predict: Callable
+    slow: bool = False  # a family whose scoring path a fast case already runs: checked by make test-all only
 
 
+MULTITASK_RUN = {"data.simulator.num_impressions": 3000, "model.tower_units": (4,), "train.steps": 10,
+                 "train.steps_per_loop": 10, "train.steps_per_execution": 10, "train.batch_size": 128,
+                 "train.shuffle_buffer": 1000, "export.warmup_requests": 2}
 FAMILY_CASES = {
     "dnn": FamilyCase(
         "dnn_simulator.py",
@@ -94,6 +104,12 @@ FAMILY_CASES = {
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_retrieval_world, "retrieve", "user_id",
         lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
+    # Multi-task families score through the same contract as dnn (named [batch] outputs): make test-all only.
+    **{family: FamilyCase(f"{family}_simulator.py", {**MULTITASK_RUN, **overrides}, write_simulation, "score",
+                          "example_id", ranking_predictions, slow=True)
+       for family, overrides in (("shared_bottom", {"model.bottom_units": (8,)}),
+                                 ("mmoe", {"model.num_experts": 2, "model.expert_units": (8,)}),
+                                 ("ple", {"model.expert_units": (8,)}), ("esmm", {}), ("esm2", {}))},
 }
 
 
@@ -135,7 +151,9 @@ def read_lines(files: list[str]) -> list[dict]:
     return [json.loads(line) for path in files for line in open(path)]
 
 
-@pytest.mark.parametrize("family", available())
+@pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.slow)
+                                    if name in FAMILY_CASES and FAMILY_CASES[name].slow else name
+                                    for name in available()])
 def test_beam_scores_equal_the_in_process_predictions(family, trained):
     if family not in FAMILY_CASES:
         pytest.fail(f"model family {family!r} is registered but has no small scoring case: add one to FAMILY_CASES "

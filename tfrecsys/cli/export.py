@@ -1,6 +1,8 @@
 """tfrecsys-export: write a trained run as a versioned SavedModel for TF Serving and Beam.
 
     tfrecsys-export --config=configs/dnn_simulator.py --model_dir=runs/dnn --export_base=runs/export [--checkpoint=best]
+    tfrecsys-export --config=configs/esmm_simulator.py --model_dir=runs/esmm --export_base=runs/export \
+        --config.export.fusion='ctr^0.8 * cvr^1.2'     # also serve "fused", one ranking score per row
 
 Writes <export_base>/<config.export.model_name>/<version>/ atomically (temporary directory, then rename).
 """
@@ -12,7 +14,8 @@ from tfrecsys.cli.common import run_binary
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The experiment config the run was trained with (configs/*.py, same overrides); it "
-    "rebuilds the model, and its export block names the model (export.model_name).")
+    "rebuilds the model, and its export block names the model (export.model_name) and an optional served "
+    "'fused' output (export.fusion: 'ctr^0.8 * cvr^1.2' or '0.7*ctr + 0.3*ctcvr').")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory of tfrecsys-train; --checkpoint says which "
                                  "of its checkpoints is exported.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "last: the newest checkpoint; best: the one "

@@ -47,6 +47,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tfrecsys.contract import (ASSETS_EXTRA_DIR, CLASSIFY_METHOD, CLASSIFY_PREFIX, CLASSIFY_SCORES, EXAMPLES_INPUT,
                                METADATA_FILE, PREDICT_METHOD, REGRESS_METHOD, REGRESS_OUTPUTS, REGRESS_PREFIX,
                                SAVED_MODEL_FILE, SERVING_DEFAULT, SERVING_EXAMPLES, WARMUP_FILE)
+from tfrecsys.export.fusion import FUSED_OUTPUT, ScoreFusion
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.xla import serving_mode
 
@@ -68,13 +69,16 @@ def regress_signature(output: str) -> str:
 
 class ServingModule(tf.Module):
     """Holds the Keras model and traces its serving functions; outputs named in ``drop_outputs`` (a model's
-    training heads) are left out of every signature."""
+    training heads) are left out of every signature; ``fusion`` (``tfrecsys.export.fusion``) adds the
+    ``fused`` output, a formula of the served ones."""
 
-    def __init__(self, model: tf.keras.Model, schema: FeatureSchema, drop_outputs: Sequence[str] = ()):
+    def __init__(self, model: tf.keras.Model, schema: FeatureSchema, drop_outputs: Sequence[str] = (),
+                 fusion: Optional[ScoreFusion] = None):
         super().__init__()
         self.model = model
         self._schema = schema
         self._drop_outputs = frozenset(drop_outputs)
+        self._fusion = fusion
         self.serve = tf.function(self._serve, input_signature=[schema.input_signature(serving=True)])
         self.serve_examples = tf.function(
             self._serve_examples, input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
@@ -83,7 +87,11 @@ class ServingModule(tf.Module):
         # Traced in serving_mode(): layers with an XLA path (tfrecsys.layers.xla) take their plain one here.
         with serving_mode():
             outputs = self.model(features, training=False)
-        return {name: value for name, value in outputs.items() if name not in self._drop_outputs}
+        served = {name: value for name, value in outputs.items() if name not in self._drop_outputs}
+        if self._fusion is not None:
+            self._fusion.check_outputs(list(served))
+            served[FUSED_OUTPUT] = self._fusion(served)
+        return served
 
     def _serve(self, features):
         return self._outputs(features)
@@ -297,14 +305,17 @@ def write_extra_metadata(saved_model_path: str, content: dict) -> None:
 
 def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base: str, model_name: str,
                        version: Optional[int] = None, warmup_examples: Sequence[bytes] = (),
-                       metadata: Optional[dict] = None, drop_outputs: Sequence[str] = ()) -> str:
+                       metadata: Optional[dict] = None, drop_outputs: Sequence[str] = (),
+                       fusion: Optional[ScoreFusion] = None) -> str:
     """Writes a ranking ``model`` as ``<export_base>/<model_name>/<version>`` and returns that path.
 
     ``drop_outputs``: outputs of ``model`` that no signature returns (training heads).
+    ``fusion``: adds the served ``fused`` output (``tfrecsys.export.fusion``), with its Classify/Regress
+    signatures like every output.
     ``warmup_examples``: serialized tf.train.Example rows that become TF Serving warmup requests: one
     ``serving_default`` Predict per row, and one Classify and one Regress of all rows per such signature.
     """
-    module = ServingModule(model, schema, drop_outputs)
+    module = ServingModule(model, schema, drop_outputs, fusion)
     signatures = module.signatures()
     methods = signature_methods(signatures)
 
@@ -319,7 +330,8 @@ def export_saved_model(model: tf.keras.Model, schema: FeatureSchema, export_base
                                    list(warmup_examples), methods)
         write_extra_metadata(path, {"model_name": model_name, "version": version,
                                     "outputs": sorted(signatures[SERVING_DEFAULT].structured_outputs),
-                                    "signatures": methods, "schema": schema.to_json(), **(metadata or {})})
+                                    "signatures": methods, "schema": schema.to_json(),
+                                    **({"fusion": fusion.formula} if fusion else {}), **(metadata or {})})
 
     return write_version(export_base, model_name, write, version)
 

@@ -10,6 +10,7 @@ from absl import logging
 from tfrecsys.data import tfrecord
 from tfrecsys.data.input import resolve_files
 from tfrecsys.data.model_tables import ModelTables
+from tfrecsys.export.fusion import fusion_from_config
 from tfrecsys.export.retrieval import export_retrieval
 from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
@@ -88,6 +89,7 @@ def export_trained(config, model_dir: str, export_base: str, version=None, check
     if not is_chief():
         logging.info("not the chief: the export of %s is left to it", model_dir)
         return None
+    fusion = fusion_from_config(config)  # a formula that does not parse fails before the model is restored
     # Read once: with config.data.user_histories every read cuts histories from the per-user store.
     rows = serving_rows(config, FeatureSchema.from_config(config.features), max(config.export.warmup_requests, 2))
     model, schema, checkpoint_path = load_trained_model(config, model_dir, checkpoint, sample_rows=rows)
@@ -99,15 +101,16 @@ def export_trained(config, model_dir: str, export_base: str, version=None, check
         with tf.io.gfile.GFile(metrics_path) as f:
             metadata["eval_metrics"] = json.load(f)
     return export_model(model, export_base, config.export.model_name, version=version, warmup_examples=warmup,
-                        metadata=metadata)
+                        metadata=metadata, fusion=fusion)
 
 
 def export_model(model, export_base: str, model_name: str, version=None, warmup_examples=(),
-                 metadata=None) -> str:
+                 metadata=None, fusion=None) -> str:
     """Writes what ``model`` declares (``RecModel.export_kinds``) and returns the path of the first export.
 
     ``ranking``: one SavedModel ``<model_name>`` of the serving outputs (``serve``: training heads and
-    training-only inputs left out). ``retrieval``: a top-K query model and a candidate-embedding model
+    training-only inputs left out; ``fusion``, a ``tfrecsys.export.fusion.ScoreFusion``, adds its ``fused``
+    output). ``retrieval``: a top-K query model and a candidate-embedding model
     (``candidate_model_name``, default ``<model_name>_candidates``) with one version; the query model is
     ``<model_name>``, or ``<model_name>_retrieval`` when the family exports a ranking model too.
     """
@@ -116,7 +119,7 @@ def export_model(model, export_base: str, model_name: str, version=None, warmup_
         if kind == "ranking":
             paths.append(export_saved_model(model, model.schema, export_base, model_name, version=version,
                                             warmup_examples=warmup_examples, metadata=metadata,
-                                            drop_outputs=model.training_heads))
+                                            drop_outputs=model.training_heads, fusion=fusion))
             continue
         parts = model.retrieval_export()
         query_name = model_name if model.export_kinds == ("retrieval",) else f"{model_name}_retrieval"

@@ -17,6 +17,11 @@ The world, all drawn from ``seed``:
 pCVR is defined for every impression (the entire space), but conversions are only observed after clicks:
 with ``task_correlation > 0`` clicked impressions have a higher pCVR than average, the sample selection
 bias ESMM removes. Labels: ``click`` and ``conversion`` (click and convert, i.e. the CTCVR label).
+
+With ``action_rate > 0`` a clicked impression also takes an intermediate action (cart, wish; ESM²'s
+click → action → purchase path), label ``action``: with probability ``purchase_action_rate`` when it
+converts, ``action_rate`` when it does not. The actions are drawn from their own generator, after
+everything else, so the rest of the world is the same with or without them.
 """
 
 import dataclasses
@@ -41,6 +46,8 @@ class MultitaskConfig:
     popularity_exponent: float = 1.0
     target_ctr: float = 0.1
     target_cvr: float = 0.1
+    action_rate: float = 0.0
+    purchase_action_rate: float = 0.8
     eval_fraction: float = 0.1
     num_shards: int = 4
     seed: int = 0
@@ -103,6 +110,10 @@ def simulate_multitask(config: MultitaskConfig) -> tuple[dict, dict]:
                "user_id": users.astype(np.int64), "item_id": items.astype(np.int64),
                "item_category": item_category[items].astype(np.int64),
                "click": clicks.astype(np.float32), "conversion": conversions.astype(np.float32)}
+    if config.action_rate > 0:
+        action_draws = np.random.default_rng([config.seed, 1]).random(n)
+        rate = np.where(conversions, config.purchase_action_rate, config.action_rate)
+        columns["action"] = (clicks & (action_draws < rate)).astype(np.float32)
     truth = {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr, "ctr_projection": ctr_projection,
              "cvr_projection": cvr_projection,
              "w_ctr": w_ctr, "w_cvr": w_cvr, "bias_ctr": np.float64(bias_ctr), "bias_cvr": np.float64(bias_cvr),
