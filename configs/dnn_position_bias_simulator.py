@@ -22,9 +22,8 @@ NUM_DEVICES = 2
 base = config_beside(__file__, "base.py")
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("dnn_position_bias_simulator", data_dir="runs/data/position_bias", model_name="dnn")
-
+def position_world(config: ml_collections.ConfigDict) -> None:
+    """The simulator block and the features of every config on the position-bias simulator."""
     config.data.simulator = ml_collections.ConfigDict(dict(
         kind="position_bias", num_users=NUM_USERS, num_items=NUM_ITEMS, num_categories=NUM_CATEGORIES,
         list_size=LIST_SIZE, num_requests=30_000, device_exponents=(0.7, 1.3), device_shares=(0.6, 0.4),
@@ -38,6 +37,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.features.device = dict(kind="id", num_buckets=NUM_DEVICES, embedding_dim=4, training_only=True)
     config.features.click = dict(kind="label")
     config.features.conversion = dict(kind="label")
+    config.train.steps = 1200
+    config.train.steps_per_loop = 400
+    config.train.batch_size = 512
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = base.get_config("dnn_position_bias_simulator", data_dir="runs/data/position_bias", model_name="dnn")
+    position_world(config)
 
     config.model.name = "dnn"
     config.model.hidden_units = (64, 32)
@@ -47,8 +54,4 @@ def get_config() -> ml_collections.ConfigDict:
         tasks=("ctr",), features=("position", "device"), hidden_units=(16,), position_dropout=0.1))
 
     config.tasks.ctr = dict(label="click", loss="binary_crossentropy", weight=1.0)
-
-    config.train.steps = 1200
-    config.train.steps_per_loop = 400
-    config.train.batch_size = 512
     return config

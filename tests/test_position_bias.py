@@ -119,3 +119,22 @@ def test_simulator_adds_correlated_conversions_without_changing_the_click_log():
     top = boosted["position"] <= 3
     assert boost_truth["item_boost"][boosted["item_id"][top]].mean() > boost_truth["item_boost"][
         boosted["item_id"][~top]].mean() + 0.5
+
+
+def test_esmm_takes_the_tower_on_ctr_and_ctcvr_only():
+    tf.keras.utils.set_random_seed(0)
+    config = load_config("configs/esmm_position_bias_simulator.py")
+    config.model.tower_units = (4,)
+    config.train.loss_weighting.kind = "uncertainty"
+    schema = FeatureSchema.from_config(config.features)
+    model = build_model(config, schema)
+    assert model.loss_weighting.kind == "uncertainty"
+    features, _ = parsed_batch(schema)
+    served = model(features)
+    trained = model.with_position_bias(served, features, training=False)
+    for name in ("ctr", "ctcvr"):
+        assert np.abs(trained[name].numpy() - served[name].numpy()).max() > 1e-4
+    np.testing.assert_array_equal(trained["cvr"].numpy(), served["cvr"].numpy())
+    moved = dict(features, position=11 - features["position"] % 11, device=1 - features["device"])
+    for name, value in model(moved).items():
+        np.testing.assert_array_equal(value.numpy(), served[name].numpy())
