@@ -49,6 +49,8 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.train.eval_every_loop = 1         # evaluate after every N-th loop (TensorBoard val curves); 0: only at the end
     config.train.best_metric = "auc"         # keep <model_dir>/best/ by this eval metric ("": no best checkpoint)
     config.train.early_stopping_patience = 0  # stop after N evaluations without a better best_metric; 0: never
+    # How the step combines task losses: fixed | uncertainty | dwa | gradnorm | pcgrad (tfrecsys/losses/weighting.py).
+    config.train.loss_weighting = ml_collections.ConfigDict(dict(kind="fixed"))
 
     config.export = ml_collections.ConfigDict()
     config.export.model_name = model_name

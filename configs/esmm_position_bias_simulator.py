@@ -34,6 +34,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.tasks.ctr = dict(label="click")
     config.tasks.cvr = dict(label="conversion", loss=None, mask="click == 1", metrics=("auc", "calibration"))
     config.tasks.ctcvr = dict(label="conversion")
-    config.train.loss_weighting = ml_collections.ConfigDict(dict(kind="fixed"))
     config.train.best_metric = "ctr_auc"
     return config
