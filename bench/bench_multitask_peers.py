@@ -171,12 +171,16 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="Training epochs per model (at least 2: the first "
                         "is not steady).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the weights and the shuffling.")
+    parser.add_argument("--train_rows", type=int, default=0, help="Train on the first N training rows only (a "
+                        "quick check of the benchmark itself; 0: all, the protocol).")
     args = parser.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"--families {unknown} are not among {FAMILIES}")
     schema, train, test = census_rows(args.data_dir)
+    if args.train_rows:
+        train = {name: values[:args.train_rows] for name, values in train.items()}
     columns, train_x, test_x = deepctr_inputs(schema, args.data_dir, train, test)
     results = []
     for family in families:
