@@ -56,6 +56,8 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.train.online.distillation_weight = 0.0    # λ > 0: loss BCE(y, s) + λ·CE(teacher, s); practice: 0.2
     config.train.online.teacher_saved_model = ""     # teacher export (base or version dir); "": teacher_column
     config.train.online.teacher_column = "teacher_{output}"  # precomputed teacher probability per output
+    # How the step combines task losses: fixed | uncertainty | dwa | gradnorm | pcgrad (tfrecsys/losses/weighting.py).
+    config.train.loss_weighting = ml_collections.ConfigDict(dict(kind="fixed"))
 
     config.export = ml_collections.ConfigDict()
     config.export.model_name = model_name

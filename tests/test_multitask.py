@@ -45,7 +45,8 @@ def assert_outputs_equal(left, right, features):
 
 def test_ple_with_one_level_and_no_task_experts_is_mmoe():
     mmoe, features, _ = model_and_batch("mmoe", {**EXPERTS, "model.num_experts": 3})
-    ple, _, _ = model_and_batch("ple", {**EXPERTS, "model.num_levels": 1, "model.shared_experts": 3, "model.task_experts": 0})
+    ple, _, _ = model_and_batch("ple", {**EXPERTS, "model.num_levels": 1, "model.shared_experts": 3,
+                                        "model.task_experts": 0})
     assert [w.shape for w in ple.weights] == [w.shape for w in mmoe.weights]
     ple.set_weights(mmoe.get_weights())
     assert_outputs_equal(ple, mmoe, features)
@@ -54,7 +55,8 @@ def test_ple_with_one_level_and_no_task_experts_is_mmoe():
 def test_mmoe_with_one_expert_is_shared_bottom():
     mmoe, features, _ = model_and_batch("mmoe", {**EXPERTS, "model.num_experts": 1})
     bottom, _, _ = model_and_batch("shared_bottom", {"model.bottom_units": (8,)})
-    without_gates = [value for variable, value in zip(mmoe.weights, mmoe.get_weights()) if "/gate_" not in variable.name]
+    without_gates = [value for variable, value in zip(mmoe.weights, mmoe.get_weights())
+                     if "/gate_" not in variable.name]
     bottom.set_weights(without_gates)
     assert_outputs_equal(bottom, mmoe, features)
 

@@ -29,16 +29,36 @@ GradNorm read the all-reduced losses, so every replica takes the same decision. 
 ``LossScaleOptimizer`` the per-task gradients are taken of the scaled losses and unscaled.
 """
 
+import dataclasses
 import inspect
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
 
-def _global_sum(value):
+def global_sum(value):
     """The sum over replicas in a replica context (the value itself outside one)."""
     context = tf.distribute.get_replica_context()
     return value if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _global_sums(tensors: list) -> list:
+    """Each tensor summed over replicas, in one all-reduce: separate all-reduces that no data dependency
+    orders may run in another order on each replica, and collectives then pair up mismatched tensors."""
+    flat = global_sum(tf.concat([tf.reshape(t, [-1]) for t in tensors], axis=0))
+    sizes = [t.shape.num_elements() for t in tensors]
+    return [tf.reshape(part, t.shape) for part, t in zip(tf.split(flat, sizes), tensors)]
+
+
+@dataclasses.dataclass
+class TaskLosses:
+    """One step's losses: ``shares`` this replica's share of each task's loss (K differentiable scalars on the
+    tape, tasks with a loss in order; over replicas they add up to the global means), ``global_means`` the
+    global means ``[K]`` (constants, alike on every replica), ``extra`` this replica's share of the model's
+    own losses (regularisers, ``add_loss``)."""
+    shares: list
+    global_means: tf.Tensor
+    extra: tf.Tensor
 
 
 def _replicas() -> int:
@@ -48,10 +68,10 @@ def _replicas() -> int:
 class LossWeighting(tf.keras.layers.Layer):
     """``fixed``: ``L = Σ_t w_t L_t``. Base of every kind.
 
-    ``combine(task_losses [K], training)`` → the scalar to minimise (and to report); ``task_losses`` are this
-    replica's shares. A kind with ``uses_task_gradients`` also gives
-    ``gradients(tape, task_losses, extra_loss, variables, optimizer)``, one per variable, which the step applies
-    instead of the gradient of ``combine``.
+    ``combine(losses: TaskLosses, training)`` → this replica's share of the weighted task losses, the scalar to
+    minimise (and to report). A kind with ``uses_task_gradients`` also gives
+    ``gradients(tape, losses, variables, optimizer)``, one per variable (``losses`` recorded on ``tape``), which
+    the step applies instead of the gradient of the combined loss.
     """
 
     kind = "fixed"
@@ -69,8 +89,9 @@ class LossWeighting(tf.keras.layers.Layer):
         """``λ`` ``[K]``: each task's weight on top of its configured one."""
         return tf.ones([self.num_tasks])
 
-    def combine(self, task_losses: tf.Tensor, training: bool) -> tf.Tensor:
-        return tf.reduce_sum(tf.constant(self.task_weights) * tf.stop_gradient(self.multipliers()) * task_losses)
+    def combine(self, losses: TaskLosses, training: bool) -> tf.Tensor:
+        weights = tf.constant(self.task_weights) * tf.stop_gradient(self.multipliers())
+        return tf.reduce_sum(weights * tf.stack(losses.shares))
 
     def get_config(self):
         return {**super().get_config(), "task_weights": list(self.task_weights)}
@@ -89,8 +110,8 @@ class UncertaintyWeighting(LossWeighting):
     def multipliers(self):
         return tf.exp(-self.log_variance)
 
-    def combine(self, task_losses, training):
-        weighted = tf.constant(self.task_weights) * task_losses
+    def combine(self, losses, training):
+        weighted = tf.constant(self.task_weights) * tf.stack(losses.shares)
         # s_t once per global step: every replica adds its share, and the shares' gradients are summed.
         return tf.reduce_sum(self.multipliers() * weighted + self.log_variance / _replicas())
 
@@ -130,57 +151,56 @@ class DynamicWeightAverage(LossWeighting):
                        lambda: dwa_multipliers(self.last, self.before_last, self.temperature),
                        lambda: tf.ones([self.num_tasks]))
 
-    def combine(self, task_losses, training):
-        total = super().combine(task_losses, training)
+    def combine(self, losses, training):
         if training:
-            self._record(tf.stop_gradient(_global_sum(task_losses)))
-        return total
+            self._record(losses.global_means)
+        return super().combine(losses, training)
 
     def _record(self, global_losses):
-        period_sum = self.period_sum.assign_add(global_losses)
-        count = self.period_count.assign_add(1.0)
-
-        def close_period():
-            self.before_last.assign(self.last)
-            self.last.assign(period_sum / count)
-            self.period_sum.assign(tf.zeros_like(period_sum))
-            self.period_count.assign(0.0)
-            self.periods.assign_add(1.0)
-            return tf.constant(True)
-
-        tf.cond(count >= float(self.period_steps), close_period, lambda: tf.constant(False))
+        # Unconditional assignments (no tf.cond): a replica-context assignment is a synchronisation point, which
+        # a distribution strategy does not allow inside control flow.
+        period_sum = self.period_sum + global_losses
+        count = self.period_count + 1.0
+        closing = count >= float(self.period_steps)
+        last = self.last.read_value()
+        self.before_last.assign(tf.where(closing, last, self.before_last))
+        self.last.assign(tf.where(closing, period_sum / count, last))
+        self.period_sum.assign(tf.where(closing, tf.zeros_like(period_sum), period_sum))
+        self.period_count.assign(tf.where(closing, 0.0, count))
+        self.periods.assign_add(tf.cast(closing, tf.float32))
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature, "period_steps": self.period_steps}
 
 
 def per_task_gradients(tape, task_losses, variables, optimizer, weights):
-    """``[task][variable]`` global gradients of ``weights[t] · task_losses[t]`` (None where the task does not
-    reach the variable), dense, all-reduced over replicas, unscaled under a LossScaleOptimizer."""
+    """``[task][variable]`` this replica's gradients of ``weights[t] · task_losses[t]`` (None where the task
+    does not reach the variable), dense, unscaled under a LossScaleOptimizer. ``task_losses`` is a list of
+    scalars: sliced from one stacked tensor, every task would reach every variable (with zeros) and none
+    would look task-specific."""
     scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
-    with tape:  # the targets must be recorded: a slice taken outside the tape reaches no variable
-        weighted = task_losses * weights
+    with tape:  # the targets must be recorded, or they reach no variable
+        targets = [loss * weights[t] for t, loss in enumerate(task_losses)]
         if scaled:
-            weighted = optimizer.get_scaled_loss(weighted)
-        targets = tf.unstack(weighted, num=task_losses.shape[0])
+            targets = [optimizer.get_scaled_loss(target) for target in targets]
     out = []
     for target in targets:
         grads = tape.gradient(target, variables)
         if scaled:
             grads = optimizer.get_unscaled_gradients(grads)
-        out.append([None if g is None else _global_sum(tf.convert_to_tensor(g)) for g in grads])
+        out.append([None if g is None else tf.convert_to_tensor(g) for g in grads])
     return out
 
 
 def extra_gradients(tape, extra_loss, variables, optimizer):
-    """Global gradients of the model's own losses (regularisers), zeros where they reach nothing."""
+    """This replica's gradients of the model's own losses (regularisers), zeros where they reach nothing."""
     scaled = isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
     with tape:
         loss = optimizer.get_scaled_loss(extra_loss) if scaled else extra_loss
     grads = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     if scaled:
         grads = optimizer.get_unscaled_gradients(grads)
-    return [_global_sum(tf.convert_to_tensor(g)) for g in grads]
+    return [tf.convert_to_tensor(g) for g in grads]
 
 
 def shared_indices(task_grads) -> list[int]:
@@ -224,21 +244,27 @@ def pcgrad_project(gradients: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
     return tf.stack(projected)
 
 
-def combined_gradients(weighting, combine_shared, tape, task_losses, extra_loss, variables, optimizer) -> list:
+def combined_gradients(weighting, combine_shared, tape, losses: TaskLosses, variables, optimizer) -> list:
     """One gradient per variable for the optimizer: the tasks' plain gradients on task-specific variables,
-    ``combine_shared(vectors [K, P], task_losses, optimizer) -> [P]`` on the shared ones, plus the model's own
-    losses' gradients; each divided by the replica count, as the optimizer sums the replicas' gradients and
-    these are already global."""
+    ``combine_shared(vectors [K, P], global_means [K], optimizer) -> [P]`` on the shared ones (global
+    per-task gradients), plus the model's own losses' gradients; each divided by the replica count, as the
+    optimizer sums the replicas' gradients and these are already global."""
     weights = tf.constant(weighting.task_weights) * tf.stop_gradient(weighting.multipliers())
-    task_grads = per_task_gradients(tape, task_losses, variables, optimizer, weights)
-    combined = extra_gradients(tape, extra_loss, variables, optimizer)
+    local = per_task_gradients(tape, losses.shares, variables, optimizer, weights)
+    extras = extra_gradients(tape, losses.extra, variables, optimizer)
+    reached = [(t, v) for t, grads in enumerate(local) for v, g in enumerate(grads) if g is not None]
+    reduced = _global_sums([local[t][v] for t, v in reached] + extras)
+    task_grads = [[None] * len(variables) for _ in local]
+    for (t, v), g in zip(reached, reduced):
+        task_grads[t][v] = g
+    combined = reduced[len(reached):]
     shared = shared_indices(task_grads)
     for grads in task_grads:
         for v, g in enumerate(grads):
             if g is not None and v not in shared:
                 combined[v] = combined[v] + g
     if shared:
-        merged = combine_shared(_dense_task_vectors(task_grads, shared, variables), task_losses, optimizer)
+        merged = combine_shared(_dense_task_vectors(task_grads, shared, variables), losses.global_means, optimizer)
         for v, g in _unflatten(merged, shared, variables).items():
             combined[v] = combined[v] + tf.cast(g, combined[v].dtype)
     return [g / _replicas() for g in combined]
@@ -255,10 +281,10 @@ class PCGrad(LossWeighting):
         super().__init__(task_weights, **kwargs)
         self.seed = int(seed)
 
-    def gradients(self, tape, task_losses, extra_loss, variables, optimizer) -> list:
-        return combined_gradients(self, self.combine_shared, tape, task_losses, extra_loss, variables, optimizer)
+    def gradients(self, tape, losses: TaskLosses, variables, optimizer) -> list:
+        return combined_gradients(self, self.combine_shared, tape, losses, variables, optimizer)
 
-    def combine_shared(self, vectors, task_losses, optimizer):
+    def combine_shared(self, vectors, global_means, optimizer):
         step = tf.cast(optimizer.iterations, tf.int32)
         order = tf.argsort(tf.random.stateless_uniform([self.num_tasks], seed=tf.stack([self.seed, step])))
         return tf.reduce_sum(pcgrad_project(vectors, order), axis=0)
@@ -295,11 +321,11 @@ class GradNorm(LossWeighting):
     def multipliers(self):
         return tf.identity(self.lambdas)
 
-    def gradients(self, tape, task_losses, extra_loss, variables, optimizer) -> list:
-        return combined_gradients(self, self.combine_shared, tape, task_losses, extra_loss, variables, optimizer)
+    def gradients(self, tape, losses: TaskLosses, variables, optimizer) -> list:
+        return combined_gradients(self, self.combine_shared, tape, losses, variables, optimizer)
 
-    def combine_shared(self, vectors, task_losses, optimizer):
-        losses = tf.stop_gradient(_global_sum(task_losses)) * tf.constant(self.task_weights)
+    def combine_shared(self, vectors, global_means, optimizer):
+        losses = global_means * tf.constant(self.task_weights)
         initial = self.initial_losses.assign(
             tf.where(tf.reduce_all(self.initial_losses == 0.0), losses, self.initial_losses))
         # vectors hold ∇ λ_t w_t L_t: divided by λ_t they are the g_t of the formula.

@@ -35,8 +35,8 @@ from tfrecsys.contract import LENGTH_SUFFIX
 from tfrecsys.features.embedding import EmbeddingTables, FeatureEmbedding
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.position_bias import PositionBiasTower, add_bias_logit
-from tfrecsys.losses.weighting import LossWeighting
 from tfrecsys.losses.distillation import Distillation
+from tfrecsys.losses.weighting import LossWeighting, TaskLosses
 from tfrecsys.models.tasks import Task, task_columns
 
 EXPORT_KINDS = ("ranking", "retrieval")
@@ -193,8 +193,7 @@ class RecModel(tf.keras.Model):
         return {**features, **{name: value for name, value in labels.items() if name in wanted}}
 
     def _step_loss(self, data, training: bool):
-        """``(total, task_losses [K], extra_loss)``: this replica's shares of the combined loss, of each task's
-        loss (tasks with a loss, in order) and of the model's own losses."""
+        """``(total, losses)``: this replica's share of the combined loss, and the step's ``TaskLosses``."""
         features, labels = data
         outputs = self.training_outputs(self._with_label_inputs(features, labels), training=training)
         outputs = self.with_position_bias(outputs, features, training)
@@ -211,19 +210,24 @@ class RecModel(tf.keras.Model):
             self._step.task_losses[task.name].update_state(losses, sample_weight=weights[task.name])
             numerators.append(tf.reduce_sum(losses * weights[task.name]))
             denominators.append(tf.reduce_sum(weights[task.name]))
-        task_losses = tf.zeros([0])
-        if loss_tasks:
-            # The global Σ m·w of each task: each replica divides its own numerator by it, so the replicas'
-            # gradients sum to the gradient of the global weighted mean.
-            global_denominators = tf.stack(denominators)
-            context = tf.distribute.get_replica_context()
-            if context is not None:
-                global_denominators = context.all_reduce(tf.distribute.ReduceOp.SUM, global_denominators)
-            task_losses = tf.math.divide_no_nan(tf.stack(numerators), global_denominators)
         extra = tf.constant(0.0)
         if self.losses:
             extra = tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.losses]))
-        total = (self.loss_weighting.combine(task_losses, training) if loss_tasks else 0.0) + extra
+        total = extra
+        if loss_tasks:
+            # The global Σ m·w of each task: each replica divides its own numerator by it, so the replicas'
+            # gradients sum to the gradient of the global weighted mean. The global numerators come in the
+            # same all-reduce, for the weightings that read the global losses.
+            global_sums = tf.stack([tf.stop_gradient(tf.stack(numerators)), tf.stack(denominators)])
+            context = tf.distribute.get_replica_context()
+            if context is not None:
+                global_sums = context.all_reduce(tf.distribute.ReduceOp.SUM, global_sums)
+            losses = TaskLosses(shares=[tf.math.divide_no_nan(numerators[i], global_sums[1, i])
+                                        for i in range(len(loss_tasks))],
+                                global_means=tf.math.divide_no_nan(global_sums[0], global_sums[1]), extra=extra)
+            total += self.loss_weighting.combine(losses, training)
+        else:
+            losses = TaskLosses(shares=[], global_means=tf.zeros([0]), extra=extra)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # Each replica adds its share times the replica count, so the Mean over replicas is the global loss.
         self._step.loss.update_state(total * replicas)
@@ -233,15 +237,14 @@ class RecModel(tf.keras.Model):
                                     weights[task.name])
         if not training:
             self.update_evaluation_metrics(features, labels, outputs)
-        return total, task_losses, extra
+        return total, losses
 
     def train_step(self, data):
         task_gradients = self.loss_weighting.uses_task_gradients
         with tf.GradientTape(persistent=task_gradients) as tape:
-            loss, task_losses, extra = self._step_loss(data, training=True)
+            loss, losses = self._step_loss(data, training=True)
         if task_gradients:
-            gradients = self.loss_weighting.gradients(tape, task_losses, extra, self.trainable_variables,
-                                                      self.optimizer)
+            gradients = self.loss_weighting.gradients(tape, losses, self.trainable_variables, self.optimizer)
             self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         else:
             # minimize (not tape.gradient + apply_gradients) so a LossScaleOptimizer scales the loss (float16).

@@ -5,7 +5,7 @@
 | ``click_log`` | dnn, two-tower | click probability, latent vectors, item exposure |
 | ``retrieval`` | two-tower | item popularity, the true P(item given user), latent vectors |
 | ``sequential`` | DIN, DIEN, SIM, HSTU | drifting current interest, long-term interests, click probability |
-| ``position_bias`` | position-bias towers | examination curve per device and position, relevance |
+| ``position_bias`` | position-bias towers, multi-task | examination curve per device and position, relevance, pCVR, pCTCVR |
 | ``multitask`` | ESMM, MMoE, PLE | pCTR, pCVR, pCTCVR over every impression, task correlation |
 | ``delayed_feedback`` | DEFUSE | conversion delay distribution, IP/FN/RN types, p(x) and f_dp(x) |
 | ``click_log_stream`` | streaming training | the click log's, written as time-window files (``time_windows.py``) |

@@ -1,0 +1,196 @@
+"""Multi-task rankers against DeepCTR 0.9.4 on Census-Income (KDD), the same rows in one process.
+
+    make peers-env
+    .venv-peers/bin/python -m bench.bench_multitask_peers                      # all four families, 3 epochs
+    .venv-peers/bin/python -m bench.bench_multitask_peers --families=mmoe,ple --epochs=2
+
+Protocol of ../shared/reference/peer-baselines.md §2: configs/<family>_census.py's data (tfrecsys-preprocess:
+the test file split 80/20 with seed 0; run here when ``--data_dir`` holds no preprocessed copy), batch 256,
+Adam 1e-3, 3 epochs; DeepCTR's models with the sizes of that page (which the configs copy), fed the same rows
+as its dicts of numpy arrays (string ids → the preprocessed vocabularies' indices, 0 unseen; dense columns
+min-max scaled on train). ESMM pairs ctr = income and ctcvr = income ∧ never married: a throughput pairing.
+
+Per family, ours then DeepCTR's: steady training examples/s (rows × (E−1) ÷ wall time of epochs 2..E),
+time to first step (model construction + compile + the first ``fit`` execution, after ``import``), and the
+test AUC of each task after the last epoch (rank AUC over the 20% test rows). Prints one JSON line per model
+and a markdown table with the ratios.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import tensorflow as tf
+
+from tfrecsys.config import load_config
+from tfrecsys.data.input import resolve_files
+from tfrecsys.data.preprocess import METADATA_FILE, PreprocessConfig, preprocess
+from tfrecsys.data.simulators.common import auc
+from tfrecsys.features.schema import DenseFeature, FeatureSchema, IdFeature
+from tfrecsys.train.loop import build_and_compile, create_variables
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(HERE, os.pardir, "configs")
+FAMILIES = ("shared_bottom", "mmoe", "ple", "esmm")
+# The tasks each family's test AUC is reported for, as (our output, label): ESMM's second is ctcvr.
+TASKS = {"esmm": (("ctr", "income_50k"), ("ctcvr", "rich_and_never_married"))}
+DEFAULT_TASKS = (("income", "income_50k"), ("never_married", "never_married"))
+
+
+class EpochClock(tf.keras.callbacks.Callback):
+    """Wall time of each epoch, and of the first ``fit`` execution after ``started``."""
+
+    def __init__(self, started: float):
+        super().__init__()
+        self.started, self.first_step, self.epochs = started, None, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._begin = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.first_step is None:
+            self.first_step = time.perf_counter() - self.started
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(time.perf_counter() - self._begin)
+
+
+def census_rows(data_dir: str) -> tuple[FeatureSchema, dict, dict]:
+    """(schema, train, test): every row of the preprocessed splits as numpy columns, labels included, with
+    ESMM's ``rich_and_never_married`` = income ∧ never married."""
+    config = load_config(os.path.join(CONFIGS, "mmoe_census.py"), {"data.dir": data_dir})
+    if not os.path.exists(os.path.join(data_dir, METADATA_FILE)):
+        preprocess(PreprocessConfig.from_config(config.preprocess), config.features, data_dir)
+    schema = FeatureSchema.from_config(config.features)
+    splits = []
+    for pattern in (config.data.train_files, config.data.eval_files):
+        records = tf.data.TFRecordDataset(resolve_files(pattern, data_dir)).batch(1 << 20).get_single_element()
+        rows = {name: value.numpy() for name, value in schema.parse_examples(records).items()}
+        rows["rich_and_never_married"] = rows["income_50k"] * rows["never_married"]
+        splits.append(rows)
+    return schema, splits[0], splits[1]
+
+
+def train_ours(family: str, data_dir: str, schema: FeatureSchema, train: dict, test: dict, epochs: int,
+               seed: int) -> dict:
+    config = load_config(os.path.join(CONFIGS, f"{family}_census.py"), {"data.dir": data_dir})
+    model_schema = FeatureSchema.from_config(config.features)
+    inputs = [f.name for f in model_schema.inputs]
+    labels = [f.name for f in model_schema.labels]
+    data = (tf.data.Dataset.from_tensor_slices(({k: train[k] for k in inputs}, {k: train[k] for k in labels}))
+            .shuffle(len(train["income_50k"]), seed=seed).batch(config.train.batch_size).prefetch(2))
+    tf.keras.utils.set_random_seed(seed)
+    started = time.perf_counter()
+    model = build_and_compile(config, model_schema)
+    create_variables(model, model_schema)
+    clock = EpochClock(started)
+    model.fit(data, epochs=epochs, verbose=0, callbacks=[clock])
+    outputs = model.predict({k: test[k] for k in inputs}, batch_size=4096, verbose=0)
+    tasks = TASKS.get(family, DEFAULT_TASKS)
+    return report("tfrecsys", family, clock, len(train["income_50k"]), epochs,
+                  [auc(test[label], outputs[output]) for output, label in tasks], model.count_params())
+
+
+def deepctr_inputs(schema: FeatureSchema, data_dir: str, train: dict, test: dict):
+    """DeepCTR's feature columns and its ``{name: array}`` inputs of both splits."""
+    from deepctr.feature_column import DenseFeat, SparseFeat
+
+    columns, train_x, test_x = [], {}, {}
+    for feature in schema.inputs:
+        if isinstance(feature, IdFeature):
+            entries = [line.rstrip("\n").encode() for line in open(feature.vocab.vocabulary, encoding="utf-8")]
+            index = {value: i + 1 for i, value in enumerate(entries)}
+            columns.append(SparseFeat(feature.name, vocabulary_size=len(entries) + 1, embedding_dim=16))
+            for rows, out in ((train, train_x), (test, test_x)):
+                out[feature.name] = np.array([index.get(v, 0) for v in rows[feature.name]], np.int64)
+        elif isinstance(feature, DenseFeature):
+            low, high = train[feature.name].min(), train[feature.name].max()
+            columns.append(DenseFeat(feature.name, 1))
+            for rows, out in ((train, train_x), (test, test_x)):
+                out[feature.name] = ((rows[feature.name] - low) / max(high - low, 1e-12)).astype(np.float32)
+    return columns, train_x, test_x
+
+
+def train_deepctr(family: str, columns, train_x: dict, test_x: dict, train: dict, test: dict, epochs: int,
+                  seed: int) -> dict:
+    from deepctr.models import ESMM, MMOE, PLE, SharedBottom
+
+    tasks = TASKS.get(family, DEFAULT_TASKS)
+    tf.keras.utils.set_random_seed(seed)
+    started = time.perf_counter()
+    if family == "mmoe":
+        model = MMOE(columns, num_experts=3, expert_dnn_hidden_units=(256, 128), tower_dnn_hidden_units=(64,),
+                     task_types=("binary", "binary"), task_names=("income", "marital"), seed=seed)
+    elif family == "ple":
+        model = PLE(columns, shared_expert_num=1, specific_expert_num=1, num_levels=2,
+                    expert_dnn_hidden_units=(256,), tower_dnn_hidden_units=(64,), task_types=("binary", "binary"),
+                    task_names=("income", "marital"), seed=seed)
+    elif family == "shared_bottom":
+        model = SharedBottom(columns, bottom_dnn_hidden_units=(256, 128), tower_dnn_hidden_units=(64,),
+                             task_types=("binary", "binary"), task_names=("income", "marital"), seed=seed)
+    else:
+        model = ESMM(columns, tower_dnn_hidden_units=(256, 128, 64), task_types=("binary", "binary"),
+                     task_names=("ctr", "ctcvr"), seed=seed)
+    model.compile(tf.keras.optimizers.Adam(1e-3), loss=["binary_crossentropy", "binary_crossentropy"])
+    clock = EpochClock(started)
+    model.fit(train_x, [train[label] for _, label in tasks], batch_size=256, epochs=epochs, shuffle=True,
+              verbose=0, callbacks=[clock])
+    outputs = model.predict(test_x, batch_size=4096, verbose=0)
+    return report("DeepCTR 0.9.4", family, clock, len(train["income_50k"]), epochs,
+                  [auc(test[label], outputs[i][:, 0]) for i, (_, label) in enumerate(tasks)], model.count_params())
+
+
+def report(stack: str, family: str, clock: EpochClock, rows: int, epochs: int, aucs: list, params: int) -> dict:
+    steady = rows * (epochs - 1) / sum(clock.epochs[1:]) if epochs > 1 else float("nan")
+    result = {"stack": stack, "family": family, "steady_examples_per_sec": round(steady),
+              "first_step_s": round(clock.first_step, 2), "auc": [round(a, 4) for a in aucs], "params": params}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def table(results: list) -> str:
+    lines = ["| family | stack | AUC task 1 | AUC task 2 | steady ex/s | ratio | first step s | params |",
+             "|---|---|---|---|---|---|---|---|"]
+    for ours, peer in zip(results[::2], results[1::2]):
+        for row in (ours, peer):
+            ratio = row["steady_examples_per_sec"] / peer["steady_examples_per_sec"]
+            lines.append(f"| {row['family']} | {row['stack']} | {row['auc'][0]:.4f} | {row['auc'][1]:.4f} | "
+                         f"{row['steady_examples_per_sec']:,} | {ratio:.2f}× | {row['first_step_s']:.1f} | "
+                         f"{row['params']:,} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default="runs/data/census",
+                        help="Preprocessed Census-Income (configs/mmoe_census.py); preprocessed here when absent.")
+    parser.add_argument("--families", default=",".join(FAMILIES), help=f"Comma-separated subset of {FAMILIES}.")
+    parser.add_argument("--epochs", type=int, default=3, help="Training epochs per model (at least 2: the first "
+                        "is not steady).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the weights and the shuffling.")
+    parser.add_argument("--train_rows", type=int, default=0, help="Train on the first N training rows only (a "
+                        "quick check of the benchmark itself; 0: all, the protocol).")
+    args = parser.parse_args(argv)
+    families = [f for f in args.families.split(",") if f]
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"--families {unknown} are not among {FAMILIES}")
+    schema, train, test = census_rows(args.data_dir)
+    if args.train_rows:
+        train = {name: values[:args.train_rows] for name, values in train.items()}
+    columns, train_x, test_x = deepctr_inputs(schema, args.data_dir, train, test)
+    results = []
+    for family in families:
+        results.append(train_ours(family, args.data_dir, schema, train, test, args.epochs, args.seed))
+        results.append(train_deepctr(family, columns, train_x, test_x, train, test, args.epochs, args.seed))
+    print(f"\nCensus-Income, {len(train['income_50k']):,} train / {len(test['income_50k']):,} test rows, batch 256, "
+          f"{args.epochs} epochs, seed {args.seed}; load {os.getloadavg()[0]:.1f}\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
