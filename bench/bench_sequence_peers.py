@@ -220,7 +220,7 @@ def run_one(side: str, name: str, seed: int) -> dict:
         optimizer = tf.keras.optimizers.legacy.Adam(LEARNING_RATE) if graph_mode else tf.keras.optimizers.Adam(
             LEARNING_RATE)
         model.compile(optimizer, "binary_crossentropy")
-        names = [i.name.split(":")[0] for i in model.inputs]
+        names = model.input_names  # the Input layers' names (graph-mode tensor names carry suffixes)
         model.fit({k: train[k] for k in names}, train["label"], batch_size=BATCH, epochs=EPOCHS, verbose=0,
                   shuffle=True, callbacks=[Clock()])
         scores = model.predict({k: test[k] for k in names}, batch_size=1024)

@@ -30,10 +30,11 @@ def test_target_attention_is_the_unnormalised_weighted_sum_of_the_activation_uni
 
 
 def test_activation_unit_input_is_key_query_difference_and_product():
+    """Its first layer is a Dense layer on ``[e_j ; v_A ; e_j − v_A ; e_j ⊙ v_A]``, computed without the concat."""
     keys, _, query = _history(batch=2)
     unit = ActivationUnit(hidden_units=(), activation="relu")
     scores = unit(keys, query).numpy()
-    kernel, bias = (w.numpy() for w in unit._score.weights)
+    kernel, bias = unit._first.kernel.numpy(), unit._first.bias.numpy()
     q = np.broadcast_to(query[:, None, :], keys.shape)
     features = np.concatenate([keys, q, keys - q, keys * q], axis=-1)
     np.testing.assert_allclose(scores, (features @ kernel)[..., 0] + bias, rtol=1e-5, atol=1e-5)

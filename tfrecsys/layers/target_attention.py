@@ -13,32 +13,66 @@ from tfrecsys.layers.activations import activation_layer, takes_mask
 NORMALIZATIONS = ("none", "softmax")
 
 
+class PairProjection(tf.keras.layers.Layer):
+    """The activation unit's first layer, ``W [e_j ; v_A ; e_j − v_A ; e_j ⊙ v_A] + b``, without building the concat.
+
+    With ``W = [W_e ; W_q ; W_d ; W_p]`` (one ``[4d, units]`` kernel, as a Dense layer on the concat would hold),
+    ``W [·] = [e_j ; e_j ⊙ v_A] [W_e + W_d ; W_p] + v_A (W_q − W_d)``: the target's part is computed once per row
+    instead of once per behaviour, and the per-behaviour matmul is ``2d`` wide instead of ``4d``.
+    ``call(keys [batch, len, d], query [batch, d])`` → ``[batch, len, units]``.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, keys_shape, query_shape=None):
+        dim = keys_shape[-1]
+        self.kernel = self.add_weight(name="kernel", shape=[4 * dim, self.units], initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=[self.units], initializer="zeros")
+        super().build(keys_shape)
+
+    def call(self, keys, query):
+        w_key, w_query, w_difference, w_product = tf.split(self.kernel, 4, axis=0)
+        per_behaviour = tf.concat([keys, keys * query[:, tf.newaxis, :]], axis=-1)
+        per_row = tf.matmul(query, w_query - w_difference) + self.bias
+        return (tf.tensordot(per_behaviour, tf.concat([w_key + w_difference, w_product], axis=0), axes=1)
+                + per_row[:, tf.newaxis, :])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
 class ActivationUnit(tf.keras.layers.Layer):
     """``a(e_j, v_A) = w^T f(…f(W_1 [e_j ; v_A ; e_j − v_A ; e_j ⊙ v_A] + b_1)…) + b``: one score per behaviour.
 
     ``call(keys [batch, len, dim], query [batch, dim], key_mask [batch, len] bool)`` → ``[batch, len]`` scores
     (unmasked; ``TargetAttention`` masks them). ``activation``: ``"dice"`` (the paper's), ``"prelu"`` or a Keras
-    activation; Dice takes its batch moments over the valid behaviours only.
+    activation; Dice takes its batch moments over the valid behaviours only. The first layer is a
+    ``PairProjection`` (the score itself when ``hidden_units`` is empty).
     """
 
     def __init__(self, hidden_units=(80, 40), activation="dice", **kwargs):
         super().__init__(**kwargs)
         self.hidden_units = tuple(hidden_units)
         self.activation = activation
-        self._dense = [tf.keras.layers.Dense(units, name=f"dense_{i}") for i, units in enumerate(self.hidden_units)]
-        self._activations = [activation_layer(activation, name=f"{activation}_{i}")
-                             for i in range(len(self.hidden_units))]
-        self._score = tf.keras.layers.Dense(1, name="score")
+        widths = self.hidden_units
+        self._first = PairProjection(widths[0] if widths else 1, name="pair_projection")
+        self._dense = [tf.keras.layers.Dense(units, name=f"dense_{i + 1}") for i, units in enumerate(widths[1:])]
+        self._activations = [activation_layer(activation, name=f"{activation}_{i}") for i in range(len(widths))]
+        self._score = tf.keras.layers.Dense(1, name="score") if widths else None
 
     def call(self, keys, query, key_mask=None, training=None):
         if keys.shape[-1] != query.shape[-1]:
             raise ValueError(f"{self.name}: keys have dimension {keys.shape[-1]} but the query has "
                              f"{query.shape[-1]}; the activation unit compares them elementwise (e_j − v_A, "
                              "e_j ⊙ v_A), so embed the history and the target alike")
-        query = tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(keys))
-        hidden = tf.concat([keys, query, keys - query, keys * query], axis=-1)
-        for dense, activation in zip(self._dense, self._activations):
-            hidden = dense(hidden)
+        hidden = self._first(keys, query)
+        if self._score is None:
+            return tf.squeeze(hidden, axis=-1)
+        for index, activation in enumerate(self._activations):
+            if index:
+                hidden = self._dense[index - 1](hidden)
             hidden = (activation(hidden, training=training, mask=key_mask) if takes_mask(activation)
                       else activation(hidden))
         return tf.squeeze(self._score(hidden), axis=-1)
