@@ -1,6 +1,7 @@
 """The defuse family (tfrecsys/models/defuse.py): auxiliary models under stop-gradient, served outputs per method."""
 
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -88,3 +89,24 @@ def test_a_method_without_its_tasks_is_refused():
     config.model.method = "defuse"
     with pytest.raises(ValueError, match="loss defuse or defuse_z2"):
         build_model(config, FeatureSchema.from_config(config.features))
+
+
+@pytest.mark.slow
+def test_streaming_scores_each_day_on_its_clicks_after_the_pretraining_days(tmp_path):
+    from tfrecsys.data.simulators import write_from_config
+    from tfrecsys.train.loop import train_and_evaluate
+
+    config = defuse_config.get_config("defuse")
+    config.data.dir = str(tmp_path / "data")
+    simulator = config.data.simulator
+    simulator.num_clicks, simulator.days, simulator.pretrain_days = 3000, 5, 2
+    simulator.num_users, simulator.num_items = 100, 100
+    config.train.pretrain_windows = 2
+    config.model.hidden_units, config.model.auxiliary_hidden_units = (8,), (4,)
+    metadata = write_from_config(simulator, config.data.dir)
+    train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
+    summary = json.loads((tmp_path / "model" / "streaming_metrics.json").read_text())
+    clicks = {w["window"]: w["rows"] for w in metadata["evaluation_windows"]}
+    assert [(w["window"], w["rows"]) for w in summary["windows"]] == sorted(clicks.items())
+    assert min(clicks) == 2 and summary["windows_trained"] == len(metadata["windows"])
+    assert 0.5 < summary["row_weighted_average"]["cvr"]["auc"] <= 1.0

@@ -81,27 +81,24 @@ def test_the_beam_stream_in_its_window_files_matches_the_truth(world, tmp_path):
                if kind < dfl.ATTRIBUTED_DUPLICATE)
 
 
-def test_rows_after_the_stream_end_are_dropped_and_the_pretraining_period_has_final_labels(world, tmp_path):
+def test_rows_after_the_stream_end_are_dropped_and_the_pretraining_period_has_final_labels(world):
     columns, truth, _ = world
     day = 86_400
     settings = stream.settings_for(columns, "defuse", W_O, W_A, window_seconds=day, pretrain_seconds=3 * day)
-    metadata = stream.build_stream(columns, settings, str(tmp_path))
-    rows = read_rows(str(tmp_path), stream.STREAM_PREFIX)
+    rows = stream.emit_rows(columns, settings)
     t0, conversion = columns["click_timestamp"], columns["conversion_timestamp"]
-    end = t0.max()
     streaming = t0 >= settings.stream_start_timestamp
     fake_negative = truth["sample_type"] == 1
-    # A delayed positive is in the stream only if its conversion happened by the end.
-    assert counts(rows)["delayed_positive"] == int(np.sum(streaming & fake_negative & (conversion <= end)))
+    # A delayed positive is in the stream only if its conversion happened by the end (the last click).
+    assert counts(rows)["delayed_positive"] == int(np.sum(streaming & fake_negative & (conversion <= t0.max())))
+    assert np.all(rows["emit_timestamp"] <= t0.max())
     assert counts(rows)["final_label"] == int(np.sum(~streaming))
     final = rows["sample_type"] == dfl.FINAL_LABEL
-    by_id = dict(zip(columns["example_id"], columns["converted"]))
-    assert np.array_equal(rows["label"][final], [by_id[i] for i in rows["example_id"][final]])
-    assert metadata["pretrain_windows"] == 3
-    assert [w["window"] for w in metadata["evaluation_windows"]][0] == 3
-    clicks = read_rows(str(tmp_path), stream.CLICKS_PREFIX)
-    assert len(clicks["label"]) == int(streaming.sum())
-    assert clicks["label"].mean() == pytest.approx(columns["converted"][streaming].mean())
+    assert np.array_equal(rows["label"][final], columns["converted"][rows["example_id"][final]])
+    assert settings.pretrain_windows == 3
+    clicks = stream.evaluation_clicks(columns, settings)
+    assert np.array_equal(clicks["label"], columns["converted"][streaming])
+    assert not set(clicks) & set(stream.FUTURE_COLUMNS)
 
 
 def test_a_criteo_conversion_log_becomes_a_stream(tmp_path):
@@ -113,13 +110,17 @@ def test_a_criteo_conversion_log_becomes_a_stream(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     block = stream.SourceStream.from_config(dict(input=str(path), method="defuse", observation_window_seconds=hour,
                                                  attribution_window_seconds=7 * day, pretrain_seconds=day))
-    metadata = stream.build_source_stream(block, str(tmp_path / "out"))
+    clicks = stream.read_clicks(block)
+    assert np.array_equal(clicks["example_id"], np.arange(5)) and np.all(clicks["int_1"] == 0)  # missing → 0
+    settings = stream.settings_for(clicks, block.method, block.observation_window_seconds,
+                                   block.attribution_window_seconds, block.window_seconds, block.pretrain_seconds)
+    rows = stream.emit_rows(clicks, settings)
     # Day 0 pretrains (final labels; the 9-day conversion is outside w_a). The day-1 click would be emitted
     # at t0 + w_o, after the log's last click: not yet in the stream, but scored in day 1's evaluation clicks.
-    assert metadata["sample_types"] == {"final_label": 4, "auxiliary_immediate": 1, "auxiliary_delayed": 1,
-                                        "auxiliary_real_negative": 2}
-    assert [(w["window"], w["rows"]) for w in metadata["evaluation_windows"]] == [(1, 1)]
-    rows = read_rows(str(tmp_path / "out"), stream.STREAM_PREFIX)
-    assert "int_1" in rows["columns"] and "cat_9" in rows["columns"]
+    assert {k: v for k, v in counts(rows).items() if v} == {
+        "final_label": 4, "auxiliary_immediate": 1, "auxiliary_delayed": 1, "auxiliary_real_negative": 2}
+    assert rows["label"][rows["sample_type"] == dfl.FINAL_LABEL].tolist() == [0, 1, 1, 0]
+    assert len(stream.evaluation_clicks(clicks, settings)["label"]) == 1
+    assert "int_1" in rows and "cat_9" in rows
     with pytest.raises(ValueError, match="unknown delayed_feedback_stream settings \\['w_o'\\]"):
         stream.SourceStream.from_config(dict(input=str(path), w_o=1))

@@ -136,10 +136,12 @@ FAMILY_CASES = {
                                  ("ple", {"model.expert_units": (8,)}), ("esmm", {}), ("esm2", {}))},
     "defuse": FamilyCase(
         "defuse_simulator.py",
+        # Batch mode over the stream's rows: this case checks export and scoring (streaming: test_defuse_model).
         {"data.simulator.num_clicks": 1000, "data.simulator.num_users": 100, "data.simulator.num_items": 100,
-         "data.simulator.days": 3, "data.simulator.pretrain_days": 1, "train.pretrain_windows": 1,
-         "model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,), "train.batch_size": 256,
-         "train.steps_per_execution": 4, "export.warmup_requests": 2},
+         "data.simulator.days": 3, "data.simulator.pretrain_days": 1, "train.mode": "batch",
+         "model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,), "train.steps": 20,
+         "train.steps_per_loop": 20, "train.steps_per_execution": 10, "train.batch_size": 128,
+         "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_simulator, "score", "example_id", ranking_predictions),
 }
 

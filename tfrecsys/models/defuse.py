@@ -95,16 +95,23 @@ class DelayedFeedbackRanker(RecModel):
             probability = delayed_feedback.fnc_prediction(probability)
         return {"logit": logit, "probability": probability}
 
+    def _auxiliary_logits(self, features, training) -> dict:
+        auxiliary = self.auxiliary_tower(
+            concat_pooled(self.auxiliary_embedding(features), self.schema, self.serving_features), training=training)
+        return {"f_dp_logit": auxiliary[:, 0], "f_rn_logit": auxiliary[:, 1]}
+
     def call(self, features, training=None):
+        if self.auxiliary_name and not self.auxiliary_tower.built:
+            # The first call creates the auxiliary variables too: the train loop builds the optimizer from the
+            # variables a call creates. Later calls (and the exported signatures) leave the auxiliary out.
+            self._auxiliary_logits(features, training)
         return {self.cvr_name: self._cvr_parts(features, training)["probability"]}
 
     def training_outputs(self, features, training: bool) -> dict:
         cvr = self._cvr_parts(features, training)
         if not self.auxiliary_name:
             return {self.cvr_name: cvr}
-        auxiliary = self.auxiliary_tower(
-            concat_pooled(self.auxiliary_embedding(features), self.schema, self.serving_features), training=training)
-        logits = {"f_dp_logit": auxiliary[:, 0], "f_rn_logit": auxiliary[:, 1]}
+        logits = self._auxiliary_logits(features, training)
         cvr["f_dp"] = tf.stop_gradient(tf.sigmoid(logits["f_dp_logit"]))
         cvr["f_rn"] = tf.stop_gradient(tf.sigmoid(logits["f_rn_logit"]))
         return {self.cvr_name: cvr, self.auxiliary_name: logits}
