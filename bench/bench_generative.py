@@ -14,6 +14,8 @@ per-seed ratio HSTU HR@10 / SASRec HR@10 (the issue's bar: ≥ 1.05 on both data
 """
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -55,24 +57,32 @@ def mean_std(values) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
-def run(dataset: str, data_root: str, seeds, steps: int, work_dir: str) -> list[str]:
+def one_seed(dataset: str, data_dir: str, seed: int, steps: int, work_dir: str) -> dict:
+    """HSTU then SASRec with one seed: ``{encoder: (metrics, seconds)}``."""
+    out = {}
+    for encoder in ENCODERS:
+        config = config_for(encoder, dataset, data_dir, seed, steps)
+        start = time.perf_counter()
+        metrics = train_and_evaluate(config, os.path.join(work_dir, f"{dataset}_{encoder}_{seed}"), verbose=0)
+        out[encoder] = ({m: metrics["next_item"][m] for m in METRICS}, time.perf_counter() - start)
+        print(f"{dataset} seed {seed} {encoder}: " + ", ".join(f"{m} {out[encoder][0][m]:.4f}" for m in METRICS)
+              + f" ({out[encoder][1]:.0f} s)", flush=True)
+    return out
+
+
+def run(dataset: str, data_root: str, seeds, steps: int, work_dir: str, processes: int) -> list[str]:
     data_dir = prepare(dataset, data_root)
     popularity = popularity_of_directory(data_dir)
-    results = {encoder: {m: [] for m in METRICS} for encoder in ENCODERS}
-    seconds = {encoder: [] for encoder in ENCODERS}
-    for seed in seeds:
-        for encoder in ENCODERS:
-            config = config_for(encoder, dataset, data_dir, seed, steps)
-            start = time.perf_counter()
-            metrics = train_and_evaluate(config, os.path.join(work_dir, f"{dataset}_{encoder}_{seed}"), verbose=0)
-            seconds[encoder].append(time.perf_counter() - start)
-            for m in METRICS:
-                results[encoder][m].append(metrics["next_item"][m])
-            print(f"{dataset} seed {seed} {encoder}: " + ", ".join(
-                f"{m} {results[encoder][m][-1]:.4f}" for m in METRICS) + f" ({seconds[encoder][-1]:.0f} s)",
-                flush=True)
+    if processes > 1:
+        # Seeds in parallel processes (spawned: TensorFlow does not survive a fork), each alternating the two.
+        with concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(one_seed, *zip(*[(dataset, data_dir, seed, steps, work_dir) for seed in seeds])))
+    else:
+        runs = [one_seed(dataset, data_dir, seed, steps, work_dir) for seed in seeds]
+    results = {encoder: {m: [run[encoder][0][m] for run in runs] for m in METRICS} for encoder in ENCODERS}
+    seconds = {encoder: [run[encoder][1] for run in runs] for encoder in ENCODERS}
     ratios = np.asarray(results["hstu"]["recall_at_10"]) / np.asarray(results["sasrec"]["recall_at_10"])
-    used_steps = config.train.steps
+    used_steps = config_for("hstu", dataset, data_dir, 0, steps).train.steps
     rows = [f"| {dataset} | popularity | {popularity['recall_at_10']:.4f} | {popularity['ndcg_at_10']:.4f} | "
             f"{popularity['mrr']:.4f} | | |"]
     for encoder in ENCODERS:
@@ -91,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (config.train.seed)")
     parser.add_argument("--steps", type=int, default=0,
                         help="training steps of every run (default: each config's train.steps)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="seeds trained in parallel processes (each alternates HSTU and SASRec)")
     parser.add_argument("--data_root", default="runs/data/bench_generative",
                         help="where each dataset is preprocessed once (<data_root>/<dataset>), reused after")
     args = parser.parse_args(argv)
@@ -103,7 +115,7 @@ def main(argv=None) -> int:
              "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as work_dir:
         for dataset in datasets:
-            table += run(dataset, args.data_root, seeds, args.steps, work_dir)
+            table += run(dataset, args.data_root, seeds, args.steps, work_dir, args.processes)
     print("\n".join(table))
     return 0
 

@@ -248,4 +248,4 @@ def test_unknown_simulator_and_setting_are_named():
     with pytest.raises(ValueError, match=r"unknown MultitaskConfig settings \['num_clickz'\]"):
         write_from_config({"kind": "multitask", "num_clickz": 3}, "unused")
     assert set(SIMULATORS) == {"click_log", "retrieval", "sequential", "position_bias", "multitask", "delayed_feedback",
-                               "click_log_stream", "delayed_feedback_stream"}
+                               "click_log_stream", "delayed_feedback_stream", "sequential_next_item"}
