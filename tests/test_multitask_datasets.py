@@ -41,16 +41,30 @@ def test_every_family_has_a_config_on_every_dataset_whose_tasks_are_its_outputs(
     assert set(config.tasks) <= set(model.output_names_served)
 
 
+@pytest.fixture(scope="module")
+def preprocessed(tmp_path_factory):
+    """dataset name → its sample preprocessed by the mmoe config's block (once per module)."""
+    done = {}
+
+    def get(name: str) -> str:
+        if name not in done:
+            data_dir = str(tmp_path_factory.mktemp(name))
+            config = load_config(os.path.join(CONFIGS, f"mmoe_{name}.py"), {"data.dir": data_dir})
+            block = {**dict(config.preprocess), "input": dataset(DATASETS[name])}
+            metadata = preprocess(PreprocessConfig.from_config(block), config.features, data_dir)
+            assert metadata["dead_letter_rows"] == 0 and metadata["splits"]["train"]["rows"] == 100
+            done[name] = data_dir
+        return done[name]
+
+    return get
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", ["ali_ccp", "aliexpress"])
-def test_samples_preprocess_and_train_every_family(name, tmp_path):
-    data_dir = str(tmp_path / "data")
-    config = load_config(os.path.join(CONFIGS, f"mmoe_{name}.py"), {"data.dir": data_dir})
-    block = {**dict(config.preprocess), "input": dataset(DATASETS[name])}
-    metadata = preprocess(PreprocessConfig.from_config(block), config.features, data_dir)
-    assert metadata["dead_letter_rows"] == 0 and metadata["splits"]["train"]["rows"] == 100
-    for family in FAMILIES:
-        config = load_config(os.path.join(CONFIGS, f"{family}_{name}.py"), {"data.dir": data_dir, **QUICK})
-        metrics = train_and_evaluate(config, str(tmp_path / family), verbose=0)
-        assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["ctr"]["auc"] <= 1.0, (family, metrics)
-        assert set(metrics) >= set(config.tasks), (family, metrics)
+def test_samples_preprocess_and_train_every_family(name, family, preprocessed, tmp_path):
+    data_dir = preprocessed(name)
+    config = load_config(os.path.join(CONFIGS, f"{family}_{name}.py"), {"data.dir": data_dir, **QUICK})
+    metrics = train_and_evaluate(config, str(tmp_path / family), verbose=0)
+    assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["ctr"]["auc"] <= 1.0, metrics
+    assert set(metrics) >= set(config.tasks), metrics
