@@ -117,17 +117,19 @@ FAMILY_CASES = {
          "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5, "train.batch_size": 32,
          "train.eval_batch_size": 256, "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_simulator, "retrieve", "user_id",
-        lambda model, schema, records: top_k_predictions(model, schema, records, 10)),
+        lambda model, schema, records: top_k_predictions(model, schema, records, 10), slow=True),
     "din": FamilyCase("din_simulator.py", SMALL_SEQUENTIAL_WORLD, write_simulator, "score", "example_id",
                       ranking_predictions),
+    # dien, sim, generative and defuse score through the same contract as din, dnn and two_tower (raw
+    # histories, named [batch] outputs, top-K): make test-all only, to keep make test inside its 10 minutes.
     "dien": FamilyCase("dien_simulator.py", SMALL_SEQUENTIAL_WORLD, write_simulator, "score", "example_id",
-                       ranking_predictions),
+                       ranking_predictions, slow=True),
     "sim": FamilyCase(
         "sim_simulator.py",
         {**SMALL_SIM_PER_ROW, "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
          "train.batch_size": 64, "train.eval_batch_size": 256, "train.shuffle_buffer": 1000,
          "export.warmup_requests": 2},
-        write_simulator, "score", "example_id", ranking_predictions),
+        write_simulator, "score", "example_id", ranking_predictions, slow=True),
     # Multi-task families score through the same contract as dnn (named [batch] outputs): make test-all only.
     **{family: FamilyCase(f"{family}_simulator.py", {**MULTITASK_RUN, **overrides}, write_simulator, "score",
                           "example_id", ranking_predictions, slow=True)
@@ -142,7 +144,7 @@ FAMILY_CASES = {
          "model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,), "train.steps": 20,
          "train.steps_per_loop": 20, "train.steps_per_execution": 10, "train.batch_size": 128,
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
-        write_simulator, "score", "example_id", ranking_predictions),
+        write_simulator, "score", "example_id", ranking_predictions, slow=True),
 }
 
 
