@@ -65,9 +65,10 @@ def test_stalled_rest_connections_neither_delay_a_status_get_nor_stay_open(contr
         status, answer = rest_call(server.rest_api_port, f"/v1/models/{MODEL}")
         waited = time.monotonic() - started
         assert status == 200 and answer["model_version_status"][0]["state"] == "AVAILABLE"
-        # Queued behind the stalled heads, it would wait for their 5 s head timeout; half of that leaves room
-        # for a loaded machine (a 1 s bound against a 1 s timeout failed at 1.02 s under load).
-        assert waited < 2.5, f"a status GET waited {waited:.2f} s behind stalled connections"
+        # The bound is 1 s. Queued behind the stalled heads, the GET would wait for their 5 s head
+        # timeout, far beyond it; answered beside them it takes 4-9 ms (measured at load 6). A 1 s head timeout
+        # made the two cases indistinguishable on a loaded machine (one CI run failed at 1.02 s).
+        assert waited < 1.0, f"a status GET waited {waited:.2f} s behind stalled connections"
         for connection in stalled:  # the server closes them: recv sees the end of the stream
             connection.settimeout(TIMEOUT_S)
             assert connection.recv(1024) == b""
