@@ -34,6 +34,31 @@ def pytest_runtest_makereport(item, call):
                            f"dataset test skipped: {reason}")
 
 
+# Every binary whose --help a test reads (tests/test_walking_skeleton.py, test_serving*.py, test_scoring_docs.py).
+HELP_BINARIES = ("tfrecsys-simulate", "tfrecsys-train", "tfrecsys-export", "tfrecsys-report", "tfrecsys-quickstart",
+                 "tfrecsys-serve", "tfrecsys-query", "tfrecsys-score")
+
+
+@pytest.fixture(scope="session")
+def binary_help() -> dict:
+    """``<binary> --help`` of every binary in HELP_BINARIES as a CompletedProcess, run once per session and side
+    by side: each process spends its ~6 s importing TensorFlow, so one after another they cost the suite a
+    minute, side by side about the time of one per core."""
+    processes = {binary: subprocess.Popen([os.path.join(BIN, binary), "--help"], stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True) for binary in HELP_BINARIES}
+    completed = {}
+    try:
+        for binary, process in processes.items():
+            stdout, stderr = process.communicate(timeout=600)
+            completed[binary] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return completed
+
+
 @pytest.fixture(scope="session")
 def multi_task_base(tmp_path_factory) -> str:
     """Model base path holding version 1 of the three-output contract model (ctr, cvr, ctcvr), exported once

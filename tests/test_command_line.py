@@ -141,6 +141,10 @@ def test_score_fails_when_rows_went_to_the_dead_letters_and_logs_stay_quiet(dama
         assert noise.lower() not in (strict.stdout + strict.stderr).lower(), noise
     assert len(strict.stderr.strip().splitlines()) == 1, strict.stderr
 
+
+@pytest.mark.slow  # a second Beam run of the binary: make test-all
+def test_score_passes_when_the_rejected_fraction_is_within_the_limit(damaged_rows):
+    args = [f"--input={damaged_rows / 'rows.tfrecord'}", f"--model_base_path={damaged_rows / 'model'}"]
     tolerant = run("tfrecsys-score", *args, f"--output={damaged_rows / 'tolerant' / 'scores'}",
                    "--max_rejected_fraction=0.05")
     assert tolerant.returncode == 0, tolerant.stderr[-3000:]

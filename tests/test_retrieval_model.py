@@ -55,6 +55,7 @@ def trained(world, tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow  # a quality bar over four trainings: make test-all
 def test_logq_corrected_training_beats_uncorrected_in_batch_on_recall_at_50(world, trained):
     recall = {mode: run["metrics"]["retrieval"]["recall_at_50"] for mode, run in trained.items()}
     uncorrected = recall["in_batch", "none"]
@@ -74,6 +75,8 @@ def _in_process_top_k(model, features, k):
     return model.corpus.ids[rows.numpy()], scores.numpy()
 
 
+@pytest.mark.slow  # end-to-end; make test covers the two_tower contract in test_export_contract.py and
+# test_scoring_families.py
 def test_export_round_trip_over_grpc_and_batch_scoring(world, trained, tmp_path):
     run = trained["mixed", "streaming"]
     export_base = str(tmp_path / "export")
@@ -137,7 +140,7 @@ def test_export_round_trip_over_grpc_and_batch_scoring(world, trained, tmp_path)
     assert sorted(os.listdir(os.path.join(export_base, "two_tower_candidates"))) == ["1", "2"]
 
 
-def test_config_errors_name_the_field(world, trained):
+def test_config_errors_name_the_field(world):
     from tfrecsys.data.model_tables import ModelTables
     from tfrecsys.models import build_model
     from tfrecsys.features.schema import FeatureSchema

@@ -5,8 +5,6 @@ options after it — so a user can paste them."""
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -18,9 +16,8 @@ FLAGS = ("input", "input_format", "model_base_path", "model_version", "model_nam
 
 
 @pytest.fixture(scope="module")
-def help_text() -> str:
-    binary = os.path.join(os.path.dirname(sys.executable), "tfrecsys-score")
-    completed = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=120)
+def help_text(binary_help) -> str:
+    completed = binary_help["tfrecsys-score"]
     assert completed.returncode == 0, completed.stderr[-3000:]
     return completed.stdout
 

@@ -377,8 +377,8 @@ def test_query_names_the_input_whose_value_does_not_fit(served):
 
 @pytest.mark.parametrize("binary, expected_flags", [("tfrecsys-serve", SERVE_FLAGS),
                                                     ("tfrecsys-query", QUERY_FLAGS)])
-def test_help_explains_every_flag(binary, expected_flags):
-    result = run_cli(binary, "--help")
+def test_help_explains_every_flag(binary, expected_flags, binary_help):
+    result = binary_help[binary]
     assert result.returncode == 0, result.stderr
     for flag in expected_flags:
         # absl lists a flag as "--name: help", "--[no]name: help" for a bool, "--name: <a|b>: help" for an enum.

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -22,7 +21,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from tests.conftest import BIN, free_port, start_server, stop_server, wait_until_serving
+from tests.conftest import free_port, start_server, stop_server, wait_until_serving
 from tests.contract_models import HISTORY_LEN, example_rows, export_contract_model, to_serving_inputs
 from tfrecsys.serving.client import ServingClient
 from tfrecsys.serving.server import ModelServer
@@ -434,10 +433,8 @@ def test_listening_beyond_loopback_logs_a_warning(contract_base, monkeypatch, ca
     assert "HandleReloadConfigRequest can load any path" in warnings[0].getMessage()
 
 
-def test_help_explains_the_hardening_flags_with_tf_serving_defaults():
-    # Importing TensorFlow alone has taken a minute on this shared machine.
-    result = subprocess.run([os.path.join(BIN, "tfrecsys-serve"), "--help"], capture_output=True, text=True,
-                            timeout=3 * TIMEOUT_S)
+def test_help_explains_the_hardening_flags_with_tf_serving_defaults(binary_help):
+    result = binary_help["tfrecsys-serve"]
     assert result.returncode == 0, result.stderr
     for flag in ("rest_api_header_timeout_in_ms", "rest_api_max_in_flight_bytes", "max_num_load_retries",
                  "load_retry_interval_micros", "allow_config_reload_requests"):

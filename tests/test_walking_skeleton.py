@@ -167,7 +167,8 @@ def test_training_on_missing_data_names_the_pattern(tmp_path):
         train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
 
 
-def test_training_on_a_corrupt_shard_names_the_file(run, tmp_path):
+def corrupt_copy(run, tmp_path):
+    """The run's data with 64 bytes in the middle of train-00001 overwritten."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     for path in glob.glob(os.path.join(run["data_dir"], "*.tfrecord")):
@@ -175,10 +176,18 @@ def test_training_on_a_corrupt_shard_names_the_file(run, tmp_path):
         if "train-00001" in path:
             content = content[: len(content) // 2] + b"\xff" * 64 + content[len(content) // 2 + 64:]
         (data_dir / os.path.basename(path)).write_bytes(content)
-    config = small_config(str(data_dir), **{"train.steps": 200, "train.steps_per_loop": 200})
+    return data_dir
+
+
+def test_training_on_a_corrupt_shard_names_the_file(run, tmp_path):
+    config = small_config(str(corrupt_copy(run, tmp_path)), **{"train.steps": 200, "train.steps_per_loop": 200})
     with pytest.raises(DataError, match=r"train-00001-of-00002\.tfrecord: record \d+: corrupted record"):
         train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
 
+
+@pytest.mark.slow  # a binary end to end (tests/test_command_line.py checks the one-line error path quickly)
+def test_the_train_binary_names_a_corrupt_shard_in_one_error_line(run, tmp_path):
+    data_dir = corrupt_copy(run, tmp_path)
     result = subprocess.run([os.path.join(BIN, "tfrecsys-train"), f"--config={CONFIG}",
                              f"--config.data.dir={data_dir}", f"--model_dir={tmp_path / 'cli_model'}",
                              "--config.train.steps=200", "--config.train.steps_per_loop=200"],
@@ -202,8 +211,8 @@ def test_schema_mismatch_fails_at_start_naming_the_feature(run, tmp_path):
     ("tfrecsys-report", ["--model_dir"]),
     ("tfrecsys-quickstart", ["--workdir", "--config", "--port", "--step_timeout"]),
 ])
-def test_help_explains_every_flag(binary, expected_flags):
-    result = subprocess.run([os.path.join(BIN, binary), "--help"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0
+def test_help_explains_every_flag(binary, expected_flags, binary_help):
+    result = binary_help[binary]
+    assert result.returncode == 0, result.stderr[-3000:]
     for flag in expected_flags:
         assert f"{flag}:" in result.stdout, f"{binary} --help does not explain {flag}"
