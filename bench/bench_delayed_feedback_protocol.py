@@ -225,7 +225,7 @@ def main(argv=None):
     started = time.perf_counter()
     for seed in (int(s) for s in args.seeds.split(",")):
         world = world_config(args, seed)
-        columns, truth = simulate_delayed_feedback(world)
+        columns, _ = simulate_delayed_feedback(world)
         print(f"seed {seed}: CVR {columns['converted'].mean():.4f}, within w_o "
               f"{columns['converted_in_window'].mean():.4f}", flush=True)
         results["per_seed"][seed] = {}
