@@ -14,7 +14,14 @@ time are the eval split) train three dnn models (user, item, category embeddings
 Platt and isotonic (tfrecsys/calibration.py, the maps ``tfrecsys-export`` serves) are fitted on the first
 half of the eval split in time, against the final labels, and measured on the second half: expected
 calibration error (10 equal-width bins), mean prediction over the observed rate, log-loss and AUC.
+
+``--families=defuse`` measures the same on the defuse family itself (models/defuse.py) as it streams:
+Vanilla, DEFUSE and Bi-DEFUSE trained by the protocol of ``bench_delayed_feedback_protocol`` (its defaults:
+the drifting world, seed 0, pretraining, then hour by hour), their predictions of each hour's clicks made
+before training on that hour; the maps are fitted on the first half of the streaming days and measured on
+the second half.
 """
+import argparse
 
 import os
 import tempfile
@@ -93,8 +100,55 @@ def measure(probability: np.ndarray, labels: np.ndarray) -> dict:
             "logloss": float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))), "auc": auc(labels, p)}
 
 
-def main():
+def print_calibrated(name: str, scores: np.ndarray, labels: np.ndarray, maps_by_variant: dict) -> None:
+    """One table row per calibration variant, measured on ``scores`` against ``labels``."""
+    for variant, maps in maps_by_variant.items():
+        calibrated = apply_calibration(maps, scores).numpy() if maps else scores
+        m = measure(calibrated, labels)
+        print(f"| {name} | {variant} | {m['ece']:.4f} | {m['ratio']:.3f} | {m['logloss']:.4f} | "
+              f"{m['auc']:.4f} |", flush=True)
+
+
+def defuse_family():
+    """Vanilla, DEFUSE and Bi-DEFUSE of the defuse family, streaming; calibration fitted on the first half of
+    the streaming days' predictions, measured on the second half."""
+    from bench.bench_delayed_feedback_protocol import arguments, run_method, world_config
+    from tfrecsys.data.simulators.delayed_feedback import simulate_delayed_feedback
+
+    args = arguments(["--seeds=0"])
+    world = world_config(args, seed=0)
+    columns, _ = simulate_delayed_feedback(world)
+    print(f"defuse family, drifting world: {world.num_clicks} clicks over {world.days} days, CVR "
+          f"{columns['converted'].mean():.4f}; streaming from day {args.pretrain_days}, hourly")
+    print("| model | calibration | ECE | mean pred / rate | log-loss | AUC |")
+    print("|---|---|---:|---:|---:|---:|")
+    for method in ("vanilla", "defuse", "bi_defuse"):
+        run = run_method(method, columns, world, args, seed=0)
+        scores, labels = run["prediction"].astype(np.float32), run["label"].astype(np.float64)
+        first = run["hour"] < (run["hour"].min() + run["hour"].max() + 1) / 2
+        variants = {"none": []}
+        for calibration in ("platt", "isotonic"):
+            variants[calibration] = fit_calibration(CalibrationSettings(method=calibration), scores[first],
+                                                    labels[first])
+        print_calibrated(f"defuse family, method {method}", scores[~first], labels[~first], variants)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", default="dnn,defuse",
+                        help="comma-separated: dnn (Vanilla, Oracle and down-sampled dnn rankers on the 14-day "
+                             "split) and defuse (the defuse family streaming hour by hour)")
+    families = parser.parse_args(argv).families.split(",")
     started = time.perf_counter()
+    if "defuse" in families:
+        defuse_family()
+    if "dnn" in families:
+        dnn_models()
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def dnn_models():
+    """Vanilla, Oracle and down-sampled dnn rankers on the 14-day split, with and without calibration."""
     tf.keras.utils.set_random_seed(0)
     with tempfile.TemporaryDirectory() as root:
         data_dir = os.path.join(root, "data")
@@ -121,12 +175,7 @@ def main():
             for method in ("platt", "isotonic"):
                 settings = CalibrationSettings(method=method, negative_sampling_rate=rate)
                 variants[settings.description] = fit_calibration(settings, scores[:half], labels[:half])
-            for variant, maps in variants.items():
-                calibrated = apply_calibration(maps, scores[half:]).numpy() if maps else scores[half:]
-                m = measure(calibrated, labels[half:])
-                print(f"| {name} | {variant} | {m['ece']:.4f} | {m['ratio']:.3f} | {m['logloss']:.4f} | "
-                      f"{m['auc']:.4f} |", flush=True)
-    print(f"total {time.perf_counter() - started:.0f} s")
+            print_calibrated(name, scores[half:], labels[half:], variants)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ def get_config(method: str = "defuse") -> ml_collections.ConfigDict:
     config.data.simulator = ml_collections.ConfigDict(dict(
         kind="delayed_feedback_stream", method=method, window_seconds=86_400, pretrain_days=PRETRAIN_DAYS,
         num_users=NUM_USERS, num_items=NUM_ITEMS, num_categories=NUM_CATEGORIES, num_clicks=200_000, days=21,
-        observation_window_seconds=3600, attribution_window_days=3, seed=0))
+        observation_window_seconds=3600, attribution_window_days=3, seed=0,
+        # A stationary world; set them to let each item's CVR (and the mean) drift (docs/delayed-feedback.md).
+        drift_amplitude=0.0, global_drift_amplitude=0.0, drift_period_days=7.0))
 
     config.features.user_id = dict(kind="id", num_buckets=NUM_USERS, embedding_dim=8)
     config.features.item_id = dict(kind="id", num_buckets=NUM_ITEMS, embedding_dim=8)

@@ -91,6 +91,21 @@ def test_a_method_without_its_tasks_is_refused():
         build_model(config, FeatureSchema.from_config(config.features))
 
 
+def test_the_served_cvr_is_what_calibration_and_distillation_apply_to():
+    from tfrecsys.calibration import binary_tasks
+    from tfrecsys.losses.distillation import Distillation, teacher_cross_entropy
+
+    for method in defuse_config.METHOD_LOSS:  # the CVR task, never the training-only auxiliary task
+        assert [task.name for task in binary_tasks(defuse_config.get_config(method))] == ["cvr"], method
+    features, labels = batch(np.zeros(ROWS))
+    teacher = tf.fill([ROWS], 0.3)
+    student = small_model("fnc").training_outputs(features, training=False)["cvr"]
+    distilled = Distillation((("cvr", "teacher"),), 0.2).row_losses("cvr", student, features,
+                                                                   {**labels, "teacher": teacher})
+    # Against the served (corrected) CVR, not the logit FNC learns through.
+    np.testing.assert_allclose(distilled, 0.2 * teacher_cross_entropy(teacher, student["probability"]), rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_streaming_scores_each_day_on_its_clicks_after_the_pretraining_days(tmp_path):
     from tfrecsys.data.simulators import write_from_config
@@ -110,3 +125,25 @@ def test_streaming_scores_each_day_on_its_clicks_after_the_pretraining_days(tmp_
     assert [(w["window"], w["rows"]) for w in summary["windows"]] == sorted(clicks.items())
     assert min(clicks) == 2 and summary["windows_trained"] == len(metadata["windows"])
     assert 0.5 < summary["row_weighted_average"]["cvr"]["auc"] <= 1.0
+
+    # The trained DEFUSE model exports with its calibration inside, fitted on the final-labelled clicks, and
+    # its run report draws the reliability diagram before and after.
+    from tfrecsys.calibration import apply_calibration, fit_for_export
+    from tfrecsys.data.input import resolve_files
+    from tfrecsys.export.trained import export_trained, first_records, load_trained_model
+    from tfrecsys.report import write_calibration, write_report
+
+    config.export.calibration.method = "isotonic"
+    path = export_trained(config, str(tmp_path / "model"), str(tmp_path / "export"))
+    model, schema, _ = load_trained_model(config, str(tmp_path / "model"))
+    maps, _ = fit_for_export(config, model, schema)
+    records = first_records(resolve_files(config.data.eval_files, config.data.dir), 64)
+    features = schema.parse_examples(tf.constant(records), with_labels=False, serving=True)
+    raw = model(features, training=False)["cvr"].numpy()
+    expected = apply_calibration(maps["cvr"], raw).numpy()
+    assert np.max(np.abs(expected - raw)) > 1e-3
+    served = tf.saved_model.load(path).signatures["serving_default"](**features)
+    np.testing.assert_allclose(served["cvr"].numpy(), expected, atol=1e-6)
+    write_calibration(config, str(tmp_path / "model"))
+    write_report(str(tmp_path / "model"))
+    assert (tmp_path / "model" / "report" / "calibration_cvr.png").exists()

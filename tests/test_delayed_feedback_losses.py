@@ -97,6 +97,26 @@ def test_bi_defuse_masks_duplicates_out_of_the_in_window_loss():
     np.testing.assert_allclose(loss, in_window + out_window, rtol=1e-5)
 
 
+
+def test_es_dfm_and_defuse_have_the_same_expected_loss_given_the_same_auxiliaries():
+    """Why the two tie on the simulator (bench/RESULTS.md): with f_rn = P(RN | observed negative) and DEFUSE's
+    z1 = 1 − f_rn, both expect (1 + f_dp)·BCE(p, f) per click; they differ only in how rows share it."""
+    p, f_dp = 0.2, 0.08
+    f_rn = (1 - p) / (1 - p + f_dp)
+    logits = tf.constant(np.linspace(-4, 2, 201), tf.float32)
+    n = logits.shape[0]
+
+    def expected(loss):
+        def rows(label, kind):
+            return loss(tf.fill([n], float(label)), tf.fill([n], float(kind))).numpy()
+        return (p - f_dp) * rows(1, 1) + f_dp * rows(1, 2) + (1 - p + f_dp) * rows(0, 0)
+
+    es_dfm = expected(lambda y, kind: dfl.es_dfm_loss(y, logits, kind, tf.fill([n], f_dp), tf.fill([n], f_rn)))
+    defuse = expected(lambda y, kind: dfl.defuse_loss(y, logits, kind, tf.fill([n], f_dp),
+                                                      dfl.fake_negative_probability_z1(tf.fill([n], f_rn))))
+    np.testing.assert_allclose(es_dfm, (1 + f_dp) * plain_bce(tf.fill([n], p), logits), rtol=1e-4)
+    np.testing.assert_allclose(defuse, es_dfm, rtol=1e-4)
+
 def test_baseline_weights():
     p = tf.sigmoid(LOGIT).numpy()
     pos, neg = plain_bce(tf.ones([N]), LOGIT), plain_bce(tf.zeros([N]), LOGIT)

@@ -1,5 +1,6 @@
 """The ground-truth simulators: each seeded, and each one's data carries the statistics its truth says."""
 
+import dataclasses
 import filecmp
 import json
 
@@ -10,6 +11,7 @@ from tfrecsys.data.input import make_dataset, resolve_files
 from tfrecsys.data.simulators import (SIMULATORS, DelayedFeedbackConfig, MultitaskConfig, PositionBiasConfig,
                                       SequentialConfig, simulate_delayed_feedback, simulate_multitask,
                                       simulate_position_bias, simulate_sequential, write_from_config)
+from tfrecsys.data.simulators.common import START_TIMESTAMP
 from tfrecsys.data.simulators.delayed_feedback import delay_cdf
 from tfrecsys.data.simulators.position_bias import examination_by_position
 from tfrecsys.features.schema import FeatureSchema
@@ -201,6 +203,28 @@ def test_delayed_feedback_delays_follow_the_known_distribution(delayed):
                 / delay_cdf(window, DELAYED.fast_share, DELAYED.fast_mean_seconds, slow_mean))
     empirical = np.arange(1, len(delays) + 1) / len(delays)
     assert np.max(np.abs(empirical - expected)) < 1.63 / np.sqrt(len(delays)) + 0.01  # 1% level
+
+
+
+def test_delayed_feedback_drift_moves_each_items_cvr_with_its_phase_and_keeps_the_clicks():
+    stationary = DelayedFeedbackConfig(num_clicks=20_000, days=14, seed=5)
+    drifting = dataclasses.replace(stationary, drift_amplitude=1.5, global_drift_amplitude=0.5, drift_period_days=7)
+    (still, still_truth), (moving, truth) = simulate_delayed_feedback(stationary), simulate_delayed_feedback(drifting)
+    for name in ("user_id", "item_id", "click_timestamp"):  # the same clicks: only their probabilities move
+        np.testing.assert_array_equal(still[name], moving[name])
+    np.testing.assert_array_equal(still_truth["drift_logit"], 0.0)
+    angle = 2 * np.pi * (moving["click_timestamp"] - START_TIMESTAMP) / (7 * 86_400)
+    expected = 1.5 * np.sin(angle + truth["item_drift_phase"][moving["item_id"]]) + 0.5 * np.sin(angle)
+    np.testing.assert_allclose(truth["drift_logit"], expected, atol=1e-9)
+    logit = np.log(truth["eventual_conversion_probability"] / (1 - truth["eventual_conversion_probability"]))
+    still_logit = np.log(still_truth["eventual_conversion_probability"]
+                         / (1 - still_truth["eventual_conversion_probability"]))
+    shift = logit - still_logit - expected  # what is left is the re-solved bias, one constant
+    np.testing.assert_allclose(shift, shift[0], atol=1e-6)
+    # The labels follow: clicks at an item's high phase convert far more often than at its low phase.
+    high, low = truth["drift_logit"] > 1.0, truth["drift_logit"] < -1.0
+    assert moving["converted"][high].mean() > 2 * moving["converted"][low].mean()
+    assert abs(moving["converted"].mean() - drifting.target_cvr) < 0.01
 
 
 # Every simulator: seeded, written, readable with a schema -----------------------------------------------------

@@ -179,8 +179,9 @@ def expected_calibration_error(probability: np.ndarray, labels: np.ndarray, bins
 
 
 def binary_tasks(config) -> list:
-    """The tasks whose output is a probability with a 0/1 label: ``binary_crossentropy`` with a label."""
-    return [task for task in tasks_from_config(config.tasks) if task.loss == "binary_crossentropy" and task.label]
+    """The tasks whose output is a probability with a 0/1 label (``binary_crossentropy``, the delayed-feedback
+    CVR losses: ``Task.predicts_binary_label``)."""
+    return [task for task in tasks_from_config(config.tasks) if task.predicts_binary_label]
 
 
 def eval_predictions(config, model, schema, tasks, max_rows: int, label: str = "") -> dict:
@@ -225,7 +226,7 @@ def fit_for_export(config, model, schema) -> tuple[dict, dict]:
     tasks = binary_tasks(config)
     if not tasks:
         raise ValueError(f"config.export.calibration.method is {settings.method!r}, but the config has no "
-                         "binary_crossentropy task with a label to calibrate")
+                         "binary task with a label (binary_crossentropy or a delayed-feedback CVR loss) to calibrate")
     predictions = eval_predictions(config, model, schema, tasks, settings.max_rows, settings.label)
     calibrators, summary = {}, {"method": settings.method, "negative_sampling_rate": settings.negative_sampling_rate,
                                 "label": settings.label, "outputs": {}}

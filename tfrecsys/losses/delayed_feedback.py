@@ -162,42 +162,42 @@ def auxiliary_loss(f_dp_logit, f_rn_logit, sample_type):
 _BINARY = ("auc", "logloss")
 
 
-@register_loss("logit_cross_entropy", default_metrics=_BINARY)
+@register_loss("logit_cross_entropy", default_metrics=_BINARY, binary=True)
 def _logit_cross_entropy(label, prediction):
     """Plain cross-entropy from the logit: Vanilla, Oracle and FNC (whose correction is at inference)."""
     return weighted_cross_entropy(prediction["logit"], label, 1.0 - label)
 
 
-@register_loss("fnw", default_metrics=_BINARY, columns=("sample_type",))
+@register_loss("fnw", default_metrics=_BINARY, binary=True, columns=("sample_type",))
 def _fnw(label, prediction, sample_type):
     return fnw_loss(label, prediction["logit"], sample_type)
 
 
-@register_loss("es_dfm", default_metrics=_BINARY, columns=("sample_type",))
+@register_loss("es_dfm", default_metrics=_BINARY, binary=True, columns=("sample_type",))
 def _es_dfm(label, prediction, sample_type):
     return es_dfm_loss(label, prediction["logit"], sample_type, prediction["f_dp"], prediction["f_rn"])
 
 
-@register_loss("defer", default_metrics=_BINARY, columns=("sample_type",))
+@register_loss("defer", default_metrics=_BINARY, binary=True, columns=("sample_type",))
 def _defer(label, prediction, sample_type):
     return defer_loss(label, prediction["logit"], sample_type, prediction["f_dp"])
 
 
-@register_loss("defuse", default_metrics=_BINARY, columns=("sample_type",))
+@register_loss("defuse", default_metrics=_BINARY, binary=True, columns=("sample_type",))
 def _defuse(label, prediction, sample_type):
     """DEFUSE with ``z1 = 1 − f_rn`` (the paper's and the reference code's default)."""
     return defuse_loss(label, prediction["logit"], sample_type, prediction["f_dp"],
                        fake_negative_probability_z1(prediction["f_rn"]))
 
 
-@register_loss("defuse_z2", default_metrics=_BINARY, columns=("sample_type",))
+@register_loss("defuse_z2", default_metrics=_BINARY, binary=True, columns=("sample_type",))
 def _defuse_z2(label, prediction, sample_type):
     """DEFUSE with ``z2 = f_dp / (f_dp + 1 − f_θ)``."""
     return defuse_loss(label, prediction["logit"], sample_type, prediction["f_dp"],
                        fake_negative_probability_z2(prediction["f_dp"], tf.sigmoid(prediction["logit"])))
 
 
-@register_loss("bi_defuse", default_metrics=_BINARY, columns=("sample_type",))
+@register_loss("bi_defuse", default_metrics=_BINARY, binary=True, columns=("sample_type",))
 def _bi_defuse(label, prediction, sample_type):
     return bi_defuse_loss(label, prediction["inw_logit"], prediction["outw_logit"], sample_type)
 

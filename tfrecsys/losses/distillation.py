@@ -41,7 +41,8 @@ class Distillation:
 
     def row_losses(self, output: str, student, features: Mapping, labels: Mapping):
         """``λ · CE(t, s)`` ``[batch]`` for ``output``, the teacher's column read from the labels first, then the
-        features."""
+        features. A dict ``student`` (a loss that reads logits and auxiliary outputs, e.g. the delayed-feedback
+        CVR losses) gives its ``probability``, the served prediction the teacher's is compared with."""
         column = self.outputs[output]
         if column in labels:
             teacher = labels[column]
@@ -50,4 +51,6 @@ class Distillation:
         else:
             raise KeyError(f"distillation of output {output!r} reads the teacher column {column!r}, which the "
                            f"batch does not hold; it has labels {sorted(labels)} and features {sorted(features)}")
+        if isinstance(student, Mapping):
+            student = student["probability"]
         return self.weight * teacher_cross_entropy(teacher, student)

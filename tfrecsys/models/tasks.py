@@ -45,20 +45,24 @@ class LossFunction:
     needs_label: bool = True
     default_metrics: tuple = ()
     columns: tuple = ()  # per-row columns ``fn`` takes as keyword arguments besides the label
+    # The task's served output is the probability of its 0/1 label: calibration and distillation apply to it.
+    binary: bool = False
 
 
 _LOSSES: dict[str, LossFunction] = {}
 _PER_ROW_SAMPLED_SOFTMAX = SampledSoftmaxLoss(reduction=tf.keras.losses.Reduction.NONE)
 
 
-def register_loss(name: str, needs_label: bool = True, default_metrics: tuple = (), columns: tuple = ()):
+def register_loss(name: str, needs_label: bool = True, default_metrics: tuple = (), columns: tuple = (),
+                  binary: bool = False):
     """Decorator: makes ``fn(label, prediction) -> [batch]`` available as ``loss=name`` in task configs;
-    ``columns``: names of per-row columns ``fn`` also takes, as keyword arguments of ``[batch]`` float32."""
+    ``columns``: names of per-row columns ``fn`` also takes, as keyword arguments of ``[batch]`` float32;
+    ``binary``: the task's served output is the probability of its 0/1 label (``Task.predicts_binary_label``)."""
 
     def decorate(fn):
         if name in _LOSSES:
             raise ValueError(f"loss {name!r} is registered twice")
-        _LOSSES[name] = LossFunction(fn, needs_label, tuple(default_metrics), tuple(columns))
+        _LOSSES[name] = LossFunction(fn, needs_label, tuple(default_metrics), tuple(columns), binary)
         return fn
 
     return decorate
@@ -68,7 +72,7 @@ def available_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
-@register_loss("binary_crossentropy", default_metrics=("auc", "logloss"))
+@register_loss("binary_crossentropy", default_metrics=("auc", "logloss"), binary=True)
 def binary_crossentropy(label, probability):
     """``−y log p − (1−y) log(1−p)``; Keras' form, which reads the logit back from a sigmoid for stability."""
     return tf.keras.backend.binary_crossentropy(label[:, tf.newaxis], probability[:, tf.newaxis])[:, 0]
@@ -115,6 +119,12 @@ class Task:
     @property
     def has_loss(self) -> bool:
         return self.loss is not None
+
+    @property
+    def predicts_binary_label(self) -> bool:
+        """The output is the probability of a 0/1 label (a ``binary`` loss with a label): what calibration
+        maps and distillation apply to."""
+        return bool(self.label) and self.loss is not None and _LOSSES[self.loss].binary
 
     @property
     def metric_names(self) -> tuple:

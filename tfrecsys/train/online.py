@@ -152,7 +152,7 @@ def prepare_distillation(config, model, schema, settings: OnlineSettings):
     outputs = [task.name for task in binary_tasks(config)]
     if not outputs:
         raise ValueError("config.train.online.distillation_weight is set, but the config has no "
-                         "binary_crossentropy task with a label to distil")
+                         "binary task with a label (binary_crossentropy or a delayed-feedback CVR loss) to distil")
     columns = {output: settings.teacher_column.format(output=output) for output in outputs}
     model.distill(columns, settings.distillation_weight)
     if settings.teacher_saved_model:

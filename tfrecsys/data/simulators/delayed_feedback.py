@@ -5,6 +5,11 @@ The world, all drawn from ``seed``:
 * users and items have latent vectors (items around their category's centre) and items a quality ``b_i``;
 * a click of user ``u`` on item ``i`` converts eventually with probability
   ``q = sigmoid(affinity_scale · u·v / sqrt(dim) + b_i + bias)``;
+* optionally the world drifts (``drift_amplitude``, ``global_drift_amplitude``, ``drift_period_days``; 0 by
+  default: stationary): at click time ``t`` the conversion logit gains
+  ``A_item · sin(2πt/P + φ_i) + A_global · sin(2πt/P)`` with a phase ``φ_i`` per item, so each item's CVR rises
+  and falls at its own time (fresh rows tell a model which items are converting now) and the mean CVR swings
+  with the global term; ``bias`` is solved over the whole period, so ``target_cvr`` is the period's mean;
 * the delay from click to conversion has the known CDF of a two-component exponential mixture:
   ``F_c(t) = fast_share·(1 - exp(-t/fast_mean)) + (1 - fast_share)·(1 - exp(-t/slow_mean_c))`` where the slow
   mean depends on the item's category (log-normal around ``slow_mean_days``), so the delay depends on ``x``;
@@ -18,8 +23,9 @@ The world, all drawn from ``seed``:
 Rows are clicks in time order with ``click_timestamp`` and ``conversion_timestamp`` (-1 when the click did
 not convert within ``w_a``), as in the Criteo Conversion Logs; labels are final (as read ``w_a`` after the
 last click) plus ``converted_in_window`` (the label seen at click + ``w_o``). The ground truth holds per row
-``p(x)``, ``p(y=1, d ≤ w_o | x)`` and DEFUSE's ``f_dp(x) = p(y=1, w_o < d ≤ w_a | x)``, the sample type and the
-delay (also for conversions after ``w_a``), and the delay distribution's parameters.
+``p(x)``, ``p(y=1, d ≤ w_o | x)`` and DEFUSE's ``f_dp(x) = p(y=1, w_o < d ≤ w_a | x)`` (all at the click's
+time), the sample type, the delay (also for conversions after ``w_a``) and the drift's logit term, and the
+delay distribution's parameters and the items' drift phases.
 """
 
 import dataclasses
@@ -52,6 +58,9 @@ class DelayedFeedbackConfig:
     slow_mean_spread: float = 0.5
     observation_window_seconds: int = 3600
     attribution_window_days: int = 7
+    drift_amplitude: float = 0.0
+    global_drift_amplitude: float = 0.0
+    drift_period_days: float = 7.0
     eval_fraction: float = 0.1
     num_shards: int = 4
     seed: int = 0
@@ -61,6 +70,8 @@ class DelayedFeedbackConfig:
             raise ValueError("observation_window_seconds must be positive and shorter than the attribution window")
         if not 0.0 <= self.fast_share <= 1.0:
             raise ValueError(f"fast_share must lie in [0, 1], got {self.fast_share}")
+        if self.drift_period_days <= 0:
+            raise ValueError(f"drift_period_days must be positive, got {self.drift_period_days}")
 
     @classmethod
     def from_config(cls, config) -> "DelayedFeedbackConfig":
@@ -75,6 +86,14 @@ def delay_cdf(t, fast_share: float, fast_mean: float, slow_mean) -> np.ndarray:
     """``F(t)`` of the delay mixture (``slow_mean`` may be per row)."""
     t = np.asarray(t, np.float64)
     return fast_share * (1 - np.exp(-t / fast_mean)) + (1 - fast_share) * (1 - np.exp(-t / slow_mean))
+
+
+def drift_logit(offsets, items, item_phase, config: DelayedFeedbackConfig) -> np.ndarray:
+    """``A_item · sin(2πt/P + φ_i) + A_global · sin(2πt/P)`` per click ``[n]``: ``t`` the click's seconds from the
+    start, ``i`` its item; zeros in a stationary world."""
+    angle = 2 * np.pi * np.asarray(offsets, np.float64) / (config.drift_period_days * SECONDS_PER_DAY)
+    return (config.drift_amplitude * np.sin(angle + item_phase[items])
+            + config.global_drift_amplitude * np.sin(angle))
 
 
 def simulate_delayed_feedback(config: DelayedFeedbackConfig) -> tuple[dict, dict]:
@@ -97,15 +116,22 @@ def simulate_delayed_feedback(config: DelayedFeedbackConfig) -> tuple[dict, dict
     w_o, w_a = config.observation_window_seconds, config.attribution_window_seconds
     cdf_o = delay_cdf(w_o, config.fast_share, config.fast_mean_seconds, slow_mean)
     cdf_a = delay_cdf(w_a, config.fast_share, config.fast_mean_seconds, slow_mean)
-    bias = solve_bias(logits, config.target_cvr, cdf_a)
-    eventual = sigmoid(logits + bias)
 
-    converts = rng.random(n) < eventual
+    # Draws in the order of the stationary world's first version, so a seed gives the same clicks with or
+    # without drift (the conversion draw is a uniform compared with the click's probability afterwards).
+    conversion_draw = rng.random(n)
     fast = rng.random(n) < config.fast_share
     delay = np.where(fast, rng.exponential(config.fast_mean_seconds, n), rng.exponential(slow_mean))
+    offsets = np.sort(rng.integers(0, config.days * SECONDS_PER_DAY, n))
+    click_timestamps = START_TIMESTAMP + offsets
+    item_phase = 2 * np.pi * np.random.default_rng([config.seed, 1]).random(config.num_items)
+    drift = drift_logit(offsets, items, item_phase, config)
+    logits = logits + drift
+    bias = solve_bias(logits, config.target_cvr, cdf_a)
+    eventual = sigmoid(logits + bias)
+    converts = conversion_draw < eventual
     delay = np.where(converts, np.floor(delay), np.inf)
     converted = delay <= w_a
-    click_timestamps = START_TIMESTAMP + np.sort(rng.integers(0, config.days * SECONDS_PER_DAY, n))
     conversion_timestamps = np.where(converted, click_timestamps + np.where(converted, delay, 0), NO_CONVERSION)
     sample_type = np.where(delay <= w_o, 0, np.where(converted, 1, 2))
 
@@ -118,7 +144,8 @@ def simulate_delayed_feedback(config: DelayedFeedbackConfig) -> tuple[dict, dict
              "p_delayed": eventual * (cdf_a - cdf_o), "eventual_conversion_probability": eventual,
              "delay": delay, "sample_type": sample_type, "slow_mean_by_category": slow_mean_by_category,
              "fast_share": np.float64(config.fast_share), "fast_mean_seconds": np.float64(config.fast_mean_seconds),
-             "item_category": item_category, "bias": np.float64(bias)}
+             "item_category": item_category, "bias": np.float64(bias), "drift_logit": drift,
+             "item_drift_phase": item_phase}
     return columns, truth
 
 
