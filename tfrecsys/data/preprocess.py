@@ -109,8 +109,8 @@ class PreprocessConfig:
     (label ``negative_label`` = 1) is followed by ``k`` sampled ones (label 0), the same row with the item
     and its ``sampled_item_columns`` (e.g. its category) replaced by those of an item drawn uniformly from the
     catalogue (every distinct item of the kept rows; an item seen with several categories keeps one), never
-    the real one (``tfrecsys.data.negatives``); the sampled rows
-    share the event's history and split, so each user's held-out event comes with its sampled ones.
+    the real one (``tfrecsys.data.negatives``); the sampled rows share the event's history and split, so each
+    user's held-out event comes with its sampled ones.
     ``negative_label`` is then the only label (label rules would describe the real event, not the sampled
     item). A feature ``neg_hist_<column>`` (``<column>`` the item column or a sampled item column) is the
     negative history DIEN's auxiliary loss needs: aligned with ``hist_*``, at each position the column of an
