@@ -114,8 +114,9 @@ class PreprocessConfig:
     ``negative_label`` is then the only label (label rules would describe the real event, not the sampled
     item). A feature ``neg_hist_<column>`` (``<column>`` the item column or a sampled item column) is the
     negative history DIEN's auxiliary loss needs: aligned with ``hist_*``, at each position the column of an
-    item drawn once per event, never the item of the event at that position. Draws are seeded by ``seed``
-    and the user, so they are the same on any runner.
+    item drawn for that example, never the item of the event at that position (per example, as the DeepCTR
+    protocol of peer-baselines §1 draws them, so an event's negative is not repeated in the ~50 rows whose
+    history shows it). Draws are seeded by ``seed`` and the user, so they are the same on any runner.
 
     ``train_order``: the order of rows inside each training shard, ``shuffled`` (default: a seeded
     pseudo-random order, so a small shuffle window mixes many users and times) or ``key`` (by user and time,
@@ -537,21 +538,21 @@ def user_examples(plan: Plan, user_events, last_only: bool = False, catalogue=No
     events = _time_ordered(plan, events)
     times = np.asarray([event[time_column] for event in events])
     histories = history_rows(np.zeros(len(events), np.int64), times, plan.config.history_len)
-    negatives = sampled_negatives(plan, user, events, catalogue) if catalogue is not None else None
+    if catalogue is not None:
+        sampled, negative_histories = sampled_negatives(plan, user, events, histories, catalogue)
     for index, event in enumerate(events):
         if last_only and (index < len(events) - 2 or len(histories[index]) == 0):
             continue
         history = [events[row] for row in histories[index]]
         split = _event_split(plan, index, len(events), event[time_column], None)
-        if negatives is None:
+        if catalogue is None:
             yield split, (event[time_column], str(user), index), make_example(plan, event, history)
             continue
-        # Position 0 of each event's negatives stands for it in negative histories; the rest are its sampled rows.
-        negative_history = [negatives[row][0] for row in histories[index]]
+        negative_history = negative_histories[index]
         yield split, (event[time_column], str(user), index, 0), make_example(plan, event, history, negative_history)
-        for draw in range(1, plan.config.negatives_per_event + 1):
+        for draw, row in enumerate(sampled[index], start=1):
             yield split, (event[time_column], str(user), index, draw), make_example(
-                plan, negatives[index][draw], history, negative_history, sampled=True)
+                plan, row, history, negative_history, sampled=True)
 
 
 def item_catalogue(plan: Plan, item_values) -> tuple:
@@ -569,14 +570,20 @@ def _item_values(plan: Plan, record: dict) -> tuple:
     return record[plan.item_column], json.dumps([record[c] for c in plan.item_columns[1:]], ensure_ascii=False)
 
 
-def sampled_negatives(plan: Plan, user, events: Sequence[dict], catalogue: tuple) -> list:
-    """Per event of a user (time-ordered), ``1 + negatives_per_event`` copies of it whose item columns are those
-    of catalogue items other than the event's item (``sample_other_items``), seeded by ``seed`` and the user."""
+def sampled_negatives(plan: Plan, user, events: Sequence[dict], histories: Sequence, catalogue: tuple) -> tuple:
+    """``(sampled rows, negative histories)`` of a user's time-ordered ``events``: per event, its
+    ``negatives_per_event`` copies whose item columns are those of catalogue items other than the event's
+    item; and per event, for each position of its history (``histories``, rows of ``events``), the item
+    columns of a catalogue item other than the item there. ``sample_other_items``, seeded by ``seed`` and the
+    user."""
     items, rows = catalogue
     rng = np.random.default_rng([plan.config.seed, _stable_hash(repr(user))])
-    draws = sample_other_items(items, [event[plan.item_column] for event in events], rng,
-                               1 + plan.config.negatives_per_event)
-    return [[{**event, **rows[draw]} for draw in event_draws] for event, event_draws in zip(events, draws.tolist())]
+    item = plan.item_column
+    draws = sample_other_items(items, [event[item] for event in events], rng, plan.config.negatives_per_event)
+    sampled = [[{**event, **rows[draw]} for draw in event_draws] for event, event_draws in zip(events, draws.tolist())]
+    negative_histories = [[rows[draw] for draw in sample_other_items(items, [events[row][item] for row in history],
+                                                                      rng)[:, 0].tolist()] for history in histories]
+    return sampled, negative_histories
 
 
 def user_sequence(plan: Plan, user_events, cutoff=None) -> tuple:
