@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfrecsys.layers.augru import AttentionGRUCell, InterestEvolution, InterestExtractor, auxiliary_loss
+from tfrecsys.layers.auxiliary_net import AuxiliaryNet
 from tfrecsys.layers.regularization import mini_batch_aware_l2
 
 UNITS, DIM = 4, 3
@@ -92,6 +93,23 @@ def test_auxiliary_loss_is_the_papers_mean_over_valid_next_step_pairs():
     garbage = np.where(mask[..., None], positives, 9.0).astype(np.float32)
     np.testing.assert_allclose(auxiliary_loss(states, garbage, negatives, mask).numpy(), loss, rtol=1e-6)
     assert auxiliary_loss(states, positives, negatives, np.zeros_like(mask)).numpy() == 0.0
+
+
+def test_auxiliary_loss_scores_each_pair_with_the_auxiliary_net():
+    rng = np.random.default_rng(4)
+    states, positives, negatives = (rng.normal(size=(2, 4, 3)).astype(np.float32) for _ in range(3))
+    mask = np.array([[True, True, True, False], [True, True, False, False]])
+    tf.keras.utils.set_random_seed(0)
+    net = AuxiliaryNet((5,))
+    loss = auxiliary_loss(states, positives, negatives, mask, scorer=net).numpy()
+    positive_logits = net(states[:, :-1], positives[:, 1:]).numpy()
+    negative_logits = net(states[:, :-1], negatives[:, 1:]).numpy()
+    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    terms = [softplus(-positive_logits[b, t]) + softplus(negative_logits[b, t]) for b, t in [(0, 0), (0, 1), (1, 0)]]
+    np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-5)
+    # The net reads the state and the behaviour together: a state of another scale changes the logits.
+    assert not np.allclose(net(2 * states[:, :-1], positives[:, 1:]).numpy(), positive_logits)
+    assert net(states, positives).shape == (2, 4)
 
 
 def test_mini_batch_aware_l2_counts_each_used_row_once():

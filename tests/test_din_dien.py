@@ -93,9 +93,9 @@ def test_dien_depends_on_history_order_but_ignores_padding():
     assert changed[lengths > 1].all() and not changed[lengths <= 1].any()
 
 
-@pytest.mark.parametrize("negative_history", [NEGATIVES, ()])
-def test_dien_auxiliary_loss_has_zero_gradient_to_the_ranking_head(negative_history):
-    model, batch = _dien(aux_weight=1.0, negative_history=negative_history), _batch()
+@pytest.mark.parametrize("negative_history, aux_net", [(NEGATIVES, "mlp"), ((), "inner_product")])
+def test_dien_auxiliary_loss_has_zero_gradient_to_the_ranking_head(negative_history, aux_net):
+    model, batch = _dien(aux_weight=1.0, negative_history=negative_history, aux_net=aux_net), _batch()
     with tf.GradientTape(persistent=True) as tape:
         score = model(batch, training=True)["score"]
         aux = tf.add_n(model.losses)
@@ -103,10 +103,20 @@ def test_dien_auxiliary_loss_has_zero_gradient_to_the_ranking_head(negative_hist
     assert all(g is None for g in tape.gradient(aux, head))
     extractor_gradients = tape.gradient(aux, model.extractor.trainable_variables)
     assert all(g is not None and np.abs(g.numpy()).max() > 0 for g in extractor_gradients)
+    if aux_net == "mlp":  # the auxiliary MLP over [h_t ; e_b[t+1]] learns from the auxiliary loss alone
+        aux_net_gradients = tape.gradient(aux, model.aux_net.trainable_variables)
+        assert aux_net_gradients and all(g is not None and np.abs(g.numpy()).max() > 0 for g in aux_net_gradients)
+        assert all(g is None for g in tape.gradient(score, model.aux_net.trainable_variables))
     assert all(g is not None for g in tape.gradient(score, head))
     # Serving (no negatives, not training) computes no auxiliary loss.
     model({k: v for k, v in batch.items() if k not in NEGATIVES}, training=False)
     assert model.losses == []
+
+
+def test_dien_inner_product_auxiliary_loss_has_no_weights_and_unknown_nets_are_refused():
+    assert _dien(negative_history=NEGATIVES).aux_net is None  # the default, the paper's inner product
+    with pytest.raises(ValueError, match="model.aux_net must be one of"):
+        _dien(aux_net="bilinear")
 
 
 def test_dien_aux_weight_zero_adds_no_loss():

@@ -380,6 +380,13 @@ def test_schema_mismatch_fails_at_start_naming_feature_and_types(feature, spec, 
     (dict(frequency_label="like"), "preprocess.frequency_label 'like' is not a written label rule"),
     (dict(min_counts={"user_id": 2}), "preprocess.min_counts \\['user_id'\\]: only features whose vocabulary"),
     (dict(source="movielens-20m"), "unknown source 'movielens-20m'"),
+    (dict(keep_rows="stars > 1"), "preprocess.keep_rows = 'stars > 1': the source has no column 'stars'"),
+    (dict(negatives_per_event=1, negative_label="clicked"), "preprocess.negative_label 'clicked' is not a label "
+                                                           "feature"),
+    (dict(negatives_per_event=1, negative_label="rating", labels={"like": "rating >= 4"}),
+     "preprocess.labels \\['like'\\] cannot be written with sampled negatives"),
+    (dict(negatives_per_event=1, negative_label="rating", sampled_item_columns=("genre",)),
+     "preprocess.sampled_item_columns: the source movielens-100k has no columns \\['genre'\\]"),
 ])
 def test_bad_preprocess_settings_are_named(changes, message, tmp_path):
     config = PreprocessConfig(**{**dict(source="movielens-100k", input=made_up_movielens_100k(tmp_path)), **changes})

@@ -50,6 +50,7 @@ from tfrecsys.data import parquet
 from tfrecsys.data.histories import history_rows
 from tfrecsys.data.item_frequency import write_item_frequency
 from tfrecsys.data.label_rules import parse_label_rule
+from tfrecsys.data.negatives import sample_other_items
 from tfrecsys.data.readers import RowError, Source, get_source
 from tfrecsys.features.schema import (DenseFeature, FeatureSchema, IdFeature, LabelFeature, SchemaError,
                                       SequenceFeature)
@@ -62,6 +63,7 @@ SEQUENCES_PREFIX = "sequences"
 SEQUENCE_EVAL_MARK = "in_eval"
 VOCABULARY_DIR = "vocabularies"
 HISTORY_PREFIX = "hist_"
+NEGATIVE_HISTORY_PREFIX = "neg_hist_"
 NEXT_PREFIX = "next_"
 EXAMPLES_PER_USER = ("every_event", "last")
 EVENT_SPLITS = ("leave_one_out", "chronological")
@@ -101,6 +103,21 @@ class PreprocessConfig:
     (sequential models); when set, ``sequences-*.tfrecord`` holds one example per user: the user column, the
     time column, these columns and ``in_eval`` (1 for events of the eval split), every event once, oldest first.
 
+    Sampled negatives (event logs; the Taobao DIN/DIEN protocol): ``keep_rows``, a rule in the labels' syntax
+    (e.g. ``"behavior == 'pv'"``): only the source rows it holds for are read (the others are no events at
+    all: not in histories, vocabularies or the catalogue). ``negatives_per_event`` ``k``: each event's example
+    (label ``negative_label`` = 1) is followed by ``k`` sampled ones (label 0), the same row with the item
+    and its ``sampled_item_columns`` (e.g. its category) replaced by those of an item drawn uniformly from the
+    catalogue (every distinct item of the kept rows; an item seen with several categories keeps one), never
+    the real one (``tfrecsys.data.negatives``); the sampled rows share the event's history and split, so each
+    user's held-out event comes with its sampled ones.
+    ``negative_label`` is then the only label (label rules would describe the real event, not the sampled
+    item). A feature ``neg_hist_<column>`` (``<column>`` the item column or a sampled item column) is the
+    negative history DIEN's auxiliary loss needs: aligned with ``hist_*``, at each position the column of an
+    item drawn for that example, never the item of the event at that position (per example, as the DeepCTR
+    protocol of peer-baselines §1 draws them, so an event's negative is not repeated in the ~50 rows whose
+    history shows it). Draws are seeded by ``seed`` and the user, so they are the same on any runner.
+
     ``train_order``: the order of rows inside each training shard, ``shuffled`` (default: a seeded
     pseudo-random order, so a small shuffle window mixes many users and times) or ``key`` (by user and time,
     as eval shards always are: for data read as a stream in the order it happened).
@@ -122,6 +139,10 @@ class PreprocessConfig:
     eval_shards: int = 1
     output_format: str = "tfrecord"
     train_order: str = "shuffled"
+    keep_rows: str = ""
+    negatives_per_event: int = 0
+    sampled_item_columns: tuple = ()
+    negative_label: str = ""
     seed: int = 0
 
     def __post_init__(self):
@@ -137,7 +158,7 @@ class PreprocessConfig:
             raise ValueError(f"unknown preprocess settings {unknown}; known: {sorted(fields)}")
         for name in ("labels", "min_counts"):
             values[name] = dict(values.get(name) or {})
-        for name in ("history_columns", "candidate_columns", "sequence_columns"):
+        for name in ("history_columns", "candidate_columns", "sequence_columns", "sampled_item_columns"):
             values[name] = tuple(values.get(name) or ())
         return cls(**values)
 
@@ -175,6 +196,8 @@ class Plan:
     features_json: dict
     candidate_outputs: tuple = ()  # the item column first; empty: no candidates file
     sequence_outputs: tuple = ()  # the user column, the time column, the sequence columns; empty: no sequences
+    keep_rows: object = None  # the parsed preprocess.keep_rows rule; None: every row
+    item_columns: tuple = ()  # the item column and the sampled item columns, when negatives are sampled; else empty
 
     def shards(self, split: str) -> int:
         return self.config.num_shards if split == TRAIN else self.config.eval_shards
@@ -211,6 +234,11 @@ def _output_for(feature, source: Source, columns: dict, config: PreprocessConfig
             raise SchemaError(f"feature {name!r} is a label rule (float32 0/1) but the schema says "
                               f"{type(feature).__name__} {feature.dtype}")
         return Output(name, "float32", False, "label", rules[name])
+    if config.negative_label and name == config.negative_label:
+        if not isinstance(feature, LabelFeature) or feature.dtype != "float32":
+            raise SchemaError(f"feature {name!r} is preprocess.negative_label (float32 1 for events, 0 for sampled "
+                              f"items) but the schema says {type(feature).__name__} {feature.dtype}")
+        return Output(name, "float32", False, "sampled_label", None)
     if name in columns:
         found = columns[name]
         found_list = found.endswith("_list")
@@ -230,6 +258,16 @@ def _output_for(feature, source: Source, columns: dict, config: PreprocessConfig
                 raise SchemaError(f"feature {name!r} is a history of {found} values in the source {source.name} but "
                                   f"the schema says {type(feature).__name__} {feature.dtype}")
             return Output(name, feature.dtype, True, "history", column)
+    if name.startswith(NEGATIVE_HISTORY_PREFIX) and source.is_event_log:
+        column = name[len(NEGATIVE_HISTORY_PREFIX):]
+        if column in (source.item_column, *config.sampled_item_columns) and column in columns:
+            if not is_sequence or columns[column] != feature.dtype:
+                raise SchemaError(f"feature {name!r} is a negative history of {columns[column]} values in the source "
+                                  f"{source.name} but the schema says {type(feature).__name__} {feature.dtype}")
+            return Output(name, feature.dtype, True, "negative_history", column)
+        raise SchemaError(f"feature {name!r}: a negative history takes the item column {source.item_column!r} or a "
+                          f"column of preprocess.sampled_item_columns {list(config.sampled_item_columns)}, not "
+                          f"{column!r}")
     if name.startswith(NEXT_PREFIX) and source.is_event_log:
         column = name[len(NEXT_PREFIX):]
         if column in _history_columns(config, source):
@@ -282,6 +320,7 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
                 raise ValueError(f"preprocess.history_columns: {column!r} is not an int64 or string column of "
                                  f"{source.name} (columns: {columns})")
     rules = {name: parse_label_rule(name, rule, columns) for name, rule in config.labels.items()}
+    keep_rows = _keep_rows_rule(config, columns) if config.keep_rows else None
     clashes = sorted(set(rules) & set(columns))
     if clashes:
         raise ValueError(f"preprocess.labels {clashes} would hide source columns of the same name")
@@ -313,9 +352,47 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
     for name in to_build:
         features_json[name]["vocabulary"] = os.path.join(VOCABULARY_DIR, f"{name}.txt")
     candidate_outputs, sequence_outputs = _corpus_and_sequence_outputs(config, source, columns, outputs)
+    item_columns = _check_negatives(config, source, columns, outputs, rules)
     plan = Plan(config, source.name, source.is_event_log, source.user_column, source.item_column, source.time_column,
-                tuple(outputs), vocabularies, hashed, splits, features_json, candidate_outputs, sequence_outputs)
+                tuple(outputs), vocabularies, hashed, splits, features_json, candidate_outputs, sequence_outputs,
+                keep_rows, item_columns)
     return plan, files
+
+
+def _keep_rows_rule(config: PreprocessConfig, columns: dict):
+    try:
+        return parse_label_rule("keep_rows", config.keep_rows, columns)
+    except ValueError as error:
+        reason = str(error).split(": ", 1)[-1]
+        raise ValueError(f"preprocess.keep_rows = {config.keep_rows!r}: {reason}") from None
+
+
+def _check_negatives(config: PreprocessConfig, source: Source, columns: dict, outputs: list, rules: dict) -> tuple:
+    """The item columns sampled negatives replace (empty when nothing is sampled); errors name the setting."""
+    negative_histories = [o.name for o in outputs if o.origin == "negative_history"]
+    if config.negatives_per_event < 0:
+        raise ValueError(f"preprocess.negatives_per_event must be 0 or more, got {config.negatives_per_event}")
+    if not config.negatives_per_event and not negative_histories:
+        if config.negative_label:
+            raise ValueError(f"preprocess.negative_label {config.negative_label!r} is set but nothing is sampled; "
+                             "set preprocess.negatives_per_event")
+        return ()
+    if not source.is_event_log:
+        raise ValueError(f"preprocess.negatives_per_event: {source.name} is a sample table; negatives are sampled "
+                         "for the events of an event log")
+    if config.negatives_per_event:
+        if not any(o.origin == "sampled_label" for o in outputs):
+            raise ValueError(f"preprocess.negative_label {config.negative_label!r} is not a label feature of the "
+                             "config: name the label that is 1 for events and 0 for sampled items (e.g. "
+                             "negative_label='click' and config.features.click = dict(kind='label'))")
+        if rules:
+            raise ValueError(f"preprocess.labels {sorted(rules)} cannot be written with sampled negatives: a rule "
+                             "describes the real event, not the sampled item; negative_label is the label")
+    unknown = sorted(set(config.sampled_item_columns) - set(columns))
+    if unknown:
+        raise ValueError(f"preprocess.sampled_item_columns: the source {source.name} has no columns {unknown}; it has "
+                         f"{sorted(columns)}")
+    return (source.item_column, *dict.fromkeys(c for c in config.sampled_item_columns if c != source.item_column))
 
 
 def _corpus_and_sequence_outputs(config: PreprocessConfig, source: Source, columns: dict, outputs: list) -> tuple:
@@ -408,11 +485,16 @@ def _canonical(record: dict) -> str:
     return json.dumps(record, sort_keys=True, default=list, ensure_ascii=False)
 
 
-def _value(output: Output, record: dict, history: Sequence[dict]):
+def _value(output: Output, record: dict, history: Sequence[dict], negative_history: Sequence[dict] = (),
+           sampled: bool = False):
     if output.origin == "label":
         return output.key(record)
     if output.origin == "history":
         return [event[output.key] for event in history]
+    if output.origin == "negative_history":
+        return [event[output.key] for event in negative_history]
+    if output.origin == "sampled_label":
+        return 0.0 if sampled else 1.0
     if output.origin == "next":
         # The value that follows each history event: the next history event's, the example's own for the last.
         return [event[output.key] for event in history[1:]] + [record[output.key]] if history else []
@@ -424,9 +506,10 @@ def _value(output: Output, record: dict, history: Sequence[dict]):
     return value
 
 
-def make_example(plan: Plan, record: dict, history: Sequence[dict] = ()) -> dict:
-    """The written columns of one example."""
-    return {output.name: _value(output, record, history) for output in plan.outputs}
+def make_example(plan: Plan, record: dict, history: Sequence[dict] = (), negative_history: Sequence[dict] = (),
+                 sampled: bool = False) -> dict:
+    """The written columns of one example; ``sampled``: ``record`` is a sampled negative of an event."""
+    return {output.name: _value(output, record, history, negative_history, sampled) for output in plan.outputs}
 
 
 def _time_ordered(plan: Plan, events) -> list:
@@ -444,21 +527,63 @@ def _event_split(plan: Plan, index: int, count: int, time, cutoff) -> Optional[s
     return EVAL if time >= cutoff else TRAIN
 
 
-def user_examples(plan: Plan, user_events, last_only: bool = False) -> Iterable:
+def user_examples(plan: Plan, user_events, last_only: bool = False, catalogue=None) -> Iterable:
     """One (split, sort key, example) per event of a user, with its history (``tfrecsys.data.histories``:
     the user's events strictly before it, oldest first, the most recent ``history_len``); with ``last_only``
-    (leave-one-out) only for the last training event and the held-out one, each when it has a history."""
+    (leave-one-out) only for the last training event and the held-out one, each when it has a history.
+    With ``catalogue`` (``item_catalogue``), each event's example is followed by its sampled negatives and
+    every example carries the negative history (see PreprocessConfig)."""
     user, events = user_events
     time_column = plan.time_column
     events = _time_ordered(plan, events)
     times = np.asarray([event[time_column] for event in events])
     histories = history_rows(np.zeros(len(events), np.int64), times, plan.config.history_len)
+    if catalogue is not None:
+        sampled, negative_histories = sampled_negatives(plan, user, events, histories, catalogue)
     for index, event in enumerate(events):
         if last_only and (index < len(events) - 2 or len(histories[index]) == 0):
             continue
         history = [events[row] for row in histories[index]]
         split = _event_split(plan, index, len(events), event[time_column], None)
-        yield split, (event[time_column], str(user), index), make_example(plan, event, history)
+        if catalogue is None:
+            yield split, (event[time_column], str(user), index), make_example(plan, event, history)
+            continue
+        negative_history = negative_histories[index]
+        yield split, (event[time_column], str(user), index, 0), make_example(plan, event, history, negative_history)
+        for draw, row in enumerate(sampled[index], start=1):
+            yield split, (event[time_column], str(user), index, draw), make_example(
+                plan, row, history, negative_history, sampled=True)
+
+
+def item_catalogue(plan: Plan, item_values) -> tuple:
+    """``(items [n], rows)``: every distinct item of the kept rows, sorted, and per item ``{column: value}``
+    of ``plan.item_columns`` (an item whose columns differ between events keeps its first value set in sorted
+    order, so the catalogue is the same on any runner). ``item_values``: ``(item, JSON of the other columns)``
+    pairs."""
+    rows = {}
+    for item, values in sorted(item_values):
+        rows.setdefault(item, dict(zip(plan.item_columns, [item, *json.loads(values)])))
+    return np.asarray(list(rows)), list(rows.values())
+
+
+def _item_values(plan: Plan, record: dict) -> tuple:
+    return record[plan.item_column], json.dumps([record[c] for c in plan.item_columns[1:]], ensure_ascii=False)
+
+
+def sampled_negatives(plan: Plan, user, events: Sequence[dict], histories: Sequence, catalogue: tuple) -> tuple:
+    """``(sampled rows, negative histories)`` of a user's time-ordered ``events``: per event, its
+    ``negatives_per_event`` copies whose item columns are those of catalogue items other than the event's
+    item; and per event, for each position of its history (``histories``, rows of ``events``), the item
+    columns of a catalogue item other than the item there. ``sample_other_items``, seeded by ``seed`` and the
+    user."""
+    items, rows = catalogue
+    rng = np.random.default_rng([plan.config.seed, _stable_hash(repr(user))])
+    item = plan.item_column
+    draws = sample_other_items(items, [event[item] for event in events], rng, plan.config.negatives_per_event)
+    sampled = [[{**event, **rows[draw]} for draw in event_draws] for event, event_draws in zip(events, draws.tolist())]
+    negative_histories = [[rows[draw] for draw in sample_other_items(items, [events[row][item] for row in history],
+                                                                      rng)[:, 0].tolist()] for history in histories]
+    return sampled, negative_histories
 
 
 def user_sequence(plan: Plan, user_events, cutoff=None) -> tuple:
@@ -768,13 +893,24 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
         parsed.append(results.rows)
         dead.append(results.dead_letter)
     records = tuple(parsed) | "AllRows" >> beam.Flatten()
+    if plan.keep_rows is not None:
+        records = records | "KeepRows" >> beam.Filter(lambda element: plan.keep_rows(element[1]) == 1.0)
     dead_letters = tuple(dead) | "AllDeadLetters" >> beam.Flatten()
 
+    catalogue = None
+    if plan.item_columns:
+        item_values = (records
+                       | "ItemAndColumns" >> beam.Map(lambda element: ("catalogue", _item_values(plan, element[1])))
+                       | "DistinctItemAndColumns" >> beam.Distinct())
+        catalogue = beam.pvalue.AsSingleton(
+            _group_with_every_key(pipeline, item_values, ["catalogue"], "Catalogue")
+            | "ItemCatalogue" >> beam.MapTuple(lambda _, values: item_catalogue(plan, values)))
     if plan.is_event_log:
         by_user = (records
                    | "ByUser" >> beam.Map(lambda element: (element[1][plan.user_column], element[1]))
                    | "GroupByUser" >> beam.GroupByKey())
-        keyed = by_user | "Histories" >> beam.FlatMap(lambda user_events: user_examples(plan, user_events))
+        keyed = by_user | "Histories" >> beam.FlatMap(
+            lambda user_events, catalogue: user_examples(plan, user_events, catalogue=catalogue), catalogue=catalogue)
     else:
         keyed = records | "Examples" >> beam.Map(lambda element: sample_example(plan, element))
     cutoff = None
@@ -804,9 +940,11 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
                                                          num_shards=shards))
     if plan.is_event_log:
         positives = train
-        if plan.config.frequency_label:
-            positives = train | "Positives" >> beam.Filter(
-                lambda element: element[2][plan.config.frequency_label] == 1.0)
+        # Sampled negatives are no interactions: only real events count (unless frequency_label says otherwise).
+        frequency_label = plan.config.frequency_label or (plan.config.negatives_per_event and
+                                                          plan.config.negative_label)
+        if frequency_label:
+            positives = train | "Positives" >> beam.Filter(lambda element: element[2][frequency_label] == 1.0)
         counted = positives | "Items" >> beam.Map(lambda element: (element[2][plan.item_column], 1))
         if plan.candidate_outputs:
             # Every corpus item gets a line, 0 when no counted training row has it.
@@ -820,7 +958,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
 
     if config.examples_per_user == "last":
         keyed = by_user | "LastExamples" >> beam.FlatMap(
-            lambda user_events: user_examples(plan, user_events, last_only=True))
+            lambda user_events, catalogue: user_examples(plan, user_events, last_only=True, catalogue=catalogue),
+            catalogue=catalogue)
     shard_keys = [(split, index) for split in plan.splits for index in range(plan.shards(split))]
     sharded = keyed | "ShardKey" >> beam.Map(lambda element: (
         (element[0], _stable_hash(repr(element[1])) % plan.shards(element[0])), (element[1], element[2])))

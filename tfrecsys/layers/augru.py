@@ -85,19 +85,24 @@ class InterestExtractor(tf.keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask):
-    """DIEN eq. 6: ``L_aux = −1/N Σ_i Σ_t [log σ(h_t · e_b[t+1]) + log(1 − σ(h_t · ê_b[t+1]))]``.
+def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer=None):
+    """DIEN eq. 6: ``L_aux = −1/N Σ_i Σ_t [log σ(s(h_t, e_b[t+1])) + log(1 − σ(s(h_t, ê_b[t+1])))]``.
 
     ``interests`` ``[batch, len, d]`` are the extractor's states ``h_t``; ``next_behaviours`` and
     ``negative_behaviours`` ``[batch, len, d]`` the clicked behaviours and the sampled negatives, so that step
     ``t`` is scored against ``e_b[t+1]``; ``mask`` ``[batch, len]`` bool the valid behaviours. Pairs ``(t, t+1)``
     with both steps valid count; the mean is over them (0 when a batch has none), so history length does not
-    weight a user.
+    weight a user. ``scorer(states, behaviours)`` → logits ``[batch, len − 1]`` is the auxiliary network
+    ``s`` (e.g. ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``); None is the paper's inner product
+    ``s(h, e) = h · e`` (which needs ``d`` equal for both).
     """
     states, positives, negatives = interests[:, :-1], next_behaviours[:, 1:], negative_behaviours[:, 1:]
     valid = tf.cast(tf.logical_and(mask[:, :-1], mask[:, 1:]), tf.float32)
-    positive_logits = tf.cast(tf.reduce_sum(states * positives, axis=-1), tf.float32)
-    negative_logits = tf.cast(tf.reduce_sum(states * negatives, axis=-1), tf.float32)
+    if scorer is None:
+        def scorer(states, behaviours):
+            return tf.reduce_sum(states * behaviours, axis=-1)
+    positive_logits = tf.cast(scorer(states, positives), tf.float32)
+    negative_logits = tf.cast(scorer(states, negatives), tf.float32)
     # −log σ(x) = softplus(−x) and −log(1 − σ(x)) = softplus(x), without overflow.
     losses = tf.nn.softplus(-positive_logits) + tf.nn.softplus(negative_logits)
     return tf.math.divide_no_nan(tf.reduce_sum(losses * valid), tf.reduce_sum(valid))

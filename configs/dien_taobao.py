@@ -1,0 +1,34 @@
+"""dien on Taobao UserBehavior (the protocol and data of din_taobao.py): interest extractor GRU with the
+auxiliary loss against the preprocessed negative history, AUGRU interest evolution.
+
+    tfrecsys-preprocess --config=configs/dien_taobao.py   # the same output as din_taobao.py's
+    tfrecsys-train      --config=configs/dien_taobao.py --model_dir=runs/dien_taobao
+    tfrecsys-train      --config=configs/dien_taobao.py --config.model.aux_weight=0 --model_dir=runs/dien_no_aux
+
+Sizes are DeepCTR's defaults on this protocol: both GRUs of the history's width (16 + 16), attention
+(64, 16) Dice with softmax weights, the auxiliary net an MLP (100, 50) over ``[h_t ; e_b[t+1]]``, α = 1.
+"""
+
+import ml_collections
+
+from tfrecsys.config import config_beside
+
+base = config_beside(__file__, "base.py")
+din = config_beside(__file__, "din_taobao.py")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = base.get_config("dien_taobao", data_dir="runs/data/taobao", model_name="dien_taobao")
+    din.taobao_world(config)
+    config.model.name = "dien"
+    config.model.history = ("hist_item_id", "hist_category_id")
+    config.model.negative_history = ("neg_hist_item_id", "neg_hist_category_id")
+    config.model.gru_variant = "augru"
+    config.model.aux_weight = 1.0
+    config.model.aux_net = "mlp"
+    config.model.aux_units = (100, 50)
+    config.model.attention_units = (64, 16)
+    config.model.attention_activation = "dice"
+    config.model.hidden_units = (256, 128, 64)
+    config.model.dropout = 0.0
+    return config
