@@ -21,8 +21,8 @@ tf.data shuffle cost 5.4 against 2.0 CPU-ms per batch, measured). DeepCTR's DIEN
 alternating.
 
 Timings: steady ex/s = training rows of epoch 2 over its wall time (Keras epoch callbacks); first step =
-model construction + compile + the first training step, from a process whose TensorFlow is imported and
-whose data are built.
+model construction + compile (+ ``create_variables`` for ours) + the first train-function call (20 steps for
+ours, 1 for DeepCTR), from a process whose TensorFlow is imported and whose data are built.
 """
 
 import argparse
