@@ -103,6 +103,37 @@ def test_dice_moments_skip_masked_positions():
     np.testing.assert_allclose(dice.moving_variance.numpy(), x[mask].var(0), rtol=1e-4, atol=1e-6)
 
 
+def test_masked_dice_and_its_gradients_equal_the_papers_formula_over_valid_positions():
+    """The factored, matmul-moment implementation against eq. 4 written out with weighted sums (the layer's
+    earlier form), values and gradients through the batch moments alike."""
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(1.0, 2.0, size=(4, 6, 5)).astype(np.float32))
+    mask = tf.constant(np.arange(6)[None, :] < np.array([6, 2, 0, 4])[:, None])
+    dice = Dice()
+    dice.build(x.shape)
+    dice.alpha.assign(rng.normal(size=5).astype(np.float32))
+
+    def paper(s):
+        weights = tf.cast(mask, s.dtype)[..., tf.newaxis]
+        count = tf.reduce_sum(weights, axis=[0, 1])
+        mean = tf.reduce_sum(s * weights, axis=[0, 1]) / count
+        variance = tf.reduce_sum(tf.square(s - mean) * weights, axis=[0, 1]) / count
+        p = tf.sigmoid((s - mean) / tf.sqrt(variance + dice.epsilon))
+        return p * s + (1.0 - p) * dice.alpha * s
+
+    outputs, gradients = [], []
+    for function in (lambda s: dice(s, training=True, mask=mask), paper):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = function(x)
+            loss = tf.reduce_sum(tf.sin(out) * tf.cast(mask, out.dtype)[..., tf.newaxis])
+        outputs.append(out.numpy())
+        gradients.append(tape.gradient(loss, [x, dice.alpha]))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for ours, reference in zip(*gradients):
+        np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_prelu_and_activation_names():
     prelu = PReLU()
     x = np.array([[-2.0, 3.0]], np.float32)
