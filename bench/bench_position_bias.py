@@ -129,7 +129,7 @@ def main(argv) -> int:
     parser.add_argument("--first_seed", type=int, default=0, help="seed of the first log (seeds first_seed.."
                         "first_seed+seeds-1): split a long run over processes")
     parser.add_argument("--position_dropout", type=float, default=-1.0,
-                        help="the tower's position dropout (negative: the config's, 0.1)")
+                        help="the tower's position dropout (negative: the config's)")
     parser.add_argument("--steps", type=int, default=1200, help="training steps of each model")
     parser.add_argument("--num_requests", type=int, default=0,
                         help="requests simulated per seed (0: the config's 30,000, 10 rows each)")
