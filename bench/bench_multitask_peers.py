@@ -4,7 +4,7 @@
     .venv-peers/bin/python -m bench.bench_multitask_peers                      # all four families, 3 epochs
     .venv-peers/bin/python -m bench.bench_multitask_peers --families=mmoe,ple --epochs=2
 
-Protocol of ../shared/reference/peer-baselines.md §2: configs/<family>_census.py's data (tfrecsys-preprocess:
+Protocol of ../shared/reference/peer-baselines.md §2: configs/<family>.py:census's data (tfrecsys-preprocess:
 the test file split 80/20 with seed 0; run here when ``--data_dir`` holds no preprocessed copy), batch 256,
 Adam 1e-3, 3 epochs; DeepCTR's models with the sizes of that page (which the configs copy), fed the same rows
 as its dicts of numpy arrays (string ids → the preprocessed vocabularies' indices, 0 unseen; dense columns
@@ -61,7 +61,7 @@ class EpochClock(tf.keras.callbacks.Callback):
 def census_rows(data_dir: str) -> tuple[FeatureSchema, dict, dict]:
     """(schema, train, test): every row of the preprocessed splits as numpy columns, labels included, with
     ESMM's ``rich_and_never_married`` = income ∧ never married."""
-    config = load_config(os.path.join(CONFIGS, "mmoe_census.py"), {"data.dir": data_dir})
+    config = load_config(os.path.join(CONFIGS, "mmoe.py:census"), {"data.dir": data_dir})
     if not os.path.exists(os.path.join(data_dir, METADATA_FILE)):
         preprocess(PreprocessConfig.from_config(config.preprocess), config.features, data_dir)
     schema = FeatureSchema.from_config(config.features)
@@ -76,7 +76,7 @@ def census_rows(data_dir: str) -> tuple[FeatureSchema, dict, dict]:
 
 def train_ours(family: str, data_dir: str, schema: FeatureSchema, train: dict, test: dict, epochs: int,
                seed: int) -> dict:
-    config = load_config(os.path.join(CONFIGS, f"{family}_census.py"), {"data.dir": data_dir})
+    config = load_config(os.path.join(CONFIGS, f"{family}.py:census"), {"data.dir": data_dir})
     model_schema = FeatureSchema.from_config(config.features)
     inputs = [f.name for f in model_schema.inputs]
     labels = [f.name for f in model_schema.labels]
@@ -166,7 +166,7 @@ def table(results: list) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default="runs/data/census",
-                        help="Preprocessed Census-Income (configs/mmoe_census.py); preprocessed here when absent.")
+                        help="Preprocessed Census-Income (configs/mmoe.py:census); preprocessed here when absent.")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"Comma-separated subset of {FAMILIES}.")
     parser.add_argument("--epochs", type=int, default=3, help="Training epochs per model (at least 2: the first "
                         "is not steady).")

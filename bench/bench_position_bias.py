@@ -96,9 +96,11 @@ def evaluate(config, model_dir: str, data_dir: str, truth: dict) -> dict:
     return result
 
 
-def run(seed: int, steps: int, work_dir: str, num_requests: int = 0) -> dict:
+def run(seed: int, steps: int, work_dir: str, num_requests: int = 0, position_dropout: float = -1.0) -> dict:
     """Both models on one simulated log: ``{"tower": {...}, "no_tower": {...}}``."""
     config = load_config(CONFIG)
+    if position_dropout >= 0:
+        config.model.position_tower.position_dropout = position_dropout
     data_dir = os.path.join(work_dir, f"data-{seed}")
     config.data.dir = data_dir
     config.data.simulator.seed = seed
@@ -124,12 +126,17 @@ def run(seed: int, steps: int, work_dir: str, num_requests: int = 0) -> dict:
 def main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="simulated logs (seeds 0..n-1), each trained twice")
+    parser.add_argument("--first_seed", type=int, default=0, help="seed of the first log (seeds first_seed.."
+                        "first_seed+seeds-1): split a long run over processes")
+    parser.add_argument("--position_dropout", type=float, default=-1.0,
+                        help="the tower's position dropout (negative: the config's)")
     parser.add_argument("--steps", type=int, default=1200, help="training steps of each model")
     parser.add_argument("--num_requests", type=int, default=0,
                         help="requests simulated per seed (0: the config's 30,000, 10 rows each)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work_dir:
-        runs = [run(seed, args.steps, work_dir, args.num_requests) for seed in range(args.seeds)]
+        runs = [run(seed, args.steps, work_dir, args.num_requests, args.position_dropout)
+                for seed in range(args.first_seed, args.first_seed + args.seeds)]
     print(json.dumps(runs, indent=1))
     for name in ("tower", "no_tower"):
         ndcg = [r[name]["ndcg_true_relevance"] for r in runs]

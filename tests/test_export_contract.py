@@ -33,7 +33,8 @@ from tfrecsys.serving import servables
 
 
 def simulator_config(family: str) -> str:
-    return os.path.join(os.path.dirname(DNN_CONFIG), f"{family}_simulator.py")
+    name = "esm2_simulator.py" if family == "esm2" else f"{family}.py:simulator"
+    return os.path.join(os.path.dirname(DNN_CONFIG), name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,8 +26,10 @@ EXPERTS = {"model.expert_units": (8,)}
 
 
 def model_and_batch(family: str, overrides: dict, config_file: str = ""):
-    """An untrained model of ``configs/<family>_simulator.py`` (seeded) and a parsed batch of 64 random rows."""
-    config = load_config(os.path.join(CONFIGS, config_file or f"{family}_simulator.py"), {**SMALL, **overrides})
+    """An untrained model of ``configs/<family>.py:simulator`` (esm2: ``configs/esm2_simulator.py``), seeded,
+    and a parsed batch of 64 random rows."""
+    config_file = config_file or ("esm2_simulator.py" if family == "esm2" else f"{family}.py:simulator")
+    config = load_config(os.path.join(CONFIGS, config_file), {**SMALL, **overrides})
     schema = FeatureSchema.from_config(config.features)
     tf.keras.utils.set_random_seed(0)
     model = build_model(config, schema)
@@ -134,7 +136,7 @@ def test_ple_task_experts_learn_only_from_their_own_task():
 
 
 def test_a_task_without_an_output_is_named():
-    config = load_config(os.path.join(CONFIGS, "esmm_simulator.py"))
+    config = load_config(os.path.join(CONFIGS, "esmm.py:simulator"))
     config.tasks.purchase = dict(label="conversion")
     with pytest.raises(ValueError, match=r"tasks \['purchase'\] of config.tasks name no output; its outputs are "
                                          r"\['ctcvr', 'ctr', 'cvr'\]"):
@@ -142,11 +144,11 @@ def test_a_task_without_an_output_is_named():
 
 
 def test_simulated_actions_lie_on_the_click_path_and_leave_the_world_unchanged():
-    from tfrecsys.data.simulators import MultitaskConfig, simulate_multitask
+    from tfrecsys.data.simulators import PositionBiasConfig, simulate_position_bias
 
-    plain, _ = simulate_multitask(MultitaskConfig(num_users=50, num_items=40, num_impressions=4000))
-    with_actions, _ = simulate_multitask(MultitaskConfig(num_users=50, num_items=40, num_impressions=4000,
-                                                         action_rate=0.3, purchase_action_rate=0.8))
+    small = dict(num_users=50, num_items=40, num_requests=400, candidates_per_request=20, target_ctr=0.3)
+    plain, _ = simulate_position_bias(PositionBiasConfig(**small))
+    with_actions, _ = simulate_position_bias(PositionBiasConfig(**small, action_rate=0.3, purchase_action_rate=0.8))
     assert "action" not in plain and set(with_actions) == set(plain) | {"action"}
     for name, column in plain.items():
         np.testing.assert_array_equal(column, with_actions[name], err_msg=name)
@@ -156,7 +158,7 @@ def test_simulated_actions_lie_on_the_click_path_and_leave_the_world_unchanged()
 
 
 def test_dense_batch_norm_makes_training_outputs_independent_of_a_dense_column_scale():
-    config = load_config(os.path.join(CONFIGS, "mmoe_simulator.py"), {**SMALL, **EXPERTS})
+    config = load_config(os.path.join(CONFIGS, "mmoe.py:simulator"), {**SMALL, **EXPERTS})
     config.features.capital_gains = dict(kind="dense")
     config.model.dense_batch_norm = True
     schema = FeatureSchema.from_config(config.features)

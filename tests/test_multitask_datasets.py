@@ -29,7 +29,7 @@ QUICK = {"train.steps": 4, "train.steps_per_loop": 4, "train.steps_per_execution
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", sorted(DATASETS))
 def test_every_family_has_a_config_on_every_dataset_whose_tasks_are_its_outputs(name, family, tmp_path):
-    config = load_config(os.path.join(CONFIGS, f"{family}_{name}.py"), {"data.dir": str(tmp_path)})
+    config = load_config(os.path.join(CONFIGS, f"{family}.py:{name}"), {"data.dir": str(tmp_path)})
     assert config.model.name == family and "preprocess" in config
     features = {key: dict(value) for key, value in config.features.items()}
     for value in features.values():  # the vocabularies preprocessing would build, as one-entry files
@@ -49,7 +49,7 @@ def preprocessed(tmp_path_factory):
     def get(name: str) -> str:
         if name not in done:
             data_dir = str(tmp_path_factory.mktemp(name))
-            config = load_config(os.path.join(CONFIGS, f"mmoe_{name}.py"), {"data.dir": data_dir})
+            config = load_config(os.path.join(CONFIGS, f"mmoe.py:{name}"), {"data.dir": data_dir})
             block = {**dict(config.preprocess), "input": dataset(DATASETS[name])}
             metadata = preprocess(PreprocessConfig.from_config(block), config.features, data_dir)
             assert metadata["dead_letter_rows"] == 0 and metadata["splits"]["train"]["rows"] == 100
@@ -64,7 +64,7 @@ def preprocessed(tmp_path_factory):
 @pytest.mark.parametrize("name", ["ali_ccp", "aliexpress"])
 def test_samples_preprocess_and_train_every_family(name, family, preprocessed, tmp_path):
     data_dir = preprocessed(name)
-    config = load_config(os.path.join(CONFIGS, f"{family}_{name}.py"), {"data.dir": data_dir, **QUICK})
+    config = load_config(os.path.join(CONFIGS, f"{family}.py:{name}"), {"data.dir": data_dir, **QUICK})
     metrics = train_and_evaluate(config, str(tmp_path / family), verbose=0)
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["ctr"]["auc"] <= 1.0, metrics
     assert set(metrics) >= set(config.tasks), metrics

@@ -123,7 +123,7 @@ def test_simulator_adds_correlated_conversions_without_changing_the_click_log():
 
 def test_esmm_takes_the_tower_on_ctr_and_ctcvr_only():
     tf.keras.utils.set_random_seed(0)
-    config = load_config("configs/esmm_position_bias_simulator.py")
+    config = load_config("configs/esmm.py:simulator")
     config.model.tower_units = (4,)
     config.train.loss_weighting.kind = "uncertainty"
     schema = FeatureSchema.from_config(config.features)

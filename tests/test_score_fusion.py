@@ -16,7 +16,7 @@ from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
 
-ESMM_CONFIG = os.path.join(REPO, "configs", "esmm_simulator.py")
+ESMM_CONFIG = os.path.join(REPO, "configs", "esmm.py:simulator")
 
 
 def test_formulas_parse_into_products_of_powers_and_weighted_sums():

@@ -84,7 +84,7 @@ SMALL_SEQUENTIAL_WORLD = {
     "data.simulator.num_users": 40, "data.simulator.events_per_user": 30, "model.attention_units": (4,),
     "model.hidden_units": (8,), "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
     "train.batch_size": 64, "train.shuffle_buffer": 1000, "export.warmup_requests": 2}
-MULTITASK_RUN = {"data.simulator.num_impressions": 3000, "model.tower_units": (4,), "train.steps": 10,
+MULTITASK_RUN = {"data.simulator.num_requests": 300, "model.tower_units": (4,), "train.steps": 10,
                  "train.steps_per_loop": 10, "train.steps_per_execution": 10, "train.batch_size": 128,
                  "train.shuffle_buffer": 1000, "export.warmup_requests": 2}
 FAMILY_CASES = {
@@ -131,7 +131,7 @@ FAMILY_CASES = {
          "export.warmup_requests": 2},
         write_simulator, "score", "example_id", ranking_predictions, slow=True),
     # Multi-task families score through the same contract as dnn (named [batch] outputs): make test-all only.
-    **{family: FamilyCase(f"{family}_simulator.py", {**MULTITASK_RUN, **overrides}, write_simulator, "score",
+    **{family: FamilyCase("esm2_simulator.py" if family == "esm2" else f"{family}.py:simulator", {**MULTITASK_RUN, **overrides}, write_simulator, "score",
                           "example_id", ranking_predictions, slow=True)
        for family, overrides in (("shared_bottom", {"model.bottom_units": (8,)}),
                                  ("mmoe", {"model.num_experts": 2, "model.expert_units": (8,)}),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tfrecsys.data.input import make_dataset, resolve_files
-from tfrecsys.data.simulators import (SIMULATORS, DelayedFeedbackConfig, MultitaskConfig, PositionBiasConfig,
-                                      SequentialConfig, simulate_delayed_feedback, simulate_multitask,
+from tfrecsys.data.simulators import (SIMULATORS, DelayedFeedbackConfig, PositionBiasConfig,
+                                      SequentialConfig, simulate_delayed_feedback,
                                       simulate_position_bias, simulate_sequential, write_from_config)
 from tfrecsys.data.simulators.common import START_TIMESTAMP
 from tfrecsys.data.simulators.delayed_feedback import delay_cdf
@@ -140,26 +140,23 @@ def test_position_bias_is_confounded_on_logged_traffic(position_bias):
 
 @pytest.mark.parametrize("correlation", [0.8, 0.0, -0.5])
 def test_multitask_tasks_correlate_as_configured(correlation):
-    config = MultitaskConfig(num_impressions=40_000, task_correlation=correlation, seed=7)
-    columns, truth = simulate_multitask(config)
-    assert abs(truth["w_ctr"] @ truth["w_cvr"] - correlation) < 1e-9
-    measured = np.corrcoef(truth["ctr_projection"], truth["cvr_projection"])[0, 1]
+    """The position-bias simulator is the multi-task one too: relevance and pCVR logits correlate as
+    ``task_correlation`` says (within 0.1: item vectors are drawn around category centres, the CVR side's
+    independent part is not), and conversions follow the click path."""
+    config = PositionBiasConfig(num_requests=4000, task_correlation=correlation, seed=7)
+    columns, truth = simulate_position_bias(config)
+    measured = np.corrcoef(_logit(truth["relevance"]), _logit(truth["pcvr"]))[0, 1]
     assert abs(measured - correlation) < 0.1, measured
     clicks, conversions = columns["click"], columns["conversion"]
     assert np.all(conversions <= clicks)  # impression → click → conversion
-    np.testing.assert_allclose(truth["pctcvr"], truth["pctr"] * truth["pcvr"])
-    assert abs(clicks.mean() - config.target_ctr) < 0.01
+    np.testing.assert_allclose(truth["pctcvr"], truth["probability"] * truth["pcvr"])
     clicked = clicks == 1
     assert _binomial_z(conversions[clicked].mean(), truth["pcvr"][clicked].mean(), clicked.sum()) < 4
     assert _binomial_z(conversions.mean(), truth["pctcvr"].mean(), len(clicks)) < 4
 
 
-def test_multitask_clicked_impressions_are_a_biased_sample_for_cvr():
-    """With correlated tasks, pCVR over clicked impressions overstates pCVR over the entire space: the
-    sample selection bias ESMM removes by training over every impression."""
-    columns, truth = simulate_multitask(MultitaskConfig(num_impressions=40_000, task_correlation=0.8, seed=1))
-    clicked = columns["click"] == 1
-    assert truth["pcvr"][clicked].mean() > 1.2 * truth["pcvr"].mean()
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
 
 
 # Delayed feedback ----------------------------------------------------------------------------------------------
@@ -232,10 +229,9 @@ def test_delayed_feedback_drift_moves_each_items_cvr_with_its_phase_and_keeps_th
 _SMALL = {
     "sequential": dict(num_users=40, num_items=100, num_categories=8, events_per_user=30, history_len=10),
     "position_bias": dict(num_requests=300, num_users=100, num_items=200),
-    "multitask": dict(num_impressions=3000, num_users=100, num_items=200),
     "delayed_feedback": dict(num_clicks=3000, num_users=100, num_items=200),
 }
-_LABELS = {"sequential": "click", "position_bias": "click", "multitask": "conversion",
+_LABELS = {"sequential": "click", "position_bias": "click",
            "delayed_feedback": "converted"}
 
 
@@ -269,7 +265,7 @@ def test_simulator_is_seeded_and_writes_readable_shards(kind, tmp_path):
 def test_unknown_simulator_and_setting_are_named():
     with pytest.raises(ValueError, match="kind 'nope' is not one of"):
         write_from_config({"kind": "nope"}, "unused")
-    with pytest.raises(ValueError, match=r"unknown MultitaskConfig settings \['num_clickz'\]"):
-        write_from_config({"kind": "multitask", "num_clickz": 3}, "unused")
-    assert set(SIMULATORS) == {"click_log", "retrieval", "sequential", "position_bias", "multitask", "delayed_feedback",
+    with pytest.raises(ValueError, match=r"unknown PositionBiasConfig settings \['num_clickz'\]"):
+        write_from_config({"kind": "position_bias", "num_clickz": 3}, "unused")
+    assert set(SIMULATORS) == {"click_log", "retrieval", "sequential", "position_bias", "delayed_feedback",
                                "click_log_stream", "delayed_feedback_stream", "sequential_next_item"}

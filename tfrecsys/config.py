@@ -2,7 +2,8 @@
 
 Binaries take them with ``--config=configs/<name>.py`` and per-field overrides
 (``--config.train.batch_size=256``) through ``ml_collections.config_flags``; ``load_config`` does the same
-for tests and scripts.
+for tests and scripts. A file whose ``get_config`` takes an argument (the dataset of a multi-task family)
+gets it after a colon, as config_flags passes it: ``configs/mmoe.py:ali_ccp`` calls ``get_config("ali_ccp")``.
 """
 
 import importlib.util
@@ -23,8 +24,12 @@ def config_beside(config_file: str, name: str):
 
 
 def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-    """Loads ``get_config()`` from the file ``path`` and applies dotted overrides
-    (``{"train.steps": 100}``); an unknown override key is an error naming it."""
+    """Loads ``get_config()`` from the file ``path`` (``get_config(argument)`` for ``path:argument``) and
+    applies dotted overrides (``{"train.steps": 100}``); an unknown override key is an error naming it."""
+    arguments = ()
+    if not os.path.isfile(path) and ":" in os.path.basename(path):
+        path, argument = path.rsplit(":", 1)
+        arguments = (argument,)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"tfrecsys_config_{abs(hash(path))}", path)
@@ -32,7 +37,7 @@ def load_config(path: str, overrides: dict | None = None) -> ml_collections.Conf
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} defines no get_config()")
-    config = module.get_config()
+    config = module.get_config(*arguments)
     for key, value in (overrides or {}).items():
         parent = config
         *path_parts, leaf = key.split(".")

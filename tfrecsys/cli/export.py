@@ -1,7 +1,7 @@
 """tfrecsys-export: write a trained run as a versioned SavedModel for TF Serving and Beam.
 
     tfrecsys-export --config=configs/dnn_simulator.py --model_dir=runs/dnn --export_base=runs/export [--checkpoint=best]
-    tfrecsys-export --config=configs/esmm_simulator.py --model_dir=runs/esmm --export_base=runs/export \
+    tfrecsys-export --config=configs/esmm.py:simulator --model_dir=runs/esmm --export_base=runs/export \
         --config.export.fusion='ctr^0.8 * cvr^1.2'     # also serve "fused", one ranking score per row
 
 Writes <export_base>/<config.export.model_name>/<version>/ atomically (temporary directory, then rename).

@@ -4,7 +4,7 @@
     tfrecsys-simulate --config=configs/two_tower_simulator.py    # retrieval: also candidates and item frequencies
 
 The config's data.simulator.kind picks the simulator (click_log, retrieval, sequential, sequential_next_item,
-position_bias, multitask, delayed_feedback; tfrecsys/data/simulators), click_log when absent.
+position_bias, delayed_feedback; tfrecsys/data/simulators), click_log when absent.
 """
 
 import json
@@ -16,7 +16,7 @@ from tfrecsys.cli.common import run_binary
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); its data.simulator block picks the simulator "
-    "(kind: click_log, retrieval, sequential, sequential_next_item, position_bias, multitask, delayed_feedback) "
+    "(kind: click_log, retrieval, sequential, sequential_next_item, position_bias, delayed_feedback) "
     "and sets the world (users, items, events, seed), data.dir the default output directory. Fields can be overridden, "
     "e.g. --config.data.simulator.num_events=50000.")
 _OUTPUT_DIR = flags.DEFINE_string(

@@ -5,8 +5,7 @@
 | ``click_log`` | dnn, two-tower | click probability, latent vectors, item exposure |
 | ``retrieval`` | two-tower | item popularity, the true P(item given user), latent vectors |
 | ``sequential`` | DIN, DIEN, SIM, HSTU | drifting current interest, long-term interests, click probability |
-| ``position_bias`` | position-bias towers, multi-task | examination curve per device and position, relevance, pCVR, pCTCVR |
-| ``multitask`` | ESMM, MMoE, PLE | pCTR, pCVR, pCTCVR over every impression, task correlation |
+| ``position_bias`` | position-bias towers; shared-bottom, MMoE, PLE, ESMM, ESM² | examination curve per device and position, relevance, pCVR, pCTCVR over every impression, task correlation, actions |
 | ``delayed_feedback`` | DEFUSE | conversion delay distribution, IP/FN/RN types, p(x) and f_dp(x) |
 | ``click_log_stream`` | streaming training | the click log's, written as time-window files (``time_windows.py``) |
 | ``sequential_next_item`` | generative (SASRec, HSTU) | the ``sequential`` world's clicks as next-item rows (``tfrecsys.data.next_item``) |
@@ -23,7 +22,6 @@ from tfrecsys.data.simulators.delayed_feedback import (DelayedFeedbackConfig, si
                                                        write_delayed_feedback)
 from tfrecsys.data.simulators.delayed_feedback_stream import (DelayedFeedbackStreamConfig,
                                                               write_delayed_feedback_stream)
-from tfrecsys.data.simulators.multitask import MultitaskConfig, simulate_multitask, write_multitask
 from tfrecsys.data.simulators.position_bias import PositionBiasConfig, simulate_position_bias, write_position_bias
 from tfrecsys.data.simulators.retrieval import RetrievalWorldConfig, write_retrieval_world
 from tfrecsys.data.simulators.sequential import (SequentialConfig, simulate_sequential, write_sequential,
@@ -36,7 +34,6 @@ SIMULATORS = {
     "sequential": (SequentialConfig, write_sequential),
     "sequential_next_item": (SequentialConfig, write_sequential_next_item),
     "position_bias": (PositionBiasConfig, write_position_bias),
-    "multitask": (MultitaskConfig, write_multitask),
     "delayed_feedback": (DelayedFeedbackConfig, write_delayed_feedback),
     "click_log_stream": (ClickLogStreamConfig, write_click_log_stream),
     "delayed_feedback_stream": (DelayedFeedbackStreamConfig, write_delayed_feedback_stream),
@@ -54,6 +51,6 @@ def write_from_config(block, output_dir: str) -> dict:
 
 
 __all__ = ["SIMULATORS", "write_from_config", "SequentialConfig", "simulate_sequential", "write_sequential",
-           "PositionBiasConfig", "simulate_position_bias", "write_position_bias", "MultitaskConfig",
-           "simulate_multitask", "write_multitask", "DelayedFeedbackConfig", "simulate_delayed_feedback",
+           "PositionBiasConfig", "simulate_position_bias", "write_position_bias",
+           "DelayedFeedbackConfig", "simulate_delayed_feedback",
            "write_delayed_feedback", "ClickLogStreamConfig", "write_click_log_stream"]

@@ -20,14 +20,22 @@ The world, all drawn from ``seed``:
   bias')`` whose item vector ``v' = ρ v + sqrt(1 − ρ²) v_⊥`` (``ρ = task_correlation``) and quality
   ``b' = ρ b + sqrt(1 − ρ²) b_⊥`` correlate with the click side's; a conversion happens only after a click,
   so ``P(conversion) = θ·r·pCVR`` (ESMM's pCTCVR = pCTR × pCVR over the entire space, with the clicked rows
-  a biased sample for CVR when ρ > 0); ``bias'`` sets the mean pCVR over clicks to ``target_cvr``.
+  a biased sample for CVR when ρ > 0); ``bias'`` sets the mean pCVR over clicks to ``target_cvr``;
+* with ``action_rate > 0`` a clicked impression also takes an intermediate action (cart, wish; ESM²'s
+  click → action → purchase path), label ``action``: with probability ``purchase_action_rate`` when it
+  converts, ``action_rate`` when it does not.
 
 Because the ranker puts relevant items first, the click rate by position falls faster than ``θ`` on
 logged traffic: position and relevance are confounded, which is what a position-bias tower must untangle.
 ``position`` and ``device`` are training-only features (serving does not know the position yet). Labels:
-``click`` and ``conversion`` (click and convert). The ground truth holds ``θ`` and, per row, ``r``,
-``θ[d, k]``, ``pcvr``, ``pctcvr`` and whether the request was randomized. The boost and the conversions
-draw from their own random streams, so they leave the click log of a seed as it was without them.
+``click`` and ``conversion`` (click and convert), and ``action`` with ``action_rate > 0``. The ground truth
+holds ``θ`` and, per row, ``r``, ``θ[d, k]``, ``pcvr``, ``pctcvr`` and whether the request was randomized.
+The boost, the conversions and the actions draw from their own random streams, so they leave the click log
+(and the conversions) of a seed as it was without them.
+
+This is the one simulator of the multi-task families too (shared-bottom, MMoE, PLE, ESMM, ESM²): a model
+without a position tower reads only the served features and learns the logged clicks, position effect and
+all.
 """
 
 import dataclasses
@@ -60,6 +68,8 @@ class PositionBiasConfig:
     logging_boost_std: float = 0.0
     task_correlation: float = 0.5
     target_cvr: float = 0.1
+    action_rate: float = 0.0
+    purchase_action_rate: float = 0.8
     eval_fraction: float = 0.1
     num_shards: int = 4
     seed: int = 0
@@ -138,6 +148,10 @@ def simulate_position_bias(config: PositionBiasConfig) -> tuple[dict, dict]:
                "user_id": np.repeat(users, size).astype(np.int64), "item_id": items.astype(np.int64),
                "item_category": item_category[items].astype(np.int64), "position": positions.astype(np.int64),
                "device": row_devices.astype(np.int64), "click": clicks, "conversion": conversions.astype(np.float32)}
+    if config.action_rate > 0:
+        action_draws = np.random.default_rng([config.seed, 3]).random(len(items))
+        rate = np.where(conversions, config.purchase_action_rate, config.action_rate)
+        columns["action"] = ((clicks == 1) & (action_draws < rate)).astype(np.float32)
     truth = {"relevance": relevance, "examination": examination, "probability": click_probability,
              "pcvr": pcvr, "pctcvr": click_probability * pcvr, "item_boost": item_boost,
              "randomized": np.repeat(randomized, size), "examination_curve": curve,

@@ -1,0 +1,27 @@
+"""shared_bottom (one shared MLP, a tower per task), the baseline of MMoE and PLE, on a multi-task dataset:
+census (the default), ali_ccp, aliexpress or simulator (configs/multitask_datasets.py).
+
+    tfrecsys-preprocess --config=configs/shared_bottom.py:census
+    tfrecsys-train      --config=configs/shared_bottom.py:census --model_dir=runs/shared_bottom_census
+    tfrecsys-simulate   --config=configs/shared_bottom.py:simulator
+    tfrecsys-train      --config=configs/shared_bottom.py:simulator --model_dir=runs/shared_bottom
+"""
+
+from tfrecsys.config import config_beside
+
+datasets = config_beside(__file__, "multitask_datasets.py")
+BOTTOM_UNITS = {"census": (256, 128), "ali_ccp": (128, 64), "aliexpress": (128, 64), "simulator": (64,)}
+
+
+def get_config(dataset: str = "census"):
+    config = datasets.start("shared_bottom", dataset)
+    config.model.name = "shared_bottom"
+    config.model.bottom_units = BOTTOM_UNITS[dataset]
+    if dataset == "simulator":
+        config.model.tower_units = (32,)
+        config.model.dropout = 0.0
+        config.model.position_tower = datasets.position_tower(("ctr",))
+        config.tasks.ctr = dict(label="click")
+        config.tasks.cvr = dict(label="conversion", mask="click == 1")
+        config.train.best_metric = "ctr_auc"
+    return config

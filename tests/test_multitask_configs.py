@@ -1,0 +1,56 @@
+"""The multi-task configs are one file per family taking the dataset (``configs/mmoe.py:ali_ccp``): each
+resolves, field by field and in the same feature and task order, to the config its former file
+(``configs/mmoe_ali_ccp.py``, ...) gave. ``multitask_configs_before_folding.json`` holds those resolved
+configs, written from the former files before they were folded."""
+
+import json
+import os
+
+import pytest
+
+from tests.serving_dnn import REPO
+from tfrecsys.config import load_config
+
+CONFIGS = os.path.join(REPO, "configs")
+with open(os.path.join(os.path.dirname(__file__), "multitask_configs_before_folding.json")) as f:
+    BEFORE = json.load(f)
+# The folded file and argument of each former config, and the fields meant to change.
+FOLDED = {name: (f"{name.rsplit('_', 1)[0]}.py:{name.rsplit('_', 1)[1]}", ()) for name in BEFORE
+          if name.endswith(("_census", "_aliexpress"))}
+FOLDED.update({name: (f"{name[:-len('_ali_ccp')]}.py:ali_ccp", ()) for name in BEFORE if name.endswith("_ali_ccp")})
+FOLDED["esmm_position_bias_simulator"] = ("esmm.py:simulator", ("experiment",))
+
+
+def fields(tree: dict, prefix: str = "") -> dict:
+    """``{"model.tower_units": [64], ...}``: every leaf of a resolved config under its dotted name."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(fields(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_every_former_config_is_folded():
+    assert sorted(FOLDED) == sorted(BEFORE) and len(BEFORE) == 13
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_folded_config_resolves_to_the_former_file_field_by_field(name):
+    path, changed = FOLDED[name]
+    now = json.loads(load_config(os.path.join(CONFIGS, path)).to_json_best_effort())
+    before = BEFORE[name]
+    assert list(now["features"]) == list(before["features"]), "feature order (the model's input order)"
+    assert list(now["tasks"]) == list(before["tasks"]), "task order (the loss weights' order)"
+    now_fields, before_fields = fields(now), fields(before)
+    differing = {key: (before_fields.get(key, "<absent>"), now_fields.get(key, "<absent>"))
+                 for key in sorted(set(now_fields) | set(before_fields))
+                 if key not in changed and now_fields.get(key, "<absent>") != before_fields.get(key, "<absent>")}
+    assert not differing, f"configs/{path} differs from the former {name}.py: {differing}"
+
+
+def test_an_unknown_dataset_is_named():
+    with pytest.raises(ValueError, match=r"dataset 'criteo' is not one of \['ali_ccp', 'aliexpress', 'census', "
+                                         r"'simulator'\]"):
+        load_config(os.path.join(CONFIGS, "mmoe.py:criteo"))
