@@ -1,0 +1,136 @@
+"""hstu_ranking: generative ranking (Zhai et al., "Actions Speak Louder than Words", ICML 2024, §3.2.2): the
+user's items and actions interleaved in one sequence, the candidate items appended, an HSTU encoder, and one
+tower per task at the candidates' item positions.
+
+    tokens = x_0, a_0, …, x_{n−1}, a_{n−1}, c_1 … c_m      √d · e(item) / √d · e_a(action), [B, 2L + M, d]
+    h      = HSTUStack(dropout(tokens), 2n + m, timestamps, num_targets = m)                   [B, 2L + M, d]
+    p_task(c_k) = sigmoid(tower_task(h_{2n+k}))                                                 [B, M]
+
+The candidate mask of ``tfrecsys.layers.hstu`` lets each candidate read every history item and action (in the
+bottom layer: target-aware, as DIN's attention but through the whole stack) and itself, never another
+candidate, and gives every candidate the position right after the history: ``score_candidates`` scores m
+candidates of a history in one pass exactly as m passes of one candidate would. The towers are shared by all
+item positions. Training and the exported signature score one candidate per row (``call``: the schema's
+``candidate_id``), so every training row is one (history, candidate, labels) example of the foundation's tasks
+(each a binary label of the candidate's action, e.g. ``like = rating >= 4``); a serving client with m
+candidates of one history sends m rows, a caller in process uses ``score_candidates``.
+
+Config (``config.model``): ``history_feature`` (item sequence sharing the ``candidate_id`` table),
+``action_feature`` (an embedded sequence ``aligned_with`` the history, of the same embedding width: the
+action taken on each item), ``timestamp_feature`` (raw int64 sequence aligned with the history),
+``candidate_id``, ``candidate_timestamp_feature`` (a dense int64 feature: the request time; "" uses the last
+history event's time), ``num_blocks``, ``num_heads``, ``dropout``, ``hidden_units`` (each task's tower),
+``hstu`` (any other ``HSTULayer`` argument, e.g. ``attention_path="xla"``; exports take the padded path).
+"""
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from tfrecsys.features.schema import DenseFeature, FeatureSchema, IdFeature, SequenceFeature
+from tfrecsys.layers.action_tokens import InterleavedActionTokens
+from tfrecsys.layers.hstu import HSTUStack
+from tfrecsys.layers.mlp import MLP
+from tfrecsys.models.base import RecModel
+from tfrecsys.models.registry import register
+from tfrecsys.models.tasks import tasks_from_config
+
+
+class HSTURanking(RecModel):
+    """Outputs ``{task: [batch]}``: the probability of each task's action on the row's candidate."""
+
+    def __init__(self, schema: FeatureSchema, tasks, *, history: str, actions: str, timestamps: str,
+                 candidate_id: str, candidate_timestamp: Optional[str] = None, num_blocks: int = 2,
+                 num_heads: int = 1, dropout: float = 0.2, hidden_units: Sequence[int] = (),
+                 hstu: Optional[dict] = None, **kwargs):
+        super().__init__(schema, tasks, **kwargs)
+        # Not ``self.history``: Keras' fit sets that attribute to its History callback.
+        self.history_feature, self.action_feature, self.timestamp_feature = history, actions, timestamps
+        self.candidate_id, self.candidate_timestamp = candidate_id, candidate_timestamp
+        inputs = [history, actions, timestamps] + ([candidate_timestamp] if candidate_timestamp else [])
+        self.history_embedding = self.embedding_view(inputs, name="history_features")
+        self.tokens = InterleavedActionTokens(name="interleaved_tokens")
+        self.dropout = tf.keras.layers.Dropout(dropout)
+        max_len, dim = schema[history].max_len, schema[candidate_id].embedding_dim
+        settings = dict(num_heads=num_heads, attention_dim=dim // num_heads, max_seq_len=2 * max_len + 1,
+                        dropout=dropout)
+        self.encoder = HSTUStack(num_blocks, name="hstu", **{**settings, **(hstu or {})})
+        self.towers = {task.name: MLP(hidden_units, output_units=1, dtype="float32", name=f"{task.name}_tower")
+                       for task in self.tasks}
+
+    def _item_rows(self, ids):
+        return self.embeddings.embed(self.schema[self.candidate_id].table, ids)
+
+    def score_candidates(self, features, candidates, candidate_lengths=None, training=None) -> dict:
+        """``{task: [B, M]}`` for the candidate items ``candidates`` ``[B, M]`` of each row's history (the first
+        ``candidate_lengths[b]`` of row ``b``, default all M), in one pass; padded candidates score 0."""
+        embedded = self.history_embedding(features)
+        items, mask = embedded[self.history_feature], embedded[self.history_feature + "_mask"]
+        lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+        timestamps = tf.cast(embedded[self.timestamp_feature], tf.int64)
+        candidates = tf.convert_to_tensor(candidates)
+        num_candidates = tf.shape(candidates)[1]
+        if candidate_lengths is None:
+            candidate_lengths = tf.fill([tf.shape(candidates)[0]], num_candidates)
+        if self.candidate_timestamp:
+            request_time = tf.reshape(embedded[self.candidate_timestamp], [-1])
+        else:  # the last history event's time (0 for an empty history)
+            last = tf.gather(timestamps, tf.maximum(lengths - 1, 0), batch_dims=1)
+            request_time = tf.where(lengths > 0, last, tf.zeros_like(last))
+        dim = tf.cast(tf.shape(items)[-1], items.dtype)
+        tokens, token_times, token_lengths, positions = self.tokens(
+            items * tf.sqrt(dim), embedded[self.action_feature] * tf.sqrt(dim), timestamps, lengths,
+            self._item_rows(candidates) * tf.sqrt(dim), candidate_lengths,
+            tf.repeat(request_time[:, None], num_candidates, axis=1))
+        hidden = self.encoder(self.dropout(tokens, training=training), token_lengths, token_times,
+                              num_targets=candidate_lengths, training=training)
+        at_candidates = tf.cast(tf.gather(hidden, positions, batch_dims=1), tf.float32)  # [B, M, d]
+        valid = tf.sequence_mask(candidate_lengths, num_candidates, tf.float32)
+        return {name: tf.sigmoid(tower(at_candidates, training=training)[..., 0]) * valid
+                for name, tower in self.towers.items()}
+
+    def call(self, features, training=None):
+        scores = self.score_candidates(features, tf.reshape(features[self.candidate_id], [-1, 1]),
+                                       training=training)
+        return {name: score[:, 0] for name, score in scores.items()}
+
+
+def _check_schema(schema: FeatureSchema, history: str, actions: str, timestamps: str, candidate_id: str,
+                  candidate_timestamp: Optional[str]):
+    names = [history, actions, timestamps, candidate_id] + ([candidate_timestamp] if candidate_timestamp else [])
+    known = {f.name for f in schema.inputs}
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ValueError(f"hstu_ranking: config.model names features {missing} that are not inputs of the schema "
+                         f"({sorted(known)})")
+    item, seq, acts, times = (schema[name] for name in (candidate_id, history, actions, timestamps))
+    if not isinstance(item, IdFeature):
+        raise ValueError(f"config.model.candidate_id {candidate_id!r} must be an id feature")
+    if not isinstance(seq, SequenceFeature) or seq.table != item.table:
+        raise ValueError(f"config.model.history_feature {history!r} must be a sequence that shares {candidate_id!r}")
+    if not isinstance(acts, SequenceFeature) or acts.raw or acts.aligned_with != history \
+            or acts.embedding_dim != item.embedding_dim:
+        raise ValueError(f"config.model.action_feature {actions!r} must be an embedded sequence aligned_with "
+                         f"{history!r} with embedding_dim {item.embedding_dim} (the item tokens' width)")
+    if not isinstance(times, SequenceFeature) or not times.raw or times.aligned_with != history \
+            or times.dtype != "int64":
+        raise ValueError(f"config.model.timestamp_feature {timestamps!r} must be a raw int64 sequence aligned_with "
+                         f"{history!r}")
+    if candidate_timestamp:
+        request = schema[candidate_timestamp]
+        if not isinstance(request, DenseFeature) or request.dtype != "int64" or request.dim != 1:
+            raise ValueError(f"config.model.candidate_timestamp_feature {candidate_timestamp!r} must be a dense "
+                             "int64 feature of dim 1 (the request time)")
+
+
+@register("hstu_ranking")
+def build_hstu_ranking(config, schema: FeatureSchema, tables=None) -> HSTURanking:
+    model = config.model
+    names = dict(history=model.history_feature, actions=model.action_feature, timestamps=model.timestamp_feature,
+                 candidate_id=model.candidate_id,
+                 candidate_timestamp=model.get("candidate_timestamp_feature", "") or None)
+    _check_schema(schema, **names)
+    return HSTURanking(schema, tasks_from_config(config.tasks, schema), **names, num_blocks=model.num_blocks,
+                       num_heads=model.num_heads, dropout=model.dropout,
+                       hidden_units=tuple(model.get("hidden_units", ())), hstu=dict(model.get("hstu", {})),
+                       name="hstu_ranking")
