@@ -28,14 +28,14 @@ def get_config() -> ml_collections.ConfigDict:
     del config.features["item_category"], config.features["hist_category"]
     config.features.user_id = dict(kind="id", num_buckets=din.NUM_USERS, embedding_dim=4, training_only=True)
     config.features.item_id = dict(kind="id", num_buckets=din.NUM_ITEMS, embedding_dim=EMBEDDING_DIM)
-    config.features.hist_action = dict(kind="sequence", num_buckets=2, embedding_dim=EMBEDDING_DIM,
-                                       max_len=max_len, aligned_with="hist_item_id")
+    config.features.hist_action = dict(kind="sequence", raw=True, max_len=max_len, aligned_with="hist_item_id")
     config.features.hist_timestamp = dict(kind="sequence", raw=True, aligned_with="hist_item_id", max_len=max_len)
     config.features.timestamp = dict(kind="dense", dtype="int64", default=0)
 
     config.model.name = "hstu_ranking"
     config.model.history_feature = "hist_item_id"
     config.model.action_feature = "hist_action"
+    config.model.num_actions = 2                  # 0: shown, not clicked; 1: clicked
     config.model.timestamp_feature = "hist_timestamp"
     config.model.candidate_id = "item_id"
     config.model.candidate_timestamp_feature = "timestamp"

@@ -16,11 +16,13 @@ item positions. Training and the exported signature score one candidate per row 
 candidates of one history sends m rows, a caller in process uses ``score_candidates``.
 
 Config (``config.model``): ``history_feature`` (item sequence sharing the ``candidate_id`` table),
-``action_feature`` (an embedded sequence ``aligned_with`` the history, of the same embedding width: the
-action taken on each item), ``timestamp_feature`` (raw int64 sequence aligned with the history),
-``candidate_id``, ``candidate_timestamp_feature`` (a dense int64 feature: the request time; "" uses the last
-history event's time), ``num_blocks``, ``num_heads``, ``dropout``, ``hidden_units`` (each task's tower),
-``hstu`` (any other ``HSTULayer`` argument, e.g. ``attention_path="xla"``; exports take the padded path).
+``action_feature`` (a raw int64 or float32 sequence ``aligned_with`` the history: the action taken on each
+item as a small integer, click 0/1 or a rating 1–5), ``num_actions`` (rows of the model's action table
+``e_a``; an action is rounded and clipped to ``[0, num_actions − 1]``), ``timestamp_feature`` (raw int64
+sequence aligned with the history), ``candidate_id``, ``candidate_timestamp_feature`` (a dense int64 feature:
+the request time; "" uses the last history event's time), ``num_blocks``, ``num_heads``, ``dropout``,
+``hidden_units`` (each task's tower), ``hstu`` (any other ``HSTULayer`` argument, e.g.
+``attention_path="xla"``; exports take the padded path).
 """
 
 from typing import Optional, Sequence
@@ -40,7 +42,7 @@ class HSTURanking(RecModel):
     """Outputs ``{task: [batch]}``: the probability of each task's action on the row's candidate."""
 
     def __init__(self, schema: FeatureSchema, tasks, *, history: str, actions: str, timestamps: str,
-                 candidate_id: str, candidate_timestamp: Optional[str] = None, num_blocks: int = 2,
+                 candidate_id: str, num_actions: int, candidate_timestamp: Optional[str] = None, num_blocks: int = 2,
                  num_heads: int = 1, dropout: float = 0.2, hidden_units: Sequence[int] = (),
                  hstu: Optional[dict] = None, **kwargs):
         super().__init__(schema, tasks, **kwargs)
@@ -49,9 +51,11 @@ class HSTURanking(RecModel):
         self.candidate_id, self.candidate_timestamp = candidate_id, candidate_timestamp
         inputs = [history, actions, timestamps] + ([candidate_timestamp] if candidate_timestamp else [])
         self.history_embedding = self.embedding_view(inputs, name="history_features")
+        max_len, dim = schema[history].max_len, schema[candidate_id].embedding_dim
+        self.num_actions = num_actions
+        self.action_embedding = tf.keras.layers.Embedding(num_actions, dim, name="action_embedding")
         self.tokens = InterleavedActionTokens(name="interleaved_tokens")
         self.dropout = tf.keras.layers.Dropout(dropout)
-        max_len, dim = schema[history].max_len, schema[candidate_id].embedding_dim
         settings = dict(num_heads=num_heads, attention_dim=dim // num_heads, max_seq_len=2 * max_len + 1,
                         dropout=dropout)
         self.encoder = HSTUStack(num_blocks, name="hstu", **{**settings, **(hstu or {})})
@@ -77,9 +81,11 @@ class HSTURanking(RecModel):
         else:  # the last history event's time (0 for an empty history)
             last = tf.gather(timestamps, tf.maximum(lengths - 1, 0), batch_dims=1)
             request_time = tf.where(lengths > 0, last, tf.zeros_like(last))
+        action_ids = tf.cast(tf.round(tf.cast(embedded[self.action_feature], tf.float32)), tf.int32)
+        actions = tf.cast(self.action_embedding(tf.clip_by_value(action_ids, 0, self.num_actions - 1)), items.dtype)
         dim = tf.cast(tf.shape(items)[-1], items.dtype)
         tokens, token_times, token_lengths, positions = self.tokens(
-            items * tf.sqrt(dim), embedded[self.action_feature] * tf.sqrt(dim), timestamps, lengths,
+            items * tf.sqrt(dim), actions * tf.sqrt(dim), timestamps, lengths,
             self._item_rows(candidates) * tf.sqrt(dim), candidate_lengths,
             tf.repeat(request_time[:, None], num_candidates, axis=1))
         hidden = self.encoder(self.dropout(tokens, training=training), token_lengths, token_times,
@@ -96,7 +102,7 @@ class HSTURanking(RecModel):
 
 
 def _check_schema(schema: FeatureSchema, history: str, actions: str, timestamps: str, candidate_id: str,
-                  candidate_timestamp: Optional[str]):
+                  num_actions: int, candidate_timestamp: Optional[str]):
     names = [history, actions, timestamps, candidate_id] + ([candidate_timestamp] if candidate_timestamp else [])
     known = {f.name for f in schema.inputs}
     missing = [name for name in names if name not in known]
@@ -108,10 +114,11 @@ def _check_schema(schema: FeatureSchema, history: str, actions: str, timestamps:
         raise ValueError(f"config.model.candidate_id {candidate_id!r} must be an id feature")
     if not isinstance(seq, SequenceFeature) or seq.table != item.table:
         raise ValueError(f"config.model.history_feature {history!r} must be a sequence that shares {candidate_id!r}")
-    if not isinstance(acts, SequenceFeature) or acts.raw or acts.aligned_with != history \
-            or acts.embedding_dim != item.embedding_dim:
-        raise ValueError(f"config.model.action_feature {actions!r} must be an embedded sequence aligned_with "
-                         f"{history!r} with embedding_dim {item.embedding_dim} (the item tokens' width)")
+    if not isinstance(acts, SequenceFeature) or not acts.raw or acts.aligned_with != history:
+        raise ValueError(f"config.model.action_feature {actions!r} must be a raw sequence aligned_with {history!r} "
+                         "(the action on each history item as a small integer)")
+    if num_actions < 1:
+        raise ValueError(f"config.model.num_actions must be >= 1 (the action table's rows), got {num_actions}")
     if not isinstance(times, SequenceFeature) or not times.raw or times.aligned_with != history \
             or times.dtype != "int64":
         raise ValueError(f"config.model.timestamp_feature {timestamps!r} must be a raw int64 sequence aligned_with "
@@ -127,7 +134,7 @@ def _check_schema(schema: FeatureSchema, history: str, actions: str, timestamps:
 def build_hstu_ranking(config, schema: FeatureSchema, tables=None) -> HSTURanking:
     model = config.model
     names = dict(history=model.history_feature, actions=model.action_feature, timestamps=model.timestamp_feature,
-                 candidate_id=model.candidate_id,
+                 candidate_id=model.candidate_id, num_actions=model.num_actions,
                  candidate_timestamp=model.get("candidate_timestamp_feature", "") or None)
     _check_schema(schema, **names)
     return HSTURanking(schema, tasks_from_config(config.tasks, schema), **names, num_blocks=model.num_blocks,
