@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfrecsys.config import load_config
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.action_tokens import InterleavedActionTokens
+from tfrecsys.layers.pooling import masked_mean
 from tfrecsys.models import build_model
 
 CONFIG = "configs/hstu_ranking_simulator.py"
@@ -79,3 +80,10 @@ def test_a_bad_action_feature_is_named():
     config = load_config(CONFIG, {**SMALL, "model.action_feature": "hist_item_id"})
     with pytest.raises(ValueError, match="action_feature 'hist_item_id' must be a raw sequence aligned_with"):
         build_model(config, FeatureSchema.from_config(config.features))
+
+
+def test_a_raw_float_sequence_pools_to_its_masked_mean():
+    # What DIN and dnn towers read from the ratings history the ranking benchmark gives them beside HSTU's.
+    ratings = tf.constant([[4.0, 2.0, 9.0], [0.0, 0.0, 0.0]])
+    pooled = masked_mean(ratings, tf.constant([[True, True, False], [False, False, False]]))
+    np.testing.assert_array_equal(pooled.numpy(), [[3.0], [0.0]])
