@@ -12,8 +12,8 @@ from tfrecsys.layers.pooling import masked_mean
 from tfrecsys.models import build_model
 
 CONFIG = "configs/hstu_ranking_simulator.py"
-SMALL = {"features.item_id.embedding_dim": 8, "features.item_id.num_buckets": 50, "model.hidden_units": (4,),
-         "model.num_heads": 2,
+SMALL = {"features.item_id.embedding_dim": 8, "features.item_id.num_buckets": 50, "model.num_blocks": 1,
+         "model.hidden_units": (4,), "model.num_heads": 2,
          **{f"features.{name}.max_len": 6 for name in ("hist_item_id", "hist_action", "hist_timestamp")}}
 
 
