@@ -7,11 +7,16 @@ seeds (issue 15).
 The data is configs/hstu_ranking_movielens_100k.py's (tfrecsys-preprocess, once, from ../shared/datasets; the
 benchmark exits with a message when the dataset is absent): every rating a row, its candidate the rated movie,
 its history the user's earlier movies and ratings, chronological split, tasks ``like`` (rating >= 4) and
-``love`` (rating = 5). Per seed, HSTU and DIN train alternately through the generic train loop on the same
-files with the same steps, batch, learning rate and seed. HSTU reads the interleaved items and ratings, the
-candidate and the request time; DIN attends over the history items with the candidate and also reads the user
-id and the history's mean rating (the user's rating bias, which HSTU reads from the rating tokens). The last
-column is the per-seed ratio HSTU AUC / DIN AUC of ``like``.
+``love`` (rating = 5). Per seed, the models train one after another through the generic train loop on the
+same files with the same steps, batch, learning rate and seed:
+
+* ``hstu_ranking``: the config; the towers also train at every history item, labelled by its rating
+  (``model.history_labels``);
+* ``hstu_ranking_candidate_only``: the same without ``history_labels`` (one labelled position per row);
+* ``din``: attention over the history items with the candidate, plus the user id and the history's mean
+  rating (the user's rating bias, which HSTU reads from the rating tokens).
+
+The last column is the per-seed ratio of each HSTU's ``like`` AUC to DIN's.
 """
 
 import argparse
@@ -32,7 +37,7 @@ from tfrecsys.train.loop import train_and_evaluate  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs",
                       "hstu_ranking_movielens_100k.py")
-MODELS = ("hstu_ranking", "din")
+MODELS = ("hstu_ranking", "hstu_ranking_candidate_only", "din")
 TASKS = ("like", "love")
 METRICS = ("auc", "gauc")
 
@@ -42,6 +47,8 @@ def config_for(model: str, data_dir: str, seed: int, steps: int):
     if steps:
         overrides["train.steps"] = steps
     config = load_config(CONFIG, overrides)
+    if model == "hstu_ranking_candidate_only":
+        config.model.history_labels = {}
     if model == "din":
         # The same rows and tasks; DIN's own inputs (raw timestamps are no tower input).
         for name in ("hist_timestamp", "timestamp"):
@@ -66,10 +73,10 @@ def mean_std(values) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
-def one_seed(data_dir: str, seed: int, steps: int, work_dir: str) -> dict:
-    """HSTU then DIN with one seed: ``{model: ({(task, metric): value}, seconds)}``."""
+def one_seed(data_dir: str, seed: int, steps: int, work_dir: str, models) -> dict:
+    """``models`` one after another with one seed: ``{model: ({(task, metric): value}, seconds)}``."""
     out = {}
-    for model in MODELS:
+    for model in models:
         config = config_for(model, data_dir, seed, steps)
         start = time.perf_counter()
         metrics = train_and_evaluate(config, os.path.join(work_dir, f"{model}_{seed}"), verbose=0)
@@ -85,15 +92,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (config.train.seed)")
     parser.add_argument("--steps", type=int, default=0,
                         help="training steps of every run (default: the config's train.steps)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {MODELS}")
     parser.add_argument("--processes", type=int, default=1,
-                        help="seeds trained in parallel processes (each alternates HSTU and DIN)")
+                        help="seeds trained in parallel processes (each trains the models one after another)")
     parser.add_argument("--data_root", default="runs/data/bench_hstu_ranking",
                         help="where MovieLens-100K is preprocessed once, reused after")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    models = [m for m in args.models.split(",") if m]
+    if not models or set(models) - set(MODELS):
+        parser.error(f"--models {args.models!r}: choose from {MODELS}")
     data_dir = prepare(args.data_root)
     with tempfile.TemporaryDirectory() as work_dir:
-        jobs = [(data_dir, seed, args.steps, work_dir) for seed in seeds]
+        jobs = [(data_dir, seed, args.steps, work_dir, models) for seed in seeds]
         if args.processes > 1:
             # Seeds in parallel processes (spawned: TensorFlow does not survive a fork), each alternating the two.
             context = multiprocessing.get_context("spawn")
@@ -102,12 +113,14 @@ def main(argv=None) -> int:
         else:
             runs = [one_seed(*job) for job in jobs]
     steps = config_for("hstu_ranking", data_dir, 0, args.steps).train.steps
-    ratios = np.array([run["hstu_ranking"][0][("like", "auc")] / run["din"][0][("like", "auc")] for run in runs])
     table = ["| model | like AUC | like GAUC | love AUC | love GAUC | train+eval time | HSTU/DIN like AUC (per seed) |",
              "|---|---|---|---|---|---|---|"]
-    for model in MODELS:
+    for model in models:
         values = {key: [run[model][0][key] for run in runs] for key in runs[0][model][0]}
-        ratio = f"{mean_std(ratios)} ({', '.join(f'{x:.3f}' for x in ratios)})" if model == "hstu_ranking" else ""
+        ratio = ""
+        if model != "din" and "din" in models:
+            ratios = np.array([run[model][0][("like", "auc")] / run["din"][0][("like", "auc")] for run in runs])
+            ratio = f"{mean_std(ratios)} ({', '.join(f'{x:.3f}' for x in ratios)})"
         table.append(f"| {model} ({steps} steps) | " + " | ".join(mean_std(values[(t, m)]) for t in TASKS
                                                                   for m in METRICS)
                      + f" | {np.mean([run[model][1] for run in runs]):.0f} s | {ratio} |")

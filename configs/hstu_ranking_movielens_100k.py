@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_heads = 1
     config.model.dropout = 0.2
     config.model.hidden_units = (32,)
+    # Also train the towers at every history item, labelled by its own rating (like: >= 4, love: 5).
+    config.model.history_labels = {"like": 4, "love": 5}
+    config.model.history_weight = 1.0
     config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
 
     for task in ("like", "love"):

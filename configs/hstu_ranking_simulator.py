@@ -43,6 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_heads = 1
     config.model.dropout = 0.1
     config.model.hidden_units = (32,)
+    # Also train the tower at every history item, labelled by its own action (clicked: action >= 1).
+    config.model.history_labels = {"score": 1}
+    config.model.history_weight = 1.0
     # Other HSTULayer arguments; attention_path: padded | xla | jagged (exports take the padded one).
     config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
     config.train.learning_rate = 0.001

@@ -13,7 +13,7 @@ from tfrecsys.models import build_model
 
 CONFIG = "configs/hstu_ranking_simulator.py"
 SMALL = {"features.item_id.embedding_dim": 8, "features.item_id.num_buckets": 50, "model.num_blocks": 1,
-         "model.hidden_units": (4,), "model.num_heads": 2,
+         "model.hidden_units": (4,), "model.num_heads": 2, "model.dropout": 0.0,
          **{f"features.{name}.max_len": 6 for name in ("hist_item_id", "hist_action", "hist_timestamp")}}
 
 
@@ -65,6 +65,32 @@ def test_m_candidates_in_one_pass_score_as_m_passes_of_one_candidate(model_and_b
                                              candidate_lengths=tf.constant([3, 2, 3]))["score"].numpy()
     assert np.abs(reversed_padded[[0, 2], ::-1] - together[[0, 2]]).max() < 1e-5
     assert np.abs(reversed_padded[1, :2] - together[1, ::-1][:2]).max() < 1e-5 and reversed_padded[1, 2] == 0
+
+
+def test_a_history_item_scores_as_it_would_as_the_candidate_of_the_events_before_it(model_and_batch):
+    model, features = model_and_batch
+    per_position = model.item_position_scores(features)["score"].numpy()
+    assert not per_position[0].any() and not per_position[1, 4:].any(), "padded positions score 0"
+    rows, items = np.array([1, 1, 2, 2]), np.array([0, 3, 2, 5])
+    as_candidates = {name: tf.gather(value, rows) for name, value in features.items()}
+    as_candidates.update(hist_item_id_length=tf.constant(items, tf.int64),
+                         item_id=tf.gather_nd(features["hist_item_id"], np.stack([rows, items], 1)),
+                         timestamp=tf.gather_nd(features["hist_timestamp"], np.stack([rows, items], 1))[:, None])
+    alone = model(as_candidates)["score"].numpy()
+    assert np.abs(per_position[rows, items] - alone).max() < 1e-5
+
+
+def test_training_adds_the_history_label_loss_at_item_positions(model_and_batch):
+    model, features = model_and_batch
+    served = model(features)["score"].numpy()
+    trained = model(features, training=True)["score"].numpy()
+    np.testing.assert_allclose(trained, served, atol=1e-6)  # the candidate's outputs from the same pass
+    p = model.item_position_scores(features)["score"].numpy()
+    label = features["hist_action"].numpy() >= 1  # history_labels {"score": 1}: clicked
+    valid = np.arange(p.shape[1])[None, :] < features["hist_item_id_length"].numpy()[:, None]
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    expected = -np.where(label, np.log(p), np.log(1 - p))[valid].mean()
+    assert len(model.losses) == 1 and abs(float(model.losses[0]) - expected) < 1e-5
 
 
 def test_a_candidate_reads_the_actions_of_the_history(model_and_batch):

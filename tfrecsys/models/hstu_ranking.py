@@ -22,7 +22,10 @@ item as a small integer, click 0/1 or a rating 1–5), ``num_actions`` (rows of 
 sequence aligned with the history), ``candidate_id``, ``candidate_timestamp_feature`` (a dense int64 feature:
 the request time; "" uses the last history event's time), ``num_blocks``, ``num_heads``, ``dropout``,
 ``hidden_units`` (each task's tower), ``hstu`` (any other ``HSTULayer`` argument, e.g.
-``attention_path="xla"``; exports take the padded path).
+``attention_path="xla"``; exports take the padded path), ``history_labels`` ``{task: a}`` and
+``history_weight``: also train the named tasks' towers at every history item position ``x_i``, its label
+``a_i >= a`` (its own action), weighted by ``history_weight`` against the candidate's tasks: every event of
+the history is a training example of the same function that scores candidates.
 """
 
 from typing import Optional, Sequence
@@ -44,7 +47,8 @@ class HSTURanking(RecModel):
     def __init__(self, schema: FeatureSchema, tasks, *, history: str, actions: str, timestamps: str,
                  candidate_id: str, num_actions: int, candidate_timestamp: Optional[str] = None, num_blocks: int = 2,
                  num_heads: int = 1, dropout: float = 0.2, hidden_units: Sequence[int] = (),
-                 hstu: Optional[dict] = None, **kwargs):
+                 hstu: Optional[dict] = None, history_labels: Optional[dict] = None, history_weight: float = 1.0,
+                 **kwargs):
         super().__init__(schema, tasks, **kwargs)
         # Not ``self.history``: Keras' fit sets that attribute to its History callback.
         self.history_feature, self.action_feature, self.timestamp_feature = history, actions, timestamps
@@ -53,6 +57,12 @@ class HSTURanking(RecModel):
         self.history_embedding = self.embedding_view(inputs, name="history_features")
         max_len, dim = schema[history].max_len, schema[candidate_id].embedding_dim
         self.num_actions = num_actions
+        unknown = sorted(set(history_labels or {}) - {task.name for task in self.tasks})
+        if unknown:
+            raise ValueError(f"config.model.history_labels names {unknown}, which are not tasks "
+                             f"({[task.name for task in self.tasks]})")
+        self.history_labels = dict(sorted((history_labels or {}).items()))
+        self.history_weight = history_weight
         self.action_embedding = tf.keras.layers.Embedding(num_actions, dim, name="action_embedding")
         self.tokens = InterleavedActionTokens(name="interleaved_tokens")
         self.dropout = tf.keras.layers.Dropout(dropout)
@@ -65,9 +75,8 @@ class HSTURanking(RecModel):
     def _item_rows(self, ids):
         return self.embeddings.embed(self.schema[self.candidate_id].table, ids)
 
-    def score_candidates(self, features, candidates, candidate_lengths=None, training=None) -> dict:
-        """``{task: [B, M]}`` for the candidate items ``candidates`` ``[B, M]`` of each row's history (the first
-        ``candidate_lengths[b]`` of row ``b``, default all M), in one pass; padded candidates score 0."""
+    def _encode(self, features, candidates, candidate_lengths, training):
+        """``(h [B, 2L + M, d], candidate positions [B, M], candidate_lengths [B], embedded inputs)``."""
         embedded = self.history_embedding(features)
         items, mask = embedded[self.history_feature], embedded[self.history_feature + "_mask"]
         lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
@@ -90,15 +99,57 @@ class HSTURanking(RecModel):
             tf.repeat(request_time[:, None], num_candidates, axis=1))
         hidden = self.encoder(self.dropout(tokens, training=training), token_lengths, token_times,
                               num_targets=candidate_lengths, training=training)
-        at_candidates = tf.cast(tf.gather(hidden, positions, batch_dims=1), tf.float32)  # [B, M, d]
-        valid = tf.sequence_mask(candidate_lengths, num_candidates, tf.float32)
-        return {name: tf.sigmoid(tower(at_candidates, training=training)[..., 0]) * valid
+        return hidden, positions, candidate_lengths, embedded
+
+    def _towers(self, hidden, valid, training) -> dict:
+        hidden = tf.cast(hidden, tf.float32)
+        return {name: tf.sigmoid(tower(hidden, training=training)[..., 0]) * tf.cast(valid, tf.float32)
                 for name, tower in self.towers.items()}
 
+    def score_candidates(self, features, candidates, candidate_lengths=None, training=None) -> dict:
+        """``{task: [B, M]}`` for the candidate items ``candidates`` ``[B, M]`` of each row's history (the first
+        ``candidate_lengths[b]`` of row ``b``, default all M), in one pass; padded candidates score 0."""
+        hidden, positions, candidate_lengths, _ = self._encode(features, candidates, candidate_lengths, training)
+        valid = tf.sequence_mask(candidate_lengths, tf.shape(positions)[1])
+        return self._towers(tf.gather(hidden, positions, batch_dims=1), valid, training)
+
+    def item_position_scores(self, features, training=None) -> dict:
+        """``{task: [B, L]}``: the towers at every history item position ``x_i`` (0 at padding). ``x_i`` reads
+        the events before it and itself, not its own action ``a_i``: the score of ``x_i`` as a candidate of the
+        history before it, at its own time (what ``history_labels`` trains)."""
+        return self._item_positions(features, training)[0]
+
+    def _item_positions(self, features, training):
+        candidates = tf.reshape(features[self.candidate_id], [-1, 1])
+        hidden, positions, candidate_lengths, embedded = self._encode(features, candidates, None, training)
+        width = tf.shape(embedded[self.history_feature])[1]
+        at_items = hidden[:, :2 * width:2]  # x_0, x_1, … of the interleaved tokens
+        scores = self._towers(at_items, embedded[self.history_feature + "_mask"], training)
+        at_candidate = self._towers(tf.gather(hidden, positions, batch_dims=1), tf.ones_like(positions, tf.bool),
+                                    training)
+        return scores, at_candidate, embedded
+
     def call(self, features, training=None):
-        scores = self.score_candidates(features, tf.reshape(features[self.candidate_id], [-1, 1]),
-                                       training=training)
-        return {name: score[:, 0] for name, score in scores.items()}
+        if training and self.history_labels:
+            # One pass gives the candidate's outputs and every history item's, whose labels are their actions.
+            scores, at_candidate, embedded = self._item_positions(features, training)
+            self.add_loss(self.history_weight * self.history_label_loss(scores, embedded))
+        else:
+            at_candidate = self.score_candidates(features, tf.reshape(features[self.candidate_id], [-1, 1]),
+                                                 training=training)
+        return {name: score[:, 0] for name, score in at_candidate.items()}
+
+    def history_label_loss(self, scores, embedded) -> tf.Tensor:
+        """Mean over the ``history_labels`` tasks of the BCE at every valid history item position, the label
+        of task t at x_i being ``a_i >= history_labels[t]``."""
+        mask = tf.cast(embedded[self.history_feature + "_mask"], tf.float32)
+        actions = tf.cast(embedded[self.action_feature], tf.float32)
+        losses = []
+        for name, threshold in self.history_labels.items():
+            labels = tf.cast(actions >= threshold, tf.float32)
+            per_position = tf.keras.backend.binary_crossentropy(labels[..., None], scores[name][..., None])[..., 0]
+            losses.append(tf.math.divide_no_nan(tf.reduce_sum(per_position * mask), tf.reduce_sum(mask)))
+        return tf.add_n(losses) / len(losses)
 
 
 def _check_schema(schema: FeatureSchema, history: str, actions: str, timestamps: str, candidate_id: str,
@@ -140,4 +191,6 @@ def build_hstu_ranking(config, schema: FeatureSchema, tables=None) -> HSTURankin
     return HSTURanking(schema, tasks_from_config(config.tasks, schema), **names, num_blocks=model.num_blocks,
                        num_heads=model.num_heads, dropout=model.dropout,
                        hidden_units=tuple(model.get("hidden_units", ())), hstu=dict(model.get("hstu", {})),
+                       history_labels=dict(model.get("history_labels", {})),
+                       history_weight=model.get("history_weight", 1.0),
                        name="hstu_ranking")
