@@ -5,6 +5,7 @@ tower per task at the candidates' item positions.
     tokens = x_0, a_0, …, x_{n−1}, a_{n−1}, c_1 … c_m      √d · e(item) / √d · e_a(action), [B, 2L + M, d]
     h      = HSTUStack(dropout(tokens), 2n + m, timestamps, num_targets = m)                   [B, 2L + M, d]
     p_task(c_k) = sigmoid(tower_task(h_{2n+k}))                                                 [B, M]
+    p_task(x_i) = sigmoid(tower_task(h_{2i}))      history item positions (``history_labels``)  [B, L]
 
 The candidate mask of ``tfrecsys.layers.hstu`` lets each candidate read every history item and action (in the
 bottom layer: target-aware, as DIN's attention but through the whole stack) and itself, never another
@@ -12,8 +13,9 @@ candidate, and gives every candidate the position right after the history: ``sco
 candidates of a history in one pass exactly as m passes of one candidate would. The towers are shared by all
 item positions. Training and the exported signature score one candidate per row (``call``: the schema's
 ``candidate_id``), so every training row is one (history, candidate, labels) example of the foundation's tasks
-(each a binary label of the candidate's action, e.g. ``like = rating >= 4``); a serving client with m
-candidates of one history sends m rows, a caller in process uses ``score_candidates``.
+(each a binary label of the candidate's action, e.g. ``like = rating >= 4``), and with ``history_labels``
+also n more, one per history item, labelled by its own action; a serving client with m candidates of one
+history sends m rows, a caller in process uses ``score_candidates``.
 
 Config (``config.model``): ``history_feature`` (item sequence sharing the ``candidate_id`` table),
 ``action_feature`` (a raw int64 or float32 sequence ``aligned_with`` the history: the action taken on each
