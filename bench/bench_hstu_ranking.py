@@ -44,8 +44,8 @@ METRICS = ("auc", "gauc")
 
 def config_for(model: str, data_dir: str, seed: int, steps: int):
     overrides = {"data.dir": data_dir, "train.seed": seed, "train.eval_every_loop": 0}
-    if steps:
-        overrides["train.steps"] = steps
+    if steps:  # one loop: any step count divides itself
+        overrides.update({"train.steps": steps, "train.steps_per_loop": steps})
     config = load_config(CONFIG, overrides)
     if model == "hstu_ranking_candidate_only":
         config.model.history_labels = {}
