@@ -113,6 +113,9 @@ FAMILY_CASES = {
     "ple": FamilyCase(simulator_config("ple"), {**SMALL_TOWERS, **SMALL_EXPERTS}, slow=True),
     "esm2": FamilyCase(simulator_config("esm2"), SMALL_TOWERS, slow=True),
     "defuse": FamilyCase(DEFUSE_CONFIG, {"model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,)}),
+    # Trained on the XLA path, exported on the padded one; ~30 s under load, so make test-all only.
+    "hstu_ranking": FamilyCase(simulator_config("hstu_ranking"), {"model.num_blocks": 1, "model.hidden_units": (4,),
+                                                                 "model.hstu.attention_path": "xla"}, slow=True),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
 

@@ -47,10 +47,12 @@ def movielens_loo(tmp_path_factory):
     features = {"user_id": dict(kind="id", vocabulary=vocabulary_path(out, "user_id")),
                 "item_id": dict(kind="id", vocabulary=vocabulary_path(out, "item_id")),
                 "hist_item_id": dict(kind="sequence", shares="item_id", max_len=10),
+                "hist_rating": dict(kind="sequence", raw=True, dtype="float32", max_len=10,
+                                    aligned_with="hist_item_id"),
                 "like": dict(kind="label")}
     config = PreprocessConfig(source="movielens-100k", input=dataset("movielens-100k"), split="leave_one_out",
-                              history_len=10, labels={"like": "rating >= 4"}, min_counts={"item_id": 3},
-                              num_shards=2)
+                              history_len=10, history_columns=("item_id", "timestamp", "rating"),
+                              labels={"like": "rating >= 4"}, min_counts={"item_id": 3}, num_shards=2)
     return out, preprocess(config, features, out)
 
 
@@ -77,7 +79,8 @@ def test_leave_one_out_holds_out_each_users_last_rating(movielens_loo):
                         {"user_id": tf.io.FixedLenFeature([], tf.int64),
                          "timestamp": tf.io.FixedLenFeature([], tf.int64),
                          "item_id": tf.io.FixedLenFeature([], tf.int64),
-                         "hist_item_id": tf.io.RaggedFeature(tf.int64)})
+                         "hist_item_id": tf.io.RaggedFeature(tf.int64),
+                         "hist_rating": tf.io.RaggedFeature(tf.float32)})
     last_time = {}
     for user, time in zip(ratings["user_id"].tolist(), ratings["timestamp"].tolist()):
         last_time[user] = max(time, last_time.get(user, 0))
@@ -92,6 +95,9 @@ def test_leave_one_out_holds_out_each_users_last_rating(movielens_loo):
     order = before[np.lexsort((ratings["item_id"][before], ratings["timestamp"][before]))]
     expected = ratings["item_id"][order][-10:]
     assert sorted(held_out["hist_item_id"][0].numpy().tolist()) == sorted(expected.tolist())
+    # A float32 history column (the ratings: HSTU's actions) is aligned with the items.
+    pairs = zip(held_out["hist_item_id"][0].numpy().tolist(), held_out["hist_rating"][0].numpy().tolist())
+    assert sorted(pairs) == sorted(zip(expected.tolist(), ratings["rating"][order][-10:].tolist()))
 
 
 def test_training_shards_mix_users(movielens_loo):

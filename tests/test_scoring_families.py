@@ -145,6 +145,12 @@ FAMILY_CASES = {
          "train.steps_per_loop": 20, "train.steps_per_execution": 10, "train.batch_size": 128,
          "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
         write_simulator, "score", "example_id", ranking_predictions, slow=True),
+    "hstu_ranking": FamilyCase(
+        "hstu_ranking_simulator.py",
+        {"data.simulator.num_users": 40, "data.simulator.events_per_user": 30, "model.num_blocks": 1,
+         "model.hidden_units": (4,), "train.steps": 10, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
+         "train.batch_size": 64, "train.shuffle_buffer": 1000, "export.warmup_requests": 2},
+        write_simulator, "score", "example_id", ranking_predictions, slow=True),  # ~44 s: make test-all only
 }
 
 

@@ -86,7 +86,8 @@ class PreprocessConfig:
     ``eval_fraction`` of events in time is eval); sample tables ``files`` (the release's own files),
     ``random`` (a seeded, stable ``eval_fraction`` of rows) or ``chronological`` (by the source's time column).
     ``history_columns``: event columns whose earlier values form ``hist_<column>`` (default: the item and
-    the time column). ``labels``: ``{name: rule}``, a rule such as ``"rating >= 4"`` or
+    the time column; int64, string or float32, e.g. MovieLens ratings as the actions of a history).
+    ``labels``: ``{name: rule}``, a rule such as ``"rating >= 4"`` or
     ``"0 <= conversion_timestamp - click_timestamp <= 86400"`` (``tfrecsys.data.label_rules``).
     ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split stay out of the
     vocabulary (default 1). ``examples_per_user``: ``every_event`` (default: one example per event) or
@@ -316,8 +317,8 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
     columns = source.columns_for(files)
     if source.is_event_log:
         for column in _history_columns(config, source):
-            if columns.get(column) not in ("int64", "string"):
-                raise ValueError(f"preprocess.history_columns: {column!r} is not an int64 or string column of "
+            if columns.get(column) not in ("int64", "string", "float32"):
+                raise ValueError(f"preprocess.history_columns: {column!r} is not an int64, float32 or string column of "
                                  f"{source.name} (columns: {columns})")
     rules = {name: parse_label_rule(name, rule, columns) for name, rule in config.labels.items()}
     keep_rows = _keep_rows_rule(config, columns) if config.keep_rows else None

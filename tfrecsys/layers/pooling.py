@@ -7,7 +7,10 @@ from tfrecsys.features.schema import SequenceFeature
 
 def masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """``sum_t m_t x_t / max(1, sum_t m_t)``: ``[batch, seq_len, dim]`` and bool ``[batch, seq_len]`` →
-    ``[batch, dim]``; an empty sequence pools to zeros rather than NaN."""
+    ``[batch, dim]``; an empty sequence pools to zeros rather than NaN. A raw float sequence ``[batch, seq_len]``
+    (ratings, dwell times) pools to ``[batch, 1]``."""
+    if values.shape.rank == 2:
+        values = values[..., tf.newaxis]
     weights = tf.cast(mask, values.dtype)[..., tf.newaxis]
     total = tf.reduce_sum(values * weights, axis=1)
     count = tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
