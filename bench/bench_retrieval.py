@@ -143,7 +143,7 @@ class TFRSQueryTower(tf.keras.Model):
 
 
 class TFRSCandidateTower(tf.keras.Model):
-    """``normalize(MLP([e(item_id); mean e(item_genres)]))``, genre names looked up in the model."""
+    """``normalize(MLP([e(item_id); mean e(genres)]))``, genre names looked up in the model."""
 
     def __init__(self, item_embedding, genres, genre_dim: int, hidden_units, output_dim: int):
         super().__init__()
@@ -153,8 +153,8 @@ class TFRSCandidateTower(tf.keras.Model):
         self.mlp = _mlp(hidden_units, output_dim)
 
     def call(self, features):
-        genres = _mean_over_length(self.genre_embedding(self.genre_lookup(features["item_genres"])),
-                                   features["item_genres_length"])
+        genres = _mean_over_length(self.genre_embedding(self.genre_lookup(features["genres"])),
+                                   features["genres_length"])
         flat = tf.concat([self.item_embedding(features["item_id"]), genres], axis=-1)
         return tf.math.l2_normalize(self.mlp(flat), axis=-1)
 
@@ -171,8 +171,8 @@ class TFRSFullFeatureRetrieval(tfrs.Model):
         item_embedding = tf.keras.layers.Embedding(schema["item_id"].vocab.size, schema["item_id"].embedding_dim)
         self.query_model = TFRSQueryTower(item_embedding, schema["user_id"].vocab.size,
                                           schema["user_id"].embedding_dim, hidden, dim)
-        self.candidate_model = TFRSCandidateTower(item_embedding, schema["item_genres"].vocab.vocabulary,
-                                                  schema["item_genres"].embedding_dim, hidden, dim)
+        self.candidate_model = TFRSCandidateTower(item_embedding, schema["genres"].vocab.vocabulary,
+                                                  schema["genres"].embedding_dim, hidden, dim)
         self.task = tfrs.tasks.Retrieval(temperature=model_config.temperature,
                                          remove_accidental_hits=model_config.remove_accidental_hits)
         self.item_probability = None if item_probability is None else tf.constant(item_probability, tf.float32)

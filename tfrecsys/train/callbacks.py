@@ -162,16 +162,18 @@ class EvaluateEveryLoop(tf.keras.callbacks.Callback):
     ``logs/validation`` next to the training curves of ``logs/train``, and the best-checkpoint and
     early-stopping callbacks read them."""
 
-    def __init__(self, eval_data, eval_steps: int, every_loops: int = 1):
+    def __init__(self, eval_input, every_loops: int = 1):
+        """``eval_input``: its ``data`` (distributed batches) and ``steps``, read at the first evaluation
+        (``tfrecsys.train.loop.EvalInput`` builds them then)."""
         super().__init__()
-        self.eval_data = eval_data
-        self.eval_steps = eval_steps
+        self.eval_input = eval_input
         self.every_loops = every_loops
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every_loops:
             return
-        results = self.model.evaluate(self.eval_data, steps=self.eval_steps, return_dict=True, verbose=0)
+        results = self.model.evaluate(self.eval_input.data, steps=self.eval_input.steps, return_dict=True,
+                                      verbose=0)
         logs.update({f"val_{name}": float(value) for name, value in results.items()})
 
 
@@ -283,8 +285,7 @@ def stopped_early(model_dir: str) -> bool:
     return tf.io.gfile.exists(os.path.join(model_dir, EARLY_STOP_FILE))
 
 
-def evaluation_callbacks(train_config, model_dir: str, checkpoint: tf.train.Checkpoint, eval_data,
-                         eval_steps: int) -> list:
+def evaluation_callbacks(train_config, model_dir: str, checkpoint: tf.train.Checkpoint, eval_input) -> list:
     """The callbacks that ``config.train`` asks for, in the order they must run (each reads what the one
     before it added to the loop's logs; the TensorBoard callback goes after them):
 
@@ -303,7 +304,7 @@ def evaluation_callbacks(train_config, model_dir: str, checkpoint: tf.train.Chec
         raise ValueError("config.train.early_stopping_patience needs config.train.best_metric (e.g. 'auc')")
     callbacks = []
     if every > 0:
-        callbacks.append(EvaluateEveryLoop(eval_data, eval_steps, every))
+        callbacks.append(EvaluateEveryLoop(eval_input, every))
     if metric:
         callbacks.append(BestCheckpoint(checkpoint, model_dir, metric, scratch=not is_chief()))
     if patience:
