@@ -129,6 +129,17 @@ def position_tower(tasks: tuple) -> ml_collections.ConfigDict:
                                           position_dropout=0.1))
 
 
+def simulator_ctr_cvr_heads(config: ml_collections.ConfigDict) -> None:
+    """CTR and click-masked CVR heads with the position tower on CTR: the simulator set-up of the multi-task
+    families without their own conversion structure (shared_bottom, mmoe, ple)."""
+    config.model.tower_units = (32,)
+    config.model.dropout = 0.0
+    config.model.position_tower = position_tower(("ctr",))
+    config.tasks.ctr = dict(label="click")
+    config.tasks.cvr = dict(label="conversion", mask="click == 1")
+    config.train.best_metric = "ctr_auc"
+
+
 WORLDS = {"census": census_world, "ali_ccp": ali_ccp_world, "aliexpress": aliexpress_world,
           "simulator": simulator_world}
 DATA_DIRS = {"census": "runs/data/census", "ali_ccp": "runs/data/ali_ccp", "aliexpress": "runs/data/aliexpress",

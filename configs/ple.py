@@ -21,10 +21,5 @@ def get_config(dataset: str = "census"):
     (config.model.num_levels, config.model.shared_experts, config.model.task_experts,
      config.model.expert_units) = EXPERTS[dataset]
     if dataset == "simulator":
-        config.model.tower_units = (32,)
-        config.model.dropout = 0.0
-        config.model.position_tower = datasets.position_tower(("ctr",))
-        config.tasks.ctr = dict(label="click")
-        config.tasks.cvr = dict(label="conversion", mask="click == 1")
-        config.train.best_metric = "ctr_auc"
+        datasets.simulator_ctr_cvr_heads(config)
     return config
