@@ -94,6 +94,7 @@ SMALL_BEHAVIOUR_MODEL = {"model.attention_units": (4,), "model.hidden_units": (8
 SMALL_TOWERS = {"model.tower_units": (4,)}
 SMALL_EXPERTS = {"model.expert_units": (8,)}
 DEFUSE_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "defuse_simulator.py")
+HSTU_RANKING_CONFIG = os.path.join(os.path.dirname(DNN_CONFIG), "hstu_ranking_simulator.py")
 FAMILY_CASES = {
     "dnn": FamilyCase(DNN_CONFIG, SMALL_DNN),
     "logistic_regression": FamilyCase(LR_CONFIG, {}),
@@ -114,8 +115,8 @@ FAMILY_CASES = {
     "esm2": FamilyCase(simulator_config("esm2"), SMALL_TOWERS, slow=True),
     "defuse": FamilyCase(DEFUSE_CONFIG, {"model.hidden_units": (8,), "model.auxiliary_hidden_units": (4,)}),
     # Trained on the XLA path, exported on the padded one; ~30 s under load, so make test-all only.
-    "hstu_ranking": FamilyCase(simulator_config("hstu_ranking"), {"model.num_blocks": 1, "model.hidden_units": (4,),
-                                                                 "model.hstu.attention_path": "xla"}, slow=True),
+    "hstu_ranking": FamilyCase(HSTU_RANKING_CONFIG, {"model.num_blocks": 1, "model.hidden_units": (4,),
+                                                     "model.hstu.attention_path": "xla"}, slow=True),
 }
 CLI_DTYPES = {tf.int64: "DT_INT64", tf.string: "DT_STRING", tf.float32: "DT_FLOAT"}
 
