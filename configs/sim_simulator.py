@@ -34,50 +34,59 @@ def get_config() -> ml_collections.ConfigDict:
         events_per_user=2400, long_term_interests=4, drift_rate=0.004, explore_rate=0.1, relevant_exposure=0.5,
         current_boost=2.0, long_term_boost=1.5, target_ctr=0.12, lifelong_store=True, warmup_events=800,
         row_fraction=0.2, seed=0))
-    config.data.user_histories = ml_collections.ConfigDict(dict(
-        file="user_histories.parquet", user_feature="user_id", time_feature="timestamp",
-        sequences={"recent_item_id": "item_id", "recent_category": "category",
-                   "long_item_id": "item_id", "long_category": "category", "long_timestamp": "timestamp"}))
-
     config.features.user_id = dict(kind="id", num_buckets=NUM_USERS, training_only=True)
     config.features.timestamp = dict(kind="dense", dtype="int64")  # the request time: intervals are from it
     config.features.item_id = dict(kind="id", num_buckets=NUM_ITEMS, embedding_dim=16)
     config.features.item_category = dict(kind="id", num_buckets=NUM_CATEGORIES, embedding_dim=8)
-    config.features.recent_item_id = dict(kind="sequence", shares="item_id", max_len=RECENT_LEN)
-    config.features.recent_category = dict(kind="sequence", shares="item_category", max_len=RECENT_LEN,
-                                           aligned_with="recent_item_id")
-    config.features.long_item_id = dict(kind="sequence", shares="item_id", max_len=LIFELONG_LEN)
-    config.features.long_category = dict(kind="sequence", shares="item_category", max_len=LIFELONG_LEN,
-                                         aligned_with="long_item_id")
-    config.features.long_timestamp = dict(kind="sequence", raw=True, max_len=LIFELONG_LEN,
-                                          aligned_with="long_item_id")
-    config.features.click = dict(kind="label")
-
-    config.model.name = "sim"
-    config.model.recent_history = ("recent_item_id", "recent_category")
-    config.model.lifelong_history = ("long_item_id", "long_category")
-    config.model.lifelong_timestamps = "long_timestamp"
-    config.model.request_time = "timestamp"
-    config.model.search = "hard"                       # hard | soft (soft needs config.tasks.gsu)
-    config.model.hard_search = ("long_category", "item_category")
-    config.model.top_k = 50
+    lifelong_ranker(config, category="category", item_category="item_category", recent_len=RECENT_LEN,
+                    lifelong_len=LIFELONG_LEN)
     config.model.soft_search_dim = 16
     config.model.gsu_task = "gsu"
-    config.model.num_heads = 2
-    config.model.head_dim = 16
-    config.model.time_buckets = 24                     # ⌊log2(1 + Δt / unit)⌋, capped: a minute to years
-    config.model.time_embedding_dim = 8
-    config.model.time_unit_seconds = 60.0
-    config.model.attention_hidden_units = (80, 40)
-    config.model.attention_activation = "dice"
-    config.model.hidden_units = (128, 64)
-    config.model.dropout = 0.0
-
-    config.tasks.score = dict(label="click", metrics=("auc", "gauc", "logloss"), group="user_id")
-
-    config.train.batch_size = 256
     # About one pass over the 117k training rows: longer runs overfit the item embeddings (bench/RESULTS.md).
     config.train.steps = 450
     config.train.steps_per_loop = 150
     config.train.best_metric = "auc"
     return config
+
+
+def lifelong_ranker(config: ml_collections.ConfigDict, *, category: str, item_category: str, recent_len: int,
+                    lifelong_len: int) -> None:
+    """What every sim config shares, after its user, time, item and ``item_category`` features: the
+    per-user store (``user_histories.parquet``: ``item_id``, ``category``, ``timestamp``) cut into the recent
+    ``recent_item_id`` / ``recent_<category>`` and lifelong ``long_*`` sequences, the click label, the sim
+    model with hard search on the candidate's category and its GAUC-grouped task."""
+    config.data.user_histories = ml_collections.ConfigDict(dict(
+        file="user_histories.parquet", user_feature="user_id", time_feature="timestamp",
+        sequences={"recent_item_id": "item_id", f"recent_{category}": category,
+                   "long_item_id": "item_id", f"long_{category}": category, "long_timestamp": "timestamp"}))
+    features = config.features
+    features.recent_item_id = dict(kind="sequence", shares="item_id", max_len=recent_len)
+    features[f"recent_{category}"] = dict(kind="sequence", shares=item_category, max_len=recent_len,
+                                          aligned_with="recent_item_id")
+    features.long_item_id = dict(kind="sequence", shares="item_id", max_len=lifelong_len)
+    features[f"long_{category}"] = dict(kind="sequence", shares=item_category, max_len=lifelong_len,
+                                        aligned_with="long_item_id")
+    features.long_timestamp = dict(kind="sequence", raw=True, max_len=lifelong_len, aligned_with="long_item_id")
+    features.click = dict(kind="label")
+
+    model = config.model
+    model.name = "sim"
+    model.recent_history = ("recent_item_id", f"recent_{category}")
+    model.lifelong_history = ("long_item_id", f"long_{category}")
+    model.lifelong_timestamps = "long_timestamp"
+    model.request_time = "timestamp"
+    model.search = "hard"                       # hard | soft (soft needs a gsu task and soft_search_dim)
+    model.hard_search = (f"long_{category}", item_category)
+    model.top_k = 50
+    model.num_heads = 2
+    model.head_dim = 16
+    model.time_buckets = 24                     # ⌊log2(1 + Δt / unit)⌋, capped: a minute to years
+    model.time_embedding_dim = 8
+    model.time_unit_seconds = 60.0
+    model.attention_hidden_units = (80, 40)
+    model.attention_activation = "dice"
+    model.hidden_units = (128, 64)
+    model.dropout = 0.0
+
+    config.tasks.score = dict(label="click", metrics=("auc", "gauc", "logloss"), group="user_id")
+    config.train.batch_size = 256
