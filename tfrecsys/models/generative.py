@@ -31,8 +31,8 @@ from tfrecsys.features.schema import FeatureSchema, IdFeature, LabelFeature, Seq
 from tfrecsys.layers.hstu import HSTUStack
 from tfrecsys.layers.retrieval import CorpusSampler, MixedNegativeLogits
 from tfrecsys.layers.sasrec import SASRecStack
-from tfrecsys.metrics.retrieval import DEFAULT_KS, retrieval_metrics, target_ranks
-from tfrecsys.models.base import RecModel, StepMetrics
+from tfrecsys.metrics.retrieval import DEFAULT_KS
+from tfrecsys.models.corpus_retrieval import CorpusRetrievalModel
 from tfrecsys.models.registry import register
 from tfrecsys.models.tasks import register_loss, tasks_from_config
 
@@ -125,11 +125,9 @@ class ItemEmbedding(tf.keras.layers.Layer):
         return tf.math.l2_normalize(tf.cast(rows, tf.float32), axis=-1)
 
 
-class GenerativeRetrieval(RecModel):
+class GenerativeRetrieval(CorpusRetrievalModel):
     """Next-item retrieval with a causal sequence encoder; ``call`` returns ``query_embedding`` ``[B, d]``
     (the last position's) and/or ``candidate_embedding`` ``[B, d]``, as the features allow."""
-
-    export_kinds = ("retrieval",)
 
     def __init__(self, schema: FeatureSchema, tasks, corpus, *, history: str, timestamps: str, next_item: str,
                  candidate_id: str, encoder: str = "hstu", num_blocks: int = 2, num_heads: int = 1,
@@ -141,41 +139,33 @@ class GenerativeRetrieval(RecModel):
             raise ValueError(f"config.model.negatives must be one of {NEGATIVES}, got {negatives!r}")
         if negatives == "uniform" and num_sampled < 1:
             raise ValueError(f"config.model.num_sampled must be positive for uniform negatives, got {num_sampled}")
-        self.corpus = corpus
+        self.init_corpus(corpus, eval_ks, export_k, candidate_model_name)
         self.task = self.tasks[0]
         # Not ``self.history``: Keras' fit sets that attribute to its History callback.
         self.history_feature, self.timestamp_feature, self.label_feature = history, timestamps, next_item
         self.label_inputs = (next_item,)
         self.candidate_id = candidate_id
         self.negatives = negatives
-        self.export_k = export_k
-        self.candidate_model_name = candidate_model_name
         max_len = schema[history].max_len
         self.queries = SequenceQueries(
             self.embedding_view([history, timestamps], name="history_features"), history, timestamps, max_len,
             make_encoder(encoder, num_blocks, num_heads, dropout, max_len, schema[candidate_id].embedding_dim,
                          **(hstu or {})), dropout,
             name="sequence_queries")
-        self.last_query = LastPositionQuery(self.queries, name="query_tower")
-        self.items = ItemEmbedding(self.embedding_view([candidate_id], name="item_features"), candidate_id,
-                                   name="candidate_tower")
+        self.query_tower = LastPositionQuery(self.queries, name="query_tower")
+        self.candidate_tower = ItemEmbedding(self.embedding_view([candidate_id], name="item_features"),
+                                             candidate_id, name="candidate_tower")
+        self.query_features, self.candidate_features = [history, timestamps], [candidate_id]
         self.logits = MixedNegativeLogits("sampled" if negatives == "uniform" else "in_batch", temperature,
                                           logq=negatives == "in_batch", name="logits")
         self.sampler = (CorpusSampler(np.ones(len(corpus.ids)), num_sampled, 0.0, seed, name="uniform_sampler")
                         if negatives == "uniform" else None)
-        self._corpus_ids = tf.constant(corpus.ids)
-        self._corpus_row = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(self._corpus_ids, tf.range(len(corpus.ids), dtype=tf.int64)),
-            default_value=-1)
+        self.corpus_features = {candidate_id: self._corpus_ids}
         # An item the frequency table has not counted gets the probability of one occurrence (log 0 = -inf).
         total = max(corpus.counts.sum(), 1.0)
         self._item_probability = tf.constant(np.maximum(corpus.counts, 1.0) / total, tf.float32)
-        self.corpus_metrics = StepMetrics(retrieval_metrics(eval_ks))
 
     # Training ----------------------------------------------------------------------------------------------
-
-    def _corpus_rows(self, ids):
-        return self._corpus_row.lookup(tf.cast(ids, self._corpus_ids.dtype))
 
     def training_outputs(self, features, training: bool) -> dict:
         """``{task: {logits [P, C], positive_column [P], row [P], rows}, "query_embedding": [B, d]}`` over the
@@ -186,14 +176,14 @@ class GenerativeRetrieval(RecModel):
         positions = tf.where(label_mask)
         query = tf.gather_nd(queries, positions)
         positive_ids = tf.gather_nd(labels, positions)
-        positive = self.items(positive_ids, training=training)
+        positive = self.candidate_tower(positive_ids, training=training)
         sampled = sampled_ids = positive_probability = None
         if self.sampler is not None:
             step = self.optimizer.iterations if training and self.optimizer is not None else 0
             context = tf.distribute.get_replica_context()
             rows, _ = self.sampler(step, context.replica_id_in_sync_group if context is not None else 0)
             sampled_ids = tf.gather(self._corpus_ids, rows)
-            sampled = self.items(sampled_ids, training=training)
+            sampled = self.candidate_tower(sampled_ids, training=training)
         else:
             known = self._corpus_rows(positive_ids)
             positive_probability = tf.where(known >= 0, tf.gather(self._item_probability, tf.maximum(known, 0)),
@@ -208,45 +198,11 @@ class GenerativeRetrieval(RecModel):
 
     # Evaluation --------------------------------------------------------------------------------------------
 
-    def corpus_embeddings(self, training=False):
-        """``v_y`` of every corpus item, ``[N, d]``."""
-        return self.items(self._corpus_ids, training=training)
-
-    @property
-    def evaluation_metrics(self) -> list:
-        return self.corpus_metrics.metrics
-
     def update_evaluation_metrics(self, features, labels, outputs) -> None:
         """Leave-one-out: the rank among the whole corpus of each row's last label (the held-out item)."""
         targets, lengths = labels[self.label_feature], labels[self.label_feature + "_length"]
         target = tf.gather(targets, tf.maximum(lengths - 1, 0), batch_dims=1)
-        scores = tf.matmul(outputs["query_embedding"], self.corpus_embeddings(), transpose_b=True)
-        ranks = target_ranks(scores, self._corpus_rows(target))
-        has_target = tf.cast(lengths > 0, tf.float32)
-        for metric in self.corpus_metrics.metrics:
-            metric.update_state(ranks, has_target)
-
-    def call(self, features, training=None):
-        out = {}
-        if self.history_feature in features:
-            out["query_embedding"] = self.last_query(features, training=training)
-        if self.candidate_id in features:
-            out["candidate_embedding"] = self.items(features, training=training)
-        if not out:
-            raise KeyError(f"generative needs the history {self.history_feature!r} (with "
-                           f"{self.timestamp_feature!r}) or the item {self.candidate_id!r}; got {sorted(features)}")
-        return out
-
-    # Export ------------------------------------------------------------------------------------------------
-
-    def retrieval_export(self) -> dict:
-        """The query tower (raw history → last-position query), the item tower and the corpus."""
-        return dict(query_tower=self.last_query, candidate_tower=self.items, schema=self.schema,
-                    query_features=[self.history_feature, self.timestamp_feature],
-                    candidate_features=[self.candidate_id],
-                    candidate_ids=self._corpus_ids, corpus_features={self.candidate_id: self._corpus_ids},
-                    corpus_path=self.corpus.path, k=min(self.export_k, len(self.corpus.ids)),
-                    candidate_model_name=self.candidate_model_name)
+        self.update_corpus_ranks(outputs["query_embedding"], target, tf.cast(lengths > 0, tf.float32))
 
 
 def _check_schema(schema: FeatureSchema, history: str, timestamps: str, next_item: str, candidate_id: str):

@@ -30,8 +30,8 @@ from tfrecsys.layers.mlp import MLP
 from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.layers.retrieval import (NEGATIVE_MODES, CorpusSampler, MixedNegativeLogits,
                                        StreamingFrequencyEstimator)
-from tfrecsys.metrics.retrieval import DEFAULT_KS, retrieval_metrics, target_ranks
-from tfrecsys.models.base import RecModel, StepMetrics
+from tfrecsys.metrics.retrieval import DEFAULT_KS
+from tfrecsys.models.corpus_retrieval import CorpusRetrievalModel
 from tfrecsys.models.registry import register
 from tfrecsys.models.tasks import task_columns, tasks_from_config
 
@@ -71,7 +71,7 @@ class Tower(tf.keras.layers.Layer):
                 "output_dim": self.output_dim, "dropout": self.dropout}
 
 
-class TwoTowerRetrieval(RecModel):
+class TwoTowerRetrieval(CorpusRetrievalModel):
     """Two-tower retrieval model.
 
     Its one task reads ``training_outputs``: the logits of each row against its in-batch and sampled negatives
@@ -82,8 +82,6 @@ class TwoTowerRetrieval(RecModel):
     ``call(features)`` returns the embeddings the features allow: ``query_embedding`` and/or
     ``candidate_embedding`` ``[batch, output_dim]``.
     """
-
-    export_kinds = ("retrieval",)
 
     def __init__(self, schema: FeatureSchema, tasks, corpus, *, query_features: Sequence[str],
                  candidate_features: Sequence[str], candidate_id: str, hidden_units=(),
@@ -101,15 +99,13 @@ class TwoTowerRetrieval(RecModel):
         if logq == "table" and negatives != "sampled" and corpus.counts.sum() <= 0:
             raise ValueError("config.model.logq='table' needs the item frequency table "
                              "(config.data.item_frequency_file)")
-        self.corpus = corpus
+        self.init_corpus(corpus, eval_ks, export_k, candidate_model_name)
         self.query_features = list(query_features)
         self.candidate_features = list(candidate_features)
         self.candidate_id = candidate_id
         self.task = self.tasks[0]
         self.negatives = negatives
         self.logq = logq
-        self.export_k = export_k
-        self.candidate_model_name = candidate_model_name
         self.query_tower = Tower(self.embedding_view(self.query_features, name="query_features"), hidden_units,
                                  output_dim, dropout, name="query_tower")
         self.candidate_tower = Tower(self.embedding_view(self.candidate_features, name="candidate_features"),
@@ -121,21 +117,13 @@ class TwoTowerRetrieval(RecModel):
         self.frequency_estimator = (StreamingFrequencyEstimator(**(estimator or {}), seed=seed,
                                                                 name="frequency_estimator")
                                     if logq == "streaming" and negatives != "sampled" else None)
-        self._corpus_features = {name: tf.constant(value) for name, value in corpus.features.items()}
-        self._corpus_ids = tf.constant(corpus.ids)
-        self._corpus_row = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(self._corpus_ids, tf.range(len(corpus.ids), dtype=tf.int64)),
-            default_value=-1)
+        self.corpus_features = {name: tf.constant(value) for name, value in corpus.features.items()}
         total = max(corpus.counts.sum(), 1.0)
         # An item the table has not counted gets the probability of one occurrence, not 0 (log 0 = -inf).
         self._table_probability = tf.constant(np.maximum(corpus.counts, 1.0) / total, tf.float32)
         self._unseen_probability = float(1.0 / total)
-        self.corpus_metrics = StepMetrics(retrieval_metrics(eval_ks))
 
     # Training ----------------------------------------------------------------------------------------------
-
-    def _corpus_rows(self, ids):
-        return self._corpus_row.lookup(ids)
 
     def _positive_probability(self, ids, training):
         """Per in-batch column, the probability that an in-batch draw is that item (or, for sampled-only
@@ -160,7 +148,7 @@ class TwoTowerRetrieval(RecModel):
         replica = context.replica_id_in_sync_group if context is not None else 0
         step = self.optimizer.iterations if training and self.optimizer is not None else 0
         rows, probability = self.sampler(step, replica)
-        features = {name: tf.gather(value, rows) for name, value in self._corpus_features.items()}
+        features = {name: tf.gather(value, rows) for name, value in self.corpus_features.items()}
         return self.candidate_tower(features, training=training), tf.gather(self._corpus_ids, rows), probability
 
     def training_outputs(self, features, training: bool) -> dict:
@@ -178,45 +166,12 @@ class TwoTowerRetrieval(RecModel):
 
     # Evaluation --------------------------------------------------------------------------------------------
 
-    def corpus_embeddings(self, training=False):
-        """The candidate tower's embedding of every corpus item, ``[N, d]``."""
-        return self.candidate_tower(self._corpus_features, training=training)
-
-    @property
-    def evaluation_metrics(self) -> list:
-        return self.corpus_metrics.metrics
-
     def update_evaluation_metrics(self, features, labels, outputs) -> None:
         """The rank of each row's item among the whole corpus (rows of positive weight)."""
-        # float32 scores: 16-bit ones (mixed precision) would tie many items and blur the ranks.
-        scores = tf.matmul(tf.cast(outputs["query_embedding"], tf.float32),
-                           tf.cast(self.corpus_embeddings(), tf.float32), transpose_b=True)
-        ranks = target_ranks(scores, self._corpus_rows(features[self.candidate_id]))
-        rows = tf.shape(ranks)[0]
-        positive = tf.cast(self.task.row_weights(task_columns(self.task, features, labels), rows) > 0, tf.float32)
-        for metric in self.corpus_metrics.metrics:
-            metric.update_state(ranks, positive)
-
-    def call(self, features, training=None):
-        out = {}
-        if all(name in features for name in self.query_features):
-            out["query_embedding"] = self.query_tower(features, training=training)
-        if all(name in features for name in self.candidate_features):
-            out["candidate_embedding"] = self.candidate_tower(features, training=training)
-        if not out:
-            raise KeyError(f"two_tower needs the query features {self.query_features} or the candidate features "
-                           f"{self.candidate_features}; got {sorted(features)}")
-        return out
-
-    # Export ------------------------------------------------------------------------------------------------
-
-    def retrieval_export(self) -> dict:
-        """The towers and corpus the retrieval export indexes (``tfrecsys.export.retrieval``)."""
-        return dict(query_tower=self.query_tower, candidate_tower=self.candidate_tower, schema=self.schema,
-                    query_features=self.query_features, candidate_features=self.candidate_features,
-                    candidate_ids=self._corpus_ids, corpus_features=self._corpus_features,
-                    corpus_path=self.corpus.path, k=min(self.export_k, len(self.corpus.ids)),
-                    candidate_model_name=self.candidate_model_name)
+        positive = self.task.row_weights(task_columns(self.task, features, labels),
+                                         tf.shape(outputs["query_embedding"])[0]) > 0
+        self.update_corpus_ranks(outputs["query_embedding"], features[self.candidate_id],
+                                 tf.cast(positive, tf.float32))
 
 
 def _check_tower_features(schema: FeatureSchema, names: Sequence[str], field: str) -> None:
