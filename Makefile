@@ -7,11 +7,12 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),.uv/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: env peers-env quickstart test test-all bench lock clean help
+.PHONY: env peers-env quickstart test test-slow test-all bench lock clean help
 
 help:
 	@echo "make quickstart  create .venv, then simulate -> train -> export -> serve -> query -> Beam score"
 	@echo "make test        create .venv, then run the test suite without the tests marked slow"
+	@echo "make test-slow   create .venv, then run only the tests marked slow (end-to-end, multi-process, load)"
 	@echo "make test-all    create .venv, then run every test, the slow end-to-end ones included"
 	@echo "make bench       create .venv, then run the benchmarks (figures go to bench/RESULTS.md by hand)"
 	@echo "make peers-env   create .venv-peers: the project's environment plus DeepCTR 0.9.4, for peer benchmarks only"
@@ -46,6 +47,10 @@ quickstart: env
 
 test: env
 	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+# test-slow is the other half of test-all: CI runs test, then test-slow, so a fast failure is reported first.
+test-slow: env
+	$(VENV)/bin/python -m pytest -q -m slow $(PYTEST_ARGS) tests
 
 test-all: env
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) tests
