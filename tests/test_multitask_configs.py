@@ -19,6 +19,8 @@ FOLDED = {name: (f"{name.rsplit('_', 1)[0]}.py:{name.rsplit('_', 1)[1]}", ()) fo
           if name.endswith(("_census", "_aliexpress"))}
 FOLDED.update({name: (f"{name[:-len('_ali_ccp')]}.py:ali_ccp", ()) for name in BEFORE if name.endswith("_ali_ccp")})
 FOLDED["esmm_position_bias_simulator"] = ("esmm.py:simulator", ("experiment",))
+# Census settings chosen on a validation split after the folding (bench/RESULTS.md, issue 13).
+FOLDED.update({name: (path, ("train.steps",)) for name, (path, _) in FOLDED.items() if name.endswith("_census")})
 # Fields configs/base.py gained after the folding, in every config.
 ADDED_SINCE = ("train.ema_momentum",)
 

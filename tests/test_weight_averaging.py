@@ -1,8 +1,10 @@
 """config.train.ema_momentum: the train loop evaluates, and export serves, the moving average of the weights.
 
-One tiny run (logistic_regression on a small click log, 20 steps of 64 rows, every step its own execution)
-records the trained weights after every step and averages them in numpy, a ← m·a + (1 − m)·w from the
-initial weights, to compare with what evaluation, the checkpoint restore and the SavedModel use.
+The fast test takes one optimizer step by hand and checks the average inside ``averaged_weights`` and after a
+checkpoint restore. The slow ones share a tiny run (logistic_regression on a small click log, 20 steps of
+64 rows, every step its own execution) that records the trained weights after every step and averages them
+in numpy, a ← m·a + (1 − m)·w from the initial weights, to compare with what evaluation, the restore and the
+SavedModel use.
 """
 
 import glob
@@ -16,10 +18,39 @@ import tensorflow as tf
 from tfrecsys.config import load_config
 from tfrecsys.data.simulators.click_log import ClickLogConfig, write_click_log
 from tfrecsys.export.trained import export_trained, first_records, load_trained_model
-from tfrecsys.train.loop import optimizer_from_config, train_and_evaluate
+from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.train.callbacks import averaged_weights
+from tfrecsys.train.loop import (CHECKPOINT_SUBDIR, build_and_compile, create_variables, optimizer_from_config,
+                                 train_and_evaluate)
 
 CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "logistic_regression_simulator.py")
 MOMENTUM = 0.9
+
+
+def test_one_step_average_inside_averaged_weights_and_after_a_restore(tmp_path):
+    data_dir, model_dir = str(tmp_path / "data"), str(tmp_path / "model")
+    write_click_log(ClickLogConfig(num_users=50, num_items=30, num_events=300, num_shards=1), data_dir)
+    config = load_config(CONFIG, {"data.dir": data_dir, "train.learning_rate": 0.1, "train.ema_momentum": 0.5})
+    schema = FeatureSchema.from_config(config.features)
+    model = build_and_compile(config, schema)
+    create_variables(model, schema)
+    variables = model.trainable_variables
+    initial = [v.numpy() for v in variables]
+    model.optimizer.apply_gradients(zip([tf.ones_like(v) for v in variables], variables))
+    trained = [v.numpy() for v in variables]
+    average = [0.5 * i + 0.5 * t for i, t in zip(initial, trained)]
+    assert min(np.abs(t - a).min() for t, a in zip(trained, average)) > 0.01  # Adam moved every weight by 0.1
+    with averaged_weights(model):
+        for variable, expected in zip(variables, average):
+            np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
+    for variable, expected in zip(variables, trained):
+        np.testing.assert_array_equal(variable.numpy(), expected)
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=model.optimizer),
+                               os.path.join(model_dir, CHECKPOINT_SUBDIR), max_to_keep=1).save()
+    restored, _, _ = load_trained_model(config, model_dir)
+    assert len(restored.trainable_variables) == len(average)
+    for variable, expected in zip(restored.trainable_variables, average):
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
 
 
 class WeightsEveryStep(tf.keras.callbacks.Callback):
@@ -58,6 +89,7 @@ def eval_logloss(run, scores) -> float:
     return float(tf.keras.metrics.binary_crossentropy(labels["click"], scores))
 
 
+@pytest.mark.slow
 def test_export_restores_the_moving_average_not_the_last_weights(run):
     model, _, _ = load_trained_model(run["config"], run["model_dir"])
     restored = [v.numpy() for v in model.trainable_variables]
@@ -68,6 +100,7 @@ def test_export_restores_the_moving_average_not_the_last_weights(run):
     assert distance > 1e-3  # the average is not the last weights: the comparison above can fail
 
 
+@pytest.mark.slow
 def test_evaluation_measures_the_moving_average(run):
     """The loop's evaluations (after the last loop, and at the end into eval_metrics.json) give the logloss
     of the restored averaged weights over the eval rows."""
