@@ -1,7 +1,7 @@
 """Census-Income (KDD) per-task AUC of the multi-task families through the train loop, settings chosen on a
 validation split and only then measured on the test split.
 
-    tfrecsys-preprocess --config=configs/mmoe.py:census            # once: runs/data/census
+    tfrecsys-preprocess --config=configs/mmoe.py:census            # once (else done here): runs/data/census
     python -m bench.bench_census_auc --split=validation --families=mmoe \\
         --variant=base: --variant=ema:train.ema_momentum=0.99
     python -m bench.bench_census_auc --split=test --families=shared_bottom,mmoe,ple --seeds=0,1,2
@@ -21,7 +21,6 @@ markdown table.
 
 import argparse
 import ast
-import glob
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ import tensorflow as tf
 
 from tfrecsys.config import load_config
 from tfrecsys.data.input import resolve_files
+from tfrecsys.data.preprocess import METADATA_FILE, PreprocessConfig, preprocess
 from tfrecsys.train.loop import train_and_evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,11 +111,12 @@ def run(family: str, data_dir: str, overrides: dict, seed: int, validation: bool
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--split", choices=("validation", "test"), required=True,
+    parser.add_argument("--split", choices=("validation", "test"), default="test",
                         help="validation: carve a validation split out of the training part and report AUC per "
                         "loop on it; test: train on the whole training part and report the test AUC.")
     parser.add_argument("--data_dir", default="runs/data/census",
-                        help="Preprocessed Census-Income (tfrecsys-preprocess --config=configs/mmoe.py:census).")
+                        help="Preprocessed Census-Income (tfrecsys-preprocess --config=configs/mmoe.py:census); "
+                        "preprocessed here when absent.")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"Comma-separated subset of {FAMILIES}.")
     parser.add_argument("--variant", action="append", default=[],
                         help="name:key=value;-key — config overrides tried as one variant: key set to value, -key removed "
@@ -129,9 +130,9 @@ def main(argv=None) -> int:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"--families {unknown} are not among {FAMILIES}")
-    if not glob.glob(os.path.join(args.data_dir, "train-*.tfrecord")):
-        parser.error(f"--data_dir {args.data_dir} holds no preprocessed rows: run "
-                     "tfrecsys-preprocess --config=configs/mmoe.py:census first")
+    if not os.path.exists(os.path.join(args.data_dir, METADATA_FILE)):
+        config = load_config(os.path.join(CONFIGS, "mmoe.py:census"), {"data.dir": args.data_dir})
+        preprocess(PreprocessConfig.from_config(config.preprocess), config.features, args.data_dir)
     validation = args.split == "validation"
     data_dir = (carve_validation(args.data_dir, args.validation_fraction, args.validation_seed) if validation
                 else args.data_dir)
