@@ -17,7 +17,8 @@ from tfrecsys.export.saved_model import export_saved_model
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
 from tfrecsys.train.callbacks import BEST_CHECKPOINT_SUBDIR
-from tfrecsys.train.loop import EVAL_METRICS_FILE, restore_latest, user_histories
+from tfrecsys.train.loop import (CHECKPOINT_SUBDIR, EVAL_METRICS_FILE, create_variables, optimizer_from_config,
+                                 user_histories)
 from tfrecsys.train.strategy import is_chief, precision_policy
 
 
@@ -71,13 +72,33 @@ def load_trained_model(config, model_dir: str, checkpoint: str = "last", sample_
             raise FileNotFoundError(f"no best checkpoint under {os.path.join(model_dir, BEST_CHECKPOINT_SUBDIR)}: "
                                     "train with config.train.best_metric set (and eval_every_loop > 0), or "
                                     "export the last checkpoint")
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
-        return model, schema, path
-    path = restore_latest(model, model_dir, expect_partial=True)
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint under {os.path.join(model_dir, 'checkpoints')}: "
-                                "train with tfrecsys-train --model_dir first")
+    else:
+        path = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint under {os.path.join(model_dir, CHECKPOINT_SUBDIR)}: "
+                                    "train with tfrecsys-train --model_dir first")
+    restore_weights(model, schema, config, path)
     return model, schema, path
+
+
+def restore_weights(model, schema: FeatureSchema, config, path: str) -> None:
+    """Restores ``model``'s weights from the checkpoint ``path``: under ``config.train.ema_momentum`` the
+    optimizer's moving average of them, the weights training evaluated (tfrecsys.train.callbacks.averaged_weights)."""
+    if not config.train.get("ema_momentum", 0.0):
+        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        return
+    # The averages are optimizer variables, checkpointed in the order of the variables it was built on:
+    # build it as training did, over every trainable variable (the training towers' too).
+    optimizer = optimizer_from_config(config.train)
+    create_variables(model, schema, optimizer)
+    status = tf.train.Checkpoint(model=model, optimizer=optimizer).restore(path)
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ValueError(f"checkpoint {path} holds no moving average of the weights of config.train.ema_momentum "
+                         f"(trained without it, or with another optimizer or precision): {error}") from error
+    status.expect_partial()
+    optimizer.finalize_variable_values(model.trainable_variables)
 
 
 def export_trained(config, model_dir: str, export_base: str, version=None, checkpoint: str = "last") -> Optional[str]:

@@ -1,6 +1,8 @@
 """Training callbacks: step-numbered checkpoints, the step training starts from, throughput logging, a clean
-stop on Ctrl-C, evaluation every loop, the best checkpoint by an eval metric and early stopping."""
+stop on Ctrl-C, evaluation every loop (of the averaged weights under ``config.train.ema_momentum``), the best
+checkpoint by an eval metric and early stopping."""
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +13,29 @@ import tensorflow as tf
 from absl import logging
 
 from tfrecsys.train.strategy import is_chief, worker_dir
+
+
+def uses_weight_averaging(model) -> bool:
+    return bool(getattr(model.optimizer, "use_ema", False))
+
+
+@contextlib.contextmanager
+def averaged_weights(model):
+    """Inside the block ``model``'s trainable weights are the optimizer's moving average of them (Polyak
+    averaging, ``config.train.ema_momentum`` m > 0: after every step a ← m·a + (1 − m)·w, a starting at the
+    initial weights); the trained weights come back after it, so training goes on from them. Without an
+    average the block changes nothing."""
+    if not uses_weight_averaging(model):
+        yield
+        return
+    variables = model.trainable_variables
+    trained = [tf.identity(variable) for variable in variables]
+    model.optimizer.finalize_variable_values(variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, trained):
+            variable.assign(value)
 
 
 class CheckpointEveryLoop(tf.keras.callbacks.Callback):
@@ -172,8 +197,9 @@ class EvaluateEveryLoop(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or (epoch + 1) % self.every_loops:
             return
-        results = self.model.evaluate(self.eval_input.data, steps=self.eval_input.steps, return_dict=True,
-                                      verbose=0)
+        with averaged_weights(self.model):
+            results = self.model.evaluate(self.eval_input.data, steps=self.eval_input.steps, return_dict=True,
+                                          verbose=0)
         logs.update({f"val_{name}": float(value) for name, value in results.items()})
 
 

@@ -39,12 +39,19 @@ BACKUP_SUBDIR = "backup"
 EVAL_METRICS_FILE = "eval_metrics.json"
 
 
-def _optimizer(name: str, learning_rate: float):
+def optimizer_from_config(train_config):
+    """The optimizer of ``config.train``: ``optimizer`` at ``learning_rate``, keeping an exponential moving
+    average of the weights when ``ema_momentum`` m > 0 (``callbacks.averaged_weights`` says what uses it)."""
     optimizers = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
                   "sgd": tf.keras.optimizers.SGD}
+    name, momentum = train_config.optimizer, float(train_config.get("ema_momentum", 0.0))
     if name not in optimizers:
         raise ValueError(f"config.train.optimizer {name!r} is not one of {sorted(optimizers)}")
-    return optimizers[name](learning_rate=learning_rate)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"config.train.ema_momentum must lie in [0, 1) (0: no weight averaging), got {momentum}")
+    if momentum == 0.0:
+        return optimizers[name](learning_rate=train_config.learning_rate)
+    return optimizers[name](learning_rate=train_config.learning_rate, use_ema=True, ema_momentum=momentum)
 
 
 def data_files(config) -> tuple[list[str], list[str]]:
@@ -73,13 +80,14 @@ def build_and_compile(config, schema: FeatureSchema, jit_compile: bool = False, 
     model = build_model(config, schema, ModelTables(config, schema))
     if before_compile is not None:
         before_compile(model)
-    model.compile(optimizer=_optimizer(config.train.optimizer, config.train.learning_rate),
+    model.compile(optimizer=optimizer_from_config(config.train),
                   steps_per_execution=config.train.steps_per_execution, jit_compile=jit_compile)
     return model
 
 
-def create_variables(model, schema: FeatureSchema) -> None:
-    """Creates ``model``'s variables and its optimizer's slots before ``fit`` first traces the train step.
+def create_variables(model, schema: FeatureSchema, optimizer=None) -> None:
+    """Creates ``model``'s variables and the slots of ``optimizer`` (default the model's) before ``fit`` first
+    traces the train step.
 
     Keras layers create their variables on their first call, and a ``tf.function`` whose first trace creates
     variables is traced a second time without them: built lazily, a model pays for tracing its whole train
@@ -92,7 +100,7 @@ def create_variables(model, schema: FeatureSchema) -> None:
         return model(features, training=False)
 
     tf.function(forward).get_concrete_function(schema.input_signature(serving=False))
-    model.optimizer.build(model.trainable_variables)
+    (optimizer or model.optimizer).build(model.trainable_variables)
 
 
 def restore_latest(model, model_dir: str, expect_partial: bool = False):
@@ -207,6 +215,10 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1, 
     mode = config.train.get("mode", "batch")
     if mode not in ("batch", "streaming"):
         raise ValueError(f"config.train.mode must be 'batch' or 'streaming', got {mode!r}")
+    if mode == "streaming" and config.train.get("ema_momentum", 0.0):
+        # Keras' fit puts the average in the weights when it ends, and streaming calls fit once per window.
+        raise ValueError("config.train.ema_momentum (weight averaging) works in batch mode only; set it to 0 with "
+                         "config.train.mode 'streaming'")
     with precision_policy(mixed_precision):
         if mode == "streaming":
             # Imported here: streaming builds on this module's pieces.
@@ -272,7 +284,10 @@ def _train_and_evaluate(config, model_dir: str, strategy, verbose: int, jit_comp
         logging.info("checkpoint is at step %d of %d: nothing left to train", done, steps)
 
     with naming_lost_peers(), naming_bad_files(eval_files, schema, row_features):
-        raw = model.evaluate(eval_input.data, steps=eval_input.steps, return_dict=True, verbose=0)
+        # Keras' fit ends by putting the average in the weights; a run with nothing left to train has the
+        # trained weights of its checkpoint.
+        with callbacks_lib.averaged_weights(model):
+            raw = model.evaluate(eval_input.data, steps=eval_input.steps, return_dict=True, verbose=0)
     metrics = metrics_by_task(raw, [t.name for t in tasks])
     if is_chief():
         with tf.io.gfile.GFile(os.path.join(model_dir, EVAL_METRICS_FILE), "w") as f:
