@@ -11,8 +11,9 @@ that the task towers read:
   them into the next level's shared input;
 * ``IdentityBackbone``: ``x`` itself for every task (ESMM's towers read the shared embeddings directly).
 
-Experts of a group are one batched computation (``Experts``: a ``[n, d_in, d_out]`` kernel per layer, one
-einsum for all ``n`` experts) rather than ``n`` separate Dense stacks: same function, far fewer ops per step.
+Experts of a group keep one ``[n, d_in, d_out]`` kernel per layer (``Experts``) and run it as ``n`` plain 2-D
+matmuls, one per expert: on CPU oneDNN's MatMul is faster than the single ``einsum``/batched matmul of the same
+function (bench/RESULTS.md, issue 13 speed).
 """
 
 import math
@@ -24,9 +25,9 @@ import tensorflow as tf
 class Experts(tf.keras.layers.Layer):
     """``n`` independent MLP experts, ``f_i(x) = act(W_{i,L} … act(W_{i,1} x + b_{i,1}) … + b_{i,L})``.
 
-    Input ``[batch, d]`` (every expert reads the same input) or ``[batch, n, d]`` (expert ``i`` reads row
-    ``i``); output ``[batch, n, hidden_units[-1]]``. Each expert's kernels are Glorot-uniform over their own
-    ``(d_in, d_out)``, as ``n`` separate Dense layers would be.
+    Input ``[batch, d]`` (every expert reads the same input), ``[batch, n, d]`` or a list of ``n`` ``[batch, d]``
+    (expert ``i`` reads the ``i``-th); output ``[batch, n, hidden_units[-1]]``. Each expert's kernels are
+    Glorot-uniform over their own ``(d_in, d_out)``, as ``n`` separate Dense layers would be.
     """
 
     def __init__(self, num_experts: int, hidden_units: Sequence[int], activation="relu", dropout=0.0, **kwargs):
@@ -41,6 +42,8 @@ class Experts(tf.keras.layers.Layer):
         self._dropout = tf.keras.layers.Dropout(dropout) if dropout else None
 
     def build(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (tf.TensorShape, list, tuple)):
+            input_shape = input_shape[0]  # a list of per-expert inputs, all of one width
         d_in = int(input_shape[-1])
         self.kernels, self.biases = [], []
         for layer, units in enumerate(self.hidden_units):
@@ -52,13 +55,22 @@ class Experts(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        hidden = inputs
-        for layer, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
-            equation = "bd,ndh->bnh" if layer == 0 and inputs.shape.rank == 2 else "bnd,ndh->bnh"
-            hidden = self.activation(tf.einsum(equation, hidden, kernel) + bias)
+        if isinstance(inputs, (list, tuple)):
+            hidden = list(inputs)
+        elif inputs.shape.rank == 2:
+            hidden = [inputs] * self.num_experts
+        else:
+            hidden = tf.unstack(inputs, num=self.num_experts, axis=1)
+        if len(hidden) != self.num_experts:
+            raise ValueError(f"{self.name}: {len(hidden)} inputs for {self.num_experts} experts")
+        for kernel, bias in zip(self.kernels, self.biases):
+            # Unstacking a kernel is one copy, and its gradient one stack (slicing would add n zero-padded
+            # gradients of the whole kernel).
+            kernels, biases = tf.unstack(kernel, num=self.num_experts), tf.unstack(bias, num=self.num_experts)
+            hidden = [self.activation(tf.matmul(h, k) + b) for h, k, b in zip(hidden, kernels, biases)]
             if self._dropout is not None:
-                hidden = self._dropout(hidden, training=training)
-        return hidden
+                hidden = [self._dropout(h, training=training) for h in hidden]
+        return tf.stack(hidden, axis=1)
 
     def get_config(self):
         return {**super().get_config(), "num_experts": self.num_experts, "hidden_units": self.hidden_units,
@@ -83,7 +95,7 @@ class SoftmaxGate(tf.keras.layers.Layer):
 
 def mix(gate: tf.Tensor, expert_outputs: tf.Tensor) -> tf.Tensor:
     """``Σ_i g_i f_i``: gate ``[batch, n]`` and experts ``[batch, n, h]`` → ``[batch, h]``."""
-    return tf.einsum("bn,bnh->bh", gate, expert_outputs)
+    return tf.reduce_sum(gate[:, :, tf.newaxis] * expert_outputs, axis=1)
 
 
 class IdentityBackbone(tf.keras.layers.Layer):
@@ -186,7 +198,7 @@ class ExtractionLevel(tf.keras.layers.Layer):
             expert_inputs = inputs[0]
         else:
             copies = [x for x in inputs[:-1] for _ in range(self.task_experts)]
-            expert_inputs = tf.stack(copies + [inputs[-1]] * self.shared_experts, axis=1)
+            expert_inputs = copies + [inputs[-1]] * self.shared_experts
         experts = self.experts(expert_inputs, training=training)
         m, shared = self.task_experts, experts[:, self.num_tasks * self.task_experts:]
         gates = self.gates(inputs)
