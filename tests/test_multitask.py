@@ -103,6 +103,10 @@ def test_experts_equal_the_one_einsum_form_in_outputs_and_gradients(shape):
         new_loss, old_loss = tf.reduce_sum(new * tf.cos(new)), tf.reduce_sum(old * tf.cos(old))
     assert new.shape == (32, 3, 4)
     np.testing.assert_allclose(new.numpy(), old.numpy(), atol=1e-5)
+    unstacked = Experts(3, (8, 4), stack_outputs=False)
+    unstacked(x)
+    unstacked.set_weights(experts.get_weights())
+    np.testing.assert_allclose(tf.stack(unstacked(inputs), axis=1).numpy(), new.numpy(), atol=1e-6)
     for name, variable in [("inputs", x)] + [(v.name, v) for v in experts.trainable_variables]:
         np.testing.assert_allclose(tape.gradient(new_loss, variable).numpy(), tape.gradient(old_loss, variable).numpy(),
                                    atol=1e-5, err_msg=name)

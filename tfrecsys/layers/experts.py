@@ -26,11 +26,14 @@ class Experts(tf.keras.layers.Layer):
     """``n`` independent MLP experts, ``f_i(x) = act(W_{i,L} … act(W_{i,1} x + b_{i,1}) … + b_{i,L})``.
 
     Input ``[batch, d]`` (every expert reads the same input), ``[batch, n, d]`` or a list of ``n`` ``[batch, d]``
-    (expert ``i`` reads the ``i``-th); output ``[batch, n, hidden_units[-1]]``. Each expert's kernels are
+    (expert ``i`` reads the ``i``-th); output ``[batch, n, hidden_units[-1]]``, or with ``stack_outputs=False``
+    the list of ``n`` ``[batch, hidden_units[-1]]`` (for a reader that takes experts apart: slicing the stacked
+    tensor would cost a zero-padded gradient of its whole size per slice). Each expert's kernels are
     Glorot-uniform over their own ``(d_in, d_out)``, as ``n`` separate Dense layers would be.
     """
 
-    def __init__(self, num_experts: int, hidden_units: Sequence[int], activation="relu", dropout=0.0, **kwargs):
+    def __init__(self, num_experts: int, hidden_units: Sequence[int], activation="relu", dropout=0.0,
+                 stack_outputs: bool = True, **kwargs):
         super().__init__(**kwargs)
         if num_experts < 1 or not hidden_units:
             raise ValueError(f"{self.name}: experts need num_experts >= 1 and hidden_units, got {num_experts} and "
@@ -39,6 +42,7 @@ class Experts(tf.keras.layers.Layer):
         self.hidden_units = list(hidden_units)
         self.activation = tf.keras.activations.get(activation)
         self.dropout = dropout
+        self.stack_outputs = stack_outputs
         self._dropout = tf.keras.layers.Dropout(dropout) if dropout else None
 
     def build(self, input_shape):
@@ -70,11 +74,12 @@ class Experts(tf.keras.layers.Layer):
             hidden = [self.activation(tf.matmul(h, k) + b) for h, k, b in zip(hidden, kernels, biases)]
             if self._dropout is not None:
                 hidden = [self._dropout(h, training=training) for h in hidden]
-        return tf.stack(hidden, axis=1)
+        return tf.stack(hidden, axis=1) if self.stack_outputs else hidden
 
     def get_config(self):
         return {**super().get_config(), "num_experts": self.num_experts, "hidden_units": self.hidden_units,
-                "activation": tf.keras.activations.serialize(self.activation), "dropout": self.dropout}
+                "activation": tf.keras.activations.serialize(self.activation), "dropout": self.dropout,
+                "stack_outputs": self.stack_outputs}
 
 
 class SoftmaxGate(tf.keras.layers.Layer):
@@ -121,10 +126,10 @@ class SharedBottomBackbone(tf.keras.layers.Layer):
         self.hidden_units = list(hidden_units)
         self.dropout = dropout
         # One expert of the batched kind: MMoE with one expert is exactly this (its gate is identically 1).
-        self.bottom = Experts(1, hidden_units, dropout=dropout, name="bottom")
+        self.bottom = Experts(1, hidden_units, dropout=dropout, stack_outputs=False, name="bottom")
 
     def call(self, inputs, training=None):
-        return [self.bottom(inputs, training=training)[:, 0]] * self.num_tasks
+        return self.bottom(inputs, training=training) * self.num_tasks
 
     def get_config(self):
         return {**super().get_config(), "num_tasks": self.num_tasks, "hidden_units": self.hidden_units,
@@ -183,7 +188,7 @@ class ExtractionLevel(tf.keras.layers.Layer):
         self.dropout = dropout
         # All experts of the level in one batch: task 0's, …, task K-1's, then the shared ones.
         self.experts = Experts(num_tasks * task_experts + shared_experts, expert_units, dropout=dropout,
-                               name="experts")
+                               stack_outputs=False, name="experts")
         self.task_gates = [SoftmaxGate(task_experts + shared_experts, name=f"gate_{k}") for k in range(num_tasks)]
         self.shared_gate = None if last else SoftmaxGate(num_tasks * task_experts + shared_experts,
                                                          name="shared_gate")
@@ -200,11 +205,11 @@ class ExtractionLevel(tf.keras.layers.Layer):
             copies = [x for x in inputs[:-1] for _ in range(self.task_experts)]
             expert_inputs = copies + [inputs[-1]] * self.shared_experts
         experts = self.experts(expert_inputs, training=training)
-        m, shared = self.task_experts, experts[:, self.num_tasks * self.task_experts:]
+        m, shared = self.task_experts, experts[self.num_tasks * self.task_experts:]
         gates = self.gates(inputs)
-        outputs = [mix(gates[k], tf.concat([experts[:, k * m:(k + 1) * m], shared], axis=1))
+        outputs = [mix(gates[k], tf.stack(experts[k * m:(k + 1) * m] + shared, axis=1))
                    for k in range(self.num_tasks)]
-        return outputs if self.last else outputs + [mix(gates[-1], experts)]
+        return outputs if self.last else outputs + [mix(gates[-1], tf.stack(experts, axis=1))]
 
     def get_config(self):
         return {**super().get_config(), "num_tasks": self.num_tasks, "shared_experts": self.shared_experts,
