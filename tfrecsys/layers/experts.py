@@ -11,8 +11,9 @@ that the task towers read:
   them into the next level's shared input;
 * ``IdentityBackbone``: ``x`` itself for every task (ESMM's towers read the shared embeddings directly).
 
-Experts of a group are one batched computation (``Experts``: a ``[n, d_in, d_out]`` kernel per layer, one
-einsum for all ``n`` experts) rather than ``n`` separate Dense stacks: same function, far fewer ops per step.
+Experts of a group keep one ``[n, d_in, d_out]`` kernel per layer (``Experts``) and run it as ``n`` plain 2-D
+matmuls, one per expert: on CPU oneDNN's MatMul is faster than the single ``einsum``/batched matmul of the same
+function (bench/RESULTS.md, issue 13 speed).
 """
 
 import math
@@ -24,12 +25,15 @@ import tensorflow as tf
 class Experts(tf.keras.layers.Layer):
     """``n`` independent MLP experts, ``f_i(x) = act(W_{i,L} … act(W_{i,1} x + b_{i,1}) … + b_{i,L})``.
 
-    Input ``[batch, d]`` (every expert reads the same input) or ``[batch, n, d]`` (expert ``i`` reads row
-    ``i``); output ``[batch, n, hidden_units[-1]]``. Each expert's kernels are Glorot-uniform over their own
-    ``(d_in, d_out)``, as ``n`` separate Dense layers would be.
+    Input ``[batch, d]`` (every expert reads the same input), ``[batch, n, d]`` or a list of ``n`` ``[batch, d]``
+    (expert ``i`` reads the ``i``-th); output ``[batch, n, hidden_units[-1]]``, or with ``stack_outputs=False``
+    the list of ``n`` ``[batch, hidden_units[-1]]`` (for a reader that takes experts apart: slicing the stacked
+    tensor would cost a zero-padded gradient of its whole size per slice). Each expert's kernels are
+    Glorot-uniform over their own ``(d_in, d_out)``, as ``n`` separate Dense layers would be.
     """
 
-    def __init__(self, num_experts: int, hidden_units: Sequence[int], activation="relu", dropout=0.0, **kwargs):
+    def __init__(self, num_experts: int, hidden_units: Sequence[int], activation="relu", dropout=0.0,
+                 stack_outputs: bool = True, **kwargs):
         super().__init__(**kwargs)
         if num_experts < 1 or not hidden_units:
             raise ValueError(f"{self.name}: experts need num_experts >= 1 and hidden_units, got {num_experts} and "
@@ -38,9 +42,12 @@ class Experts(tf.keras.layers.Layer):
         self.hidden_units = list(hidden_units)
         self.activation = tf.keras.activations.get(activation)
         self.dropout = dropout
+        self.stack_outputs = stack_outputs
         self._dropout = tf.keras.layers.Dropout(dropout) if dropout else None
 
     def build(self, input_shape):
+        if isinstance(input_shape, (list, tuple)) and isinstance(input_shape[0], (tf.TensorShape, list, tuple)):
+            input_shape = input_shape[0]  # a list of per-expert inputs, all of one width
         d_in = int(input_shape[-1])
         self.kernels, self.biases = [], []
         for layer, units in enumerate(self.hidden_units):
@@ -52,17 +59,27 @@ class Experts(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        hidden = inputs
-        for layer, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
-            equation = "bd,ndh->bnh" if layer == 0 and inputs.shape.rank == 2 else "bnd,ndh->bnh"
-            hidden = self.activation(tf.einsum(equation, hidden, kernel) + bias)
+        if isinstance(inputs, (list, tuple)):
+            hidden = list(inputs)
+        elif inputs.shape.rank == 2:
+            hidden = [inputs] * self.num_experts
+        else:
+            hidden = tf.unstack(inputs, num=self.num_experts, axis=1)
+        if len(hidden) != self.num_experts:
+            raise ValueError(f"{self.name}: {len(hidden)} inputs for {self.num_experts} experts")
+        for kernel, bias in zip(self.kernels, self.biases):
+            # Unstacking a kernel is one copy, and its gradient one stack (slicing would add n zero-padded
+            # gradients of the whole kernel).
+            kernels, biases = tf.unstack(kernel, num=self.num_experts), tf.unstack(bias, num=self.num_experts)
+            hidden = [self.activation(tf.matmul(h, k) + b) for h, k, b in zip(hidden, kernels, biases)]
             if self._dropout is not None:
-                hidden = self._dropout(hidden, training=training)
-        return hidden
+                hidden = [self._dropout(h, training=training) for h in hidden]
+        return tf.stack(hidden, axis=1) if self.stack_outputs else hidden
 
     def get_config(self):
         return {**super().get_config(), "num_experts": self.num_experts, "hidden_units": self.hidden_units,
-                "activation": tf.keras.activations.serialize(self.activation), "dropout": self.dropout}
+                "activation": tf.keras.activations.serialize(self.activation), "dropout": self.dropout,
+                "stack_outputs": self.stack_outputs}
 
 
 class SoftmaxGate(tf.keras.layers.Layer):
@@ -83,7 +100,7 @@ class SoftmaxGate(tf.keras.layers.Layer):
 
 def mix(gate: tf.Tensor, expert_outputs: tf.Tensor) -> tf.Tensor:
     """``Σ_i g_i f_i``: gate ``[batch, n]`` and experts ``[batch, n, h]`` → ``[batch, h]``."""
-    return tf.einsum("bn,bnh->bh", gate, expert_outputs)
+    return tf.reduce_sum(gate[:, :, tf.newaxis] * expert_outputs, axis=1)
 
 
 class IdentityBackbone(tf.keras.layers.Layer):
@@ -109,10 +126,10 @@ class SharedBottomBackbone(tf.keras.layers.Layer):
         self.hidden_units = list(hidden_units)
         self.dropout = dropout
         # One expert of the batched kind: MMoE with one expert is exactly this (its gate is identically 1).
-        self.bottom = Experts(1, hidden_units, dropout=dropout, name="bottom")
+        self.bottom = Experts(1, hidden_units, dropout=dropout, stack_outputs=False, name="bottom")
 
     def call(self, inputs, training=None):
-        return [self.bottom(inputs, training=training)[:, 0]] * self.num_tasks
+        return self.bottom(inputs, training=training) * self.num_tasks
 
     def get_config(self):
         return {**super().get_config(), "num_tasks": self.num_tasks, "hidden_units": self.hidden_units,
@@ -171,7 +188,7 @@ class ExtractionLevel(tf.keras.layers.Layer):
         self.dropout = dropout
         # All experts of the level in one batch: task 0's, …, task K-1's, then the shared ones.
         self.experts = Experts(num_tasks * task_experts + shared_experts, expert_units, dropout=dropout,
-                               name="experts")
+                               stack_outputs=False, name="experts")
         self.task_gates = [SoftmaxGate(task_experts + shared_experts, name=f"gate_{k}") for k in range(num_tasks)]
         self.shared_gate = None if last else SoftmaxGate(num_tasks * task_experts + shared_experts,
                                                          name="shared_gate")
@@ -186,13 +203,13 @@ class ExtractionLevel(tf.keras.layers.Layer):
             expert_inputs = inputs[0]
         else:
             copies = [x for x in inputs[:-1] for _ in range(self.task_experts)]
-            expert_inputs = tf.stack(copies + [inputs[-1]] * self.shared_experts, axis=1)
+            expert_inputs = copies + [inputs[-1]] * self.shared_experts
         experts = self.experts(expert_inputs, training=training)
-        m, shared = self.task_experts, experts[:, self.num_tasks * self.task_experts:]
+        m, shared = self.task_experts, experts[self.num_tasks * self.task_experts:]
         gates = self.gates(inputs)
-        outputs = [mix(gates[k], tf.concat([experts[:, k * m:(k + 1) * m], shared], axis=1))
+        outputs = [mix(gates[k], tf.stack(experts[k * m:(k + 1) * m] + shared, axis=1))
                    for k in range(self.num_tasks)]
-        return outputs if self.last else outputs + [mix(gates[-1], experts)]
+        return outputs if self.last else outputs + [mix(gates[-1], tf.stack(experts, axis=1))]
 
     def get_config(self):
         return {**super().get_config(), "num_tasks": self.num_tasks, "shared_experts": self.shared_experts,
