@@ -18,8 +18,9 @@
 3. Achieved FLOP/s: the matmul FLOPs the XLA path's forward + backward needs (3x the forward's: projection,
    output, and ``Q Kᵀ`` and ``A V`` over the causal triangle, the ``L (L + 1) / 2`` query-key pairs with
    ``j <= i``; elementwise work not counted) per second, as a fraction of a plain ``tf.matmul`` of two square
-   matrices with the same FLOPs, timed alternately with it. The FLOPs the causal blocks execute (their
-   diagonal tiles whole) are printed beside them.
+   matrices with the same FLOPs, timed alternately with it in a ``tf.function`` with and without XLA (the
+   faster of the two is the reference). The FLOPs the causal blocks execute (their diagonal tiles whole) are
+   printed beside them.
 
 ``--device=gpu`` places everything on the first GPU (the run stops if TensorFlow sees none);
 ``--dtype=bfloat16`` runs the layers under the ``mixed_bfloat16`` Keras policy (float32 weights, bfloat16
@@ -180,15 +181,21 @@ def flops_section(args) -> None:
     dtype = tf.bfloat16 if args.dtype == "bfloat16" else tf.float32
     a = tf.random.stateless_normal([side, side], seed=[1, 2], dtype=dtype)
     b = tf.random.stateless_normal([side, side], seed=[3, 4], dtype=dtype)
-    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    def matmul(a, b):
+        return tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32))
+
     inputs = batch_of(batch, width, args.model_dim)
-    seconds = timed_rounds({"hstu": (forward_backward(layer, True, inputs), inputs), "matmul": (matmul, (a, b))},
-                           args.repeats)
-    hstu_rate, matmul_rate = flops / seconds["hstu"], 2 * side ** 3 / seconds["matmul"]
+    methods = {"hstu": (forward_backward(layer, True, inputs), inputs), "matmul": (tf.function(matmul), (a, b))}
+    if xla_available(args):
+        methods["xla matmul"] = (tf.function(matmul, jit_compile=True), (a, b))
+    seconds = timed_rounds(methods, args.repeats)
+    matmul_seconds = min(seconds["matmul"], seconds.get("xla matmul", float("inf")))
+    hstu_rate, matmul_rate = flops / seconds["hstu"], 2 * side ** 3 / matmul_seconds
     print(f"\n3. achieved FLOP/s, {path} path, L={width}, batch {batch}: {flops / 1e9:.2f} GFLOP of matmuls needed "
           f"per forward + backward (causal; {executed / 1e9:.2f} executed in {len(layer.causal_blocks(width))} "
           f"causal blocks) at {hstu_rate / 1e9:.1f} GFLOP/s; plain {side}x{side} matmul at "
-          f"{matmul_rate / 1e9:.1f} GFLOP/s; fraction {hstu_rate / matmul_rate:.2f} "
+          f"{matmul_rate / 1e9:.1f} GFLOP/s (without XLA {2 * side ** 3 / seconds['matmul'] / 1e9:.1f}); "
+          f"fraction {hstu_rate / matmul_rate:.2f} "
           f"({executed / seconds['hstu'] / matmul_rate:.2f} counting the executed FLOPs)", flush=True)
 
 

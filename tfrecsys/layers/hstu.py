@@ -33,12 +33,12 @@ One layer, over a batch of time-ordered event sequences ``X`` ``[batch, L, D]`` 
 - Outputs at padded positions are 0, and padded inputs reach no valid output (and get zero gradient).
 
 Causal blocks (``attention_block_size`` b): when the padded length ``L`` is known when the layer is traced
-(static shapes: the XLA path's length buckets, batches padded to a fixed ``max_len``) and exceeds b, the
-queries are taken b rows at a time and each block reads only the keys up to its last row: the upper
-triangle, where ``M`` is 0, is never computed. At ``L = 1024`` and b = 256 that is 10 of 16 ``b × b`` tiles
-of ``Q Kᵀ``, ``A V``, the bias and the mask (and of their gradients). The result equals the full ``L × L``
-computation (the skipped weights are exact zeros); with an unknown ``L`` (serving signatures, the jagged
-path's groups) the layer computes the full ``L × L``.
+(static shapes: batches padded to a fixed ``max_len``, eager calls; the XLA path then pads to a static
+length bucket) and exceeds b, the queries are taken b rows at a time and each block reads only the keys up
+to its last row: the upper triangle, where ``M`` is 0, is never computed. At ``L = 1024`` and b = 256 that
+is 10 of 16 ``b × b`` tiles of ``Q Kᵀ``, ``A V``, the bias and the mask (and of their gradients). The
+result equals the full ``L × L`` computation (the skipped weights are exact zeros); with an unknown ``L``
+(serving signatures, the jagged path's groups inside a ``tf.function``) the layer computes the full ``L × L``.
 
 Attention paths (``attention_path``), equal to float rounding:
 - ``"padded"``: the whole batch padded to its length ``L`` (in causal blocks when ``L`` is static); the
