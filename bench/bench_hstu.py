@@ -6,16 +6,21 @@
 
 1. Paths, at each ``--lengths`` with ``--tokens_per_batch`` tokens (batch = tokens / L, every sequence full):
    one HSTU layer's forward + backward (gradients of the input and every weight) on the XLA path, against
-   the same padded computation in a ``tf.function`` without XLA and run eagerly, and against a Keras
+   the same padded computation in a ``tf.function`` without XLA and run eagerly (every method traced for
+   the batch's static shape, so all of them compute the same causal blocks of ``attention_block_size``
+   query rows, ``--block``; ``--block=0``: the full ``L × L``), and against a Keras
    ``MultiHeadAttention`` transformer block of the same width (pre-LayerNorm, causal softmax attention with
    the same heads, residual, pre-LayerNorm 4x feed-forward, residual: the work one HSTU layer replaces) in a
    ``tf.function``. Methods alternate for ``--repeats`` rounds after a warm-up (XLA compiles there); medians.
 2. Jagged against padded at ``--jagged_fill`` mean fill: ``--jagged_batch`` sequences padded to
    ``--jagged_length``, lengths uniform in [1, 2 · fill · L − 1]; forward + backward, both in a
    ``tf.function`` without XLA (the XLA path is timed too, for reference).
-3. Achieved FLOP/s: the matmul FLOPs of the XLA path's forward + backward (3x the forward's: projection,
-   ``Q Kᵀ`` and ``A V`` over the full ``L × L``, output; elementwise work not counted) per second, as a
-   fraction of a plain ``tf.matmul`` of two square matrices with the same FLOPs, timed alternately with it.
+3. Achieved FLOP/s: the matmul FLOPs the XLA path's forward + backward needs (3x the forward's: projection,
+   output, and ``Q Kᵀ`` and ``A V`` over the causal triangle, the ``L (L + 1) / 2`` query-key pairs with
+   ``j <= i``; elementwise work not counted) per second, as a fraction of a plain ``tf.matmul`` of two square
+   matrices with the same FLOPs, timed alternately with it in a ``tf.function`` with and without XLA (the
+   faster of the two is the reference). The FLOPs the causal blocks execute (their diagonal tiles whole) are
+   printed beside them.
 
 ``--device=gpu`` places everything on the first GPU (the run stops if TensorFlow sees none);
 ``--dtype=bfloat16`` runs the layers under the ``mixed_bfloat16`` Keras policy (float32 weights, bfloat16
@@ -39,7 +44,8 @@ tf.get_logger().setLevel("ERROR")  # the per-length tf.functions of section 1 ar
 
 def hstu_layer(args, path: str, max_seq_len: int) -> HSTULayer:
     return HSTULayer(num_heads=args.num_heads, attention_dim=args.model_dim // args.num_heads,
-                     max_seq_len=max_seq_len, attention_path=path, jagged_groups=args.jagged_groups)
+                     max_seq_len=max_seq_len, attention_path=path, jagged_groups=args.jagged_groups,
+                     attention_block_size=args.block)
 
 
 class TransformerBlock(tf.keras.layers.Layer):
@@ -62,9 +68,11 @@ class TransformerBlock(tf.keras.layers.Layer):
         return x + self.feed_forward(self.feed_forward_norm(x), training=training)
 
 
-def forward_backward(layer, compiled: bool, model_dim: int):
+def forward_backward(layer, compiled: bool, inputs):
     """``(x, lengths, timestamps) -> scalar`` that runs the layer and all its gradients (returned as a sum,
-    so that graph pruning cannot drop them)."""
+    so that graph pruning cannot drop them); ``compiled``: a ``tf.function`` traced for the padded length of
+    ``inputs``, static as in a model's fixed-length batches (the batch size stays unknown: traced with a static
+    batch of 1, XLA's CPU step at L = 4096 took a minute instead of about a second)."""
     def step(x, lengths, timestamps):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -75,9 +83,8 @@ def forward_backward(layer, compiled: bool, model_dim: int):
                                 for g in gradients if g is not None])
     if not compiled:
         return step
-    spec = [tf.TensorSpec([None, None, model_dim], tf.float32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None, None], tf.int64)]
-    return tf.function(step, input_signature=spec)
+    return tf.function(step, input_signature=[tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype)
+                                              for tensor in inputs])
 
 
 def batch_of(batch: int, width: int, model_dim: int, lengths=None, seed: int = 0):
@@ -101,11 +108,12 @@ def timed_rounds(methods: dict, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def hstu_forward_matmul_flops(batch: int, width: int, model_dim: int, num_heads: int) -> float:
+def hstu_forward_matmul_flops(batch: int, width: int, model_dim: int, num_heads: int, query_key_pairs: int) -> float:
+    """Matmul FLOPs of one layer's forward over ``query_key_pairs`` attention pairs per sequence."""
     head_dim = model_dim // num_heads
     tokens, heads_dim = batch * width, num_heads * head_dim
     projection = 2 * tokens * model_dim * 4 * heads_dim
-    attention = 2 * 2 * batch * num_heads * width * width * head_dim
+    attention = 2 * 2 * batch * num_heads * query_key_pairs * head_dim
     output = 2 * tokens * heads_dim * model_dim
     return float(projection + attention + output)
 
@@ -132,12 +140,12 @@ def paths_section(args) -> None:
         inputs = batch_of(batch, width, args.model_dim)
         padded = built(hstu_layer(args, "padded", width), args.model_dim)
         mha = built(TransformerBlock(args.model_dim, args.num_heads), args.model_dim)
-        methods = {"function": (forward_backward(padded, True, args.model_dim), inputs),
-                   "eager": (forward_backward(padded, False, args.model_dim), inputs),
-                   "mha": (forward_backward(mha, True, args.model_dim), inputs)}
+        methods = {"function": (forward_backward(padded, True, inputs), inputs),
+                   "eager": (forward_backward(padded, False, inputs), inputs),
+                   "mha": (forward_backward(mha, True, inputs), inputs)}
         if base == "xla":
             xla = built(hstu_layer(args, "xla", width), args.model_dim)
-            methods["xla"] = (forward_backward(xla, True, args.model_dim), inputs)
+            methods["xla"] = (forward_backward(xla, True, inputs), inputs)
         ms = {name: 1e3 * s for name, s in timed_rounds(methods, args.repeats).items()}
         ms.setdefault("xla", float("nan"))
         print(f"{width:>6} {batch:>5} {ms['xla']:>9.1f} {ms['function']:>12.1f} {ms['eager']:>9.1f} "
@@ -152,7 +160,7 @@ def jagged_section(args) -> None:
     inputs = batch_of(batch, width, args.model_dim, lengths=lengths)
     paths = ("jagged", "padded", "xla") if xla_available(args) else ("jagged", "padded")
     layers = {path: built(hstu_layer(args, path, width), args.model_dim) for path in paths}
-    methods = {path: (forward_backward(layer, True, args.model_dim), inputs) for path, layer in layers.items()}
+    methods = {path: (forward_backward(layer, True, inputs), inputs) for path, layer in layers.items()}
     ms = {name: 1e3 * s for name, s in timed_rounds(methods, args.repeats).items()}
     ms.setdefault("xla", float("nan"))
     print(f"\n2. jagged vs padded: batch {batch}, L={width}, mean fill {lengths.mean() / width:.1%} "
@@ -167,19 +175,30 @@ def flops_section(args) -> None:
     batch = max(1, args.tokens_per_batch // width)
     path = "xla" if xla_available(args) else "padded"
     layer = built(hstu_layer(args, path, width), args.model_dim)
-    flops = 3 * hstu_forward_matmul_flops(batch, width, args.model_dim, args.num_heads)
+    causal_pairs = width * (width + 1) // 2
+    executed_pairs = sum(((stop or width) - start) * (stop or width) for start, stop in layer.causal_blocks(width))
+    flops = 3 * hstu_forward_matmul_flops(batch, width, args.model_dim, args.num_heads, causal_pairs)
+    executed = 3 * hstu_forward_matmul_flops(batch, width, args.model_dim, args.num_heads, executed_pairs)
     side = int(round((flops / 2) ** (1 / 3)))
     dtype = tf.bfloat16 if args.dtype == "bfloat16" else tf.float32
     a = tf.random.stateless_normal([side, side], seed=[1, 2], dtype=dtype)
     b = tf.random.stateless_normal([side, side], seed=[3, 4], dtype=dtype)
-    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
-    hstu_step = forward_backward(layer, True, args.model_dim)
-    seconds = timed_rounds({"hstu": (hstu_step, batch_of(batch, width, args.model_dim)), "matmul": (matmul, (a, b))},
-                           args.repeats)
-    hstu_rate, matmul_rate = flops / seconds["hstu"], 2 * side ** 3 / seconds["matmul"]
-    print(f"\n3. achieved FLOP/s, {path} path, L={width}, batch {batch}: {flops / 1e9:.2f} GFLOP of matmuls per "
-          f"forward + backward at {hstu_rate / 1e9:.1f} GFLOP/s; plain {side}x{side} matmul at "
-          f"{matmul_rate / 1e9:.1f} GFLOP/s; fraction {hstu_rate / matmul_rate:.2f}", flush=True)
+    def matmul(a, b):
+        return tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32))
+
+    inputs = batch_of(batch, width, args.model_dim)
+    methods = {"hstu": (forward_backward(layer, True, inputs), inputs), "matmul": (tf.function(matmul), (a, b))}
+    if xla_available(args):
+        methods["xla matmul"] = (tf.function(matmul, jit_compile=True), (a, b))
+    seconds = timed_rounds(methods, args.repeats)
+    matmul_seconds = min(seconds["matmul"], seconds.get("xla matmul", float("inf")))
+    hstu_rate, matmul_rate = flops / seconds["hstu"], 2 * side ** 3 / matmul_seconds
+    print(f"\n3. achieved FLOP/s, {path} path, L={width}, batch {batch}: {flops / 1e9:.2f} GFLOP of matmuls needed "
+          f"per forward + backward (causal; {executed / 1e9:.2f} executed in {len(layer.causal_blocks(width))} "
+          f"causal blocks) at {hstu_rate / 1e9:.1f} GFLOP/s; plain {side}x{side} matmul at "
+          f"{matmul_rate / 1e9:.1f} GFLOP/s (without XLA {2 * side ** 3 / seconds['matmul'] / 1e9:.1f}); "
+          f"fraction {hstu_rate / matmul_rate:.2f} "
+          f"({executed / seconds['hstu'] / matmul_rate:.2f} counting the executed FLOPs)", flush=True)
 
 
 def main(argv=None) -> None:
@@ -196,6 +215,8 @@ def main(argv=None) -> None:
     parser.add_argument("--jagged_fill", type=float, default=0.25, help="mean fill (length / L) in section 2")
     parser.add_argument("--jagged_groups", type=int, default=8, help="length groups of the jagged path")
     parser.add_argument("--flops_length", type=int, default=1024, help="sequence length L of section 3")
+    parser.add_argument("--block", type=int, default=HSTULayer().attention_block_size,
+                        help="attention_block_size of every HSTU layer: query rows per causal block (0: full L x L)")
     parser.add_argument("--sections", default="paths,jagged,flops",
                         help="comma-separated sections to run: paths, jagged, flops")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",

@@ -94,26 +94,45 @@ def test_padded_path_equals_the_papers_equations_per_sequence():
     assert np.abs(got - x * (np.arange(x.shape[1]) < lengths[:, None])[..., None]).max() > 1e-2  # f2 did something
 
 
-def test_padded_xla_and_jagged_paths_agree_in_outputs_and_gradients():
-    layers = same_layers()
-    x, lengths, timestamps = ragged_batch()
+def output_and_gradients(layer, x, lengths, timestamps, num_targets=(2, 0, 0, 1, 0, 0)):
+    """The layer's output and the gradients of a random projection of it for the input and every weight."""
     x = tf.constant(x)
     probe = tf.random.stateless_normal(x.shape, seed=[5, 6])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, lengths, timestamps, num_targets=list(num_targets), training=True)
+        loss = tf.reduce_sum(y * probe)
+    return y.numpy(), [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, [x] + layer.trainable_variables)]
+
+
+def test_padded_xla_and_jagged_paths_agree_in_outputs_and_gradients():
+    layers = same_layers(attention_block_size=32)  # in causal blocks: 2 at XLA's bucket 64 and at padded 37
+    x, lengths, timestamps = ragged_batch()
     outputs, gradients = {}, {}
     for path, layer in layers.items():
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, lengths, timestamps, num_targets=[2, 0, 0, 1, 0, 0], training=True)
-            loss = tf.reduce_sum(y * probe)
-        outputs[path] = y.numpy()
-        gradients[path] = [tf.convert_to_tensor(g).numpy()
-                           for g in tape.gradient(loss, [x] + layer.trainable_variables)]
+        outputs[path], gradients[path] = output_and_gradients(layer, x, lengths, timestamps)
     assert np.all(np.isfinite(outputs["padded"])) and np.abs(outputs["padded"]).max() > 0.5
     assert all(np.abs(g).max() > 1e-4 for g in gradients["padded"])  # every weight gets a gradient
     for path in ("xla", "jagged"):
         np.testing.assert_allclose(outputs[path], outputs["padded"], atol=1e-5, rtol=0, err_msg=path)
         for got, want in zip(gradients[path], gradients["padded"]):
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=0, err_msg=path)
+
+
+def test_causal_blocks_equal_the_full_square_in_outputs_and_gradients():
+    """Blocks of 16 query rows (the last one partial at width 37) against one full L × L block, with candidates
+    and padded rows in the batch. (The XLA path runs in blocks in the three-path test above.)"""
+    layers = same_layers(("padded", "xla"), attention_block_size=0)
+    full, blocked = layers["padded"], layers["xla"]
+    blocked.attention_block_size, blocked.xla = 16, False
+    x, lengths, timestamps = ragged_batch()
+    assert blocked.causal_blocks(x.shape[1]) == [(0, 16), (16, 32), (32, 37)]
+    assert full.causal_blocks(37) == [(0, None)] and blocked.causal_blocks(None) == [(0, None)]
+    want_output, want_gradients = output_and_gradients(full, x, lengths, timestamps)
+    output, gradients = output_and_gradients(blocked, x, lengths, timestamps)
+    np.testing.assert_allclose(output, want_output, atol=1e-5, rtol=0)
+    for got, want in zip(gradients, want_gradients):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
 def assert_later_events_never_change_earlier_outputs(layer, width):
@@ -210,6 +229,8 @@ def test_bad_arguments_are_named():
         HSTULayer(attention_path="flash")
     with pytest.raises(ValueError, match="time_buckets_per_doubling"):
         HSTULayer(time_buckets_per_doubling=3)
+    with pytest.raises(ValueError, match="attention_block_size"):
+        HSTULayer(attention_block_size=-1)
     with pytest.raises(tf.errors.InvalidArgumentError, match="lengths exceed"):
         HSTULayer()(np.zeros((1, 4, DIM), np.float32), [5], np.zeros((1, 4), np.int64))
 

@@ -32,8 +32,17 @@ One layer, over a batch of time-ordered event sequences ``X`` ``[batch, L, D]`` 
   timestamp of an appended token.
 - Outputs at padded positions are 0, and padded inputs reach no valid output (and get zero gradient).
 
+Causal blocks (``attention_block_size`` b): when the padded length ``L`` is known when the layer is traced
+(static shapes: batches padded to a fixed ``max_len``, eager calls; the XLA path then pads to a static
+length bucket) and exceeds b, the queries are taken b rows at a time and each block reads only the keys up
+to its last row: the upper triangle, where ``M`` is 0, is never computed. At ``L = 1024`` and b = 256 that
+is 10 of 16 ``b × b`` tiles of ``Q Kᵀ``, ``A V``, the bias and the mask (and of their gradients). The
+result equals the full ``L × L`` computation (the skipped weights are exact zeros); with an unknown ``L``
+(serving signatures, the jagged path's groups inside a ``tf.function``) the layer computes the full ``L × L``.
+
 Attention paths (``attention_path``), equal to float rounding:
-- ``"padded"``: the whole batch padded to its length ``L``; the reference and the serving path.
+- ``"padded"``: the whole batch padded to its length ``L`` (in causal blocks when ``L`` is static); the
+  reference and the serving path.
 - ``"xla"``: the padded computation in ``tf.function(jit_compile=True)`` (``tfrecsys.layers.xla.XlaLayer``),
   with ``L`` padded up to a length bucket so that lengths inside one bucket share one compilation. Exported
   serving signatures take the padded path (TF Serving runs XLA only behind experimental flags).
@@ -67,6 +76,14 @@ def log_linear_bucket(values: tf.Tensor, buckets_per_doubling: int, num_buckets:
     return tf.clip_by_value(raw, 0, num_buckets - 1)
 
 
+def _dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """``[batch, L, D_in] @ [D_in, D_out] → [batch, L, D_out]`` as one 2-D matmul. Not an einsum: under XLA the
+    einsum's kernel gradient became a fusion that recomputed the SiLU gradient in transposed (strided) order,
+    about a fifth of the layer's forward + backward at L = 1024 on CPU."""
+    flat = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
+    return tf.reshape(flat, [tf.shape(x)[0], tf.shape(x)[1], kernel.shape[-1]])
+
+
 def _layer_norm(x: tf.Tensor) -> tf.Tensor:
     mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
     return (x - mean) * tf.math.rsqrt(variance + _LAYER_NORM_EPSILON)
@@ -84,7 +101,8 @@ class HSTULayer(XlaLayer):
     ``position_buckets_per_doubling`` / ``time_buckets_per_doubling`` (powers of two); ``dropout`` on the gated
     product before f2; ``input_norm``: the pre-LayerNorm on X (the reference has it; the paper's equations do
     not). ``length_buckets``: the padded lengths the ``"xla"`` path compiles for; ``jagged_groups``: the
-    number of length groups of the ``"jagged"`` path.
+    number of length groups of the ``"jagged"`` path; ``attention_block_size``: the query rows of one causal
+    block (0: always the full ``L × L``).
     """
 
     xla_reduce_retracing = False  # padded to length buckets: one trace (one XLA compilation) per bucket
@@ -93,7 +111,8 @@ class HSTULayer(XlaLayer):
                  max_seq_len: int = 256, num_position_buckets: int = 128, position_buckets_per_doubling: int = 8,
                  num_time_buckets: int = 128, time_buckets_per_doubling: int = 4, dropout: float = 0.0,
                  input_norm: bool = True, attention_path: str = "padded",
-                 length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS, jagged_groups: int = 8, **kwargs):
+                 length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS, jagged_groups: int = 8,
+                 attention_block_size: int = 256, **kwargs):
         if attention_path not in ATTENTION_PATHS:
             raise ValueError(f"HSTULayer attention_path must be one of {ATTENTION_PATHS}, got {attention_path!r}")
         for name, per_doubling in (("position_buckets_per_doubling", position_buckets_per_doubling),
@@ -102,6 +121,9 @@ class HSTULayer(XlaLayer):
                 raise ValueError(f"HSTULayer {name} must be a power of two in [1, 65536], got {per_doubling}")
         if list(length_buckets) != sorted(set(length_buckets)) or not length_buckets or length_buckets[0] < 1:
             raise ValueError(f"HSTULayer length_buckets must be ascending positive lengths, got {length_buckets}")
+        if attention_block_size < 0:
+            raise ValueError(f"HSTULayer attention_block_size must be >= 0 (0: no causal blocks), got "
+                             f"{attention_block_size}")
         if jagged_groups < 1 or max_seq_len < 1 or num_heads < 1:
             raise ValueError("HSTULayer jagged_groups, max_seq_len and num_heads must be >= 1, got "
                              f"{jagged_groups}, {max_seq_len}, {num_heads}")
@@ -120,6 +142,7 @@ class HSTULayer(XlaLayer):
         self.attention_path = attention_path
         self.length_buckets = tuple(int(b) for b in length_buckets)
         self.jagged_groups = jagged_groups
+        self.attention_block_size = attention_block_size
         self._dropout = tf.keras.layers.Dropout(dropout) if dropout else None
 
     def build(self, input_shape):
@@ -155,44 +178,61 @@ class HSTULayer(XlaLayer):
         valid = tf.cast(tf.range(width)[None, :] < lengths[:, None], x.dtype)[..., None]  # [batch, L, 1]
         x = x * valid
         normed = _layer_norm(x) if self.input_norm else x
-        projected = tf.nn.silu(tf.einsum("bld,de->ble", normed, tf.cast(self.projection_kernel, x.dtype)))
+        projected = tf.nn.silu(_dense(normed, tf.cast(self.projection_kernel, x.dtype)))
         heads_v, heads_qk = self.num_heads * self.value_dim, self.num_heads * self.attention_dim
         u, v, q, k = tf.split(projected, [heads_v, heads_v, heads_qk, heads_qk], axis=-1)
 
         def per_head(t, dim):  # [batch, L, H·dim] → [batch, H, L, dim]
             return tf.transpose(tf.reshape(t, [batch, width, self.num_heads, dim]), [0, 2, 1, 3])
 
-        scores = tf.matmul(per_head(q, self.attention_dim), per_head(k, self.attention_dim), transpose_b=True)
-        scores += self.relative_attention_bias(timestamps, lengths - num_targets, width, x.dtype)[:, None]
-        mask = self.attention_mask(lengths, num_targets, width, x.dtype)
-        weights = tf.nn.silu(scores) * (mask / tf.cast(self.max_seq_len, x.dtype))[:, None]  # [batch, H, L, L]
-        attended = tf.matmul(weights, per_head(v, self.value_dim))
+        q, k, v = per_head(q, self.attention_dim), per_head(k, self.attention_dim), per_head(v, self.value_dim)
+        # One gather from the [P·T] table of all sums instead of two gathers and an add: the gathers and their
+        # scatter-add gradients over [batch, L, L] are what the bias costs, the table is small.
+        bias_table = tf.cast(tf.reshape(self.position_bias[:, None] + self.time_bias[None, :], [-1]), x.dtype)
+        blocks = []
+        for start, stop in self.causal_blocks(x.shape[1]):
+            stop = width if stop is None else stop
+            scores = tf.matmul(q[:, :, start:stop], k[:, :, :stop], transpose_b=True)  # [batch, H, b, stop]
+            scores += tf.gather(bias_table, self.bias_buckets(timestamps, lengths - num_targets, start, stop))[:, None]
+            mask = self.attention_mask(lengths, num_targets, start, stop, x.dtype)
+            weights = tf.nn.silu(scores) * (mask / tf.cast(self.max_seq_len, x.dtype))[:, None]
+            blocks.append(tf.matmul(weights, v[:, :, :stop]))  # [batch, H, b, d_v]
+        attended = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=2)
         attended = tf.reshape(tf.transpose(attended, [0, 2, 1, 3]), [batch, width, heads_v])
         gated = _layer_norm(attended) * u
         if self._dropout is not None:
             gated = self._dropout(gated, training=training)
-        y = tf.einsum("ble,ed->bld", gated, tf.cast(self.output_kernel, x.dtype)) + tf.cast(self.output_bias, x.dtype)
+        y = _dense(gated, tf.cast(self.output_kernel, x.dtype)) + tf.cast(self.output_bias, x.dtype)
         return (x + y) * valid
 
-    def relative_attention_bias(self, timestamps, history_lengths, width, dtype) -> tf.Tensor:
-        """``rab^{p,t}`` ``[batch, L, L]``: position buckets of ``p_i − p_j + 1`` plus time buckets of
-        ``|t_i − t_j|``, with ``p_i = min(i, history_length)``: every candidate sits right after the history."""
-        positions = tf.minimum(tf.range(width)[None, :], history_lengths[:, None])  # [batch, L]
-        distance = tf.maximum(positions[:, :, None] - positions[:, None, :], 0) + 1  # future keys: masked anyway
+    def causal_blocks(self, static_width: Optional[int]) -> list:
+        """The ``[start, stop)`` query rows of each causal block (the block reads keys ``[0, stop)``):
+        ``attention_block_size`` rows at a time when the padded length is static and longer, else one block
+        ``(0, None)`` of all rows and keys."""
+        size = self.attention_block_size
+        if static_width is None or not size or static_width <= size:
+            return [(0, None)]
+        return [(start, min(start + size, static_width)) for start in range(0, static_width, size)]
+
+    def bias_buckets(self, timestamps, history_lengths, start, stop) -> tf.Tensor:
+        """Indices into the ``[P·T]`` table of ``rab^{p,t}`` sums, ``[batch, stop − start, stop]`` for queries
+        ``[start, stop)`` and keys ``[0, stop)``: position bucket of ``p_i − p_j + 1`` times ``T`` plus time
+        bucket of ``|t_i − t_j|``, with ``p_i = min(i, history_length)``: every candidate sits right after the
+        history."""
+        positions = tf.minimum(tf.range(stop)[None, :], history_lengths[:, None])  # [batch, stop]
+        distance = tf.maximum(positions[:, start:, None] - positions[:, None, :], 0) + 1  # future keys: masked
         position_bucket = log_linear_bucket(distance, self.position_buckets_per_doubling, self.num_position_buckets)
-        gap = tf.abs(timestamps[:, :, None] - timestamps[:, None, :])
+        gap = tf.abs(timestamps[:, start:stop, None] - timestamps[:, None, :stop])
         time_bucket = log_linear_bucket(gap, self.time_buckets_per_doubling, self.num_time_buckets)
-        # One gather from the [P·T] table of all sums instead of two gathers and an add: the gathers and their
-        # scatter-add gradients over [batch, L, L] are what the bias costs, the table is small.
-        sums = tf.reshape(self.position_bias[:, None] + self.time_bias[None, :], [-1])
-        return tf.gather(tf.cast(sums, dtype), position_bucket * self.num_time_buckets + time_bucket)
+        return position_bucket * self.num_time_buckets + time_bucket
 
     @staticmethod
-    def attention_mask(lengths, num_targets, width, dtype) -> tf.Tensor:
-        """``M`` ``[batch, L, L]``: 1 where query ``i`` may read key ``j`` (``j <= i < n``, and ``j`` not another
-        candidate among the last ``num_targets`` events), else 0."""
-        query = tf.range(width)[None, :, None]
-        key = tf.range(width)[None, None, :]
+    def attention_mask(lengths, num_targets, start, stop, dtype) -> tf.Tensor:
+        """``M`` ``[batch, stop − start, stop]`` for queries ``[start, stop)`` and keys ``[0, stop)``: 1 where
+        query ``i`` may read key ``j`` (``j <= i < n``, and ``j`` not another candidate among the last
+        ``num_targets`` events), else 0."""
+        query = tf.range(start, stop)[None, :, None]
+        key = tf.range(stop)[None, None, :]
         history = (lengths - num_targets)[:, None, None]
         allowed = (key <= query) & (query < lengths[:, None, None]) & ((key < history) | (key == query))
         return tf.cast(allowed, dtype)
@@ -227,7 +267,8 @@ class HSTULayer(XlaLayer):
                   "num_time_buckets": self.num_time_buckets,
                   "time_buckets_per_doubling": self.time_buckets_per_doubling, "dropout": self.dropout,
                   "input_norm": self.input_norm, "attention_path": self.attention_path,
-                  "length_buckets": list(self.length_buckets), "jagged_groups": self.jagged_groups}
+                  "length_buckets": list(self.length_buckets), "jagged_groups": self.jagged_groups,
+                  "attention_block_size": self.attention_block_size}
         config.pop("xla")
         return config
 
