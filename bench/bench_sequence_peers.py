@@ -20,9 +20,12 @@ tf.data shuffle cost 5.4 against 2.0 CPU-ms per batch, measured). DeepCTR's DIEN
 6-name shim (``deepctr_dien_shim``), so every run is a fresh process (``--one``), ours and the peer's
 alternating.
 
-Timings: steady ex/s = training rows of epoch 2 over its wall time (Keras epoch callbacks); first step =
-model construction + compile (+ ``create_variables`` for ours) + the first train-function call (20 steps for
-ours, 1 for DeepCTR), from a process whose TensorFlow is imported and whose data are built.
+Timings: steady ex/s = training rows of epoch 2 over its wall time (Keras epoch callbacks), and the CPU
+milliseconds per step of that epoch (``time.process_time``: steadier than wall time on a shared machine);
+first step = model construction + compile (+ ``create_variables`` for ours) + Keras' set-up of the arrays +
+the first train-function call, wall and CPU seconds, from a process whose TensorFlow is imported and whose
+data are built. That first call runs one step on both sides (ours: ``tfrecsys.models.execution`` runs the
+first call of a multi-step function as one step; before it, ours ran 20 there).
 """
 
 import argparse
@@ -193,24 +196,26 @@ def run_one(side: str, name: str, seed: int) -> dict:
         deepctr_dien_shim()
         tf.compat.v1.disable_eager_execution()
     tf.keras.utils.set_random_seed(seed)
-    epoch_times, first_step = [], {}
+    epoch_times, epoch_cpu_times, first_step = [], [], {}
 
     class Clock(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             epoch_times.append(time.perf_counter() - self.started)
+            epoch_cpu_times.append(time.process_time() - self.cpu_started)
 
         def on_train_batch_end(self, batch, logs=None):
             first_step.setdefault("seconds", time.perf_counter() - built_from)
+            first_step.setdefault("cpu_seconds", time.process_time() - cpu_built_from)
 
     if side == "ours":
         inputs = {k: v for k, v in train.items() if k not in ("label", "seq_length")}
         inputs["hist_item_id_length"] = train["seq_length"]
         if name == "mean_pooling":
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
-        built_from = time.perf_counter()
+        built_from, cpu_built_from = time.perf_counter(), time.process_time()
         model = our_model(name, vocabulary)
         model.compile(optimizer=tf.keras.optimizers.Adam(LEARNING_RATE), steps_per_execution=20)
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
@@ -221,7 +226,7 @@ def run_one(side: str, name: str, seed: int) -> dict:
         serving["hist_item_id_length"] = test["seq_length"]
         scores = model.predict(serving, batch_size=1024, verbose=0)["score"]
     else:
-        built_from = time.perf_counter()
+        built_from, cpu_built_from = time.perf_counter(), time.process_time()
         model = peer_model(name, vocabulary)
         optimizer = tf.keras.optimizers.legacy.Adam(LEARNING_RATE) if graph_mode else tf.keras.optimizers.Adam(
             LEARNING_RATE)
@@ -234,7 +239,9 @@ def run_one(side: str, name: str, seed: int) -> dict:
     return {"side": side, "model": name, "seed": seed, **ranking_metrics(test["label"], np.ravel(scores),
                                                                           test["user_id"]),
             "steady_examples_per_s": rows * (EPOCHS - 1) / sum(epoch_times[1:]),
-            "first_step_s": first_step["seconds"], "train_rows": rows, "test_rows": len(test["label"])}
+            "steady_cpu_ms_per_step": 1000 * sum(epoch_cpu_times[1:]) / (-(-rows // BATCH) * (EPOCHS - 1)),
+            "first_step_s": first_step["seconds"], "first_step_cpu_s": first_step["cpu_seconds"],
+            "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"])}
 
 
 def main(argv=None) -> int:
@@ -273,15 +280,18 @@ def main(argv=None) -> int:
             results.append(json.loads(lines[0][len("RESULT "):]))
             r = results[-1]
             print(f"{run:22s} seed {seed}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  logloss {r['logloss']:.4f}  "
-                  f"steady {r['steady_examples_per_s']:8.0f} ex/s  first step {r['first_step_s']:5.1f} s  "
-                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+                  f"steady {r['steady_examples_per_s']:8.0f} ex/s ({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  "
+                  f"first step {r['first_step_s']:5.1f} s ({r['first_step_cpu_s']:.1f} CPU-s)  "
+                  f"load {r['load']:.1f}", flush=True)
     by_run = {(r["side"], r["model"]): r for r in results}
     for model in ("din", "dien", "dien_no_aux"):
         ours, peer = by_run.get(("ours", model)), by_run.get(("peer", model))
         if ours and peer:
             print(f"{model}: ours/DeepCTR steady ex/s {ours['steady_examples_per_s'] / peer['steady_examples_per_s']:.2f}x, "
+                  f"CPU-ms/step {peer['steady_cpu_ms_per_step'] / ours['steady_cpu_ms_per_step']:.2f}x, "
                   f"AUC {ours['auc'] - peer['auc']:+.4f}, first step {ours['first_step_s']:.1f} s vs "
-                  f"{peer['first_step_s']:.1f} s")
+                  f"{peer['first_step_s']:.1f} s ({ours['first_step_cpu_s']:.1f} vs {peer['first_step_cpu_s']:.1f} "
+                  "CPU-s)")
     print(f"load after: {os.getloadavg()}")
     return 0
 

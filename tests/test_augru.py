@@ -112,6 +112,33 @@ def test_auxiliary_loss_scores_each_pair_with_the_auxiliary_net():
     assert net(states, positives).shape == (2, 4)
 
 
+def test_auxiliary_loss_over_packed_pairs_has_the_gradients_of_the_masked_mean():
+    """The loss scores only the valid pairs; its gradients equal those of the masked mean over every step."""
+    rng = np.random.default_rng(5)
+    states, positives, negatives = (tf.constant(rng.normal(size=(3, 5, 4)).astype(np.float32)) for _ in range(3))
+    mask = tf.constant(np.arange(5)[None, :] < np.array([5, 2, 0])[:, None])
+    tf.keras.utils.set_random_seed(0)
+    net = AuxiliaryNet((6,))
+
+    def masked_mean():
+        valid = tf.cast(tf.logical_and(mask[:, :-1], mask[:, 1:]), tf.float32)
+        losses = (tf.nn.softplus(-net(states[:, :-1], positives[:, 1:]))
+                  + tf.nn.softplus(net(states[:, :-1], negatives[:, 1:])))
+        return tf.reduce_sum(losses * valid) / tf.reduce_sum(valid)
+
+    def gradients(loss_fn):
+        with tf.GradientTape() as tape:
+            tape.watch([states, positives, negatives])
+            loss = loss_fn()
+        return [loss] + tape.gradient(loss, [states, positives, negatives] + net.trainable_weights)
+
+    ours = gradients(lambda: auxiliary_loss(states, positives, negatives, mask, scorer=net))
+    reference = gradients(masked_mean)
+    for mine, theirs in zip(ours, reference):
+        np.testing.assert_allclose(tf.convert_to_tensor(mine).numpy(), tf.convert_to_tensor(theirs).numpy(),
+                                   rtol=0, atol=1e-6)
+
+
 def test_mini_batch_aware_l2_counts_each_used_row_once():
     table = tf.Variable(np.arange(12, dtype=np.float32).reshape(6, 2))
     rows = tf.constant([[1, 3, 3], [1, 0, 0]])
@@ -121,3 +148,49 @@ def test_mini_batch_aware_l2_counts_each_used_row_once():
         penalty = mini_batch_aware_l2(table, rows, 0.1)
     gradient = tf.convert_to_tensor(tape.gradient(penalty, table)).numpy()
     assert (gradient[[2, 4, 5]] == 0).all() and (gradient[[0, 1, 3]] != 0).any()
+
+
+def _keras_rnn_reference(layer, values, mask, target=None):
+    """What the layer computed before ``gated_recurrence``: Keras' masked ``RNN`` over the layer's own cell."""
+    rnn = tf.keras.layers.RNN(layer.cell, return_sequences=target is None)
+    if target is None:
+        return rnn(values, mask=mask)
+    scores = layer.attention.weights_for(values, mask, target)[..., tf.newaxis]
+    if layer.variant == "aigru":
+        return rnn(values * scores, mask=mask)
+    return rnn(tf.concat([values, scores], axis=-1), mask=mask)
+
+
+@pytest.mark.parametrize("variant", ["extractor", "aigru", "agru", "augru"])
+def test_recurrences_equal_keras_masked_rnn_in_outputs_and_gradients(variant):
+    rng = np.random.default_rng(3)
+    lengths = np.array([7, 4, 0, 1, 7, 2])
+    values = tf.constant(rng.normal(size=(6, 7, UNITS)).astype(np.float32))
+    mask = tf.constant(np.arange(7)[None, :] < lengths[:, None])
+    target = tf.constant(rng.normal(size=(6, UNITS)).astype(np.float32))
+    tf.keras.utils.set_random_seed(0)
+    if variant == "extractor":
+        layer, arguments = InterestExtractor(UNITS), (values, mask)
+    else:
+        layer = InterestEvolution(UNITS, variant, attention_units=(8,), attention_activation="sigmoid")
+        arguments = (values, mask, target)
+    layer(*arguments)
+    for weight in layer.cell.weights:  # away from the initialisers' zeros and ±1 structure
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    watched = [values, target] + layer.trainable_weights
+
+    def outputs_and_gradients(compute):
+        with tf.GradientTape() as tape:
+            tape.watch([values, target])
+            outputs = compute()
+            loss = tf.reduce_sum(outputs * np.random.default_rng(4).normal(size=outputs.shape).astype(np.float32))
+        return outputs, tape.gradient(loss, watched, unconnected_gradients="zero")
+
+    ours, our_gradients = outputs_and_gradients(lambda: layer(*arguments))
+    keras, keras_gradients = outputs_and_gradients(lambda: _keras_rnn_reference(layer, *arguments))
+    np.testing.assert_allclose(ours.numpy(), keras.numpy(), rtol=0, atol=1e-5)
+    assert len(our_gradients) == len(keras_gradients) >= 5
+    for weight, mine, theirs in zip(watched, our_gradients, keras_gradients):
+        assert np.abs(theirs.numpy()).max() > 0 or weight is target or variant == "extractor"
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=0, atol=1e-5,
+                                   err_msg=getattr(weight, "name", "input"))

@@ -5,12 +5,16 @@ AutoGraph converting code that is already graph-safe, and a train step traced tw
 variables were created inside its first trace.
 """
 
+import functools
+
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.autograph.impl import conversion
 
 from tests.test_model_base import SCHEMA, batch, compiled
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.layers.retrieval import MixedNegativeLogits
+from tfrecsys.models.dnn import DNNRanker
 from tfrecsys.models.logistic_regression import LogisticRegression
 from tfrecsys.models.tasks import tasks_from_config
 from tfrecsys.train.loop import create_variables
@@ -51,3 +55,50 @@ def test_fit_traces_the_train_step_once_after_create_variables():
     assert len(model.traces) == 1
     assert int(model.optimizer.iterations.numpy()) == 3
     assert any((before != after.numpy()).any() for before, after in zip(weights_before, model.trainable_variables))
+
+
+class CountingDNN(DNNRanker):
+    """A dnn ranker with dropout (random draws in every step) that counts how often its step is traced (its
+    own ``train_step`` would make the base keep Keras' functions)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.traces = []
+
+    def _step_loss(self, data, training):
+        self.traces.append(len(self.traces))
+        return super()._step_loss(data, training)
+
+
+def _train_with_steps_per_execution(keras_functions: bool):
+    """Trains a tiny dnn ranker (dropout 0.5, ``steps_per_execution`` 4) for 6 steps; returns the
+    model, its weights and the steps Keras reported to callbacks."""
+    tf.keras.utils.set_random_seed(0)
+    tasks = tasks_from_config({"ctr": dict(label="click")})
+    model = CountingDNN(SCHEMA, tasks, hidden_units=(8,), dropout=0.5)
+    if keras_functions:  # what tf_keras builds for any model
+        model.make_train_function = functools.partial(tf.keras.Model.make_train_function, model)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), steps_per_execution=4)
+    create_variables(model, SCHEMA)
+    reported = []
+    logged = tf.keras.callbacks.LambdaCallback(on_train_batch_end=lambda step, logs: reported.append(step))
+    features, labels = batch()
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(32).repeat()
+    history = model.fit(data, epochs=1, steps_per_epoch=6, verbose=0, callbacks=[logged])
+    return model, [v.numpy() for v in model.weights], reported, history.history["loss"]
+
+
+def test_multi_step_execution_traces_the_step_once_and_trains_the_same_weights_as_keras():
+    ours, weights, reported, losses = _train_with_steps_per_execution(keras_functions=False)
+    keras, keras_weights, keras_reported, keras_losses = _train_with_steps_per_execution(keras_functions=True)
+
+    assert len(keras.traces) == 2, "the premise: tf_keras traces a multi-step train step twice"
+    assert len(ours.traces) == 1
+    # The first call runs one step, the later ones steps_per_execution (the epoch's end truncates them).
+    assert reported == [0, 4, 5]
+    assert keras_reported == [3, 5]
+    assert int(ours.optimizer.iterations.numpy()) == int(keras.optimizer.iterations.numpy()) == 6
+    assert int(ours._steps_per_execution.numpy()) == 4
+    np.testing.assert_allclose(losses, keras_losses, rtol=0, atol=1e-6)
+    for ours_weight, keras_weight in zip(weights, keras_weights):
+        np.testing.assert_allclose(ours_weight, keras_weight, rtol=0, atol=1e-6)

@@ -67,22 +67,125 @@ class InterestExtractor(tf.keras.layers.Layer):
     """DIEN's interest extractor: ``h_t = GRU(e_b[t], h_{t−1})`` over the behaviours.
 
     ``call(behaviours [batch, len, dim], mask [batch, len] bool)`` → ``[batch, len, units]``; padded steps keep the
-    state (Keras' masked RNN) and their output is not used by anything downstream.
+    state (as Keras' masked RNN) and their output is not used by anything downstream. The weights are a Keras
+    ``GRUCell``'s (``reset_after``); the steps run in ``gated_recurrence``.
     """
 
     def __init__(self, units: int, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        # RNN(GRUCell), not GRU: the same equations (reset_after), without GRU's cuDNN/CPU implementation
-        # selection, whose graph took 7.5 s against 3.1 s to a first training step here.
-        self.gru = tf.keras.layers.RNN(tf.keras.layers.GRUCell(units, name="gru_cell"), return_sequences=True,
-                                       name="gru")
+        self.cell = tf.keras.layers.GRUCell(units, name="gru_cell")
+
+    def build(self, behaviours_shape, mask_shape=None):
+        self.cell.build(behaviours_shape)
+        super().build(behaviours_shape)
 
     def call(self, behaviours, mask, training=None):
-        return self.gru(behaviours, mask=mask, training=training)
+        cell = self.cell
+        projected = tf.tensordot(behaviours, cell.kernel, axes=1) + cell.bias[0]
+        return gated_recurrence(projected, tf.cast(mask, projected.dtype), cell.recurrent_kernel, cell.bias[1],
+                                gate="gru")
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+GATES = ("gru", "augru", "agru")
+
+
+def _update(gate: str, z, scale):
+    """The share ``g`` of the candidate in ``h_t = h_{t−1} + g ∘ (h̃_t − h_{t−1})``, and ``∂g/∂z``."""
+    if gate == "gru":  # Keras: h_t = z ∘ h_{t−1} + (1 − z) ∘ h̃_t, scale = the mask
+        return scale * (1.0 - z), -scale
+    if gate == "augru":  # ũ_t = a_t · u_t, scale = a_t (0 at padding)
+        return scale * z, scale
+    return scale + 0.0 * z, 0.0 * z  # agru: a_t replaces the update gate
+
+
+def gated_recurrence(projected, scale, recurrent_kernel, recurrent_bias, gate: str = "gru"):
+    """The GRU family's steps over a sequence, with the input's matmul done beforehand and a hand-written
+    backward pass: ``[batch, len, units]`` states ``h_1..h_T`` (``h_0 = 0``).
+
+    ``projected`` ``[batch, len, 3·units]`` is ``W x_t + b^x`` for every step at once (columns: update, reset,
+    candidate), ``recurrent_kernel`` ``[units, 3·units]`` and ``recurrent_bias`` ``[3·units]`` are ``U``, ``b^h``:
+    ``z_t = σ(·_z)``, ``r_t = σ(·_r)``, ``h̃_t = tanh(W^h x_t + b^h_x + r_t ∘ (U^h h_{t−1} + b^h_h))`` (Keras'
+    ``reset_after``), then ``h_t = h_{t−1} + g_t ∘ (h̃_t − h_{t−1})`` with ``g_t`` by ``gate``: ``gru``
+    ``s_t (1 − z_t)`` (Keras' GRU, ``s`` the mask), ``augru`` ``s_t z_t`` (``s = a_t``, the update gate in the
+    paper's convention), ``agru`` ``s_t``. ``scale`` ``s`` ``[batch, len]``: 0 keeps the state exactly.
+
+    Why by hand: differentiated by TensorFlow, a while loop stacks every intermediate of every step and runs
+    about twice the forward's ops per step backward; here the forward keeps ``[z, r, h̃, U^h h + b]`` per step
+    and the backward loop does only what the recurrence needs (the weights' and inputs' gradients are
+    batched matmuls after it). Gradients flow to all four inputs.
+    """
+    if gate not in GATES:
+        raise ValueError(f"gated_recurrence: gate must be one of {GATES}, got {gate!r}")
+    recurrent_kernel = tf.cast(recurrent_kernel, projected.dtype)
+    recurrent_bias = tf.cast(recurrent_bias, projected.dtype)
+    units = recurrent_kernel.shape[0]
+
+    @tf.custom_gradient
+    def recurrence(projected, scale, recurrent_kernel, recurrent_bias):
+        steps, batch = tf.shape(projected)[1], tf.shape(projected)[0]
+        time_major_scale = tf.transpose(scale)[..., tf.newaxis]
+        inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
+        scales = tf.TensorArray(projected.dtype, size=steps).unstack(time_major_scale)
+
+        def forward(t, state, states, kept):
+            from_state = tf.matmul(state, recurrent_kernel) + recurrent_bias
+            x_zr, x_h = tf.split(inputs.read(t), [2 * units, units], axis=-1)
+            h_zr, h_h = tf.split(from_state, [2 * units, units], axis=-1)
+            zr = tf.sigmoid(x_zr + h_zr)
+            z, r = tf.split(zr, 2, axis=-1)
+            candidate = tf.tanh(x_h + r * h_h)
+            update, _ = _update(gate, z, scales.read(t))
+            state = state + update * (candidate - state)
+            return t + 1, state, states.write(t, state), kept.write(t, tf.concat([zr, candidate, h_h], axis=-1))
+
+        empty = tf.zeros(tf.stack([batch, units]), projected.dtype)
+        _, _, states, kept = tf.while_loop(
+            lambda t, *_: t < steps, forward,
+            (0, empty, tf.TensorArray(projected.dtype, size=steps), tf.TensorArray(projected.dtype, size=steps)))
+        states, kept = states.stack(), kept.stack()  # [len, batch, units], [len, batch, 4·units]
+        previous = tf.concat([empty[tf.newaxis], states[:-1]], axis=0)
+
+        def backward(d_states):
+            d_outputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(d_states, [1, 0, 2]))
+            kept_steps = tf.TensorArray(projected.dtype, size=steps).unstack(kept)
+            previous_steps = tf.TensorArray(projected.dtype, size=steps).unstack(previous)
+            scale_steps = tf.TensorArray(projected.dtype, size=steps).unstack(time_major_scale)
+            transposed_kernel = tf.transpose(recurrent_kernel)
+
+            def step_back(t, d_carry, d_projected, d_states_total):
+                t = t - 1
+                d_state = d_carry + d_outputs.read(t)
+                z, r, candidate, h_h = tf.split(kept_steps.read(t), 4, axis=-1)
+                update, d_update_d_z = _update(gate, z, scale_steps.read(t))
+                d_candidate = d_state * update * (1.0 - candidate * candidate)
+                d_r = d_candidate * h_h * r * (1.0 - r)
+                d_z = d_state * (candidate - previous_steps.read(t)) * d_update_d_z * z * (1.0 - z)
+                d_from_state = tf.concat([d_z, d_r, d_candidate * r], axis=-1)
+                d_previous = d_state * (1.0 - update) + tf.matmul(d_from_state, transposed_kernel)
+                return (t, d_previous, d_projected.write(t, tf.concat([d_z, d_r, d_candidate], axis=-1)),
+                        d_states_total.write(t, d_state))
+
+            _, _, d_projected, d_states_total = tf.while_loop(
+                lambda t, *_: t > 0, step_back,
+                (steps, empty, tf.TensorArray(projected.dtype, size=steps),
+                 tf.TensorArray(projected.dtype, size=steps)))
+            d_projected, d_states_total = d_projected.stack(), d_states_total.stack()
+            z, r, candidate, _ = tf.split(kept, 4, axis=-1)
+            d_from_state = tf.concat([d_projected[..., :2 * units], d_projected[..., 2 * units:] * r], axis=-1)
+            flat_d_from_state = tf.reshape(d_from_state, [-1, 3 * units])
+            d_kernel = tf.matmul(tf.reshape(previous, [-1, units]), flat_d_from_state, transpose_a=True)
+            d_bias = tf.reduce_sum(flat_d_from_state, axis=0)
+            d_update_d_scale = {"gru": 1.0 - z, "augru": z, "agru": tf.ones_like(z)}[gate]
+            d_scale = tf.reduce_sum(d_states_total * (candidate - previous) * d_update_d_scale, axis=-1)
+            return tf.transpose(d_projected, [1, 0, 2]), tf.transpose(d_scale), d_kernel, d_bias
+
+        return tf.transpose(states, [1, 0, 2]), backward
+
+    return recurrence(projected, tf.cast(scale, projected.dtype), recurrent_kernel, recurrent_bias)
 
 
 def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer=None):
@@ -92,20 +195,24 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
     ``negative_behaviours`` ``[batch, len, d]`` the clicked behaviours and the sampled negatives, so that step
     ``t`` is scored against ``e_b[t+1]``; ``mask`` ``[batch, len]`` bool the valid behaviours. Pairs ``(t, t+1)``
     with both steps valid count; the mean is over them (0 when a batch has none), so history length does not
-    weight a user. ``scorer(states, behaviours)`` → logits ``[batch, len − 1]`` is the auxiliary network
-    ``s`` (e.g. ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``); None is the paper's inner product
-    ``s(h, e) = h · e`` (which needs ``d`` equal for both).
+    weight a user. ``scorer(states, behaviours)`` → logits ``[pairs]`` (``states``, ``behaviours``
+    ``[pairs, d]``) is the auxiliary network ``s`` (e.g. ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``); None
+    is the paper's inner product ``s(h, e) = h · e`` (which needs ``d`` equal for both).
     """
-    states, positives, negatives = interests[:, :-1], next_behaviours[:, 1:], negative_behaviours[:, 1:]
-    valid = tf.cast(tf.logical_and(mask[:, :-1], mask[:, 1:]), tf.float32)
+    valid = tf.logical_and(mask[:, :-1], mask[:, 1:])
+    # Only the valid pairs are gathered and scored (a quarter of Taobao's steps are padding), positives and
+    # negatives in one call of the scorer: the same mean, less work.
+    states = tf.boolean_mask(interests[:, :-1], valid)
+    behaviours = tf.concat([tf.boolean_mask(next_behaviours[:, 1:], valid),
+                            tf.boolean_mask(negative_behaviours[:, 1:], valid)], axis=0)
     if scorer is None:
         def scorer(states, behaviours):
             return tf.reduce_sum(states * behaviours, axis=-1)
-    positive_logits = tf.cast(scorer(states, positives), tf.float32)
-    negative_logits = tf.cast(scorer(states, negatives), tf.float32)
+    positive_logits, negative_logits = tf.split(tf.cast(scorer(tf.concat([states, states], axis=0), behaviours),
+                                                        tf.float32), 2)
     # −log σ(x) = softplus(−x) and −log(1 − σ(x)) = softplus(x), without overflow.
     losses = tf.nn.softplus(-positive_logits) + tf.nn.softplus(negative_logits)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses * valid), tf.reduce_sum(valid))
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.shape(losses)[0], tf.float32))
 
 
 class InterestEvolution(tf.keras.layers.Layer):
@@ -130,18 +237,31 @@ class InterestEvolution(tf.keras.layers.Layer):
         self.attention_activation = attention_activation
         self.attention = TargetAttention(attention_units, attention_activation, normalization="softmax",
                                          name="attention")
+        # The weights of one step; the steps run in gated_recurrence.
         if variant == "aigru":
-            self.rnn = tf.keras.layers.RNN(tf.keras.layers.GRUCell(units, name="gru_cell"), name="gru")
+            self.cell = tf.keras.layers.GRUCell(units, name="gru_cell")
         else:
-            self.rnn = tf.keras.layers.RNN(AttentionGRUCell(units, variant, name=f"{variant}_cell"), name=variant)
+            self.cell = AttentionGRUCell(units, variant, name=f"{variant}_cell")
+
+    def build(self, interests_shape, mask_shape=None, target_shape=None):
+        dim = interests_shape[-1]
+        self.cell.build([None, dim] if self.variant == "aigru" else [None, dim + 1])
+        super().build(interests_shape)
 
     def call(self, interests, mask, target, training=None):
-        scores = self.attention.weights_for(interests, mask, target, training=training)[..., tf.newaxis]
+        scores = self.attention.weights_for(interests, mask, target, training=training)
+        kernel, bias = self.cell.kernel, self.cell.bias
         # AIGRU needs the mask (a zero input still moves a GRU); AGRU/AUGRU keep their state at padding anyway,
         # where the attention is 0, and the mask makes that independent of float rounding.
         if self.variant == "aigru":
-            return self.rnn(interests * scores, mask=mask, training=training)
-        return self.rnn(tf.concat([interests, scores], axis=-1), mask=mask, training=training)
+            projected = tf.tensordot(interests * scores[..., tf.newaxis], kernel, axes=1) + bias[0]
+            scale = tf.cast(mask, projected.dtype)
+        else:
+            projected = tf.tensordot(interests, kernel, axes=1) + bias[0]
+            scale = scores * tf.cast(mask, scores.dtype)
+        states = gated_recurrence(projected, scale, self.cell.recurrent_kernel, bias[1],
+                                  gate="gru" if self.variant == "aigru" else self.variant)
+        return states[:, -1]  # padded steps keep the state: the state after the last valid step
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "variant": self.variant,

@@ -37,6 +37,7 @@ from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.position_bias import PositionBiasTower, add_bias_logit
 from tfrecsys.losses.distillation import Distillation
 from tfrecsys.losses.weighting import LossWeighting, TaskLosses
+from tfrecsys.models import execution
 from tfrecsys.models.tasks import Task, task_columns
 
 EXPORT_KINDS = ("ranking", "retrieval")
@@ -249,9 +250,30 @@ class RecModel(tf.keras.Model):
         else:
             # minimize (not tape.gradient + apply_gradients) so a LossScaleOptimizer scales the loss (float16).
             self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+        return self._train_logs()
+
+    def _train_logs(self) -> dict:
         evaluation_only = {id(metric) for metric in self.evaluation_metrics}
         return {metric.name: metric.result() for metric in self.metrics if id(metric) not in evaluation_only}
 
     def test_step(self, data):
         self._step_loss(data, training=False)
+        return self._test_logs()
+
+    def _test_logs(self) -> dict:
         return {metric.name: metric.result() for metric in self.metrics}
+
+    # With steps_per_execution > 1, the step is traced once, not twice, and the first train call runs one
+    # step (tfrecsys.models.execution); a family overriding a step keeps Keras' own functions.
+
+    def make_train_function(self, force=False):
+        if ((self.train_function is None or force) and execution.multi_step_applies(self)
+                and type(self).train_step is RecModel.train_step):
+            self.train_function = execution.train_function(self, self._train_logs)
+        return super().make_train_function(force=False)
+
+    def make_test_function(self, force=False):
+        if ((self.test_function is None or force) and execution.multi_step_applies(self)
+                and type(self).test_step is RecModel.test_step):
+            self.test_function = execution.test_function(self, self._test_logs)
+        return super().make_test_function(force=False)
