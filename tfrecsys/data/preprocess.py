@@ -117,7 +117,9 @@ class PreprocessConfig:
     negative history DIEN's auxiliary loss needs: aligned with ``hist_*``, at each position the column of an
     item drawn for that example, never the item of the event at that position (per example, as the DeepCTR
     protocol of peer-baselines §1 draws them, so an event's negative is not repeated in the ~50 rows whose
-    history shows it). Draws are seeded by ``seed`` and the user, so they are the same on any runner.
+    history shows it). Draws are seeded by ``seed`` and the user, so they are the same on any runner. The
+    vocabulary of the table a negative history shares (``item_id``'s) counts its items too: drawn from the
+    whole log, some exist only in eval events, and the OOV row must not learn "a sampled behaviour".
 
     ``train_order``: the order of rows inside each training shard, ``shuffled`` (default: a seeded
     pseudo-random order, so a small shuffle window mixes many users and times) or ``key`` (by user and time,
