@@ -10,7 +10,7 @@ category), both with the user's 50 most recent views strictly before it (``tfrec
 each user's last event and its sampled row are the eval split. The rows also carry the negative history
 DIEN's auxiliary loss needs (``neg_hist_*``, training-only, one sampled item per history position), so
 ``dien_taobao.py`` trains from the same output; DIN reads no training-only feature. Ids get vocabularies of
-the train split (unseen ids share the OOV row). Sizes are DeepCTR's defaults on this protocol: embeddings
+the train split, the negative histories' items included (unseen ids share the OOV row). Sizes are DeepCTR's defaults on this protocol: embeddings
 16, DNN (256, 128, 64), attention (80, 40) Dice, Adam 1e-3, batch 256, 2 epochs.
 
 ``--config.preprocess.input`` points at another copy (a ``UserBehavior*.csv`` file or a directory of them; the

@@ -8,12 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.test_data_readers import dataset
 from tfrecsys.config import load_config
 from tfrecsys.data.negatives import sample_other_items
 from tfrecsys.data.preprocess import (PreprocessConfig, _item_values, item_catalogue, plan_preprocessing,
-                                      read_metadata, user_examples)
+                                      _vocabulary_values, preprocess, read_metadata, user_examples,
+                                      vocabulary_path)
 
 BIN = os.path.dirname(sys.executable)
 CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
@@ -66,6 +68,60 @@ def test_sampled_rows_and_negative_histories_never_hold_the_real_item_at_their_p
         assert (np.array(real["neg_hist_category_id"]) == negatives + 100).all()
     # Seeded by the user: the same rows on any runner and in any order of the user's events.
     assert list(user_examples(plan, (7, events[:12][::-1]), catalogue=catalogue)) == examples
+
+
+def _log_with_eval_only_items(directory) -> None:
+    """40 users view two of items 1-3, then each one item of their own (40-79): the eval split's items only,
+    yet in the catalogue that negatives are drawn from."""
+    rows = [(user, 1 + (user + t) % 3, 101 + (user + t) % 3, "pv", 1000 + t) for user in range(40) for t in range(2)]
+    rows += [(user, 40 + user, 140 + user, "pv", 2000) for user in range(40)]
+    (directory / "UserBehavior.csv").write_text("".join(",".join(map(str, row)) + "\n" for row in rows))
+
+
+def _negatives_config(directory) -> PreprocessConfig:
+    return PreprocessConfig(source="taobao-user-behavior", input=str(directory), history_len=3,
+                            history_columns=("item_id", "category_id"), sampled_item_columns=("category_id",),
+                            keep_rows="behavior == 'pv'", negatives_per_event=1, negative_label="click", num_shards=1)
+
+
+def test_vocabularies_count_the_items_of_negative_histories(tmp_path):
+    # A negative-history item left out of item_id's vocabulary would train the OOV row as "a sampled
+    # behaviour", the row every item unseen in training then gets at eval (bench/RESULTS.md, issue 12).
+    _log_with_eval_only_items(tmp_path)
+    out = str(tmp_path / "out")
+    features = {**FEATURES, "item_id": dict(kind="id", vocabulary=vocabulary_path(out, "item_id")),
+                "category_id": dict(kind="id", vocabulary=vocabulary_path(out, "category_id"))}
+    plan, _ = plan_preprocessing(_negatives_config(tmp_path), features, out)
+    events = [dict(zip(("user_id", "item_id", "category_id", "behavior", "timestamp"), map(int, line.split(",")[:3])),
+                   behavior="pv", timestamp=int(line.split(",")[4]))
+              for line in (tmp_path / "UserBehavior.csv").read_text().splitlines()]
+    catalogue = item_catalogue(plan, {_item_values(plan, event) for event in events})
+    train = [element for user in range(40)
+             for element in user_examples(plan, (user, [e for e in events if e["user_id"] == user]), catalogue=catalogue)
+             if element[0] == "train"]
+    counted = {pair for element in train for pair, _ in _vocabulary_values(plan, element, ["item_id", "category_id"])}
+    targets = {example["item_id"] for _, _, example in train}
+    negative_history = {item for _, _, example in train for item in example["neg_hist_item_id"]}
+    assert negative_history - targets, "no eval-only item reached a negative history only: the check would be empty"
+    assert {("item_id", item) for item in negative_history} <= counted
+    assert {("category_id", c) for _, _, example in train for c in example["neg_hist_category_id"]} <= counted
+
+
+@pytest.mark.slow  # a Beam pipeline (about 10 s): make test-all
+def test_preprocessed_vocabularies_hold_every_item_of_the_training_negative_histories(tmp_path):
+    _log_with_eval_only_items(tmp_path)
+    out = str(tmp_path / "out")
+    features = {**FEATURES, "item_id": dict(kind="id", vocabulary=vocabulary_path(out, "item_id")),
+                "category_id": dict(kind="id", vocabulary=vocabulary_path(out, "category_id"))}
+    preprocess(_negatives_config(tmp_path), features, out)
+    spec = {name: tf.io.VarLenFeature(tf.int64) for name in ("item_id", "neg_hist_item_id", "neg_hist_category_id")}
+    train = tf.io.parse_example(list(tf.data.TFRecordDataset(os.path.join(out, "train-00000-of-00001.tfrecord"))
+                                     .as_numpy_iterator()), spec)
+    values = {name: set(train[name].values.numpy().tolist()) for name in spec}
+    assert values["neg_hist_item_id"] - values["item_id"]  # some drawn items are in no training target
+    for name, table in (("neg_hist_item_id", "item_id"), ("neg_hist_category_id", "category_id")):
+        vocabulary = set(map(int, open(vocabulary_path(out, table)).read().split()))
+        assert values[name] <= vocabulary, (name, sorted(values[name] - vocabulary))
 
 
 @pytest.mark.slow  # Beam over a Taobao slice, then two short trainings: make test-all

@@ -89,8 +89,8 @@ class PreprocessConfig:
     the time column; int64, string or float32, e.g. MovieLens ratings as the actions of a history).
     ``labels``: ``{name: rule}``, a rule such as ``"rating >= 4"`` or
     ``"0 <= conversion_timestamp - click_timestamp <= 86400"`` (``tfrecsys.data.label_rules``).
-    ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split stay out of the
-    vocabulary (default 1). ``examples_per_user``: ``every_event`` (default: one example per event) or
+    ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split (the feature's own and
+    those of the negative histories sharing its table) stay out of the vocabulary (default 1). ``examples_per_user``: ``every_event`` (default: one example per event) or
     ``last`` (leave-one-out only: per user, the last training event and the eval event; next-item models
     learn every position of one history, ``tfrecsys.data.next_item``). Vocabularies and item frequencies
     still count every training event.
@@ -117,7 +117,9 @@ class PreprocessConfig:
     negative history DIEN's auxiliary loss needs: aligned with ``hist_*``, at each position the column of an
     item drawn for that example, never the item of the event at that position (per example, as the DeepCTR
     protocol of peer-baselines §1 draws them, so an event's negative is not repeated in the ~50 rows whose
-    history shows it). Draws are seeded by ``seed`` and the user, so they are the same on any runner.
+    history shows it). Draws are seeded by ``seed`` and the user, so they are the same on any runner. The
+    vocabulary of the table a negative history shares (``item_id``'s) counts its items too: drawn from the
+    whole log, some exist only in eval events, and the OOV row must not learn "a sampled behaviour".
 
     ``train_order``: the order of rows inside each training shard, ``shuffled`` (default: a seeded
     pseudo-random order, so a small shuffle window mixes many users and times) or ``key`` (by user and time,
@@ -199,6 +201,9 @@ class Plan:
     sequence_outputs: tuple = ()  # the user column, the time column, the sequence columns; empty: no sequences
     keep_rows: object = None  # the parsed preprocess.keep_rows rule; None: every row
     item_columns: tuple = ()  # the item column and the sampled item columns, when negatives are sampled; else empty
+    # feature → the written features whose values its vocabulary counts: itself and the negative histories that
+    # share its table (their items are drawn from the whole log, eval-only items included); empty: itself only
+    vocabulary_sources: dict = dataclasses.field(default_factory=dict)
 
     def shards(self, split: str) -> int:
         return self.config.num_shards if split == TRAIN else self.config.eval_shards
@@ -340,6 +345,11 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
                          f"(vocabulary under {os.path.join(output_dir, VOCABULARY_DIR)}) take a min count; those are "
                          f"{sorted(to_build)}")
     vocabularies = {name: int(config.min_counts.get(name, 1)) for name in to_build}
+    # A negative history draws its items from every item of the log, so some exist only in eval events. Left out
+    # of the vocabulary they would all share the OOV row, which training then sees only as a sampled negative
+    # behaviour: every unseen item at eval (14% of Taobao's held-out positives) scored as one (bench/RESULTS.md).
+    vocabulary_sources = {name: (name, *(o.name for o in outputs if o.origin == "negative_history"
+                                         and schema[o.name].table == name)) for name in to_build}
     hashed = {f.name: f.vocab.hash_buckets for f in schema.of_kind(IdFeature) + schema.of_kind(SequenceFeature)
               if f.vocab is not None and f.vocab.hash_buckets is not None}
     if config.split == "files":
@@ -356,7 +366,7 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
     item_columns = _check_negatives(config, source, columns, outputs, rules)
     plan = Plan(config, source.name, source.is_event_log, source.user_column, source.item_column, source.time_column,
                 tuple(outputs), vocabularies, hashed, splits, features_json, candidate_outputs, sequence_outputs,
-                keep_rows, item_columns)
+                keep_rows, item_columns, vocabulary_sources)
     return plan, files
 
 
@@ -993,11 +1003,19 @@ def _feature_values(plan: Plan, element, names: Iterable[str]):
             yield name, item
 
 
+def _vocabulary_values(plan: Plan, element, names: Iterable[str]):
+    """``((feature, value), 1)`` for every value a vocabulary counts: the feature's own and those of the
+    features it takes values from (``Plan.vocabulary_sources``)."""
+    for name in names:
+        for source in plan.vocabulary_sources.get(name, (name,)):
+            for _, value in _feature_values(plan, element, (source,)):
+                yield (name, value), 1
+
+
 def _vocabularies(pipeline: beam.Pipeline, plan: Plan, train, output_dir: str):
     names = sorted(plan.vocabularies)
     kept = (train
-            | "VocabularyValues" >> beam.FlatMap(lambda element: ((pair, 1) for pair in
-                                                                  _feature_values(plan, element, names)))
+            | "VocabularyValues" >> beam.FlatMap(lambda element: _vocabulary_values(plan, element, names))
             | "CountValues" >> beam.CombinePerKey(sum)
             | "MinCount" >> beam.Filter(lambda entry: entry[1] >= plan.vocabularies[entry[0][0]])
             | "ByFeature" >> beam.Map(lambda entry: (entry[0][0], (entry[0][1], entry[1]))))
