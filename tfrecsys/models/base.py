@@ -270,10 +270,12 @@ class RecModel(tf.keras.Model):
         if ((self.train_function is None or force) and execution.multi_step_applies(self)
                 and type(self).train_step is RecModel.train_step):
             self.train_function = execution.train_function(self, self._train_logs)
-        return super().make_train_function(force=False)
+            return self.train_function
+        return super().make_train_function(force=force)
 
     def make_test_function(self, force=False):
         if ((self.test_function is None or force) and execution.multi_step_applies(self)
                 and type(self).test_step is RecModel.test_step):
             self.test_function = execution.test_function(self, self._test_logs)
-        return super().make_test_function(force=False)
+            return self.test_function
+        return super().make_test_function(force=force)

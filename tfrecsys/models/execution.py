@@ -6,7 +6,7 @@ it traces the loop's body: every model paid for tracing its train step (forward,
 before the first step ran (DIN 0.9 of 4.1 CPU-seconds to its first step; bench/RESULTS.md, issue 12). Here
 the loop starts from zeros shaped like the step's logs, read from the metrics without tracing a step, and its
 body (Keras' own step: ``strategy.run``, the per-replica reduction, the step counter, XLA when asked) is
-traced once. The graph of a step is the same, so are its results (tests/test_execution.py).
+traced once. The graph of a step is the same, so are its results (tests/test_first_step.py).
 
 The first call of a train function runs one step instead of ``n``: it returns after one trace and one step,
 not after ``n`` steps (DIEN's 20 steps are 2 CPU-seconds). Keras' data handler reads ``steps_per_execution``
