@@ -90,7 +90,8 @@ class PreprocessConfig:
     ``labels``: ``{name: rule}``, a rule such as ``"rating >= 4"`` or
     ``"0 <= conversion_timestamp - click_timestamp <= 86400"`` (``tfrecsys.data.label_rules``).
     ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split (the feature's own and
-    those of the negative histories sharing its table) stay out of the vocabulary (default 1). ``examples_per_user``: ``every_event`` (default: one example per event) or
+    those of the negative histories sharing its table) stay out of the vocabulary (default 1).
+    ``examples_per_user``: ``every_event`` (default: one example per event) or
     ``last`` (leave-one-out only: per user, the last training event and the eval event; next-item models
     learn every position of one history, ``tfrecsys.data.next_item``). Vocabularies and item frequencies
     still count every training event.
