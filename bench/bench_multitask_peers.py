@@ -3,6 +3,7 @@
     make peers-env
     .venv-peers/bin/python -m bench.bench_multitask_peers                      # all four families, 3 epochs
     .venv-peers/bin/python -m bench.bench_multitask_peers --families=mmoe,ple --epochs=2
+    .venv/bin/python -m bench.bench_multitask_peers --families=mmoe --stacks=tfrecsys  # ours only, no DeepCTR
 
 Protocol of ../shared/reference/peer-baselines.md §2: configs/<family>.py:census's data (tfrecsys-preprocess:
 the test file split 80/20 with seed 0; run here when ``--data_dir`` holds no preprocessed copy), batch 256,
@@ -44,6 +45,7 @@ from tfrecsys.train.loop import build_and_compile, create_variables
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, os.pardir, "configs")
 FAMILIES = ("shared_bottom", "mmoe", "ple", "esmm")
+STACKS = ("tfrecsys", "deepctr")
 # The tasks each family's test AUC is reported for, as (our output, label): ESMM's second is ctcvr.
 TASKS = {"esmm": (("ctr", "income_50k"), ("ctcvr", "rich_and_never_married"))}
 DEFAULT_TASKS = (("income", "income_50k"), ("never_married", "never_married"))
@@ -182,16 +184,18 @@ def report(stack: str, family: str, clock: EpochClock, rows: int, batch_size: in
     return result
 
 
-def table(results: list) -> str:
+def table(results: list, paired: bool = True) -> str:
+    """The markdown table; ``paired``: results alternate ours, DeepCTR's per family, and get ratios."""
     lines = ["| family | stack | AUC task 1 | AUC task 2 | steady ex/s | ratio | CPU ms/step | CPU ratio | "
              "first step s, wall / CPU | params | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for ours, peer in zip(results[::2], results[1::2]):
-        for row in (ours, peer):
-            ratio = row["steady_examples_per_sec"] / peer["steady_examples_per_sec"]
-            cpu_ratio = peer["cpu_ms_per_step"] / row["cpu_ms_per_step"]
+    groups = zip(results[::2], results[1::2]) if paired else ((row, None) for row in results)
+    for ours, peer in groups:
+        for row in (ours, peer) if peer else (ours,):
+            ratio = f"{row['steady_examples_per_sec'] / peer['steady_examples_per_sec']:.2f}×" if peer else "–"
+            cpu_ratio = f"{peer['cpu_ms_per_step'] / row['cpu_ms_per_step']:.2f}×" if peer else "–"
             lines.append(f"| {row['family']} | {row['stack']} | {row['auc'][0]:.4f} | {row['auc'][1]:.4f} | "
-                         f"{row['steady_examples_per_sec']:,} | {ratio:.2f}× | {row['cpu_ms_per_step']:.1f} | "
-                         f"{cpu_ratio:.2f}× | {row['first_step_s']:.1f} / {row['first_step_cpu_s']:.1f} | "
+                         f"{row['steady_examples_per_sec']:,} | {ratio} | {row['cpu_ms_per_step']:.1f} | "
+                         f"{cpu_ratio} | {row['first_step_s']:.1f} / {row['first_step_cpu_s']:.1f} | "
                          f"{row['params']:,} | {row['load']} |")
     return "\n".join(lines)
 
@@ -204,6 +208,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="Training epochs per model (at least 2: the first "
                         "is not steady).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the weights and the shuffling.")
+    parser.add_argument("--stacks", default=",".join(STACKS), help=f"Comma-separated subset of {STACKS}: which "
+                        "side(s) to train; tfrecsys alone needs no DeepCTR (time to first step, our own speed).")
     parser.add_argument("--train_rows", type=int, default=0, help="Train on the first N training rows only (a "
                         "quick check of the benchmark itself; 0: all, the protocol).")
     args = parser.parse_args(argv)
@@ -214,14 +220,20 @@ def main(argv=None) -> int:
     schema, train, test = census_rows(args.data_dir)
     if args.train_rows:
         train = {name: values[:args.train_rows] for name, values in train.items()}
-    columns, train_x, test_x = deepctr_inputs(schema, args.data_dir, train, test)
+    stacks = [s for s in args.stacks.split(",") if s]
+    if not stacks or set(stacks) - set(STACKS):
+        parser.error(f"--stacks {stacks} must be a non-empty subset of {STACKS}")
+    if "deepctr" in stacks:
+        columns, train_x, test_x = deepctr_inputs(schema, args.data_dir, train, test)
     results = []
     for family in families:
-        results.append(train_ours(family, args.data_dir, schema, train, test, args.epochs, args.seed))
-        results.append(train_deepctr(family, columns, train_x, test_x, train, test, args.epochs, args.seed))
+        if "tfrecsys" in stacks:
+            results.append(train_ours(family, args.data_dir, schema, train, test, args.epochs, args.seed))
+        if "deepctr" in stacks:
+            results.append(train_deepctr(family, columns, train_x, test_x, train, test, args.epochs, args.seed))
     print(f"\nCensus-Income, {len(train['income_50k']):,} train / {len(test['income_50k']):,} test rows, batch 256, "
           f"{args.epochs} epochs, seed {args.seed}; load {os.getloadavg()[0]:.1f}\n")
-    print(table(results))
+    print(table(results, paired=len(stacks) == 2))
     return 0
 
 
