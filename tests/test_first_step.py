@@ -102,3 +102,39 @@ def test_multi_step_execution_traces_the_step_once_and_trains_the_same_weights_a
     np.testing.assert_allclose(losses, keras_losses, rtol=0, atol=1e-6)
     for ours_weight, keras_weight in zip(weights, keras_weights):
         np.testing.assert_allclose(ours_weight, keras_weight, rtol=0, atol=1e-6)
+
+
+class ForwardCountingDNN(DNNRanker):
+    """A dnn ranker that counts how often its forward pass is traced."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forward_traces = []
+
+    def call(self, features, training=None):
+        self.forward_traces.append(len(self.forward_traces))
+        return super().call(features, training=training)
+
+
+def _variables_created(by_tf_function: bool):
+    tf.keras.utils.set_random_seed(0)
+    model = ForwardCountingDNN(SCHEMA, tasks_from_config({"ctr": dict(label="click")}), hidden_units=(8,),
+                               name="dnn")
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+    if by_tf_function:  # what create_variables did before: a tf.function that creates variables traces twice
+        tf.function(model).get_concrete_function(SCHEMA.input_signature(serving=False))
+        model.optimizer.build(model.trainable_variables)
+    else:
+        create_variables(model, SCHEMA)
+    return model
+
+
+def test_create_variables_traces_the_forward_pass_once_with_the_initial_weights_of_a_tf_function():
+    ours, by_tf_function = _variables_created(by_tf_function=False), _variables_created(by_tf_function=True)
+
+    assert len(by_tf_function.forward_traces) == 2, "the premise: a variable-creating tf.function traces twice"
+    assert len(ours.forward_traces) == 1
+    assert [v.shape for v in ours.weights] == [v.shape for v in by_tf_function.weights]
+    for created, expected in zip(ours.weights, by_tf_function.weights):
+        np.testing.assert_array_equal(created.numpy(), expected.numpy())
+    assert len(ours.optimizer.variables) == len(by_tf_function.optimizer.variables) > 1

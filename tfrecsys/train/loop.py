@@ -20,6 +20,7 @@ from typing import Optional
 
 import tensorflow as tf
 from absl import logging
+from tensorflow.python.framework import func_graph
 
 from tfrecsys.data.input import (DataError, check_schema, count_records, find_bad_record, make_dataset,
                                  resolve_files)
@@ -93,13 +94,17 @@ def create_variables(model, schema: FeatureSchema, optimizer=None) -> None:
     variables is traced a second time without them: built lazily, a model pays for tracing its whole train
     step twice before the first step runs (0.7 CPU-seconds of two_tower's first step on MovieLens,
     docs/retrieval.md). Tracing the forward pass once over the schema's padded inputs (what serving sends,
-    and every model takes) costs a fraction.
+    and every model takes) costs a fraction. It is traced into a bare function graph, not a ``tf.function``:
+    for the same reason, a ``tf.function`` would trace it twice (DIEN: 0.4 of its 4.7 CPU-seconds to the first
+    step, bench/RESULTS.md issue 12). Keras creates every weight under ``init_scope``, so the variables are
+    eager ones either way, with the same initial values.
     """
     def forward(features):
         model.build_training_towers(features)
         return model(features, training=False)
 
-    tf.function(forward).get_concrete_function(schema.input_signature(serving=False))
+    func_graph.func_graph_from_py_func("create_variables", forward, args=(), kwargs={},
+                                       signature=[schema.input_signature(serving=False)])
     (optimizer or model.optimizer).build(model.trainable_variables)
 
 
