@@ -14,7 +14,8 @@ history is one uniform random item per history position. Train 148,138 rows, tes
 Sizes as DeepCTR's defaults there: embeddings 16, DNN (256, 128, 64) relu, DIN attention (80, 40) Dice,
 DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled.
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
-of 20, their variables created before ``fit`` as ``tfrecsys-train`` does (``create_variables``), and both
+of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' update, the same weights, a smaller
+graph), their variables created before ``fit`` as ``tfrecsys-train`` does (``create_variables``), and both
 sides get the same input path: Keras slicing shuffled batches out of the in-memory arrays (an element-wise
 tf.data shuffle cost 5.4 against 2.0 CPU-ms per batch, measured). DeepCTR's DIEN needs TF1 graph mode and a
 6-name shim (``deepctr_dien_shim``), so every run is a fresh process (``--one``), ours and the peer's
@@ -188,6 +189,7 @@ def run_one(side: str, name: str, seed: int) -> dict:
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
 
+    from tfrecsys.train.adam import Adam
     from tfrecsys.train.loop import create_variables
 
     train, test, vocabulary = taobao_rows()
@@ -217,7 +219,7 @@ def run_one(side: str, name: str, seed: int) -> dict:
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
         model = our_model(name, vocabulary)
-        model.compile(optimizer=tf.keras.optimizers.Adam(LEARNING_RATE), steps_per_execution=20)
+        model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
         model.fit(inputs, {"label": train["label"]}, batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=True,
