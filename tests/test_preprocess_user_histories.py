@@ -6,11 +6,13 @@ runs; the pipeline itself is covered in tests/test_preprocess.py (byte-identical
 
 import collections
 import dataclasses
+import os
 
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
+from tfrecsys.config import load_config
 from tfrecsys.data.preprocess import (USER_HISTORIES_FILES, PreprocessConfig, _item_values, _write_user_history_shard,
                                       item_catalogue, plan_preprocessing, user_examples, user_history_events,
                                       user_history_problem)
@@ -18,6 +20,7 @@ from tfrecsys.data.readers.taobao import parse_behavior
 from tfrecsys.data.user_histories import UserHistories
 from tfrecsys.features.schema import FeatureSchema
 
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "configs")
 LONG = 50
 FEATURES = {"user_id": dict(kind="id", num_buckets=10, training_only=True),
             "timestamp": dict(kind="dense", dtype="int64"),
@@ -131,3 +134,23 @@ def test_rows_the_store_cannot_hold_and_settings_that_cannot_work_are_named(tmp_
     with pytest.raises(ValueError, match="feature 'long_category_id' is cut from column 'behavior', which the store"):
         plan_preprocessing(_config(tmp_path), FEATURES, str(tmp_path / "out"), user_histories={
             **STORE, "sequences": {**STORE["sequences"], "long_category_id": "behavior"}})
+
+
+def test_sim_taobao_preprocesses_what_din_and_dien_train_on_and_cuts_its_histories_from_the_store(tmp_path):
+    # One tfrecsys-preprocess output serves every Taobao config: the same rows, negatives and vocabularies.
+    (tmp_path / "UserBehavior.csv").write_text("\n".join(_lines()) + "\n")
+    overrides = {"data.dir": str(tmp_path / "out"), "preprocess.input": str(tmp_path)}
+    plans = {}
+    for family in ("sim", "dien", "din"):
+        config = load_config(os.path.join(CONFIGS, f"{family}_taobao.py"), overrides)
+        plans[family], _ = plan_preprocessing(PreprocessConfig.from_config(config.preprocess), config.features,
+                                              config.data.dir, config.data.get("user_histories"))
+    for family in ("dien", "din"):
+        assert plans["sim"].config == plans[family].config
+        assert {o.name: o for o in plans["sim"].outputs} == {o.name: o for o in plans[family].outputs}
+        assert plans["sim"].vocabulary_sources == plans[family].vocabulary_sources
+        assert plans["sim"].user_history_outputs == plans[family].user_history_outputs != ()
+    assert config.data.get("user_histories") is None
+    sim = load_config(os.path.join(CONFIGS, "sim_taobao.py"), overrides)
+    assert set(sim.data.user_histories.sequences) == {"recent_item_id", "recent_category_id", "long_item_id",
+                                                      "long_category_id", "long_timestamp"}
