@@ -406,7 +406,7 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
 def _user_history_outputs(config: PreprocessConfig, source: Source, columns: dict, schema: FeatureSchema,
                           user_histories) -> tuple:
     """``(outputs of the per-user store: user, time, preprocess.user_history_columns; {feature: column} the
-    input pipeline cuts from it})``, checked against the source and against ``config.data.user_histories``
+    input pipeline cuts from it)``, checked against the source and against ``config.data.user_histories``
     (``user_histories``, None when the config reads no store); errors name the setting at fault."""
     store_columns = config.user_history_columns
     block = dict(user_histories or {})
@@ -1077,9 +1077,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: Plan, files: list, output_dir:
         by_user = (records
                    | "ByUser" >> beam.Map(lambda element: (element[1][plan.user_column], element[1]))
                    | "GroupByUser" >> beam.GroupByKey()
-                   # One list per user for the three consumers below, not the runner's lazy grouped iterable: in
-                   # one multi-threaded DirectRunner run the examples of 4 of 111 users came out partial or empty
-                   # while the store's consumer had all their events (not reproduced since; the list is cheap).
+                   # A list per user for every consumer below, not the runner's lazy grouped iterable: in one
+                   # multi-threaded DirectRunner run (of a draft of this pipeline) 4 users' examples came out
+                   # partial or empty while the store's step saw all their events. Not reproduced since.
                    | "UserEvents" >> beam.MapTuple(lambda user, events: (user, list(events))))
         keyed = by_user | "Histories" >> beam.FlatMap(
             lambda user_events, catalogue: user_examples(plan, user_events, catalogue=catalogue), catalogue=catalogue)
