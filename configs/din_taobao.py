@@ -42,6 +42,7 @@ def taobao_world(config: ml_collections.ConfigDict) -> None:
         keep_rows="behavior == 'pv'",
         negatives_per_event=1,
         negative_label="click",
+        user_history_columns=("item_id", "category_id"),  # the store sim_taobao.py cuts lifelong histories from
         num_shards=4,
     ))
 
