@@ -40,6 +40,11 @@ is 10 of 16 ``b × b`` tiles of ``Q Kᵀ``, ``A V``, the bias and the mask (and 
 result equals the full ``L × L`` computation (the skipped weights are exact zeros); with an unknown ``L``
 (serving signatures, the jagged path's groups inside a ``tf.function``) the layer computes the full ``L × L``.
 
+Gradient: the attention of each causal block (``Q Kᵀ`` to ``A V``) and the bias gather carry their gradient
+written out (``_pointwise_attention``, ``_gather_with_dense_gradient``): the same equations as automatic
+differentiation (a test compares them), arranged so that XLA keeps fewer ``[batch, H, b, s]`` residuals,
+fuses ``dS`` into one loop and scatter-adds each block's bias gradient without first concatenating them.
+
 Attention paths (``attention_path``), equal to float rounding:
 - ``"padded"``: the whole batch padded to its length ``L`` (in causal blocks when ``L`` is static); the
   reference and the serving path.
