@@ -22,6 +22,11 @@
    faster of the two is the reference). The FLOPs the causal blocks execute (their diagonal tiles whole) are
    printed beside them.
 
+Sections 1 and 3 also print their figures in process CPU time (all threads): on this shared 2-core machine
+other processes stretch wall times by 2-3x from one minute to the next, CPU time much less. A wall-time ratio
+is what a user gets on idle cores; the CPU-time one is the work per core and hides a method that leaves a
+core idle.
+
 ``--device=gpu`` places everything on the first GPU (the run stops if TensorFlow sees none);
 ``--dtype=bfloat16`` runs the layers under the ``mixed_bfloat16`` Keras policy (float32 weights, bfloat16
 compute) and the matmul reference in bfloat16. On the 2-core CPU of this project bfloat16 only checks the
@@ -95,17 +100,22 @@ def batch_of(batch: int, width: int, model_dim: int, lengths=None, seed: int = 0
     return x, tf.constant(lengths, tf.int32), tf.constant(timestamps, tf.int64)
 
 
-def timed_rounds(methods: dict, repeats: int) -> dict:
-    """``{name: (fn, inputs)}`` → median seconds per call of each; one warm-up call each, then they alternate."""
+def timed_rounds(methods: dict, repeats: int) -> tuple[dict, dict]:
+    """``{name: (fn, inputs)}`` → (median wall seconds, median process CPU seconds) per call of each, as two
+    dicts; one warm-up call each, then they alternate. The CPU seconds (every thread of the process) do not
+    grow when other processes take the cores, so they compare methods on a loaded machine; they do not show
+    how well a method uses idle cores (the wall time does)."""
     for fn, inputs in methods.values():
         float(fn(*inputs))
-    seconds = {name: [] for name in methods}
+    wall, cpu = {name: [] for name in methods}, {name: [] for name in methods}
     for _ in range(repeats):
         for name, (fn, inputs) in methods.items():
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             float(fn(*inputs))
-            seconds[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
+    return ({name: statistics.median(values) for name, values in wall.items()},
+            {name: statistics.median(values) for name, values in cpu.items()})
 
 
 def hstu_forward_matmul_flops(batch: int, width: int, model_dim: int, num_heads: int, query_key_pairs: int) -> float:
@@ -132,9 +142,9 @@ def paths_section(args) -> None:
     base = "xla" if xla_available(args) else "function"
     print(f"1. forward + backward, one layer, D={args.model_dim}, H={args.num_heads}, "
           f"{args.tokens_per_batch} tokens per batch; median ms of {args.repeats} rounds; ratios to {base}"
-          + ("" if base == "xla" else " (no XLA: see xla_available)"))
+          + ("" if base == "xla" else " (no XLA: see xla_available)") + "; [CPU]: the same in process CPU time")
     print(f"{'L':>6} {'batch':>5} {'XLA':>9} {'tf.function':>12} {'eager':>9} {'MHA block':>10} "
-          f"{'no-XLA/XLA':>10} {'eager/XLA':>9} {'MHA/XLA':>8}")
+          f"{'no-XLA/XLA':>10} {'eager/XLA':>9} {'MHA/XLA':>8} {'[CPU] XLA':>10} {'no-XLA/XLA':>10}")
     for width in args.lengths:
         batch = max(1, args.tokens_per_batch // width)
         inputs = batch_of(batch, width, args.model_dim)
@@ -146,11 +156,14 @@ def paths_section(args) -> None:
         if base == "xla":
             xla = built(hstu_layer(args, "xla", width), args.model_dim)
             methods["xla"] = (forward_backward(xla, True, inputs), inputs)
-        ms = {name: 1e3 * s for name, s in timed_rounds(methods, args.repeats).items()}
+        wall, cpu = timed_rounds(methods, args.repeats)
+        ms, cpu_ms = ({name: 1e3 * s for name, s in times.items()} for times in (wall, cpu))
         ms.setdefault("xla", float("nan"))
+        cpu_ms.setdefault("xla", float("nan"))
         print(f"{width:>6} {batch:>5} {ms['xla']:>9.1f} {ms['function']:>12.1f} {ms['eager']:>9.1f} "
               f"{ms['mha']:>10.1f} {ms['function'] / ms[base]:>9.2f}x {ms['eager'] / ms[base]:>8.2f}x "
-              f"{ms['mha'] / ms[base]:>7.2f}x", flush=True)
+              f"{ms['mha'] / ms[base]:>7.2f}x {cpu_ms['xla']:>10.1f} {cpu_ms['function'] / cpu_ms[base]:>9.2f}x",
+              flush=True)
 
 
 def jagged_section(args) -> None:
@@ -161,7 +174,7 @@ def jagged_section(args) -> None:
     paths = ("jagged", "padded", "xla") if xla_available(args) else ("jagged", "padded")
     layers = {path: built(hstu_layer(args, path, width), args.model_dim) for path in paths}
     methods = {path: (forward_backward(layer, True, inputs), inputs) for path, layer in layers.items()}
-    ms = {name: 1e3 * s for name, s in timed_rounds(methods, args.repeats).items()}
+    ms = {name: 1e3 * s for name, s in timed_rounds(methods, args.repeats)[0].items()}
     ms.setdefault("xla", float("nan"))
     print(f"\n2. jagged vs padded: batch {batch}, L={width}, mean fill {lengths.mean() / width:.1%} "
           f"({args.jagged_groups} length groups); forward + backward, median ms")
@@ -190,15 +203,19 @@ def flops_section(args) -> None:
     methods = {"hstu": (forward_backward(layer, True, inputs), inputs), "matmul": (tf.function(matmul), (a, b))}
     if xla_available(args):
         methods["xla matmul"] = (tf.function(matmul, jit_compile=True), (a, b))
-    seconds = timed_rounds(methods, args.repeats)
+    seconds, cpu_seconds = timed_rounds(methods, args.repeats)
     matmul_seconds = min(seconds["matmul"], seconds.get("xla matmul", float("inf")))
     hstu_rate, matmul_rate = flops / seconds["hstu"], 2 * side ** 3 / matmul_seconds
+    cpu_rate = flops / cpu_seconds["hstu"]
+    matmul_cpu_rate = 2 * side ** 3 / min(cpu_seconds["matmul"], cpu_seconds.get("xla matmul", float("inf")))
     print(f"\n3. achieved FLOP/s, {path} path, L={width}, batch {batch}: {flops / 1e9:.2f} GFLOP of matmuls needed "
           f"per forward + backward (causal; {executed / 1e9:.2f} executed in {len(layer.causal_blocks(width))} "
           f"causal blocks) at {hstu_rate / 1e9:.1f} GFLOP/s; plain {side}x{side} matmul at "
           f"{matmul_rate / 1e9:.1f} GFLOP/s (without XLA {2 * side ** 3 / seconds['matmul'] / 1e9:.1f}); "
           f"fraction {hstu_rate / matmul_rate:.2f} "
-          f"({executed / seconds['hstu'] / matmul_rate:.2f} counting the executed FLOPs)", flush=True)
+          f"({executed / seconds['hstu'] / matmul_rate:.2f} counting the executed FLOPs); per CPU second "
+          f"{cpu_rate / 1e9:.1f} against {matmul_cpu_rate / 1e9:.1f} GFLOP, fraction {cpu_rate / matmul_cpu_rate:.2f}",
+          flush=True)
 
 
 def main(argv=None) -> None:

@@ -30,9 +30,10 @@ from tfrecsys.config import load_config
 from tfrecsys.data.input import make_dataset, resolve_files
 from tfrecsys.data.simulators import write_from_config
 from tfrecsys.data.model_tables import ModelTables
+from tfrecsys.export.trained import restore_weights
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
-from tfrecsys.train.loop import restore_latest, train_and_evaluate
+from tfrecsys.train.loop import CHECKPOINT_SUBDIR, train_and_evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, os.pardir, "configs", "dnn_position_bias_simulator.py")
@@ -80,7 +81,8 @@ def evaluate(config, model_dir: str, data_dir: str, truth: dict) -> dict:
             model(features)
             if model.position_tower is not None:
                 model.build_training_towers(features)
-            restore_latest(model, model_dir, expect_partial=True)
+            restore_weights(model, schema, config,
+                            tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR)))
             restored = True
         serving = {name: features[name] for name in model.serving_features}
         served.append(model(serving, training=False)["ctr"].numpy())

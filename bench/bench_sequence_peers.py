@@ -114,7 +114,8 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
 
 
 def our_model(name: str, vocabulary: dict):
-    """Our model ``name`` (mean_pooling, din, dien, dien_inner_product, dien_no_aux) over the protocol's columns."""
+    """Our model ``name`` (mean_pooling, din, din_softmax, dien, dien_inner_product, dien_no_aux) over the
+    protocol's columns."""
     from tfrecsys.features.schema import FeatureSchema
     from tfrecsys.models.dien import DIEN
     from tfrecsys.models.din import DIN
@@ -140,8 +141,10 @@ def our_model(name: str, vocabulary: dict):
     if name == "mean_pooling":
         mean_schema = FeatureSchema.from_config({k: v for k, v in features.items() if not k.startswith("neg_")})
         return DNNRanker(mean_schema, tasks, hidden_units=DNN_UNITS, name="mean_pooling")
-    if name == "din":
-        return DIN(schema, tasks, history=history, attention_units=(80, 40), hidden_units=DNN_UNITS, name="din")
+    if name in ("din", "din_softmax"):
+        # din: the paper's raw weights, as DeepCTR's; din_softmax: softmax-normalised, as configs/din_taobao.py.
+        return DIN(schema, tasks, history=history, attention_units=(80, 40), hidden_units=DNN_UNITS,
+                   attention_normalization="softmax" if name == "din_softmax" else "none", name=name)
     return DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
                 aux_weight=0.0 if name == "dien_no_aux" else 1.0,
                 aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
@@ -250,8 +253,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default=",".join(DEFAULT_RUNS),
                         help="comma-separated side:model runs, in order (side ours|peer; model mean_pooling, "
-                             "din, dien (MLP auxiliary net), dien_inner_product, dien_no_aux; peers: din, dien, "
-                             "dien_no_aux)")
+                             "din, din_softmax (attention weights softmax-normalised), dien (MLP auxiliary net), "
+                             "dien_inner_product, dien_no_aux; peers: din, dien, dien_no_aux)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run repeats per seed")
     parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
     args = parser.parse_args(argv)

@@ -8,11 +8,11 @@ average beside each run.
     python -m bench.bench_sequence_taobao --work_dir=/tmp/seq_taobao --models=dien --seeds=42,43
 
 Models: ``mean_pooling`` (configs/mean_pooling_taobao.py), ``din`` (din_taobao.py), ``dien`` (dien_taobao.py,
-AUGRU + auxiliary loss), ``dien_no_aux`` (the same with ``model.aux_weight=0``), all four on one
-preprocessed dataset (``<work_dir>/data``); ``sim`` (sim_taobao.py) on the layout ``bench/bench_sim_taobao.py
---prepare_only`` writes (``<work_dir>/data_sim``: a per-user store of lifelong histories, which
-``tfrecsys-preprocess`` does not write). Figures are the train loop's final evaluation
-(``<model_dir>/eval_metrics.json``: Keras AUC, GAUC, logloss). Prepared data are reused when present.
+AUGRU + auxiliary loss), ``dien_no_aux`` (the same with ``model.aux_weight=0``) and ``sim`` (sim_taobao.py:
+lifelong histories cut from the per-user store ``user_histories-*.parquet`` written beside the rows), all five
+on one preprocessed dataset (``<work_dir>/data``: the same rows, sampled negatives and eval rows). Figures are
+the train loop's final evaluation (``<model_dir>/eval_metrics.json``: Keras AUC, GAUC, logloss). Prepared data
+are reused when present.
 """
 
 import argparse
@@ -44,22 +44,18 @@ def _run(command: list, log_path: str) -> None:
         raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}); see {log_path}")
 
 
-def prepare(work_dir: str, models: list) -> None:
-    """The preprocessed dataset (and SIM's store) under ``work_dir``, unless already there."""
+def prepare(work_dir: str) -> None:
+    """The preprocessed dataset (with SIM's per-user store) under ``work_dir``, unless already there."""
     data = os.path.join(work_dir, "data")
-    if any(m != "sim" for m in models) and not os.path.exists(os.path.join(data, "metadata.json")):
+    if not os.path.exists(os.path.join(data, "metadata.json")):
         _run([_binary("tfrecsys-preprocess"), "--config=configs/dien_taobao.py", f"--config.data.dir={data}"],
              os.path.join(work_dir, "preprocess.log"))
-    sim_data = os.path.join(work_dir, "data_sim")
-    if "sim" in models and not os.path.exists(sim_data):
-        _run([sys.executable, "-m", "bench.bench_sim_taobao", "--prepare_only", f"--data_dir={sim_data}"],
-             os.path.join(work_dir, "prepare_sim.log"))
 
 
 def train(work_dir: str, model: str, seed: int) -> dict:
     """Trains one model with ``tfrecsys-train`` and returns its final eval metrics, wall time and load."""
     config, overrides = RUNS[model]
-    data = os.path.join(work_dir, "data_sim" if model == "sim" else "data")
+    data = os.path.join(work_dir, "data")
     model_dir = os.path.join(work_dir, f"{model}_seed{seed}")
     started = time.perf_counter()
     _run([_binary("tfrecsys-train"), f"--config={config}", f"--config.data.dir={data}",
@@ -90,7 +86,7 @@ def main(argv=None) -> int:
     os.makedirs(work_dir, exist_ok=True)
     print(f"work_dir: {work_dir}", flush=True)
     print(f"load before: {os.getloadavg()}", flush=True)
-    prepare(work_dir, models)
+    prepare(work_dir)
     for seed in args.seeds.split(","):
         for model in models:
             r = train(work_dir, model, int(seed))

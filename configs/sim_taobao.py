@@ -1,16 +1,19 @@
-"""sim on Taobao UserBehavior: the real next item against a random item, each user's last event as test.
+"""sim on Taobao UserBehavior through tfrecsys-preprocess: the rows, sampled negatives, split and vocabularies of
+din_taobao.py, with lifelong histories cut from the per-user store preprocessing writes beside the rows.
 
-    python -m bench.bench_sim_taobao --prepare_only --data_dir=runs/data/taobao_sim   # writes the layout below
-    tfrecsys-train --config=configs/sim_taobao.py --model_dir=runs/sim_taobao
+    tfrecsys-preprocess --config=configs/sim_taobao.py   # the same rows, vocabularies and store as din_taobao.py's
+    tfrecsys-train      --config=configs/sim_taobao.py --model_dir=runs/sim_taobao
 
-Layout under ``data.dir`` (what ``bench/bench_sim_taobao.py`` writes from ``UserBehavior*.csv``; the
-preprocessing of issue 12 is to write the same): ``train-*.tfrecord`` / ``eval-*.tfrecord`` rows of
-``user_id``, ``timestamp`` (the event's time), ``item_id``, ``category_id`` and ``click`` (1 for the item the
-user acted on, 0 for a random item of the log with its category, one of each per event), and
-``user_histories.parquet``, every event of every user once (``tfrecsys.data.user_histories``: ``item_id``,
-``category_id``). The input pipeline cuts for every row the 10 most recent behaviours (DIN branch) and the
-500 most recent (GSU/ESU) strictly before its time. Item and category ids are the release's raw ids, hashed
-inside the model.
+The protocol of din_taobao.py (page views only; every view a real row and a sampled one; each user's last view
+and its sampled row the eval split). ``tfrecsys-preprocess`` also writes ``user_histories-*.parquet``
+(``preprocess.user_history_columns`` of ``din_taobao.taobao_world``): every view of every user once, with
+``item_id``, ``category_id`` and the time. The input pipeline cuts for every row the ``RECENT_LEN`` most recent
+views (the DIN branch) and the ``LIFELONG_LEN`` most recent (GSU/ESU) strictly before the row's ``timestamp``
+(also the request time of the time intervals). ``user_id`` is training-only: it finds the user's store row and
+groups GAUC. The rows' own histories (``hist_*``, ``neg_hist_*``) are declared training-only and not read: so
+preprocessing this config writes what din/dien's does, the negative histories counted in the vocabularies.
+Ids, embeddings (16) and training (Adam 1e-3, batch 256, 2 epochs) are din_taobao.py's; the SIM sizes are
+sim_simulator.py's (hard search on the category, K = 50, 2 heads).
 """
 
 import ml_collections
@@ -21,21 +24,17 @@ RECENT_LEN = 10
 LIFELONG_LEN = 500
 
 base = config_beside(__file__, "base.py")
+din = config_beside(__file__, "din_taobao.py")
 sim_simulator = config_beside(__file__, "sim_simulator.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("sim_taobao", data_dir="runs/data/taobao_sim", model_name="sim_taobao")
-
-    # user_id finds the user's history and groups GAUC; the model reads the user only through the histories.
-    config.features.user_id = dict(kind="id", hash_buckets=1000, training_only=True)
+    config = base.get_config("sim_taobao", data_dir="runs/data/taobao", model_name="sim_taobao")
+    din.taobao_world(config)
+    for name in ("user_id", "hist_item_id", "hist_category_id"):
+        config.features[name].training_only = True
     config.features.timestamp = dict(kind="dense", dtype="int64")
-    config.features.item_id = dict(kind="id", hash_buckets=200_000, embedding_dim=16)
-    config.features.category_id = dict(kind="id", hash_buckets=20_000, embedding_dim=8)
     sim_simulator.lifelong_ranker(config, category="category_id", item_category="category_id",
                                   recent_len=RECENT_LEN, lifelong_len=LIFELONG_LEN)
-    config.train.steps = 1200
-    config.train.steps_per_loop = 400
-    config.train.learning_rate = 0.002
-    config.train.best_metric = ""
+    config.data.user_histories.file = "user_histories-*.parquet"  # preprocessing's store files
     return config

@@ -1,12 +1,14 @@
 """DIN and DIEN models: the paper's properties on tiny hand-made batches (order, padding, auxiliary loss, graph
 mode), and GAUC's one-user case."""
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.metrics.ranking import GroupAUC
+from tfrecsys.models import build_model
 from tfrecsys.models.dien import DIEN
 from tfrecsys.models.din import DIN
 from tfrecsys.models.tasks import tasks_from_config
@@ -79,6 +81,34 @@ def test_din_is_invariant_to_history_order_and_ignores_padding(training):
     score = model(batch, training=training)["score"].numpy()
     shuffled = _reorder(batch, lambda row, length: np.random.default_rng(row).permutation(length))
     np.testing.assert_allclose(model(shuffled, training=training)["score"].numpy(), score, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["none", "softmax"])
+def test_din_softmax_pools_a_repeated_behaviour_to_itself_and_raw_weights_grow_with_it(normalization):
+    """``model.attention_normalization`` from a config: softmax weights sum to 1, so a history of one behaviour
+    repeated k times pools to that behaviour whatever k; the paper's raw weights give k times one weight."""
+    config = ml_collections.ConfigDict(dict(
+        model=dict(name="din", history=HISTORY, attention_units=(8, 4), hidden_units=(8,),
+                   attention_normalization=normalization),
+        tasks=dict(score=dict(label="click"))))
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, SCHEMA)
+    lengths = np.arange(1, MAX_LEN + 1)
+    valid = np.arange(MAX_LEN)[None, :] < lengths[:, None]
+    batch = {"user_id": tf.constant([1] * MAX_LEN, tf.int64), "item_id": tf.constant([9] * MAX_LEN, tf.int64),
+             "item_category": tf.constant([2] * MAX_LEN, tf.int64),
+             "hist_item_id": tf.constant(np.where(valid, 7, 0), tf.int64),
+             "hist_category": tf.constant(np.where(valid, 3, 0), tf.int64),
+             "hist_item_id_length": tf.constant(lengths, tf.int64)}
+    embedded = model.embedding(batch)
+    keys = model.behaviours.keys(embedded)
+    interest = model.attention(keys, model.behaviours.mask(embedded), model.behaviours.query(embedded),
+                               training=False).numpy()
+    if normalization == "softmax":
+        np.testing.assert_allclose(interest, keys[:, 0].numpy(), rtol=1e-5, atol=1e-7)
+    else:
+        np.testing.assert_allclose(interest, lengths[:, None] * interest[:1], rtol=1e-4, atol=1e-7)
+        assert np.abs(interest[0]).max() > 1e-4
 
 
 def test_dien_depends_on_history_order_but_ignores_padding():

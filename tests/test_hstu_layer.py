@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecsys.layers.hstu import ATTENTION_PATHS, HSTULayer, HSTUStack, log_linear_bucket
+from tfrecsys.layers.hstu import (ATTENTION_PATHS, HSTULayer, HSTUStack, _gather_with_dense_gradient,
+                                  _pointwise_attention, log_linear_bucket)
 from tfrecsys.layers.xla import bucket_length, serving_mode
 
 DIM, HEADS, HEAD_DIM, MAX_SEQ_LEN = 16, 2, 8, 64
@@ -133,6 +134,33 @@ def test_causal_blocks_equal_the_full_square_in_outputs_and_gradients():
     np.testing.assert_allclose(output, want_output, atol=1e-5, rtol=0)
     for got, want in zip(gradients, want_gradients):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_written_out_attention_gradient_equals_automatic_differentiation():
+    """The layer's attention and bias gather carry hand-written gradients (for speed); every path runs them, so
+    the path tests cannot see a wrong one: compare them with automatic differentiation of the plain ops."""
+    rng = np.random.default_rng(3)
+    q, k, v = (tf.constant(rng.normal(size=shape)) for shape in ([2, 2, 5, 4], [2, 2, 7, 4], [2, 2, 7, 3]))
+    table = tf.constant(rng.normal(size=[11]))
+    indices = tf.constant(rng.integers(0, 11, [2, 5, 7]), tf.int32)
+    scaled_mask = tf.constant((rng.random([2, 1, 5, 7]) < 0.7) / 64.0)
+    probe = tf.constant(rng.normal(size=[2, 2, 5, 3]))
+
+    def gradients(attention):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v, table])
+            loss = tf.reduce_sum(attention() * probe)
+        return [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, [q, k, v, table])]
+
+    def plain():
+        scores = tf.matmul(q, k, transpose_b=True) + tf.gather(table, indices)[:, None]
+        return tf.matmul(tf.nn.silu(scores) * scaled_mask, v)
+
+    written_out = gradients(lambda: _pointwise_attention(
+        q, k, v, _gather_with_dense_gradient(table, indices), scaled_mask))
+    for got, want in zip(written_out, gradients(plain)):
+        assert np.abs(want).max() > 1e-3
+        np.testing.assert_allclose(got, want, atol=1e-12, rtol=1e-9)
 
 
 def assert_later_events_never_change_earlier_outputs(layer, width):

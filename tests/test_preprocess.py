@@ -136,12 +136,12 @@ def test_vocabularies_min_counts_and_item_frequencies(movielens_loo):
 @pytest.fixture(scope="module")
 def taobao_part(tmp_path_factory):
     """The first 12,000 rows of the shared UserBehavior file in reverse order (so no output can rely on the
-    file listing a user's events in time order) plus four malformed lines, one of them not UTF-8 (a temporary
-    file: the dataset itself never enters the repository)."""
+    file listing a user's events in time order) plus five malformed lines, one of them not UTF-8 and one with a
+    time outside int64 (a temporary file: the dataset itself never enters the repository)."""
     with open(dataset("taobao-user-behavior", "UserBehavior_head84474.csv")) as f:
         lines = [next(f) for _ in range(12_000)][::-1]
     directory = tmp_path_factory.mktemp("taobao")
-    lines[100:100] = ["1,2,3,click,1511544070\n", "1,2,3,pv\n", "x,2,3,pv,1511544070\n"]
+    lines[100:100] = ["1,2,3,click,1511544070\n", "1,2,3,pv\n", "x,2,3,pv,1511544070\n", "1,2,3,pv,1" + "0" * 19 + "\n"]
     (directory / "UserBehavior.csv").write_bytes("".join(lines).encode() + b"1,2,3,pv,15115\xff44070\n")
     return str(directory)
 
@@ -160,6 +160,7 @@ def _taobao(input_dir: str, out: str, output_format: str = "tfrecord", pipeline_
                               history_columns=("item_id", "category_id", "timestamp"),
                               labels={"bought": "behavior == buy"}, sequence_columns=("item_id", "behavior"),
                               candidate_columns=("category_id",), frequency_label="bought", num_shards=3,
+                              user_history_columns=("item_id", "category_id"),
                               output_format=output_format)
     return preprocess(config, features, out, pipeline_args=list(pipeline_args))
 
@@ -184,7 +185,7 @@ def test_preprocessing_twice_gives_byte_identical_output(taobao_runs):
     assert names == _all_files(second)
     assert {"metadata.json", "dead_letter.jsonl", "item_frequency.tsv", "vocabularies/item_id.txt",
             "train-00002-of-00003.tfrecord", "eval-00000-of-00001.tfrecord", "candidates.tfrecord",
-            "sequences-00002-of-00003.tfrecord"} <= set(names)
+            "sequences-00002-of-00003.tfrecord", "user_histories-00002-of-00003.parquet"} <= set(names)
     different = [n for n in names if not filecmp.cmp(os.path.join(first, n), os.path.join(second, n), shallow=False)]
     assert different == []
     assert metadata["splits"]["train"]["rows"] + metadata["splits"]["eval"]["rows"] == 12_000
@@ -192,9 +193,11 @@ def test_preprocessing_twice_gives_byte_identical_output(taobao_runs):
 
 def test_malformed_rows_go_to_the_dead_letter_file_with_the_reason(taobao_runs):
     first, _, metadata = taobao_runs
-    assert metadata["dead_letter_rows"] == 4 and metadata["source_rows"] == 12_000
+    assert metadata["dead_letter_rows"] == 5 and metadata["source_rows"] == 12_000
     dead = [json.loads(line) for line in open(os.path.join(first, "dead_letter.jsonl"))]
     assert sorted(d["reason"] for d in dead) == [
+        "column 'timestamp' is 10000000000000000000, not an int64: the per-user history store "
+        "(preprocess.user_history_columns) cannot hold this event",
         "expected 5 ','-separated fields, got 4", "field 'behavior_type': 'click' is not one of "
         "['pv', 'cart', 'fav', 'buy']", "field 'user_id': 'x' is not an integer",
         "not valid utf-8: 'utf-8' codec can't decode byte 0xff in position 14: invalid start byte"]
@@ -244,6 +247,12 @@ def test_per_user_sequences_hold_every_event_once_in_time_order(taobao_runs):
                       sequences["behavior"][row].numpy().tolist(), sequences["in_eval"][row].numpy().tolist())
     # Every event once (with the split its example is in), nothing else.
     assert sorted(listed) == sorted(events) and len(listed) == metadata["source_rows"]
+    # The per-user store of lifelong histories holds the same events, each user in one row of one file.
+    store = pq.read_table([os.path.join(first, name) for name in metadata["user_histories"]["files"]]).to_pylist()
+    assert len(store) == len(users) == metadata["user_histories"]["users"]
+    stored = [(row["user_id"], item, time) for row in store for item, time in zip(row["item_id"], row["timestamp"])]
+    assert sorted(stored) == sorted(e[:3] for e in events)
+    assert all(row["timestamp"] == sorted(row["timestamp"]) for row in store)
 
 
 def test_candidates_hold_each_item_once_and_frequencies_count_the_positives(taobao_runs):

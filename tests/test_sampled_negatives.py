@@ -124,15 +124,17 @@ def test_preprocessed_vocabularies_hold_every_item_of_the_training_negative_hist
         assert values[name] <= vocabulary, (name, sorted(values[name] - vocabulary))
 
 
-@pytest.mark.slow  # Beam over a Taobao slice, then two short trainings: make test-all
-def test_taobao_protocol_through_tfrecsys_preprocess_trains_din_and_dien(tmp_path):
-    """tfrecsys-preprocess on configs/dien_taobao.py over the first 3,000 rows of the shared UserBehavior file (a
-    temporary copy), then din_taobao.py and dien_taobao.py train a few steps from that output."""
+@pytest.mark.slow  # Beam over a Taobao slice, then three short trainings: make test-all
+def test_taobao_protocol_through_tfrecsys_preprocess_trains_din_dien_and_sim(tmp_path):
+    """tfrecsys-preprocess on configs/sim_taobao.py over the first 3,000 rows of the shared UserBehavior file (a
+    temporary copy; it plans what dien_taobao.py does, tests/test_preprocess_user_histories.py), then
+    din_taobao.py, dien_taobao.py and sim_taobao.py (lifelong histories cut from the per-user store written
+    beside the rows) train a few steps from that output."""
     source = dataset("taobao-user-behavior", "UserBehavior_head84474.csv")
     with open(source) as f:
         (tmp_path / "UserBehavior.csv").write_text("".join(next(f) for _ in range(3_000)))
     data_dir = str(tmp_path / "prepared")
-    result = subprocess.run([os.path.join(BIN, "tfrecsys-preprocess"), f"--config={CONFIGS}/dien_taobao.py",
+    result = subprocess.run([os.path.join(BIN, "tfrecsys-preprocess"), f"--config={CONFIGS}/sim_taobao.py",
                              f"--config.preprocess.input={tmp_path}", f"--config.data.dir={data_dir}"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -143,12 +145,14 @@ def test_taobao_protocol_through_tfrecsys_preprocess_trains_din_and_dien(tmp_pat
     # Every page view is a real row and a sampled one; each user's last view (and its sampled row) is eval.
     assert splits["train"]["rows"] + splits["eval"]["rows"] == 2 * len(views)
     assert splits["eval"]["rows"] == 2 * users_held_out
+    store = metadata["user_histories"]
+    assert store["events"] == len(views) and store["users"] == len(set(views)) and store["files"]
 
     from tfrecsys.train.loop import train_and_evaluate
 
     short = {"data.dir": data_dir, "train.steps": 6, "train.steps_per_loop": 6, "train.steps_per_execution": 3,
              "train.batch_size": 64}
-    for family in ("din", "dien"):
+    for family in ("din", "dien", "sim"):
         config = load_config(f"{CONFIGS}/{family}_taobao.py", short)
         metrics = train_and_evaluate(config, str(tmp_path / family), verbose=0)
         assert 0.0 <= metrics["score"]["auc"] <= 1.0 and np.isfinite(metrics["loss"]), (family, metrics)

@@ -13,8 +13,12 @@ directory is the config's ``data.dir`` (where training reads; the config's vocab
 gets ``<split>-SSSSS-of-NNNNN.tfrecord`` shards, ``vocabularies/``, ``item_frequency.tsv`` (event
 logs), ``candidates.tfrecord`` (event logs with ``preprocess.candidate_columns``: the retrieval corpus),
 ``sequences-SSSSS-of-NNNNN.tfrecord`` (event logs with ``preprocess.sequence_columns``: one time-ordered
-sequence per user), ``dead_letter.jsonl`` (malformed rows with the reason) and ``metadata.json`` (schema,
-vocabulary sizes, row counts). Beam pipeline options other than --runner go after a bare ``--``.
+sequence per user), ``user_histories-SSSSS-of-NNNNN.parquet`` (event logs with
+``preprocess.user_history_columns``: every event of each user once, the store SIM's lifelong histories are
+cut from at input time; a config reading it sets ``data.user_histories.file="user_histories-*.parquet"``, and
+the sequences that block fills are not written per row), ``dead_letter.jsonl`` (malformed rows with the
+reason) and ``metadata.json`` (schema, vocabulary sizes, row counts). Beam pipeline options other than
+--runner go after a bare ``--``.
 
 A config with a ``delayed_feedback_stream`` block instead (configs/defuse_criteo.py) turns a click log with
 conversion times into a delayed-feedback method's training stream, window files in time order
@@ -32,7 +36,8 @@ from tfrecsys.cli.common import run_binary
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py) with a preprocess block (source, input, split, labels, "
-    "min_counts, candidate_columns, sequence_columns, ...) and the features to write; fields can be "
+    "min_counts, candidate_columns, sequence_columns, user_history_columns, ...) and the features to write (those "
+    "data.user_histories cuts from the per-user store are not written per row); fields can be "
     "overridden, e.g. --config.preprocess.input=/data/ml-100k.")
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Replace the output of an earlier run in the output directory instead of failing.")
@@ -59,7 +64,8 @@ def main(argv):
         raise ValueError(f"the config has no preprocess block (it has {sorted(config.keys())})")
     output_dir = config.data.dir
     metadata = preprocess(PreprocessConfig.from_config(config.preprocess), config.features, output_dir,
-                          pipeline_args=[f"--runner={_RUNNER.value}", *argv[1:]], overwrite=_OVERWRITE.value)
+                          pipeline_args=[f"--runner={_RUNNER.value}", *argv[1:]], overwrite=_OVERWRITE.value,
+                          user_histories=config.data.get("user_histories"))
     summary = {"rows": {split: info["rows"] for split, info in metadata["splits"].items()},
                "dead_letter_rows": metadata["dead_letter_rows"],
                "vocabulary_sizes": {name: v["size"] for name, v in metadata["vocabularies"].items()}}

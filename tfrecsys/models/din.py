@@ -21,17 +21,21 @@ class DIN(RecModel):
     feature; ``e_j`` ``[batch, len, d]`` and ``v_A`` ``[batch, d]`` concatenate them (``models.behaviours``).
     ``x_other`` ``[batch, Σ d_f]``: every other serving feature as the dnn family takes it (candidate and user
     embeddings, other sequences mean-pooled, dense values). ``mba_l2``: mini-batch aware L2 (DIN §4.2) on
-    the embedding rows each training batch uses; 0 turns it off. Outputs ``{task: [batch]}``.
+    the embedding rows each training batch uses; 0 turns it off. ``attention_normalization``: ``"none"`` (the
+    paper's raw weights, the default) or ``"softmax"`` over the valid behaviours (``TargetAttention``).
+    Outputs ``{task: [batch]}``.
     """
 
     def __init__(self, schema: FeatureSchema, tasks, history, attention_units=(80, 40),
-                 attention_activation="dice", hidden_units=(200, 80), dropout=0.0, mba_l2=0.0, **kwargs):
+                 attention_activation="dice", hidden_units=(200, 80), dropout=0.0, mba_l2=0.0,
+                 attention_normalization="none", **kwargs):
         super().__init__(schema, tasks, **kwargs)
         self.behaviours = behaviour_history(schema, history)
         self.other_features = [name for name in self.serving_features if name not in self.behaviours.sequences]
         self.mba_l2 = mba_l2
         self.embedding = self.embedding_view(self.serving_features, name="features")
-        self.attention = TargetAttention(attention_units, attention_activation, name="target_attention")
+        self.attention = TargetAttention(attention_units, attention_activation, attention_normalization,
+                                         name="target_attention")
         self.tower = MLP(hidden_units, dropout=dropout, name="tower")
         self.heads = {task.name: tf.keras.layers.Dense(1, name=f"{task.name}_logit", dtype="float32")
                       for task in self.tasks}
@@ -70,4 +74,5 @@ def build_din(config, schema: FeatureSchema, tables=None) -> DIN:
                attention_units=tuple(model.get("attention_units", (80, 40))),
                attention_activation=model.get("attention_activation", "dice"),
                hidden_units=tuple(model.get("hidden_units", (200, 80))), dropout=model.get("dropout", 0.0),
-               mba_l2=model.get("mba_l2", 0.0), name="din")
+               mba_l2=model.get("mba_l2", 0.0),
+               attention_normalization=model.get("attention_normalization", "none"), name="din")

@@ -110,22 +110,6 @@ def create_variables(model, schema: FeatureSchema, optimizer=None) -> None:
     (optimizer or model.optimizer).build(model.trainable_variables)
 
 
-def restore_latest(model, model_dir: str, expect_partial: bool = False):
-    """Restores the newest checkpoint under ``model_dir`` into ``model`` (and its optimizer when the model
-    is compiled). Returns the checkpoint path, or None when there is none."""
-    directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    path = tf.train.latest_checkpoint(directory)
-    if path is None:
-        return None
-    items = {"model": model}
-    if model.optimizer is not None:
-        items["optimizer"] = model.optimizer
-    status = tf.train.Checkpoint(**items).restore(path)
-    if expect_partial:
-        status.expect_partial()
-    return path
-
-
 def shard_policy(num_files: int, workers: int) -> str:
     """How workers split a training input of ``num_files`` files: ``file`` (each worker reads its own
     files) when every worker gets at least one, else ``data`` (every worker reads all files in the same

@@ -1,0 +1,122 @@
+"""Behaviour-sequence settings chosen on a validation split carved from the training part, not on the test.
+
+Taobao UserBehavior through ``tfrecsys-preprocess`` (as ``bench/bench_sequence_taobao.py`` prepares it), then
+each user's last ``--holdout_events`` distinct event times of the *training* split (both rows of each event,
+the real item and its sampled one) become a validation split; ``tfrecsys-train`` trains on the rest and
+evaluates on it after every loop (one loop = one epoch of the full training split). The test split (each
+user's last event) is never read. Vocabularies stay those of the whole training split: ids of validation
+events have their rows, trained only where they also occur in the training rows.
+
+    python -m bench.bench_sequence_validation --work_dir=/tmp/seq_taobao
+    python -m bench.bench_sequence_validation --work_dir=/tmp/seq_taobao --models=din,din_raw_weights --seeds=42,43
+
+Models: ``mean_pooling`` (configs/mean_pooling_taobao.py), ``din`` (din_taobao.py, softmax-normalised
+attention weights) and ``din_raw_weights`` (the same with the paper's raw weights,
+``--config.model.attention_normalization=none``). Prints the validation AUC, GAUC and logloss after each loop.
+"""
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = {"mean_pooling": ("configs/mean_pooling_taobao.py", ()),
+        "din": ("configs/din_taobao.py", ()),
+        "din_raw_weights": ("configs/din_taobao.py", ("--config.model.attention_normalization=none",))}
+
+
+def carve_validation(data_dir: str, out_dir: str, holdout_events: int) -> dict:
+    """Writes ``out_dir/{train,eval}-00000-of-00001.tfrecord`` from ``data_dir``'s training shards: a user's
+    rows at their last ``holdout_events`` distinct timestamps go to eval, when the user has at least
+    ``holdout_events + 3`` (so some history stays in training); the rest to train. Returns the row counts."""
+    import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
+    import tensorflow as tf
+
+    records = []
+    for name in sorted(os.listdir(data_dir)):
+        if name.startswith("train-") and name.endswith(".tfrecord"):
+            records += [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(data_dir, name))]
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.int64), "timestamp": tf.io.FixedLenFeature([], tf.int64)}
+    keys = tf.io.parse_example(tf.constant(records), spec)
+    users, times = keys["user_id"].numpy(), keys["timestamp"].numpy()
+    times_of = collections.defaultdict(set)
+    for user, timestamp in zip(users, times):
+        times_of[user].add(timestamp)
+    cutoff = {user: sorted(ts)[-holdout_events] for user, ts in times_of.items() if len(ts) >= holdout_events + 3}
+    held_out = [user in cutoff and timestamp >= cutoff[user] for user, timestamp in zip(users, times)]
+    os.makedirs(out_dir, exist_ok=True)
+    counts = {}
+    for split, keep in (("train", False), ("eval", True)):
+        with tf.io.TFRecordWriter(os.path.join(out_dir, f"{split}-00000-of-00001.tfrecord")) as writer:
+            rows = [record for record, held in zip(records, held_out) if held == keep]
+            for record in rows:
+                writer.write(record)
+        counts[split] = len(rows)
+    vocabularies = os.path.join(out_dir, "vocabularies")
+    if not os.path.exists(vocabularies):
+        os.symlink(os.path.abspath(os.path.join(data_dir, "vocabularies")), vocabularies)
+    return counts
+
+
+def train(data_dir: str, work_dir: str, model: str, seed: int) -> dict:
+    """``tfrecsys-train`` of one model on the carved split; the validation figures after each loop and at
+    the end."""
+    config, overrides = RUNS[model]
+    model_dir = os.path.join(work_dir, f"{model}_seed{seed}")
+    log_path = model_dir + ".log"
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tfrecsys-train"),
+                               f"--config={config}", f"--config.data.dir={data_dir}",
+                               f"--config.train.seed={seed}", f"--model_dir={model_dir}", *overrides],
+                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=7200)
+    if done.returncode:
+        raise RuntimeError(f"tfrecsys-train of {model} failed (exit {done.returncode}); see {log_path}")
+    per_loop = [float(auc) for auc in re.findall(r"val_score_auc: ([0-9.]+)", open(log_path).read())]
+    with open(os.path.join(model_dir, "eval_metrics.json")) as f:
+        task = next(value for value in json.load(f).values() if isinstance(value, dict))
+    return {"model": model, "seed": seed, "auc_per_loop": per_loop, "auc": task["auc"], "gauc": task["gauc"],
+            "logloss": task["logloss"], "wall_s": time.perf_counter() - started, "load": os.getloadavg()[0]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work_dir", required=True, help="bench_sequence_taobao's work directory: its prepared "
+                        "<work_dir>/data is read (prepared first if absent); the split and runs go beside it")
+    parser.add_argument("--holdout_events", type=int, default=5, help="each user's last N distinct event times "
+                        "of the training split form the validation split")
+    parser.add_argument("--models", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
+    parser.add_argument("--seeds", default="42", help="comma-separated config.train.seed values")
+    args = parser.parse_args(argv)
+    from bench.bench_sequence_taobao import DATASET, prepare
+
+    if not os.path.isdir(DATASET):
+        print(f"skipped: {DATASET} is absent (../shared/datasets)")
+        return 0
+    models = args.models.split(",")
+    unknown = sorted(set(models) - set(RUNS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {list(RUNS)}")
+    prepare(args.work_dir, ["din"])
+    split_dir = os.path.join(args.work_dir, f"validation_{args.holdout_events}")
+    if not os.path.exists(os.path.join(split_dir, "eval-00000-of-00001.tfrecord")):
+        counts = carve_validation(os.path.join(args.work_dir, "data"), split_dir, args.holdout_events)
+        print(f"validation split: {counts['train']} train rows, {counts['eval']} validation rows", flush=True)
+    print(f"load before: {os.getloadavg()}", flush=True)
+    for seed in args.seeds.split(","):
+        for model in models:
+            r = train(split_dir, split_dir, model, int(seed))
+            print(f"{model:16s} seed {seed}  validation AUC per loop {r['auc_per_loop']}  final AUC {r['auc']:.4f}  "
+                  f"GAUC {r['gauc']:.4f}  logloss {r['logloss']:.4f}  wall {r['wall_s']:.0f} s  load "
+                  f"{r['load']:.1f}  RESULT {json.dumps(r)}", flush=True)
+    print(f"load after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
