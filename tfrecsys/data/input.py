@@ -139,9 +139,21 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
         files_per_epoch = len(files)
         if input_context is not None and input_context.num_input_pipelines > 1:
             files_per_epoch = len(files[input_context.input_pipeline_id::input_context.num_input_pipelines])
-        chunks = files_ds.enumerate().interleave(
-            lambda opened, path: _rotated_chunks(read_chunks(path), opened, files_per_epoch, window_seed),
-            cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        chunk_counts = {}  # per file, counted once: later epochs rotate each file by a random chunk
+
+        def chunk_count(path, later_epoch):
+            if not later_epoch:
+                return 0
+            if path.numpy() not in chunk_counts:
+                chunk_counts[path.numpy()] = -(-count_records([path.numpy().decode()]) // chunk_rows)
+            return chunk_counts[path.numpy()]
+
+        def rotated(opened, path):
+            count = tf.py_function(chunk_count, [path, opened >= files_per_epoch], tf.int64)
+            return _rotated_chunks(read_chunks(path), opened, count, window_seed)
+
+        chunks = files_ds.enumerate().interleave(rotated, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
+                                                 deterministic=True)
     else:
         chunks = files_ds.interleave(read_chunks, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
                                      deterministic=True)
@@ -192,20 +204,15 @@ def batches_from_chunks(chunks: tf.data.Dataset, decode: Callable, schema: Featu
     return batches.prefetch(tf.data.AUTOTUNE).with_options(_pipeline_options())
 
 
-def _rotated_chunks(chunks: tf.data.Dataset, opened: tf.Tensor, files_per_epoch: int, seed: int) -> tf.data.Dataset:
-    """One file's chunks for one epoch, from a seeded random chunk onwards and round to where it began.
+def _rotated_chunks(chunks: tf.data.Dataset, opened: tf.Tensor, count: tf.Tensor, seed: int) -> tf.data.Dataset:
+    """One file's ``count`` chunks for one epoch, from a seeded random chunk onwards and round to where it began.
 
-    ``opened`` counts the files opened so far; in epoch 0 (``opened < files_per_epoch``) the file is read from
-    its first chunk, so the first step waits for no count. Without the rotation every epoch of a file
+    ``opened`` counts the files opened so far and seeds the offset; ``count`` is 0 in epoch 0, whose files are
+    read from their first chunk (the first step waits for no count). Without the rotation every epoch of a file
     read in order replays the same windows in the same order (one file: window k of epoch 2 holds half the
     rows of window k of epoch 1, row positions correlated 0.88); on a one-file validation split of Taobao
-    that cost 0.04 eval AUC in the second epoch, and a rotated second pass cost 0.006 (bench/RESULTS.md,
-    issue 12, "the second pass"). Later epochs count the file's chunks first (one extra read of the file,
-    no decoding) and skip the chunks before the offset (another partial read): every epoch still reads each
-    row exactly once."""
-    later_epoch = opened >= files_per_epoch
-    count = chunks.take(tf.where(later_epoch, tf.constant(-1, tf.int64), 0)).reduce(
-        tf.constant(0, tf.int64), lambda total, _: total + 1)
+    that cost 0.04 eval AUC in the second epoch (bench/RESULTS.md, issue 12, "the second pass"). Skipping to
+    the offset reads those chunks without decoding them; every epoch still reads each row exactly once."""
     offset = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), opened]),
                                          minval=0, maxval=tf.maximum(count, 1), dtype=tf.int64)
     return chunks.skip(offset).concatenate(chunks.take(offset))
