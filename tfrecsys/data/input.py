@@ -95,6 +95,8 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
     window that spans several files; the first window is ``FIRST_WINDOW_BATCHES`` batches, so the first step
     does not wait for a whole ``shuffle_buffer`` to be decoded. The permutation is seeded by ``seed`` and the
     window's index, so a seeded pipeline gives the same batches every time, from TFRecord and Parquet alike.
+    From the second epoch on, each file is read from a seeded random chunk onwards and round to its start
+    (``_rotated_chunks``), so an epoch does not replay the previous one's windows in the same order.
     Eval data is one pass over the files in order, chunks of the files taken in turn.
 
     ``user_histories`` (``tfrecsys.data.user_histories``): the files hold per example only the user and the
