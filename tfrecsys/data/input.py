@@ -152,6 +152,7 @@ def make_dataset(files: Sequence[str], schema: FeatureSchema, batch_size: int, *
 
         def rotated(opened, path):
             count = tf.py_function(chunk_count, [path, opened >= files_per_epoch], tf.int64)
+            count.set_shape([])
             return _rotated_chunks(read_chunks(path), opened, count, window_seed)
 
         chunks = files_ds.enumerate().interleave(rotated, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE,
