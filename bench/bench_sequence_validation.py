@@ -12,7 +12,8 @@ events have their rows, trained only where they also occur in the training rows.
 
 Models: ``mean_pooling`` (configs/mean_pooling_taobao.py), ``din`` (din_taobao.py, softmax-normalised
 attention weights) and ``din_raw_weights`` (the same with the paper's raw weights,
-``--config.model.attention_normalization=none``). Prints the validation AUC, GAUC and logloss after each loop.
+``--config.model.attention_normalization=none``), ``dien`` (dien_taobao.py, with the auxiliary loss) and
+``dien_no_aux`` (``--config.model.aux_weight=0``). Prints the validation AUC, GAUC and logloss after each loop.
 """
 
 import argparse
@@ -27,7 +28,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {"mean_pooling": ("configs/mean_pooling_taobao.py", ()),
         "din": ("configs/din_taobao.py", ()),
-        "din_raw_weights": ("configs/din_taobao.py", ("--config.model.attention_normalization=none",))}
+        "din_raw_weights": ("configs/din_taobao.py", ("--config.model.attention_normalization=none",)),
+        "dien": ("configs/dien_taobao.py", ()),
+        "dien_no_aux": ("configs/dien_taobao.py", ("--config.model.aux_weight=0",))}
 
 
 def carve_validation(data_dir: str, out_dir: str, holdout_events: int) -> dict:
