@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(models) - set(RUNS))
     if unknown:
         parser.error(f"--models: unknown {unknown}; choose from {list(RUNS)}")
-    prepare(args.work_dir, ["din"])
+    prepare(args.work_dir)
     split_dir = os.path.join(args.work_dir, f"validation_{args.holdout_events}")
     if not os.path.exists(os.path.join(split_dir, "eval-00000-of-00001.tfrecord")):
         counts = carve_validation(os.path.join(args.work_dir, "data"), split_dir, args.holdout_events)
