@@ -21,16 +21,14 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = {"mean_pooling": ("configs/mean_pooling_taobao.py", ()),
-        "din": ("configs/din_taobao.py", ()),
-        "din_raw_weights": ("configs/din_taobao.py", ("--config.model.attention_normalization=none",)),
-        "dien": ("configs/dien_taobao.py", ()),
-        "dien_no_aux": ("configs/dien_taobao.py", ("--config.model.aux_weight=0",))}
+from bench.bench_sequence_taobao import DATASET, RUNS as TAOBAO_RUNS, _binary, _run, prepare
+
+# bench_sequence_taobao's runs but SIM (its per-user store is not carved), and DIN with the paper's raw weights.
+RUNS = {**{model: run for model, run in TAOBAO_RUNS.items() if model != "sim"},
+        "din_raw_weights": ("configs/din_taobao.py", ("--config.model.attention_normalization=none",))}
 
 
 def carve_validation(data_dir: str, out_dir: str, holdout_events: int) -> dict:
@@ -73,13 +71,8 @@ def train(data_dir: str, work_dir: str, model: str, seed: int) -> dict:
     model_dir = os.path.join(work_dir, f"{model}_seed{seed}")
     log_path = model_dir + ".log"
     started = time.perf_counter()
-    with open(log_path, "w") as log:
-        done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "tfrecsys-train"),
-                               f"--config={config}", f"--config.data.dir={data_dir}",
-                               f"--config.train.seed={seed}", f"--model_dir={model_dir}", *overrides],
-                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=7200)
-    if done.returncode:
-        raise RuntimeError(f"tfrecsys-train of {model} failed (exit {done.returncode}); see {log_path}")
+    _run([_binary("tfrecsys-train"), f"--config={config}", f"--config.data.dir={data_dir}",
+          f"--config.train.seed={seed}", f"--model_dir={model_dir}", *overrides], log_path)
     per_loop = [float(auc) for auc in re.findall(r"val_score_auc: ([0-9.]+)", open(log_path).read())]
     with open(os.path.join(model_dir, "eval_metrics.json")) as f:
         task = next(value for value in json.load(f).values() if isinstance(value, dict))
@@ -96,8 +89,6 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
     parser.add_argument("--seeds", default="42", help="comma-separated config.train.seed values")
     args = parser.parse_args(argv)
-    from bench.bench_sequence_taobao import DATASET, prepare
-
     if not os.path.isdir(DATASET):
         print(f"skipped: {DATASET} is absent (../shared/datasets)")
         return 0
