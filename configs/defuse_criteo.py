@@ -25,6 +25,7 @@ PRETRAIN_DAYS = 30
 def get_config(method: str = "defuse") -> ml_collections.ConfigDict:
     method = method or "defuse"
     world = simulator.get_config(method)  # the method's tasks and model, checked there
+    method = world.model.method  # a variant (defuse_z2) reads its method's stream
     config = base.get_config("defuse_criteo", data_dir=f"runs/data/criteo_conversion_stream_{method}",
                              model_name="defuse_criteo")
     config.data.train_files = world.data.train_files

@@ -7,7 +7,8 @@
     tfrecsys-simulate --config=configs/defuse_simulator.py:vanilla
     tfrecsys-train --config=configs/defuse_simulator.py:vanilla --model_dir=runs/vanilla
 
-Methods: vanilla, oracle, fnw, fnc, es_dfm, defer, defuse, bi_defuse.
+Methods: vanilla, oracle, fnw, fnc, es_dfm, defer, defuse, bi_defuse, and defuse_z2: DEFUSE on the same stream
+with the fake-negative probability ``z2 = f_dp / (f_dp + 1 − f_θ)`` instead of ``z1 = 1 − f_rn``.
 The first ``pretrain_days`` days are old data with final labels, trained on (the CVR model and the auxiliary
 models) without evaluation; then each day's clicks, with their final labels, are scored by the model of the
 days before, and the model trains on the rows that day emitted (docs/delayed-feedback.md).
@@ -26,7 +27,9 @@ PRETRAIN_DAYS = 7
 # The CVR task per method: its loss, and for methods with auxiliary models the auxiliary task beside it.
 METHOD_LOSS = {"vanilla": "logit_cross_entropy", "oracle": "logit_cross_entropy", "fnw": "fnw",
                "fnc": "logit_cross_entropy", "es_dfm": "es_dfm", "defer": "defer", "defuse": "defuse",
-               "bi_defuse": "bi_defuse"}
+               "bi_defuse": "bi_defuse", "defuse_z2": "defuse_z2"}
+# Config arguments that are a variant of a method: the stream and the model are the method's, only the loss differs.
+STREAM_METHOD = {"defuse_z2": "defuse"}
 
 
 def tasks_for(method: str) -> ml_collections.ConfigDict:
@@ -34,16 +37,17 @@ def tasks_for(method: str) -> ml_collections.ConfigDict:
     tasks = ml_collections.ConfigDict()
     tasks.cvr = dict(label="label", loss=METHOD_LOSS[method], mask=f"sample_type < {FIRST_AUXILIARY}",
                      metrics=("auc", "pr_auc", "logloss", "calibration"))
-    if method in ("es_dfm", "defer", "defuse"):
+    if STREAM_METHOD.get(method, method) in ("es_dfm", "defer", "defuse"):
         tasks.auxiliary = dict(loss="delayed_feedback_auxiliary", mask=f"sample_type >= {FIRST_AUXILIARY}",
                                metrics=())
     return tasks
 
 
 def get_config(method: str = "defuse") -> ml_collections.ConfigDict:
-    method = method or "defuse"
-    if method not in METHOD_LOSS:
-        raise ValueError(f"configs/defuse_simulator.py:{method}: the method is not one of {sorted(METHOD_LOSS)}")
+    variant = method or "defuse"
+    if variant not in METHOD_LOSS:
+        raise ValueError(f"configs/defuse_simulator.py:{variant}: the method is not one of {sorted(METHOD_LOSS)}")
+    method = STREAM_METHOD.get(variant, variant)
     config = base.get_config("defuse_simulator", data_dir=f"runs/data/defuse_stream_{method}", model_name="defuse")
     config.data.train_files = STREAM_FILES
     config.data.window_eval_files = CLICK_FILES
@@ -67,7 +71,7 @@ def get_config(method: str = "defuse") -> ml_collections.ConfigDict:
     config.model.hidden_units = (64, 32)
     config.model.auxiliary_hidden_units = (32,)
     config.model.expert_units = 16
-    config.tasks = tasks_for(method)
+    config.tasks = tasks_for(variant)
 
     config.train.mode = "streaming"
     config.train.pretrain_windows = PRETRAIN_DAYS

@@ -91,6 +91,16 @@ def test_a_method_without_its_tasks_is_refused():
         build_model(config, FeatureSchema.from_config(config.features))
 
 
+def test_defuse_z2_is_the_defuse_method_with_the_z2_loss():
+    config = defuse_config.get_config("defuse_z2")
+    assert (config.model.method, config.data.simulator.method) == ("defuse", "defuse")  # DEFUSE's stream and model
+    assert (config.tasks.cvr.loss, config.tasks.auxiliary.loss) == ("defuse_z2", "delayed_feedback_auxiliary")
+    assert config.data.dir == defuse_config.get_config("defuse").data.dir  # the same rows
+    model = small_model("defuse_z2")
+    assert model.method == "defuse"
+    assert sorted(task.loss for task in model.tasks) == ["defuse_z2", "delayed_feedback_auxiliary"]
+
+
 def test_the_served_cvr_is_what_calibration_and_distillation_apply_to():
     from tfrecsys.calibration import binary_tasks
     from tfrecsys.losses.distillation import Distillation, teacher_cross_entropy
