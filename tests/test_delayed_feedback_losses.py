@@ -65,6 +65,29 @@ def test_defuse_expected_loss_over_the_stream_is_minimised_at_the_true_cvr():
     np.testing.assert_allclose(expected, (1 + f_dp) * plain_bce(tf.fill([n], p), logits), rtol=1e-4)
 
 
+def test_z2_is_eq_17_and_the_defuse_z2_loss_reads_the_models_own_prediction_not_f_rn():
+    """z2 = f_dp/(f_dp + 1 − f_θ) is Eq. 17 when f_θ = p(y=1|x) and f_dp = p(y=1, d > w_o|x); ``defuse_z2`` puts
+    the CVR model's stop-gradient prediction in it, so f_rn changes nothing and z adds no gradient path."""
+    p, delayed = np.array([0.05, 0.2, 0.5, 0.9]), np.array([0.01, 0.08, 0.3, 0.1])
+    z2 = dfl.fake_negative_probability_z2(tf.constant(delayed, tf.float32), tf.constant(p, tf.float32)).numpy()
+    np.testing.assert_allclose(z2, delayed / ((1 - p) + delayed), rtol=1e-6)
+
+    f = tf.sigmoid(LOGIT).numpy()
+    z = F_DP.numpy() / (F_DP.numpy() + 1 - f)
+    expected = dfl.defuse_loss(LABEL, LOGIT, SAMPLE_TYPE, F_DP, tf.constant(z, tf.float32))
+    logit = tf.Variable(LOGIT)
+    for f_rn in (F_RN, 1 - F_RN):
+        with tf.GradientTape() as tape:
+            loss = dfl._defuse_z2(LABEL, {"logit": logit, "f_dp": F_DP, "f_rn": f_rn}, SAMPLE_TYPE)
+        np.testing.assert_allclose(loss.numpy(), expected.numpy(), rtol=1e-5)
+        gradient = tape.gradient(loss, logit).numpy()
+        # z held constant: d/ds of w_pos·softplus(−s) + w_neg·softplus(s) with the weights of this z.
+        w_pos = np.where(SAMPLE_TYPE.numpy() == 1, 1 + F_DP.numpy(),
+                         np.where(SAMPLE_TYPE.numpy() == 2, 1.0, z * F_DP.numpy()))
+        w_neg = np.where(SAMPLE_TYPE.numpy() == 0, (1 - z) * (1 + F_DP.numpy()), 0.0)
+        np.testing.assert_allclose(gradient, -w_pos * (1 - f) + w_neg * f, rtol=1e-4, atol=1e-6)
+
+
 def test_no_gradient_reaches_the_auxiliary_parameters():
     auxiliary = tf.keras.layers.Dense(2)
     cvr = tf.keras.layers.Dense(1)
