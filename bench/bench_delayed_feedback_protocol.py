@@ -22,7 +22,12 @@ method's whole stream, the auxiliary models training on the stream as it goes):
   ``A_global · sin(2πt/P)``, so fresh rows are worth more than old ones, which is the trade-off between
   waiting for labels and training on fresh data that the delayed-feedback methods make.
 * **Several seeds** (``--seeds``): each seed draws a new world and a new initialisation; per method the mean ±
-  standard deviation over seeds, and DEFUSE's paired difference to each method with its standard error.
+  standard deviation over seeds, and DEFUSE's paired difference to each method with its standard error, for
+  DEFUSE with ``z1 = 1 − f_rn`` (``defuse``, the config's default) and with ``z2 = f_dp / (f_dp + 1 − f_θ)``
+  (``defuse_z2``: the same stream and model, only the loss differs).
+* **The auxiliaries' quality** (``auxiliary_quality`` per seed, methods with auxiliary models): the frozen
+  ``f_dp``, ``f_rn`` and both fake-negative probabilities on their targets over the streaming period, against
+  the simulator's true probabilities (``auxiliary_quality``).
 
 The models are the defuse family of ``configs/defuse_simulator.py`` (one config per method), its own train
 step (``RecModel.train_step``: the method's registered loss, the tasks' masks), its served CVR; rows come from
@@ -50,7 +55,9 @@ from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.losses.delayed_feedback import FIRST_AUXILIARY
 from tfrecsys.train.loop import build_and_compile
 
-METHODS = ("vanilla", "oracle", "fnw", "fnc", "es_dfm", "defer", "defuse", "bi_defuse")
+METHODS = ("vanilla", "oracle", "fnw", "fnc", "es_dfm", "defer", "defuse", "defuse_z2", "bi_defuse")
+# The methods the others are compared with, paired by seed: DEFUSE with z1 = 1 − f_rn and with z2.
+PAIRED_WITH = ("defuse", "defuse_z2")
 DAY = 86_400
 FEATURES = ("user_id", "item_id", "item_category")
 
@@ -91,13 +98,16 @@ def _batches(count: int, schedule: str, steps_per_window: int, batch_size: int) 
 
 def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, seed: int) -> dict:
     """Pretrains, then streams hour by hour; returns the per-click predictions of the evaluated hours with
-    their labels and hours, and the optimizer steps taken while streaming."""
+    their labels, hours and positions among the evaluation clicks, the optimizer steps taken while streaming,
+    and for methods with auxiliary models their outputs on the evaluation clicks."""
     config = load_method_config(method)
     config.train.seed = seed
     config.train.learning_rate = args.learning_rate
     tf.keras.utils.set_random_seed(seed)
     schema = FeatureSchema.from_config(config.features)
     model = build_and_compile(config, schema)
+    # A variant (defuse_z2) reads its method's stream; only its loss differs.
+    method = config.model.method
     settings = settings_for(columns, method, world.observation_window_seconds, world.attribution_window_seconds,
                             args.window_seconds, args.pretrain_days * DAY)
     rows = emit_rows(columns, settings)
@@ -143,7 +153,7 @@ def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, s
     stream = np.flatnonzero(streaming & ~auxiliary)
     stream_windows = window[stream]
     steps_before = int(model.optimizer.iterations.numpy())
-    predictions, labels, hours = [], [], []
+    predictions, labels, hours, positions = [], [], [], []
     for hour in range(settings.pretrain_windows, int(max(eval_window.max(), stream_windows.max())) + 1):
         clicks = np.flatnonzero(eval_window == hour)
         if len(clicks):
@@ -151,12 +161,62 @@ def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, s
             predictions.append(predict(features).numpy())
             labels.append(evaluation["label"][clicks])
             hours.append(np.full(len(clicks), hour))
+            positions.append(clicks)
         hour_rows = stream[stream_windows == hour]
         for batch in _batches(len(hour_rows), args.schedule, args.steps_per_window, args.batch_size):
             step(*_tensors(rows, hour_rows[batch]))
-    return {"prediction": np.concatenate(predictions).astype(np.float64), "label": np.concatenate(labels),
-            "hour": np.concatenate(hours), "stream_steps": int(model.optimizer.iterations.numpy()) - steps_before,
-            "stream_rows": int(len(stream))}
+    run = {"prediction": np.concatenate(predictions).astype(np.float64), "label": np.concatenate(labels),
+           "hour": np.concatenate(hours), "position": np.concatenate(positions),
+           "stream_steps": int(model.optimizer.iterations.numpy()) - steps_before, "stream_rows": int(len(stream))}
+    if method in AUXILIARY_METHODS:
+        # Frozen since pretraining: the outputs the stream's weights read, on every evaluated click.
+        outputs = [model.training_outputs(_tensors(evaluation, part)[0], training=False)[model.cvr_name]
+                   for part in np.array_split(run["position"], max(1, len(run["position"]) // 16_384))]
+        run["f_dp"] = np.concatenate([o["f_dp"].numpy() for o in outputs]).astype(np.float64)
+        run["f_rn"] = np.concatenate([o["f_rn"].numpy() for o in outputs]).astype(np.float64)
+    return run
+
+
+def _nll(target: np.ndarray, probability: np.ndarray) -> float:
+    p = np.clip(probability, 1e-7, 1 - 1e-7)
+    return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
+
+
+def auxiliary_quality(run: dict, columns: dict, truth: dict, world: DelayedFeedbackConfig, args) -> dict:
+    """How right the frozen auxiliary models and the fake-negative probabilities are over the streaming period,
+    each on its own target among the evaluated clicks, beside the simulator's true probability of that target:
+    NLL, ``excess`` NLL over the truth's, and calibration (mean prediction / observed rate).
+
+    * ``f_dp`` on every click, target "delayed positive" (``w_o < d ≤ w_a``), truth ``p_delayed``;
+    * ``f_rn`` on the observed negatives (no conversion within ``w_o``), target "real negative", truth
+      ``(1 − p_convert) / (1 − p_immediate)``;
+    * ``z1 = 1 − f_rn`` and ``z2 = f_dp / (f_dp + 1 − f_θ)`` (``f_θ``: the run's prediction for the click,
+      made before it trained on the click's hour) on the observed negatives, target "fake negative", truth
+      Eq. 17, ``p_delayed / (1 − p_immediate)``.
+    """
+    settings = settings_for(columns, "defuse", world.observation_window_seconds, world.attribution_window_seconds,
+                            args.window_seconds, args.pretrain_days * DAY)
+    clicks = np.flatnonzero(np.asarray(columns["click_timestamp"]) >= settings.stream_start_timestamp)[run["position"]]
+    t0, conversion = columns["click_timestamp"][clicks], columns["conversion_timestamp"][clicks]
+    delay = np.where(conversion >= 0, conversion - t0, np.iinfo(np.int64).max)
+    immediate = delay <= world.observation_window_seconds
+    delayed = (delay <= world.attribution_window_seconds) & ~immediate
+    p_convert, p_immediate = truth["p_convert"][clicks], truth["p_immediate"][clicks]
+    f_dp, f_rn, f_theta = run["f_dp"], run["f_rn"], np.clip(run["prediction"], 0.0, 1.0)
+    negative = ~immediate
+    z_true = truth["p_delayed"][clicks] / (1 - p_immediate)
+    z2 = np.clip(f_dp / np.maximum(f_dp + 1 - f_theta, 1e-6), 0.0, 1.0)
+    estimates = {"f_dp": (np.ones_like(negative), delayed, f_dp, truth["p_delayed"][clicks]),
+                 "f_rn": (negative, ~delayed, f_rn, (1 - p_convert) / (1 - p_immediate)),
+                 "z1": (negative, delayed, 1 - f_rn, z_true), "z2": (negative, delayed, z2, z_true)}
+    out = {}
+    for name, (rows, target, estimate, true_probability) in estimates.items():
+        target, estimate, true_probability = (target[rows].astype(np.float64), estimate[rows],
+                                              true_probability[rows])
+        nll = _nll(target, estimate)
+        out[name] = {"nll": nll, "excess_nll": nll - _nll(target, true_probability),
+                     "calibration": float(estimate.mean() / target.mean())}
+    return out
 
 
 def hourly_metrics(run: dict) -> dict:
@@ -178,18 +238,18 @@ def hourly_metrics(run: dict) -> dict:
 
 
 def summarize(per_seed: dict, methods) -> dict:
-    """Per method: mean and std over seeds of each metric; DEFUSE − method on NLL and AUC per seed, mean and
-    standard error."""
+    """Per method: mean and std over seeds of each metric; DEFUSE (z1, z2) − method on NLL and AUC per seed,
+    mean and standard error."""
     out = {}
     for method in methods:
         entries = [per_seed[seed][method] for seed in sorted(per_seed)]
         out[method] = {name: (float(np.mean([e[name] for e in entries])), float(np.std([e[name] for e in entries],
                                                                                         ddof=1)))
                        for name in ("auc", "pr_auc", "nll", "calibration", "stream_steps")}
-        if "defuse" in methods and len(entries) > 1:
+        for reference in (r for r in PAIRED_WITH if r in methods and len(entries) > 1):
             for name in ("nll", "auc"):
-                differences = [per_seed[seed]["defuse"][name] - per_seed[seed][method][name] for seed in per_seed]
-                out[method][f"defuse_minus_{name}"] = (float(np.mean(differences)), float(
+                differences = [per_seed[seed][reference][name] - per_seed[seed][method][name] for seed in per_seed]
+                out[method][f"{reference}_minus_{name}"] = (float(np.mean(differences)), float(
                     np.std(differences, ddof=1) / np.sqrt(len(differences))))
     return out
 
@@ -225,7 +285,7 @@ def main(argv=None):
     started = time.perf_counter()
     for seed in (int(s) for s in args.seeds.split(",")):
         world = world_config(args, seed)
-        columns, _ = simulate_delayed_feedback(world)
+        columns, truth = simulate_delayed_feedback(world)
         print(f"seed {seed}: CVR {columns['converted'].mean():.4f}, within w_o "
               f"{columns['converted_in_window'].mean():.4f}", flush=True)
         results["per_seed"][seed] = {}
@@ -234,19 +294,23 @@ def main(argv=None):
             run = run_method(method, columns, world, args, seed)
             entry = {**hourly_metrics(run), "stream_steps": run["stream_steps"], "stream_rows": run["stream_rows"],
                      "seconds": time.perf_counter() - method_started}
+            if "f_dp" in run:
+                entry["auxiliary_quality"] = auxiliary_quality(run, columns, truth, world, args)
             results["per_seed"][seed][method] = entry
             print(seed, method, json.dumps(entry), flush=True)
     results["summary"] = summarize(results["per_seed"], methods)
     results["uptime_after"] = os.popen("uptime").read().strip()
     results["seconds"] = time.perf_counter() - started
-    print("| method | AUC | PR-AUC | NLL | calibration | steps | DEFUSE − method NLL (± s.e.) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    references = [r for r in PAIRED_WITH if r in methods]
+    print("| method | AUC | PR-AUC | NLL | calibration | steps |"
+          + "".join(f" {r} − method NLL (± s.e.) |" for r in references))
+    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(references))
     for method, entry in results["summary"].items():
-        difference = entry.get("defuse_minus_nll")
+        differences = [entry.get(f"{r}_minus_nll") for r in references]
         print(f"| {method} | {entry['auc'][0]:.4f} ± {entry['auc'][1]:.4f} | {entry['pr_auc'][0]:.4f} ± "
               f"{entry['pr_auc'][1]:.4f} | {entry['nll'][0]:.5f} ± {entry['nll'][1]:.5f} | "
               f"{entry['calibration'][0]:.3f} ± {entry['calibration'][1]:.3f} | {entry['stream_steps'][0]:.0f} | "
-              + (f"{difference[0]:+.5f} ± {difference[1]:.5f} |" if difference else "|"))
+              + "".join(f" {d[0]:+.5f} ± {d[1]:.5f} |" if d else " |" for d in differences))
     print(json.dumps(results["summary"], indent=1))
     if args.output:
         with open(args.output, "w") as f:
