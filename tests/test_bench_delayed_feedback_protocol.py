@@ -1,0 +1,39 @@
+"""The auxiliaries' quality in bench/bench_delayed_feedback_protocol.py: each estimate against its target and
+the simulator's truth."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from bench.bench_delayed_feedback_protocol import DAY, auxiliary_quality
+from tfrecsys.data.simulators.delayed_feedback import DelayedFeedbackConfig
+
+HOUR = 3600
+
+
+def test_auxiliary_quality_has_no_excess_for_the_true_probabilities_and_some_for_stale_ones():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    world = DelayedFeedbackConfig(observation_window_seconds=HOUR, attribution_window_days=3)
+    args = argparse.Namespace(window_seconds=HOUR, pretrain_days=1)
+    p_convert = rng.uniform(0.05, 0.4, n)
+    p_immediate = p_convert * rng.uniform(0.3, 0.7, n)
+    outcome = rng.uniform(size=n)  # immediate below p_immediate, delayed up to p_convert, else never
+    t0 = np.sort(rng.integers(0, 2 * DAY, n))
+    delay = np.where(outcome < p_immediate, HOUR // 2, DAY)
+    columns = {"click_timestamp": t0, "conversion_timestamp": np.where(outcome < p_convert, t0 + delay, -1)}
+    truth = {"p_convert": p_convert, "p_immediate": p_immediate, "p_delayed": p_convert - p_immediate}
+    streamed = np.flatnonzero(t0 >= DAY)
+    position = np.arange(len(streamed))
+    oracle = {"position": position, "prediction": p_convert[streamed], "f_dp": truth["p_delayed"][streamed],
+              "f_rn": ((1 - p_convert) / (1 - p_immediate))[streamed]}
+    quality = auxiliary_quality(oracle, columns, truth, world, args)
+    for name in ("f_dp", "f_rn", "z1", "z2"):
+        assert quality[name]["excess_nll"] == pytest.approx(0.0, abs=1e-9), name
+        assert quality[name]["calibration"] == pytest.approx(1.0, abs=0.05), name
+    stale = {**oracle, "f_dp": 0.5 * oracle["f_dp"], "f_rn": 1 - 0.5 * (1 - oracle["f_rn"])}
+    quality = auxiliary_quality(stale, columns, truth, world, args)
+    for name in ("f_dp", "z1", "z2"):
+        assert quality[name]["excess_nll"] > 0.005, name
+        assert quality[name]["calibration"] == pytest.approx(0.5, abs=0.1), name
