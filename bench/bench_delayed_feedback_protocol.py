@@ -182,6 +182,33 @@ def _nll(target: np.ndarray, probability: np.ndarray) -> float:
     return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
 
 
+def fixed_point_excess_nll(p: np.ndarray, delayed: np.ndarray, f_dp: np.ndarray, f_rn: np.ndarray) -> dict:
+    """What the auxiliaries' errors alone cost each method: per click with true CVR ``p`` and delayed-positive
+    rate ``delayed``, the prediction ``f`` that minimises the method's expected loss over the click's stream
+    rows (the digest's A.10 masses: IP ``p − delayed``, observed negative ``1 − p + delayed``, DP ``delayed``;
+    DEFER also every non-delayed click again with its real label), ``f/(1 − f) = Σ w_pos / Σ w_neg``, and its
+    mean KL divergence from ``p`` (the NLL above the truth's a perfect CVR network would still pay). With the
+    true auxiliaries it is 0 for every method. ``z2`` and DEFER read ``f`` itself: iterated to the fixed point."""
+    g, negative = delayed, 1 - p + delayed
+
+    def defuse(z):
+        positive = (p - g) * (1 + f_dp) + g + negative * z * f_dp
+        return positive / (positive + negative * (1 - z) * (1 + f_dp))
+
+    def defer(f):
+        positive = (2 * p - g) * f / np.maximum(f - f_dp / 2, f / 2)
+        return positive / (positive + (2 - 2 * p + g) * (1 - f) / (1 - f + f_dp / 2))
+
+    fixed = {"es_dfm": p * (1 + f_dp) / (p * (1 + f_dp) + negative * (1 + f_dp) * f_rn), "defuse": defuse(1 - f_rn)}
+    z2_fixed, defer_fixed = p.copy(), p.copy()
+    for _ in range(50):
+        z2_fixed = defuse(f_dp / (f_dp + 1 - z2_fixed))
+        defer_fixed = defer(defer_fixed)
+    fixed.update(defuse_z2=z2_fixed, defer=defer_fixed)
+    return {method: float(np.mean(p * np.log(p / f) + (1 - p) * np.log((1 - p) / (1 - f))))
+            for method, f in fixed.items()}
+
+
 def auxiliary_quality(run: dict, columns: dict, truth: dict, world: DelayedFeedbackConfig, args) -> dict:
     """How right the frozen auxiliary models and the fake-negative probabilities are over the streaming period,
     each on its own target among the evaluated clicks, beside the simulator's true probability of that target:
@@ -192,7 +219,8 @@ def auxiliary_quality(run: dict, columns: dict, truth: dict, world: DelayedFeedb
       ``(1 − p_convert) / (1 − p_immediate)``;
     * ``z1 = 1 − f_rn`` and ``z2 = f_dp / (f_dp + 1 − f_θ)`` (``f_θ``: the run's prediction for the click,
       made before it trained on the click's hour) on the observed negatives, target "fake negative", truth
-      Eq. 17, ``p_delayed / (1 − p_immediate)``.
+      Eq. 17, ``p_delayed / (1 − p_immediate)``;
+    * ``fixed_point_excess_nll``: what these errors alone cost each method (``fixed_point_excess_nll``).
     """
     settings = settings_for(columns, "defuse", world.observation_window_seconds, world.attribution_window_seconds,
                             args.window_seconds, args.pretrain_days * DAY)
@@ -216,6 +244,7 @@ def auxiliary_quality(run: dict, columns: dict, truth: dict, world: DelayedFeedb
         nll = _nll(target, estimate)
         out[name] = {"nll": nll, "excess_nll": nll - _nll(target, true_probability),
                      "calibration": float(estimate.mean() / target.mean())}
+    out["fixed_point_excess_nll"] = fixed_point_excess_nll(p_convert, truth["p_delayed"][clicks], f_dp, f_rn)
     return out
 
 

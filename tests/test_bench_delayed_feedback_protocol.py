@@ -6,7 +6,7 @@ import argparse
 import numpy as np
 import pytest
 
-from bench.bench_delayed_feedback_protocol import DAY, auxiliary_quality
+from bench.bench_delayed_feedback_protocol import DAY, auxiliary_quality, fixed_point_excess_nll
 from tfrecsys.data.simulators.delayed_feedback import DelayedFeedbackConfig
 
 HOUR = 3600
@@ -32,8 +32,27 @@ def test_auxiliary_quality_has_no_excess_for_the_true_probabilities_and_some_for
     for name in ("f_dp", "f_rn", "z1", "z2"):
         assert quality[name]["excess_nll"] == pytest.approx(0.0, abs=1e-9), name
         assert quality[name]["calibration"] == pytest.approx(1.0, abs=0.05), name
+    assert max(quality["fixed_point_excess_nll"].values()) < 1e-12
     stale = {**oracle, "f_dp": 0.5 * oracle["f_dp"], "f_rn": 1 - 0.5 * (1 - oracle["f_rn"])}
     quality = auxiliary_quality(stale, columns, truth, world, args)
     for name in ("f_dp", "z1", "z2"):
         assert quality[name]["excess_nll"] > 0.005, name
         assert quality[name]["calibration"] == pytest.approx(0.5, abs=0.1), name
+
+
+def test_z1_methods_pay_for_a_wrong_f_rn_and_z2_methods_for_a_wrong_f_dp():
+    """The hypothesis the bench tests: at the fixed point of the expected loss, ES-DFM and DEFUSE(z1) depend on
+    f_rn, DEFUSE(z2) and DEFER on f_dp; with both right, no method pays anything."""
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.4, 500)
+    delayed = p * rng.uniform(0.3, 0.7, 500)
+    true_f_rn = (1 - p) / (1 - p + delayed)
+    stale_f_rn = 1 - 0.8 * (1 - true_f_rn)
+    z1_methods, z2_methods = ("es_dfm", "defuse"), ("defuse_z2", "defer")
+    assert max(fixed_point_excess_nll(p, delayed, delayed, true_f_rn).values()) < 1e-12
+    wrong_f_dp = fixed_point_excess_nll(p, delayed, 0.8 * delayed, true_f_rn)
+    wrong_f_rn = fixed_point_excess_nll(p, delayed, delayed, stale_f_rn)
+    for method in z1_methods:
+        assert wrong_f_dp[method] < 1e-12 and wrong_f_rn[method] > 1e-5, method
+    for method in z2_methods:
+        assert wrong_f_rn[method] < 1e-12 and wrong_f_dp[method] > 1e-5, method
