@@ -25,6 +25,8 @@ from tfrecsys.config import config_beside
 HISTORY_LEN = 50
 EMBEDDING_DIM = 16
 TRAIN_ROWS = 150_116  # what preprocessing writes from UserBehavior_head84474.csv (2 rows per pv event)
+BATCH_SIZE = 256
+STEPS_PER_EPOCH = TRAIN_ROWS // BATCH_SIZE
 EPOCHS = 2
 
 base = config_beside(__file__, "base.py")
@@ -62,9 +64,9 @@ def taobao_world(config: ml_collections.ConfigDict) -> None:
                                                 aligned_with="hist_item_id", training_only=True)
     config.features.click = dict(kind="label")
     config.tasks.score = dict(label="click", metrics=("auc", "logloss", "gauc"), group="user_id")
-    config.train.batch_size = 256
-    config.train.steps = EPOCHS * TRAIN_ROWS // 256
-    config.train.steps_per_loop = config.train.steps // EPOCHS
+    config.train.batch_size = BATCH_SIZE
+    config.train.steps = EPOCHS * STEPS_PER_EPOCH
+    config.train.steps_per_loop = STEPS_PER_EPOCH
     config.train.learning_rate = 0.001
 
 
