@@ -17,7 +17,7 @@ test event), and a training row none of the validation events, which are its use
 Models: ``mean_pooling`` (configs/mean_pooling_taobao.py), ``din`` (din_taobao.py, softmax-normalised
 attention weights) and ``din_raw_weights`` (the same with the paper's raw weights,
 ``--config.model.attention_normalization=none``), ``dien`` (dien_taobao.py, with the auxiliary loss) and
-``dien_no_aux`` (``--config.model.aux_weight=0``) and ``sim`` (sim_taobao.py). Prints the validation AUC after
+``dien_no_aux`` (dien_taobao.py:no_aux) and ``sim`` (sim_taobao.py). Prints the validation AUC after
 each loop, and GAUC and logloss at the end.
 """
 
