@@ -8,7 +8,7 @@ average beside each run.
     python -m bench.bench_sequence_taobao --work_dir=/tmp/seq_taobao --models=dien --seeds=42,43
 
 Models: ``mean_pooling`` (configs/mean_pooling_taobao.py), ``din`` (din_taobao.py), ``dien`` (dien_taobao.py,
-AUGRU + auxiliary loss), ``dien_no_aux`` (the same with ``model.aux_weight=0``) and ``sim`` (sim_taobao.py:
+AUGRU + auxiliary loss), ``dien_no_aux`` (dien_taobao.py:no_aux, ``model.aux_weight=0``) and ``sim`` (sim_taobao.py:
 lifelong histories cut from the per-user store ``user_histories-*.parquet`` written beside the rows), all five
 on one preprocessed dataset (``<work_dir>/data``: the same rows, sampled negatives and eval rows). Figures are
 the train loop's final evaluation (``<model_dir>/eval_metrics.json``: Keras AUC, GAUC, logloss). Prepared data
@@ -28,7 +28,7 @@ DATASET = os.path.join(REPO, os.pardir, "shared", "datasets", "taobao-user-behav
 RUNS = {"mean_pooling": ("configs/mean_pooling_taobao.py", ()),
         "din": ("configs/din_taobao.py", ()),
         "dien": ("configs/dien_taobao.py", ()),
-        "dien_no_aux": ("configs/dien_taobao.py", ("--config.model.aux_weight=0",)),
+        "dien_no_aux": ("configs/dien_taobao.py:no_aux", ()),
         "sim": ("configs/sim_taobao.py", ())}
 
 

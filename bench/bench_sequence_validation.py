@@ -3,9 +3,13 @@
 Taobao UserBehavior through ``tfrecsys-preprocess`` (as ``bench/bench_sequence_taobao.py`` prepares it), then
 each user's last ``--holdout_events`` distinct event times of the *training* split (both rows of each event,
 the real item and its sampled one) become a validation split; ``tfrecsys-train`` trains on the rest and
-evaluates on it after every loop (one loop = one epoch of the full training split). The test split (each
-user's last event) is never read. Vocabularies stay those of the whole training split: ids of validation
-events have their rows, trained only where they also occur in the training rows.
+evaluates on it after every loop (one loop = one epoch of the full training split, ``--epochs`` loops whatever
+the configs' ``EPOCHS``: the epoch count is what this split chooses). The test split (each user's last event)
+is never read. Vocabularies stay those of the whole training split: ids of validation events have their rows,
+trained only where they also occur in the training rows. SIM reads the whole per-user store
+(``user_histories-*.parquet``, linked beside the split): the input pipeline cuts each row's histories
+strictly before the row's own time, so a validation row sees none of its own events or later ones (nor the
+test event), and a training row none of the validation events, which are its user's latest.
 
     python -m bench.bench_sequence_validation --work_dir=/tmp/seq_taobao
     python -m bench.bench_sequence_validation --work_dir=/tmp/seq_taobao --models=din,din_raw_weights --seeds=42,43
@@ -13,7 +17,8 @@ events have their rows, trained only where they also occur in the training rows.
 Models: ``mean_pooling`` (configs/mean_pooling_taobao.py), ``din`` (din_taobao.py, softmax-normalised
 attention weights) and ``din_raw_weights`` (the same with the paper's raw weights,
 ``--config.model.attention_normalization=none``), ``dien`` (dien_taobao.py, with the auxiliary loss) and
-``dien_no_aux`` (``--config.model.aux_weight=0``). Prints the validation AUC, GAUC and logloss after each loop.
+``dien_no_aux`` (dien_taobao.py:no_aux) and ``sim`` (sim_taobao.py). Prints the validation AUC after
+each loop, and GAUC and logloss at the end.
 """
 
 import argparse
@@ -24,17 +29,21 @@ import re
 import sys
 import time
 
-from bench.bench_sequence_taobao import DATASET, RUNS as TAOBAO_RUNS, _binary, _run, prepare
+from bench.bench_sequence_taobao import DATASET, REPO, RUNS as TAOBAO_RUNS, _binary, _run, prepare
+from tfrecsys.config import config_beside
 
-# bench_sequence_taobao's runs but SIM (its per-user store is not carved), and DIN with the paper's raw weights.
-RUNS = {**{model: run for model, run in TAOBAO_RUNS.items() if model != "sim"},
+# bench_sequence_taobao's runs, and DIN with the paper's raw weights.
+RUNS = {**TAOBAO_RUNS,
         "din_raw_weights": ("configs/din_taobao.py", ("--config.model.attention_normalization=none",))}
+# One loop of every Taobao config: an epoch of the full training split (configs/din_taobao.py).
+STEPS_PER_EPOCH = config_beside(os.path.join(REPO, "configs", "base.py"), "din_taobao.py").STEPS_PER_EPOCH
 
 
 def carve_validation(data_dir: str, out_dir: str, holdout_events: int) -> dict:
     """Writes ``out_dir/{train,eval}-00000-of-00001.tfrecord`` from ``data_dir``'s training shards: a user's
     rows at their last ``holdout_events`` distinct timestamps go to eval, when the user has at least
-    ``holdout_events + 3`` (so some history stays in training); the rest to train. Returns the row counts."""
+    ``holdout_events + 3`` (so some history stays in training); the rest to train. Returns the row counts.
+    The vocabularies and the per-user store are ``link_shared``'s."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
 
@@ -58,16 +67,25 @@ def carve_validation(data_dir: str, out_dir: str, holdout_events: int) -> dict:
             for record in rows:
                 writer.write(record)
         counts[split] = len(rows)
-    vocabularies = os.path.join(out_dir, "vocabularies")
-    if not os.path.exists(vocabularies):
-        os.symlink(os.path.abspath(os.path.join(data_dir, "vocabularies")), vocabularies)
     return counts
 
 
-def train(data_dir: str, work_dir: str, model: str, seed: int) -> dict:
-    """``tfrecsys-train`` of one model on the carved split; the validation figures after each loop and at
-    the end."""
+def link_shared(data_dir: str, out_dir: str) -> None:
+    """Links ``data_dir``'s vocabularies and per-user store files into ``out_dir`` (what the configs read
+    beside the rows), those not linked yet: the store is not carved, its cut by each row's time is the guard."""
+    for name in sorted(os.listdir(data_dir)):
+        if name == "vocabularies" or (name.startswith("user_histories-") and name.endswith(".parquet")):
+            link = os.path.join(out_dir, name)
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(os.path.join(data_dir, name)), link)
+
+
+def train(data_dir: str, work_dir: str, model: str, seed: int, epochs: int) -> dict:
+    """``tfrecsys-train`` of one model on the carved split for ``epochs`` loops of ``STEPS_PER_EPOCH``; the
+    validation figures after each loop and at the end."""
     config, overrides = RUNS[model]
+    overrides = (*overrides, f"--config.train.steps={epochs * STEPS_PER_EPOCH}",
+                 f"--config.train.steps_per_loop={STEPS_PER_EPOCH}")
     model_dir = os.path.join(work_dir, f"{model}_seed{seed}")
     log_path = model_dir + ".log"
     started = time.perf_counter()
@@ -88,6 +106,9 @@ def main(argv=None) -> int:
                         "of the training split form the validation split")
     parser.add_argument("--models", default=",".join(RUNS), help=f"comma-separated subset of {list(RUNS)}")
     parser.add_argument("--seeds", default="42", help="comma-separated config.train.seed values")
+    parser.add_argument("--epochs", type=int, default=2, help="loops of one epoch of the full training split "
+                        f"({STEPS_PER_EPOCH} steps) each model trains, evaluated after each, whatever the "
+                        "configs' EPOCHS")
     args = parser.parse_args(argv)
     if not os.path.isdir(DATASET):
         print(f"skipped: {DATASET} is absent (../shared/datasets)")
@@ -101,10 +122,11 @@ def main(argv=None) -> int:
     if not os.path.exists(os.path.join(split_dir, "eval-00000-of-00001.tfrecord")):
         counts = carve_validation(os.path.join(args.work_dir, "data"), split_dir, args.holdout_events)
         print(f"validation split: {counts['train']} train rows, {counts['eval']} validation rows", flush=True)
+    link_shared(os.path.join(args.work_dir, "data"), split_dir)
     print(f"load before: {os.getloadavg()}", flush=True)
     for seed in args.seeds.split(","):
         for model in models:
-            r = train(split_dir, split_dir, model, int(seed))
+            r = train(split_dir, split_dir, model, int(seed), args.epochs)
             print(f"{model:16s} seed {seed}  validation AUC per loop {r['auc_per_loop']}  final AUC {r['auc']:.4f}  "
                   f"GAUC {r['gauc']:.4f}  logloss {r['logloss']:.4f}  wall {r['wall_s']:.0f} s  load "
                   f"{r['load']:.1f}  RESULT {json.dumps(r)}", flush=True)
