@@ -4,7 +4,7 @@ Taobao UserBehavior through ``tfrecsys-preprocess`` (as ``bench/bench_sequence_t
 each user's last ``--holdout_events`` distinct event times of the *training* split (both rows of each event,
 the real item and its sampled one) become a validation split; ``tfrecsys-train`` trains on the rest and
 evaluates on it after every loop (one loop = one epoch of the full training split, ``--epochs`` loops whatever
-the configs' ``EPOCHS``: the epoch count is what this split chooses). The test split (each user's last event)
+the epochs each config trains: the epoch count is what this split chooses). The test split (each user's last event)
 is never read. Vocabularies stay those of the whole training split: ids of validation events have their rows,
 trained only where they also occur in the training rows. SIM reads the whole per-user store
 (``user_histories-*.parquet``, linked beside the split): the input pipeline cuts each row's histories
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="42", help="comma-separated config.train.seed values")
     parser.add_argument("--epochs", type=int, default=2, help="loops of one epoch of the full training split "
                         f"({STEPS_PER_EPOCH} steps) each model trains, evaluated after each, whatever the "
-                        "configs' EPOCHS")
+                        "epochs each config trains")
     args = parser.parse_args(argv)
     if not os.path.isdir(DATASET):
         print(f"skipped: {DATASET} is absent (../shared/datasets)")
