@@ -114,7 +114,7 @@ def op_summary(model, batch, steps: int, top: int) -> list:
             # function calls ("...:__inference_train_step_N") would count their ops twice.
             for event in line.events:
                 name = names.get(event.metadata_id, "")
-                op_type = name.rsplit(":", 1)[-1]
+                op_type = name.rsplit(":", 1)[-1].strip()
                 if ":" in name and "::" not in name and not op_type.startswith("__inference"):
                     totals[op_type] += event.duration_ps / 1e9 / steps
     return totals.most_common(top)
