@@ -4,6 +4,7 @@
     .venv-peers/bin/python -m bench.bench_multitask_peers                      # all four families, 3 epochs
     .venv-peers/bin/python -m bench.bench_multitask_peers --families=mmoe,ple --epochs=2
     .venv/bin/python -m bench.bench_multitask_peers --families=mmoe --stacks=tfrecsys  # ours only, no DeepCTR
+    .venv-peers/bin/python -m bench.bench_multitask_peers --mixed_precision=none,mixed_bfloat16  # ours at both
 
 Protocol of ../shared/reference/peer-baselines.md §2: configs/<family>.py:census's data (tfrecsys-preprocess:
 the test file split 80/20 with seed 0; run here when ``--data_dir`` holds no preprocessed copy), batch 256,
@@ -24,6 +25,11 @@ included: what a loaded machine changes least), time to first step (model constr
 ``fit`` execution, after ``import``) in wall and CPU seconds, and the test AUC of each task after the last
 epoch (rank AUC over the 20% test rows). Prints one JSON line per model and a markdown table with the ratios
 and the load average.
+
+``--mixed_precision`` trains ours once per listed Keras policy, in turn (``none,mixed_bfloat16``: float32, then
+bfloat16 compute with float32 variables, set as ``tfrecsys-train --mixed_precision`` sets it), before
+DeepCTR's model; ``--peer_mixed_precision`` does the same for DeepCTR's. The ratios of a family are to its
+first DeepCTR row.
 """
 
 import argparse
@@ -41,6 +47,7 @@ from tfrecsys.data.preprocess import METADATA_FILE, PreprocessConfig, preprocess
 from tfrecsys.data.simulators.common import auc
 from tfrecsys.features.schema import DenseFeature, FeatureSchema, IdFeature
 from tfrecsys.train.loop import build_and_compile, create_variables
+from tfrecsys.train.strategy import PRECISION_POLICIES, precision_policy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, os.pardir, "configs")
@@ -100,7 +107,7 @@ def in_memory_batches(features: dict, labels, batch_size: int, seed: int) -> tf.
 
 
 def train_ours(family: str, data_dir: str, schema: FeatureSchema, train: dict, test: dict, epochs: int,
-               seed: int) -> dict:
+               seed: int, precision: str = "none") -> dict:
     # No weight averaging (the census configs' train.ema_momentum): DeepCTR's models train without it, and the
     # comparison is of the same network and optimizer step.
     config = load_config(os.path.join(CONFIGS, f"{family}.py:census"),
@@ -109,17 +116,18 @@ def train_ours(family: str, data_dir: str, schema: FeatureSchema, train: dict, t
     inputs = [f.name for f in model_schema.inputs]
     labels = [f.name for f in model_schema.labels]
     tf.keras.utils.set_random_seed(seed)
-    started = time.perf_counter(), time.process_time()
-    model = build_and_compile(config, model_schema)
-    create_variables(model, model_schema)
-    clock = EpochClock(started)
-    batches = in_memory_batches({k: train[k] for k in inputs}, {k: train[k] for k in labels},
-                                config.train.batch_size, seed)
-    model.fit(batches, epochs=epochs, verbose=0, callbacks=[clock])
-    outputs = model.predict({k: test[k] for k in inputs}, batch_size=4096, verbose=0)
+    with precision_policy(precision):
+        started = time.perf_counter(), time.process_time()
+        model = build_and_compile(config, model_schema)
+        create_variables(model, model_schema)
+        clock = EpochClock(started)
+        batches = in_memory_batches({k: train[k] for k in inputs}, {k: train[k] for k in labels},
+                                    config.train.batch_size, seed)
+        model.fit(batches, epochs=epochs, verbose=0, callbacks=[clock])
+        outputs = model.predict({k: test[k] for k in inputs}, batch_size=4096, verbose=0)
     tasks = TASKS.get(family, DEFAULT_TASKS)
     return report("tfrecsys", family, clock, len(train["income_50k"]), config.train.batch_size, epochs,
-                  [auc(test[label], outputs[output]) for output, label in tasks], model.count_params())
+                  [auc(test[label], outputs[output]) for output, label in tasks], model.count_params(), precision)
 
 
 def deepctr_inputs(schema: FeatureSchema, data_dir: str, train: dict, test: dict):
@@ -143,11 +151,17 @@ def deepctr_inputs(schema: FeatureSchema, data_dir: str, train: dict, test: dict
 
 
 def train_deepctr(family: str, columns, train_x: dict, test_x: dict, train: dict, test: dict, epochs: int,
-                  seed: int) -> dict:
+                  seed: int, precision: str = "none") -> dict:
+    tf.keras.utils.set_random_seed(seed)
+    with precision_policy(precision):
+        return _train_deepctr(family, columns, train_x, test_x, train, test, epochs, seed, precision)
+
+
+def _train_deepctr(family: str, columns, train_x: dict, test_x: dict, train: dict, test: dict, epochs: int,
+                   seed: int, precision: str) -> dict:
     from deepctr.models import ESMM, MMOE, PLE, SharedBottom
 
     tasks = TASKS.get(family, DEFAULT_TASKS)
-    tf.keras.utils.set_random_seed(seed)
     started = time.perf_counter(), time.process_time()
     if family == "mmoe":
         model = MMOE(columns, num_experts=3, expert_dnn_hidden_units=(256, 128), tower_dnn_hidden_units=(64,),
@@ -168,15 +182,16 @@ def train_deepctr(family: str, columns, train_x: dict, test_x: dict, train: dict
               verbose=0, callbacks=[clock])
     outputs = model.predict(test_x, batch_size=4096, verbose=0)
     return report("DeepCTR 0.9.4", family, clock, len(train["income_50k"]), 256, epochs,
-                  [auc(test[label], outputs[i][:, 0]) for i, (_, label) in enumerate(tasks)], model.count_params())
+                  [auc(test[label], np.asarray(outputs[i][:, 0], np.float32)) for i, (_, label) in enumerate(tasks)],
+                  model.count_params(), precision)
 
 
 def report(stack: str, family: str, clock: EpochClock, rows: int, batch_size: int, epochs: int, aucs: list,
-           params: int) -> dict:
+           params: int, precision: str = "none") -> dict:
     steady = rows * (epochs - 1) / sum(clock.epochs[1:]) if epochs > 1 else float("nan")
     steps = -(-rows // batch_size) * (epochs - 1)
     cpu_ms = 1000 * sum(clock.epochs_cpu[1:]) / steps if epochs > 1 else float("nan")
-    result = {"stack": stack, "family": family, "steady_examples_per_sec": round(steady),
+    result = {"stack": stack, "family": family, "precision": precision, "steady_examples_per_sec": round(steady),
               "cpu_ms_per_step": round(cpu_ms, 2), "first_step_s": round(clock.first_step, 2),
               "first_step_cpu_s": round(clock.first_step_cpu, 2), "auc": [round(a, 4) for a in aucs],
               "params": params, "load": round(os.getloadavg()[0], 1)}
@@ -184,19 +199,18 @@ def report(stack: str, family: str, clock: EpochClock, rows: int, batch_size: in
     return result
 
 
-def table(results: list, paired: bool = True) -> str:
-    """The markdown table; ``paired``: results alternate ours, DeepCTR's per family, and get ratios."""
-    lines = ["| family | stack | AUC task 1 | AUC task 2 | steady ex/s | ratio | CPU ms/step | CPU ratio | "
-             "first step s, wall / CPU | params | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    groups = zip(results[::2], results[1::2]) if paired else ((row, None) for row in results)
-    for ours, peer in groups:
-        for row in (ours, peer) if peer else (ours,):
-            ratio = f"{row['steady_examples_per_sec'] / peer['steady_examples_per_sec']:.2f}×" if peer else "–"
-            cpu_ratio = f"{peer['cpu_ms_per_step'] / row['cpu_ms_per_step']:.2f}×" if peer else "–"
-            lines.append(f"| {row['family']} | {row['stack']} | {row['auc'][0]:.4f} | {row['auc'][1]:.4f} | "
-                         f"{row['steady_examples_per_sec']:,} | {ratio} | {row['cpu_ms_per_step']:.1f} | "
-                         f"{cpu_ratio} | {row['first_step_s']:.1f} / {row['first_step_cpu_s']:.1f} | "
-                         f"{row['params']:,} | {row['load']} |")
+def table(results: list) -> str:
+    """The markdown table; each row's ratios are to the first DeepCTR row of its family (none without one)."""
+    lines = ["| family | stack | precision | AUC task 1 | AUC task 2 | steady ex/s | ratio | CPU ms/step | CPU ratio | "
+             "first step s, wall / CPU | params | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results:
+        peer = next((r for r in results if r["family"] == row["family"] and r["stack"] != "tfrecsys"), None)
+        ratio = f"{row['steady_examples_per_sec'] / peer['steady_examples_per_sec']:.2f}×" if peer else "–"
+        cpu_ratio = f"{peer['cpu_ms_per_step'] / row['cpu_ms_per_step']:.2f}×" if peer else "–"
+        lines.append(f"| {row['family']} | {row['stack']} | {row['precision']} | {row['auc'][0]:.4f} | "
+                     f"{row['auc'][1]:.4f} | {row['steady_examples_per_sec']:,} | {ratio} | "
+                     f"{row['cpu_ms_per_step']:.1f} | {cpu_ratio} | {row['first_step_s']:.1f} / "
+                     f"{row['first_step_cpu_s']:.1f} | {row['params']:,} | {row['load']} |")
     return "\n".join(lines)
 
 
@@ -210,6 +224,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the weights and the shuffling.")
     parser.add_argument("--stacks", default=",".join(STACKS), help=f"Comma-separated subset of {STACKS}: which "
                         "side(s) to train; tfrecsys alone needs no DeepCTR (time to first step, our own speed).")
+    parser.add_argument("--mixed_precision", default="none", help="Comma-separated Keras precision policies "
+                        f"among {sorted(PRECISION_POLICIES)}: ours are trained once per policy, in this order "
+                        "(none: float32; mixed_bfloat16: bfloat16 compute, float32 variables, as tfrecsys-train "
+                        "--mixed_precision sets it).")
+    parser.add_argument("--peer_mixed_precision", default="none", help="The same for DeepCTR's models (Keras' "
+                        "global policy set around their construction and training).")
     parser.add_argument("--train_rows", type=int, default=0, help="Train on the first N training rows only (a "
                         "quick check of the benchmark itself; 0: all, the protocol).")
     args = parser.parse_args(argv)
@@ -223,17 +243,26 @@ def main(argv=None) -> int:
     stacks = [s for s in args.stacks.split(",") if s]
     if not stacks or set(stacks) - set(STACKS):
         parser.error(f"--stacks {stacks} must be a non-empty subset of {STACKS}")
+    precisions = {side: [p for p in value.split(",") if p]
+                  for side, value in (("tfrecsys", args.mixed_precision), ("deepctr", args.peer_mixed_precision))}
+    for side, listed in precisions.items():
+        if not listed or set(listed) - set(PRECISION_POLICIES):
+            parser.error(f"precisions {listed} of {side} must be a non-empty subset of {sorted(PRECISION_POLICIES)}")
     if "deepctr" in stacks:
         columns, train_x, test_x = deepctr_inputs(schema, args.data_dir, train, test)
     results = []
     for family in families:
         if "tfrecsys" in stacks:
-            results.append(train_ours(family, args.data_dir, schema, train, test, args.epochs, args.seed))
+            for precision in precisions["tfrecsys"]:
+                results.append(train_ours(family, args.data_dir, schema, train, test, args.epochs, args.seed,
+                                          precision))
         if "deepctr" in stacks:
-            results.append(train_deepctr(family, columns, train_x, test_x, train, test, args.epochs, args.seed))
+            for precision in precisions["deepctr"]:
+                results.append(train_deepctr(family, columns, train_x, test_x, train, test, args.epochs, args.seed,
+                                             precision))
     print(f"\nCensus-Income, {len(train['income_50k']):,} train / {len(test['income_50k']):,} test rows, batch 256, "
           f"{args.epochs} epochs, seed {args.seed}; load {os.getloadavg()[0]:.1f}\n")
-    print(table(results, paired=len(stacks) == 2))
+    print(table(results))
     return 0
 
 

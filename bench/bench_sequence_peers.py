@@ -4,6 +4,8 @@ first training step.
 
     make peers-env && TF_USE_LEGACY_KERAS=1 .venv-peers/bin/python -m bench.bench_sequence_peers
     .venv/bin/python -m bench.bench_sequence_peers --runs=ours:din,ours:dien   # ours only (no DeepCTR)
+    TF_USE_LEGACY_KERAS=1 .venv-peers/bin/python -m bench.bench_sequence_peers --runs=ours:din,peer:din \
+        --mixed_precision=none,mixed_bfloat16        # ours at float32, then bfloat16 compute, then DeepCTR's
 
 Data: the protocol of ../shared/reference/peer-baselines.md §1 (``taobao_rows``): 'pv' events of
 ``UserBehavior_head84474.csv`` (the file's last user dropped), per user in time order; for each position
@@ -27,6 +29,11 @@ first step = model construction + compile (+ ``create_variables`` for ours) + Ke
 the first train-function call, wall and CPU seconds, from a process whose TensorFlow is imported and whose
 data are built. That first call runs one step on both sides (ours: ``tfrecsys.models.execution`` runs the
 first call of a multi-step function as one step; before it, ours ran 20 there).
+
+``--mixed_precision`` runs each of ours once per listed Keras policy, one after the other (``none``: float32;
+``mixed_bfloat16``: bfloat16 compute with float32 variables, set as ``tfrecsys-train --mixed_precision`` sets
+it); ``--peer_mixed_precision`` does the same for DeepCTR's runs (Keras' global policy around their
+construction and training).
 """
 
 import argparse
@@ -187,9 +194,18 @@ def peer_model(name: str, vocabulary: dict):
                     att_weight_normalization=True, alpha=1.0)
 
 
-def run_one(side: str, name: str, seed: int) -> dict:
-    """Trains one model in this process and returns its figures."""
+def run_one(side: str, name: str, seed: int, precision: str = "none") -> dict:
+    """Trains one model in this process under the Keras precision policy ``precision`` (a
+    ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
+
+    from tfrecsys.train.strategy import precision_policy
+
+    with precision_policy(precision):
+        return {**_run_one(side, name, seed), "precision": precision}
+
+
+def _run_one(side: str, name: str, seed: int) -> dict:
     import tensorflow as tf
 
     from tfrecsys.train.adam import Adam
@@ -241,8 +257,8 @@ def run_one(side: str, name: str, seed: int) -> dict:
                   shuffle=True, callbacks=[Clock()])
         scores = model.predict({k: test[k] for k in names}, batch_size=1024)
     rows = len(train["label"])
-    return {"side": side, "model": name, "seed": seed, **ranking_metrics(test["label"], np.ravel(scores),
-                                                                          test["user_id"]),
+    scores = np.ravel(scores).astype(np.float32)  # a bfloat16 policy's output arrives as bfloat16
+    return {"side": side, "model": name, "seed": seed, **ranking_metrics(test["label"], scores, test["user_id"]),
             "steady_examples_per_s": rows * (EPOCHS - 1) / sum(epoch_times[1:]),
             "steady_cpu_ms_per_step": 1000 * sum(epoch_cpu_times[1:]) / (-(-rows // BATCH) * (EPOCHS - 1)),
             "first_step_s": first_step["seconds"], "first_step_cpu_s": first_step["cpu_seconds"],
@@ -256,12 +272,27 @@ def main(argv=None) -> int:
                              "din, din_softmax (attention weights softmax-normalised), dien (MLP auxiliary net), "
                              "dien_inner_product, dien_no_aux; peers: din, dien, dien_no_aux)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run repeats per seed")
+    parser.add_argument("--mixed_precision", default="none",
+                        help="comma-separated Keras precision policies (none, mixed_bfloat16, mixed_float16): each "
+                             "of our runs is repeated per policy, in this order (none: float32; mixed_bfloat16: "
+                             "bfloat16 compute with float32 variables, as tfrecsys-train --mixed_precision sets it)")
+    parser.add_argument("--peer_mixed_precision", default="none",
+                        help="the same for DeepCTR's runs (Keras' global policy around their construction and "
+                             "training)")
     parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
+    parser.add_argument("--precision", default="none", help="internal: the policy of the --one run")
     args = parser.parse_args(argv)
     if args.one:
         side, name = args.one.split(":")
-        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]))), flush=True)
+        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision)),
+              flush=True)
         return 0
+    precisions = {"ours": [p for p in args.mixed_precision.split(",") if p],
+                  "peer": [p for p in args.peer_mixed_precision.split(",") if p]}
+    known = ("none", "mixed_bfloat16", "mixed_float16")
+    for side, listed in precisions.items():
+        if not listed or set(listed) - set(known):
+            parser.error(f"the {side} precisions {listed} must be a non-empty subset of {known}")
     if not os.path.exists(DATA):
         print(f"skipped: {DATA} is absent (../shared/datasets)")
         return 0
@@ -274,25 +305,30 @@ def main(argv=None) -> int:
     print(f"load before: {os.getloadavg()}")
     results = []
     for seed in args.seeds.split(","):
-        for run in runs:
+        for run, precision in [(run, p) for run in runs for p in precisions[run.split(":")[0]]]:
             output = subprocess.run([sys.executable, "-m", "bench.bench_sequence_peers", f"--one={run}",
-                                     f"--seeds={seed}"], capture_output=True, text=True, timeout=3600,
+                                     f"--seeds={seed}", f"--precision={precision}"], capture_output=True, text=True,
+                                    timeout=3600,
                                     env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
             lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:
-                print(f"{run} seed {seed} failed:\n{output.stderr[-3000:]}")
+                print(f"{run} {precision} seed {seed} failed:\n{output.stderr[-3000:]}")
                 continue
             results.append(json.loads(lines[0][len("RESULT "):]))
             r = results[-1]
-            print(f"{run:22s} seed {seed}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  logloss {r['logloss']:.4f}  "
+            print(f"{run:22s} {precision:14s} seed {seed}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
+                  f"logloss {r['logloss']:.4f}  "
                   f"steady {r['steady_examples_per_s']:8.0f} ex/s ({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  "
                   f"first step {r['first_step_s']:5.1f} s ({r['first_step_cpu_s']:.1f} CPU-s)  "
                   f"load {r['load']:.1f}", flush=True)
-    by_run = {(r["side"], r["model"]): r for r in results}
     for model in ("din", "dien", "dien_no_aux"):
-        ours, peer = by_run.get(("ours", model)), by_run.get(("peer", model))
-        if ours and peer:
-            print(f"{model}: ours/DeepCTR steady ex/s {ours['steady_examples_per_s'] / peer['steady_examples_per_s']:.2f}x, "
+        # Ratios to DeepCTR's first run of the model (its float32 run unless --peer_mixed_precision says other).
+        peer = next((r for r in results if (r["side"], r["model"]) == ("peer", model)), None)
+        if peer is None:
+            continue
+        for ours in (r for r in results if (r["side"], r["model"]) == ("ours", model)):
+            print(f"{model} ({ours['precision']}): ours/DeepCTR ({peer['precision']}) steady ex/s "
+                  f"{ours['steady_examples_per_s'] / peer['steady_examples_per_s']:.2f}x, "
                   f"CPU-ms/step {peer['steady_cpu_ms_per_step'] / ours['steady_cpu_ms_per_step']:.2f}x, "
                   f"AUC {ours['auc'] - peer['auc']:+.4f}, first step {ours['first_step_s']:.1f} s vs "
                   f"{peer['first_step_s']:.1f} s ({ours['first_step_cpu_s']:.1f} vs {peer['first_step_cpu_s']:.1f} "

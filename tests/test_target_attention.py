@@ -134,6 +134,21 @@ def test_masked_dice_and_its_gradients_equal_the_papers_formula_over_valid_posit
         np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_dice_under_mixed_bfloat16_keeps_its_moving_moments_in_float32():
+    """bfloat16 compute, float32 running moments updated in float32: with momentum 0.999 a 16-bit update
+    ``0.999 · 1 + 0.001 · 2`` would round to 1.0 (bfloat16 has 8 bits of mantissa)."""
+    x = tf.fill([4, 3, 2], 2.0)  # batch mean 2, variance 0
+    mask = tf.constant([[True, True, False]] * 4)
+    dice = Dice(momentum=0.999, dtype="mixed_bfloat16")
+    dice.build(x.shape)
+    dice.moving_mean.assign(tf.ones([2]))
+    out = dice(x, training=True, mask=mask)
+    assert out.dtype == tf.bfloat16 and dice.moving_mean.dtype == tf.float32
+    np.testing.assert_allclose(dice.moving_mean.numpy(), 1.001, rtol=1e-6)
+    np.testing.assert_allclose(dice.moving_variance.numpy(), 0.999, rtol=1e-6)
+    assert dice(x, training=False).dtype == tf.bfloat16
+
+
 def test_prelu_and_activation_names():
     prelu = PReLU()
     x = np.array([[-2.0, 3.0]], np.float32)

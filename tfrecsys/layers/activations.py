@@ -28,7 +28,9 @@ class Dice(tf.keras.layers.Layer):
     ``call(inputs [..., channels], training, mask [...] bool)``: with ``mask`` the moments are taken over the
     valid positions only, so padding of a behaviour sequence changes neither the statistics nor, through them,
     the activation of real behaviours. Moving moments are ON_READ/MEAN variables like Keras'
-    BatchNormalization's, so each replica keeps its own and a read averages them.
+    BatchNormalization's, so each replica keeps its own and a read averages them. Under a mixed-precision
+    policy (bfloat16/float16 compute) the moving moments stay float32 and are updated in float32: an update
+    of ``(1 − momentum)·x`` would round away in 16 bits.
     """
 
     def __init__(self, epsilon: float = 1e-8, momentum: float = 0.99, **kwargs):
@@ -39,8 +41,9 @@ class Dice(tf.keras.layers.Layer):
     def build(self, input_shape):
         channels = input_shape[-1]
         self.alpha = self.add_weight(name="alpha", shape=[channels], initializer="zeros")
+        # Not autocast: read as float32 even inside a 16-bit call, so the running average is kept in float32.
         moving = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
-                      aggregation=tf.VariableAggregation.MEAN)
+                      aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
         self.moving_mean = self.add_weight(name="moving_mean", shape=[channels], initializer="zeros", **moving)
         self.moving_variance = self.add_weight(name="moving_variance", shape=[channels], initializer="ones",
                                                **moving)
@@ -61,10 +64,11 @@ class Dice(tf.keras.layers.Layer):
     def call(self, inputs, training=None, mask=None):
         if training:
             mean, variance = self._batch_moments(inputs, mask)
-            self.moving_mean.assign(self.momentum * self.moving_mean + (1.0 - self.momentum) * mean)
-            self.moving_variance.assign(self.momentum * self.moving_variance + (1.0 - self.momentum) * variance)
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                moving.assign(self.momentum * moving + (1.0 - self.momentum) * tf.cast(batch, moving.dtype))
         else:
-            mean, variance = self.moving_mean, self.moving_variance
+            mean = tf.cast(self.moving_mean, inputs.dtype)
+            variance = tf.cast(self.moving_variance, inputs.dtype)
         p = tf.sigmoid((inputs - mean) * tf.math.rsqrt(variance + self.epsilon))
         # p·s + (1 − p)·α·s factored as s·(α + (1 − α)·p): fewer passes over [..., channels].
         return inputs * (self.alpha + (1.0 - self.alpha) * p)
