@@ -164,8 +164,10 @@ def deepctr_dien_shim():
     nest.is_sequence = nest.is_nested
 
 
-def peer_model(name: str, vocabulary: dict):
-    """DeepCTR 0.9.4's DIN or DIEN (AUGRU, with or without the auxiliary loss) with the defaults above."""
+def peer_model(name: str, vocabulary: dict, seed: int):
+    """DeepCTR 0.9.4's DIN or DIEN (AUGRU, with or without the auxiliary loss) with the defaults above.
+    ``seed`` goes to DeepCTR's ``seed`` argument: its initialisers take that seed, not the global one, so
+    without it every run starts from DeepCTR's default 1024 and only the shuffle order follows ``--seeds``."""
     from deepctr.feature_column import SparseFeat, VarLenSparseFeat
     from deepctr.models import DIEN as PeerDIEN, DIN as PeerDIN
 
@@ -176,7 +178,7 @@ def peer_model(name: str, vocabulary: dict):
                 for name in ("item_id", "cate_id")]
     if name == "din":
         return PeerDIN(columns, ["item_id", "cate_id"], dnn_hidden_units=DNN_UNITS, att_hidden_size=(80, 40),
-                       att_activation="dice")
+                       att_activation="dice", seed=seed)
     negatives = name == "dien"
     if negatives:
         columns += [VarLenSparseFeat(SparseFeat(f"neg_hist_{name}", vocabulary[name] + 1,
@@ -184,7 +186,7 @@ def peer_model(name: str, vocabulary: dict):
                                      maxlen=HISTORY_LEN, length_name="seq_length") for name in ("item_id", "cate_id")]
     return PeerDIEN(columns, ["item_id", "cate_id"], dnn_hidden_units=DNN_UNITS, gru_type="AUGRU",
                     use_negsampling=negatives, att_hidden_units=(64, 16), att_activation="dice",
-                    att_weight_normalization=True, alpha=1.0)
+                    att_weight_normalization=True, alpha=1.0, seed=seed)
 
 
 def run_one(side: str, name: str, seed: int) -> dict:
@@ -232,7 +234,7 @@ def run_one(side: str, name: str, seed: int) -> dict:
         scores = model.predict(serving, batch_size=1024, verbose=0)["score"]
     else:
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
-        model = peer_model(name, vocabulary)
+        model = peer_model(name, vocabulary, seed)
         optimizer = tf.keras.optimizers.legacy.Adam(LEARNING_RATE) if graph_mode else tf.keras.optimizers.Adam(
             LEARNING_RATE)
         model.compile(optimizer, "binary_crossentropy")
@@ -255,7 +257,11 @@ def main(argv=None) -> int:
                         help="comma-separated side:model runs, in order (side ours|peer; model mean_pooling, "
                              "din, din_softmax (attention weights softmax-normalised), dien (MLP auxiliary net), "
                              "dien_inner_product, dien_no_aux; peers: din, dien, dien_no_aux)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run repeats per seed")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds; each run repeats per seed, the runs of one seed before the "
+                             "next seed's. A seed sets the global seeds (our initialisers, Keras' shuffle order) "
+                             "and DeepCTR's seed argument (its initialisers); the rows stay the same (their "
+                             "negatives are drawn with data seed 0)")
     parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
     args = parser.parse_args(argv)
     if args.one:
