@@ -251,6 +251,57 @@ def run_one(side: str, name: str, seed: int) -> dict:
             "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"])}
 
 
+def run_line(r: dict) -> str:
+    """One run's figures on one line."""
+    return (f"{r['side'] + ':' + r['model']:22s} seed {r['seed']}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
+            f"logloss {r['logloss']:.4f}  steady {r['steady_examples_per_s']:8.0f} ex/s "
+            f"({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  first step {r['first_step_s']:5.1f} s "
+            f"({r['first_step_cpu_s']:.1f} CPU-s)  load {r['load']:.1f}")
+
+
+def mean_and_error(values, sign: str = "", digits: int = 4) -> str:
+    """``mean ± standard error`` (sample standard deviation over √n); the mean alone for one value. ``sign``
+    ``"+"`` prints the mean's sign (for differences)."""
+    values = np.asarray(values, np.float64)
+    mean = f"{values.mean():{sign}.{digits}f}"
+    return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1) / np.sqrt(len(values)):.{digits}f}"
+
+
+def summary(results: list[dict]) -> list[str]:
+    """Per side:model, mean ± standard error over its seeds of AUC, GAUC, logloss and the speeds; per model run
+    on both sides, the paired differences ours − DeepCTR over the seeds both ran (the seed's shuffle and
+    initialisation draw is shared noise, so pairs are the sharper comparison) and the per-seed speed ratios."""
+    lines, runs = [], {}
+    for r in results:
+        runs.setdefault((r["side"], r["model"]), {})[r["seed"]] = r
+    for (side, model), by_seed in runs.items():
+        rows = list(by_seed.values())
+        lines.append(f"{side}:{model} over {len(rows)} seed(s) {sorted(by_seed)}: "
+                     + ", ".join(f"{metric} {mean_and_error([r[metric] for r in rows])}"
+                                 for metric in ("auc", "gauc", "logloss"))
+                     + f", steady ex/s {np.mean([r['steady_examples_per_s'] for r in rows]):.0f}, "
+                     f"CPU-ms/step {np.mean([r['steady_cpu_ms_per_step'] for r in rows]):.1f}, "
+                     f"first step {np.mean([r['first_step_s'] for r in rows]):.1f} s "
+                     f"({np.mean([r['first_step_cpu_s'] for r in rows]):.1f} CPU-s)")
+    for (side, model), ours in runs.items():
+        peer = runs.get(("peer", model)) if side == "ours" else None
+        seeds = sorted(set(ours) & set(peer or {}))
+        if not seeds:
+            continue
+        pairs = [(ours[seed], peer[seed]) for seed in seeds]
+        lines.append(f"{model}: ours − DeepCTR over {len(seeds)} paired seed(s): "
+                     + ", ".join(f"{metric} {mean_and_error([o[metric] - p[metric] for o, p in pairs], '+')}"
+                                 for metric in ("auc", "gauc", "logloss"))
+                     + "; ours/DeepCTR steady ex/s "
+                     + mean_and_error([o["steady_examples_per_s"] / p["steady_examples_per_s"] for o, p in pairs],
+                                    digits=2)
+                     + "x, DeepCTR/ours CPU-ms per step "
+                     + mean_and_error([p["steady_cpu_ms_per_step"] / o["steady_cpu_ms_per_step"] for o, p in pairs],
+                                    digits=2)
+                     + "x")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default=",".join(DEFAULT_RUNS),
@@ -262,11 +313,26 @@ def main(argv=None) -> int:
                              "next seed's. A seed sets the global seeds (our initialisers, Keras' shuffle order) "
                              "and DeepCTR's seed argument (its initialisers); the rows stay the same (their "
                              "negatives are drawn with data seed 0)")
+    parser.add_argument("--results", default="",
+                        help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
+                             "runs of several invocations (or of one cut short) can be summarised together")
+    parser.add_argument("--summarize", action="store_true",
+                        help="run nothing: print the per-seed lines and the summary over seeds of the runs in "
+                             "--results")
     parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
     args = parser.parse_args(argv)
     if args.one:
         side, name = args.one.split(":")
         print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]))), flush=True)
+        return 0
+    if args.summarize:
+        if not args.results:
+            parser.error("--summarize reads the runs of --results=PATH")
+        with open(args.results) as lines:
+            results = [json.loads(line) for line in lines if line.strip()]
+        for r in results:
+            print(run_line(r))
+        print("\n".join(summary(results)))
         return 0
     if not os.path.exists(DATA):
         print(f"skipped: {DATA} is absent (../shared/datasets)")
@@ -289,20 +355,11 @@ def main(argv=None) -> int:
                 print(f"{run} seed {seed} failed:\n{output.stderr[-3000:]}")
                 continue
             results.append(json.loads(lines[0][len("RESULT "):]))
-            r = results[-1]
-            print(f"{run:22s} seed {seed}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  logloss {r['logloss']:.4f}  "
-                  f"steady {r['steady_examples_per_s']:8.0f} ex/s ({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  "
-                  f"first step {r['first_step_s']:5.1f} s ({r['first_step_cpu_s']:.1f} CPU-s)  "
-                  f"load {r['load']:.1f}", flush=True)
-    by_run = {(r["side"], r["model"]): r for r in results}
-    for model in ("din", "dien", "dien_no_aux"):
-        ours, peer = by_run.get(("ours", model)), by_run.get(("peer", model))
-        if ours and peer:
-            print(f"{model}: ours/DeepCTR steady ex/s {ours['steady_examples_per_s'] / peer['steady_examples_per_s']:.2f}x, "
-                  f"CPU-ms/step {peer['steady_cpu_ms_per_step'] / ours['steady_cpu_ms_per_step']:.2f}x, "
-                  f"AUC {ours['auc'] - peer['auc']:+.4f}, first step {ours['first_step_s']:.1f} s vs "
-                  f"{peer['first_step_s']:.1f} s ({ours['first_step_cpu_s']:.1f} vs {peer['first_step_cpu_s']:.1f} "
-                  "CPU-s)")
+            print(run_line(results[-1]), flush=True)
+            if args.results:
+                with open(args.results, "a") as out:
+                    out.write(json.dumps(results[-1]) + "\n")
+    print("\n".join(summary(results)))
     print(f"load after: {os.getloadavg()}")
     return 0
 
