@@ -12,7 +12,9 @@ random catalogue item (≠ the real one) the negative; each user's last event is
 history is one uniform random item per history position. Train 148,138 rows, test 1,624.
 
 Sizes as DeepCTR's defaults there: embeddings 16, DNN (256, 128, 64) relu, DIN attention (80, 40) Dice,
-DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled.
+DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled;
+L2 1e-6 over the whole embedding tables (DeepCTR's ``l2_reg_embedding``; ``--embedding_l2`` for ours, whose
+runs before 2026-12-07 had none).
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
 of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' update, the same weights, a smaller
 graph), their variables created before ``fit`` as ``tfrecsys-train`` does (``create_variables``), and both
@@ -42,6 +44,7 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pa
                     "taobao-user-behavior", "UserBehavior_head84474.csv")
 HISTORY_LEN, EMBEDDING_DIM, BATCH, EPOCHS, LEARNING_RATE = 50, 16, 256, 2, 1e-3
 DNN_UNITS = (256, 128, 64)
+DEEPCTR_EMBEDDING_L2 = 1e-6  # DeepCTR's l2_reg_embedding default of DIN and DIEN
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -113,9 +116,9 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
             "logloss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))}
 
 
-def our_model(name: str, vocabulary: dict):
+def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0):
     """Our model ``name`` (mean_pooling, din, din_softmax, dien, dien_inner_product, dien_no_aux) over the
-    protocol's columns."""
+    protocol's columns; ``embedding_l2``: L2 over its whole embedding tables (``EmbeddingTables.regularize``)."""
     from tfrecsys.features.schema import FeatureSchema
     from tfrecsys.models.dien import DIEN
     from tfrecsys.models.din import DIN
@@ -140,15 +143,19 @@ def our_model(name: str, vocabulary: dict):
     history = ("hist_item_id", "hist_cate_id")
     if name == "mean_pooling":
         mean_schema = FeatureSchema.from_config({k: v for k, v in features.items() if not k.startswith("neg_")})
-        return DNNRanker(mean_schema, tasks, hidden_units=DNN_UNITS, name="mean_pooling")
-    if name in ("din", "din_softmax"):
+        model = DNNRanker(mean_schema, tasks, hidden_units=DNN_UNITS, name="mean_pooling")
+    elif name in ("din", "din_softmax"):
         # din: the paper's raw weights, as DeepCTR's; din_softmax: softmax-normalised, as configs/din_taobao.py.
-        return DIN(schema, tasks, history=history, attention_units=(80, 40), hidden_units=DNN_UNITS,
-                   attention_normalization="softmax" if name == "din_softmax" else "none", name=name)
-    return DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
-                aux_weight=0.0 if name == "dien_no_aux" else 1.0,
-                aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
-                hidden_units=DNN_UNITS, name=name)
+        model = DIN(schema, tasks, history=history, attention_units=(80, 40), hidden_units=DNN_UNITS,
+                    attention_normalization="softmax" if name == "din_softmax" else "none", name=name)
+    else:
+        model = DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
+                     aux_weight=0.0 if name == "dien_no_aux" else 1.0,
+                     aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
+                     hidden_units=DNN_UNITS, name=name)
+    if embedding_l2:
+        model.embeddings.regularize(embedding_l2)
+    return model
 
 
 def deepctr_dien_shim():
@@ -189,8 +196,9 @@ def peer_model(name: str, vocabulary: dict, seed: int):
                     att_weight_normalization=True, alpha=1.0, seed=seed)
 
 
-def run_one(side: str, name: str, seed: int) -> dict:
-    """Trains one model in this process and returns its figures."""
+def run_one(side: str, name: str, seed: int, embedding_l2: float = DEEPCTR_EMBEDDING_L2) -> dict:
+    """Trains one model in this process and returns its figures; ``embedding_l2`` is our models' (DeepCTR's
+    is always its default)."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
 
@@ -223,7 +231,7 @@ def run_one(side: str, name: str, seed: int) -> dict:
         if name == "mean_pooling":
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
-        model = our_model(name, vocabulary)
+        model = our_model(name, vocabulary, embedding_l2)
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
@@ -248,7 +256,8 @@ def run_one(side: str, name: str, seed: int) -> dict:
             "steady_examples_per_s": rows * (EPOCHS - 1) / sum(epoch_times[1:]),
             "steady_cpu_ms_per_step": 1000 * sum(epoch_cpu_times[1:]) / (-(-rows // BATCH) * (EPOCHS - 1)),
             "first_step_s": first_step["seconds"], "first_step_cpu_s": first_step["cpu_seconds"],
-            "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"])}
+            "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"]),
+            "embedding_l2": embedding_l2 if side == "ours" else DEEPCTR_EMBEDDING_L2}
 
 
 def run_line(r: dict) -> str:
@@ -313,9 +322,14 @@ def main(argv=None) -> int:
                              "next seed's. A seed sets the global seeds (our initialisers, Keras' shuffle order) "
                              "and DeepCTR's seed argument (its initialisers); the rows stay the same (their "
                              "negatives are drawn with data seed 0)")
+    parser.add_argument("--embedding_l2", type=float, default=DEEPCTR_EMBEDDING_L2,
+                        help="L2 over our models' whole embedding tables (EmbeddingTables.regularize, "
+                             "config model.embedding_l2); the default is DeepCTR's l2_reg_embedding, which its "
+                             "models get; 0 is the protocol of the runs before 2026-12-07")
     parser.add_argument("--results", default="",
                         help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
-                             "runs of several invocations (or of one cut short) can be summarised together")
+                             "runs of several invocations (or of one cut short) can be summarised together; "
+                             "one file per --embedding_l2 (the summary pairs runs by model and seed)")
     parser.add_argument("--summarize", action="store_true",
                         help="run nothing: print the per-seed lines and the summary over seeds of the runs in "
                              "--results")
@@ -323,7 +337,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.one:
         side, name = args.one.split(":")
-        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]))), flush=True)
+        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.embedding_l2)),
+              flush=True)
         return 0
     if args.summarize:
         if not args.results:
@@ -348,7 +363,8 @@ def main(argv=None) -> int:
     for seed in args.seeds.split(","):
         for run in runs:
             output = subprocess.run([sys.executable, "-m", "bench.bench_sequence_peers", f"--one={run}",
-                                     f"--seeds={seed}"], capture_output=True, text=True, timeout=3600,
+                                     f"--seeds={seed}", f"--embedding_l2={args.embedding_l2}"],
+                                    capture_output=True, text=True, timeout=3600,
                                     env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
             lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:
