@@ -80,10 +80,10 @@ class EmbeddingTables(tf.keras.layers.Layer):
         """Adds ``l2 · ‖W‖²`` of every table to the model's losses (Keras' ``embeddings_regularizer``; DeepCTR's
         ``l2_reg_embedding``, 1e-6 by default in its DIN and DIEN). The penalty covers the whole table at
         every step, so each table's gradient, and with it the optimizer's update, is dense: under Adam a row
-        that no batch touches still shrinks towards 0 (its only gradient is the penalty's, which Adam scales
-        up to a step of up to the learning rate), which keeps rarely seen ids from carrying what they
-        memorised. The dense update costs a pass over every table per step; DIN's mini-batch aware L2
-        (``tfrecsys.layers.regularization``) is the sparse alternative. Set it before the tables are built.
+        that no batch touches still shrinks towards 0 (its only gradient is the penalty's, which Adam
+        normalises), so rarely seen ids keep less of what they memorised. The dense update costs a pass over
+        every table per step; DIN's mini-batch aware L2 (``tfrecsys.layers.regularization``) is the sparse
+        alternative. Set it before the tables are built.
         """
         if l2 < 0:
             raise ValueError(f"{self.name}: embedding L2 must be >= 0, got {l2}")

@@ -34,8 +34,8 @@ def build_model(config, schema, tables=None):
 
     Then the options every family takes from the config: ``model.position_tower`` (a shallow position-bias
     tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty),
-    ``model.embedding_l2`` (L2 over every embedding table, ``EmbeddingTables.regularize``; 0, the default, is
-    none) and ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
+    ``model.embedding_l2`` (L2 over the whole tables of ``model.embeddings``, ``EmbeddingTables.regularize``;
+    0, the default, is none) and ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
     """
     name = config.model.name
     if name not in _BUILDERS:
