@@ -14,7 +14,9 @@ random catalogue item (≠ the real one) the negative; each user's last event is
 history is one uniform random item per history position. Train 148,138 rows, test 1,624.
 
 Sizes as DeepCTR's defaults there: embeddings 16, DNN (256, 128, 64) relu, DIN attention (80, 40) Dice,
-DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled.
+DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled;
+L2 1e-6 over the whole embedding tables (DeepCTR's ``l2_reg_embedding``; ``--embedding_l2`` for ours, whose
+runs before 2026-12-07 had none).
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
 of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' update, the same weights, a smaller
 graph), their variables created before ``fit`` as ``tfrecsys-train`` does (``create_variables``), and both
@@ -49,6 +51,7 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pa
                     "taobao-user-behavior", "UserBehavior_head84474.csv")
 HISTORY_LEN, EMBEDDING_DIM, BATCH, EPOCHS, LEARNING_RATE = 50, 16, 256, 2, 1e-3
 DNN_UNITS = (256, 128, 64)
+DEEPCTR_EMBEDDING_L2 = 1e-6  # DeepCTR's l2_reg_embedding default of DIN and DIEN
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -120,9 +123,9 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
             "logloss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))}
 
 
-def our_model(name: str, vocabulary: dict):
+def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0):
     """Our model ``name`` (mean_pooling, din, din_softmax, dien, dien_inner_product, dien_no_aux) over the
-    protocol's columns."""
+    protocol's columns; ``embedding_l2``: L2 over its whole embedding tables (``EmbeddingTables.regularize``)."""
     from tfrecsys.features.schema import FeatureSchema
     from tfrecsys.models.dien import DIEN
     from tfrecsys.models.din import DIN
@@ -147,15 +150,19 @@ def our_model(name: str, vocabulary: dict):
     history = ("hist_item_id", "hist_cate_id")
     if name == "mean_pooling":
         mean_schema = FeatureSchema.from_config({k: v for k, v in features.items() if not k.startswith("neg_")})
-        return DNNRanker(mean_schema, tasks, hidden_units=DNN_UNITS, name="mean_pooling")
-    if name in ("din", "din_softmax"):
+        model = DNNRanker(mean_schema, tasks, hidden_units=DNN_UNITS, name="mean_pooling")
+    elif name in ("din", "din_softmax"):
         # din: the paper's raw weights, as DeepCTR's; din_softmax: softmax-normalised, as configs/din_taobao.py.
-        return DIN(schema, tasks, history=history, attention_units=(80, 40), hidden_units=DNN_UNITS,
-                   attention_normalization="softmax" if name == "din_softmax" else "none", name=name)
-    return DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
-                aux_weight=0.0 if name == "dien_no_aux" else 1.0,
-                aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
-                hidden_units=DNN_UNITS, name=name)
+        model = DIN(schema, tasks, history=history, attention_units=(80, 40), hidden_units=DNN_UNITS,
+                    attention_normalization="softmax" if name == "din_softmax" else "none", name=name)
+    else:
+        model = DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
+                     aux_weight=0.0 if name == "dien_no_aux" else 1.0,
+                     aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
+                     hidden_units=DNN_UNITS, name=name)
+    if embedding_l2:
+        model.embeddings.regularize(embedding_l2)
+    return model
 
 
 def deepctr_dien_shim():
@@ -171,8 +178,10 @@ def deepctr_dien_shim():
     nest.is_sequence = nest.is_nested
 
 
-def peer_model(name: str, vocabulary: dict):
-    """DeepCTR 0.9.4's DIN or DIEN (AUGRU, with or without the auxiliary loss) with the defaults above."""
+def peer_model(name: str, vocabulary: dict, seed: int):
+    """DeepCTR 0.9.4's DIN or DIEN (AUGRU, with or without the auxiliary loss) with the defaults above.
+    ``seed`` goes to DeepCTR's ``seed`` argument: its initialisers take that seed, not the global one, so
+    without it every run starts from DeepCTR's default 1024 and only the shuffle order follows ``--seeds``."""
     from deepctr.feature_column import SparseFeat, VarLenSparseFeat
     from deepctr.models import DIEN as PeerDIEN, DIN as PeerDIN
 
@@ -183,7 +192,7 @@ def peer_model(name: str, vocabulary: dict):
                 for name in ("item_id", "cate_id")]
     if name == "din":
         return PeerDIN(columns, ["item_id", "cate_id"], dnn_hidden_units=DNN_UNITS, att_hidden_size=(80, 40),
-                       att_activation="dice")
+                       att_activation="dice", seed=seed)
     negatives = name == "dien"
     if negatives:
         columns += [VarLenSparseFeat(SparseFeat(f"neg_hist_{name}", vocabulary[name] + 1,
@@ -191,21 +200,23 @@ def peer_model(name: str, vocabulary: dict):
                                      maxlen=HISTORY_LEN, length_name="seq_length") for name in ("item_id", "cate_id")]
     return PeerDIEN(columns, ["item_id", "cate_id"], dnn_hidden_units=DNN_UNITS, gru_type="AUGRU",
                     use_negsampling=negatives, att_hidden_units=(64, 16), att_activation="dice",
-                    att_weight_normalization=True, alpha=1.0)
+                    att_weight_normalization=True, alpha=1.0, seed=seed)
 
 
-def run_one(side: str, name: str, seed: int, precision: str = "none") -> dict:
+def run_one(side: str, name: str, seed: int, precision: str = "none",
+            embedding_l2: float = DEEPCTR_EMBEDDING_L2) -> dict:
     """Trains one model in this process under the Keras precision policy ``precision`` (a
-    ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures."""
+    ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``embedding_l2`` is our
+    models' (DeepCTR's is always its default)."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 
     from tfrecsys.train.strategy import precision_policy
 
     with precision_policy(precision):
-        return {**_run_one(side, name, seed), "precision": precision}
+        return {**_run_one(side, name, seed, embedding_l2), "precision": precision}
 
 
-def _run_one(side: str, name: str, seed: int) -> dict:
+def _run_one(side: str, name: str, seed: int, embedding_l2: float) -> dict:
     import tensorflow as tf
 
     from tfrecsys.train.adam import Adam
@@ -237,7 +248,7 @@ def _run_one(side: str, name: str, seed: int) -> dict:
         if name == "mean_pooling":
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
-        model = our_model(name, vocabulary)
+        model = our_model(name, vocabulary, embedding_l2)
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
@@ -248,7 +259,7 @@ def _run_one(side: str, name: str, seed: int) -> dict:
         scores = model.predict(serving, batch_size=1024, verbose=0)["score"]
     else:
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
-        model = peer_model(name, vocabulary)
+        model = peer_model(name, vocabulary, seed)
         optimizer = tf.keras.optimizers.legacy.Adam(LEARNING_RATE) if graph_mode else tf.keras.optimizers.Adam(
             LEARNING_RATE)
         model.compile(optimizer, "binary_crossentropy")
@@ -262,7 +273,62 @@ def _run_one(side: str, name: str, seed: int) -> dict:
             "steady_examples_per_s": rows * (EPOCHS - 1) / sum(epoch_times[1:]),
             "steady_cpu_ms_per_step": 1000 * sum(epoch_cpu_times[1:]) / (-(-rows // BATCH) * (EPOCHS - 1)),
             "first_step_s": first_step["seconds"], "first_step_cpu_s": first_step["cpu_seconds"],
-            "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"])}
+            "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"]),
+            "embedding_l2": embedding_l2 if side == "ours" else DEEPCTR_EMBEDDING_L2}
+
+
+def run_line(r: dict) -> str:
+    """One run's figures on one line."""
+    return (f"{r['side'] + ':' + r['model']:22s} {r.get('precision', 'none'):14s} seed {r['seed']}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
+            f"logloss {r['logloss']:.4f}  steady {r['steady_examples_per_s']:8.0f} ex/s "
+            f"({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  first step {r['first_step_s']:5.1f} s "
+            f"({r['first_step_cpu_s']:.1f} CPU-s)  load {r['load']:.1f}")
+
+
+def mean_and_error(values, sign: str = "", digits: int = 4) -> str:
+    """``mean ± standard error`` (sample standard deviation over √n); the mean alone for one value. ``sign``
+    ``"+"`` prints the mean's sign (for differences)."""
+    values = np.asarray(values, np.float64)
+    mean = f"{values.mean():{sign}.{digits}f}"
+    return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1) / np.sqrt(len(values)):.{digits}f}"
+
+
+def summary(results: list[dict]) -> list[str]:
+    """Per side:model and precision, mean ± standard error over its seeds of AUC, GAUC, logloss and the speeds;
+    per model run on both sides, the paired differences ours − DeepCTR over the seeds both ran (the seed's
+    shuffle and initialisation draw is shared noise, so pairs are the sharper comparison) and the per-seed
+    speed ratios, each of our precisions against DeepCTR's first-run precision (float32 unless
+    --peer_mixed_precision says other)."""
+    lines, runs = [], {}
+    for r in results:
+        runs.setdefault((r["side"], r["model"], r.get("precision", "none")), {})[r["seed"]] = r
+    for (side, model, precision), by_seed in runs.items():
+        rows = list(by_seed.values())
+        lines.append(f"{side}:{model} ({precision}) over {len(rows)} seed(s) {sorted(by_seed)}: "
+                     + ", ".join(f"{metric} {mean_and_error([r[metric] for r in rows])}"
+                                 for metric in ("auc", "gauc", "logloss"))
+                     + f", steady ex/s {np.mean([r['steady_examples_per_s'] for r in rows]):.0f}, "
+                     f"CPU-ms/step {np.mean([r['steady_cpu_ms_per_step'] for r in rows]):.1f}, "
+                     f"first step {np.mean([r['first_step_s'] for r in rows]):.1f} s "
+                     f"({np.mean([r['first_step_cpu_s'] for r in rows]):.1f} CPU-s)")
+    for (side, model, precision), ours in runs.items():
+        peer_key = next((key for key in runs if key[:2] == ("peer", model)), None) if side == "ours" else None
+        peer = runs[peer_key] if peer_key else {}
+        seeds = sorted(set(ours) & set(peer))
+        if not seeds:
+            continue
+        pairs = [(ours[seed], peer[seed]) for seed in seeds]
+        lines.append(f"{model}: ours ({precision}) − DeepCTR ({peer_key[2]}) over {len(seeds)} paired seed(s): "
+                     + ", ".join(f"{metric} {mean_and_error([o[metric] - p[metric] for o, p in pairs], '+')}"
+                                 for metric in ("auc", "gauc", "logloss"))
+                     + "; ours/DeepCTR steady ex/s "
+                     + mean_and_error([o["steady_examples_per_s"] / p["steady_examples_per_s"] for o, p in pairs],
+                                    digits=2)
+                     + "x, DeepCTR/ours CPU-ms per step "
+                     + mean_and_error([p["steady_cpu_ms_per_step"] / o["steady_cpu_ms_per_step"] for o, p in pairs],
+                                    digits=2)
+                     + "x")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -271,7 +337,11 @@ def main(argv=None) -> int:
                         help="comma-separated side:model runs, in order (side ours|peer; model mean_pooling, "
                              "din, din_softmax (attention weights softmax-normalised), dien (MLP auxiliary net), "
                              "dien_inner_product, dien_no_aux; peers: din, dien, dien_no_aux)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each run repeats per seed")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated seeds; each run repeats per seed, the runs of one seed before the "
+                             "next seed's. A seed sets the global seeds (our initialisers, Keras' shuffle order) "
+                             "and DeepCTR's seed argument (its initialisers); the rows stay the same (their "
+                             "negatives are drawn with data seed 0)")
     parser.add_argument("--mixed_precision", default="none",
                         help="comma-separated Keras precision policies (none, mixed_bfloat16, mixed_float16): each "
                              "of our runs is repeated per policy, in this order (none: float32; mixed_bfloat16: "
@@ -279,13 +349,33 @@ def main(argv=None) -> int:
     parser.add_argument("--peer_mixed_precision", default="none",
                         help="the same for DeepCTR's runs (Keras' global policy around their construction and "
                              "training)")
+    parser.add_argument("--embedding_l2", type=float, default=DEEPCTR_EMBEDDING_L2,
+                        help="L2 over our models' whole embedding tables (EmbeddingTables.regularize, "
+                             "config model.embedding_l2); the default is DeepCTR's l2_reg_embedding, which its "
+                             "models get; 0 is the protocol of the runs before 2026-12-07")
+    parser.add_argument("--results", default="",
+                        help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
+                             "runs of several invocations (or of one cut short) can be summarised together; "
+                             "one file per --embedding_l2 (the summary pairs runs by model and seed)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="run nothing: print the per-seed lines and the summary over seeds of the runs in "
+                             "--results")
     parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
     parser.add_argument("--precision", default="none", help="internal: the policy of the --one run")
     args = parser.parse_args(argv)
     if args.one:
         side, name = args.one.split(":")
-        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision)),
-              flush=True)
+        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision,
+                                             args.embedding_l2)), flush=True)
+        return 0
+    if args.summarize:
+        if not args.results:
+            parser.error("--summarize reads the runs of --results=PATH")
+        with open(args.results) as lines:
+            results = [json.loads(line) for line in lines if line.strip()]
+        for r in results:
+            print(run_line(r))
+        print("\n".join(summary(results)))
         return 0
     precisions = {"ours": [p for p in args.mixed_precision.split(",") if p],
                   "peer": [p for p in args.peer_mixed_precision.split(",") if p]}
@@ -307,7 +397,8 @@ def main(argv=None) -> int:
     for seed in args.seeds.split(","):
         for run, precision in [(run, p) for run in runs for p in precisions[run.split(":")[0]]]:
             output = subprocess.run([sys.executable, "-m", "bench.bench_sequence_peers", f"--one={run}",
-                                     f"--seeds={seed}", f"--precision={precision}"], capture_output=True, text=True,
+                                     f"--seeds={seed}", f"--precision={precision}",
+                                     f"--embedding_l2={args.embedding_l2}"], capture_output=True, text=True,
                                     timeout=3600,
                                     env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
             lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]
@@ -315,24 +406,11 @@ def main(argv=None) -> int:
                 print(f"{run} {precision} seed {seed} failed:\n{output.stderr[-3000:]}")
                 continue
             results.append(json.loads(lines[0][len("RESULT "):]))
-            r = results[-1]
-            print(f"{run:22s} {precision:14s} seed {seed}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
-                  f"logloss {r['logloss']:.4f}  "
-                  f"steady {r['steady_examples_per_s']:8.0f} ex/s ({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  "
-                  f"first step {r['first_step_s']:5.1f} s ({r['first_step_cpu_s']:.1f} CPU-s)  "
-                  f"load {r['load']:.1f}", flush=True)
-    for model in ("din", "dien", "dien_no_aux"):
-        # Ratios to DeepCTR's first run of the model (its float32 run unless --peer_mixed_precision says other).
-        peer = next((r for r in results if (r["side"], r["model"]) == ("peer", model)), None)
-        if peer is None:
-            continue
-        for ours in (r for r in results if (r["side"], r["model"]) == ("ours", model)):
-            print(f"{model} ({ours['precision']}): ours/DeepCTR ({peer['precision']}) steady ex/s "
-                  f"{ours['steady_examples_per_s'] / peer['steady_examples_per_s']:.2f}x, "
-                  f"CPU-ms/step {peer['steady_cpu_ms_per_step'] / ours['steady_cpu_ms_per_step']:.2f}x, "
-                  f"AUC {ours['auc'] - peer['auc']:+.4f}, first step {ours['first_step_s']:.1f} s vs "
-                  f"{peer['first_step_s']:.1f} s ({ours['first_step_cpu_s']:.1f} vs {peer['first_step_cpu_s']:.1f} "
-                  "CPU-s)")
+            print(run_line(results[-1]), flush=True)
+            if args.results:
+                with open(args.results, "a") as out:
+                    out.write(json.dumps(results[-1]) + "\n")
+    print("\n".join(summary(results)))
     print(f"load after: {os.getloadavg()}")
     return 0
 

@@ -207,6 +207,22 @@ def test_din_mini_batch_aware_l2_is_a_training_loss_only():
     np.testing.assert_allclose(penalty.numpy(), 0.5 * expected, rtol=1e-5)
 
 
+def test_embedding_l2_from_the_config_penalises_every_whole_table_and_is_set_before_the_build():
+    config = ml_collections.ConfigDict(dict(
+        model=dict(name="dien", history=HISTORY, attention_units=(8,), hidden_units=(8,), aux_weight=0.0,
+                   embedding_l2=0.5),
+        tasks=dict(score=dict(label="click"))))
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, SCHEMA)
+    model(_batch(), training=True)
+    tables = [model.embeddings.table(t).embeddings.numpy() for t in ("user_id", "item_id", "item_category")]
+    # Every row, the ones this batch does not touch included (DeepCTR's l2_reg_embedding).
+    np.testing.assert_allclose(sum(l.numpy() for l in model.losses), 0.5 * sum(np.sum(t ** 2) for t in tables),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="before the tables are built.*item_id"):
+        model.embeddings.regularize(1e-6)
+
+
 def test_gauc_of_one_user_equals_auc():
     rng = np.random.default_rng(0)
     labels = (rng.random(200) < 0.4).astype(np.float32)

@@ -55,12 +55,14 @@ class EmbeddingTables(tf.keras.layers.Layer):
 
     Towers and branches embed through views (``view(names)``, a ``FeatureEmbedding``) that hold no variables,
     so a history that ``shares`` ``item_id`` and the candidate ``item_id`` of another tower read one variable.
-    A table's variable is created the first time a view embeds a feature that uses it.
+    A table's variable is created the first time a view embeds a feature that uses it. ``l2``: see
+    ``regularize``.
     """
 
-    def __init__(self, schema: FeatureSchema, **kwargs):
+    def __init__(self, schema: FeatureSchema, l2: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.schema = schema
+        self.l2 = 0.0
         self._lookups = {}
         self._tables = {}
         for feature in schema.inputs:
@@ -71,6 +73,26 @@ class EmbeddingTables(tf.keras.layers.Layer):
             self._tables[feature.table] = tf.keras.layers.Embedding(
                 owner.vocab.size, owner.embedding_dim, name=f"{feature.table}_embedding",
                 embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
+        if l2:
+            self.regularize(l2)
+
+    def regularize(self, l2: float) -> None:
+        """Adds ``l2 · ‖W‖²`` of every table to the model's losses (Keras' ``embeddings_regularizer``; DeepCTR's
+        ``l2_reg_embedding``, 1e-6 by default in its DIN and DIEN). The penalty covers the whole table at
+        every step, so each table's gradient, and with it the optimizer's update, is dense: under Adam a row
+        that no batch touches still shrinks towards 0 (its only gradient is the penalty's, which Adam
+        normalises), so rarely seen ids keep less of what they memorised. The dense update costs a pass over
+        every table per step; DIN's mini-batch aware L2 (``tfrecsys.layers.regularization``) is the sparse
+        alternative. Set it before the tables are built.
+        """
+        if l2 < 0:
+            raise ValueError(f"{self.name}: embedding L2 must be >= 0, got {l2}")
+        built = sorted(name for name, table in self._tables.items() if table.built)
+        if built:
+            raise ValueError(f"{self.name}: embedding L2 is set before the tables are built; {built} already are")
+        self.l2 = float(l2)
+        for table in self._tables.values():
+            table.embeddings_regularizer = tf.keras.regularizers.L2(self.l2) if self.l2 else None
 
     def embed(self, table: str, ids: tf.Tensor) -> tf.Tensor:
         """Raw ids of any shape ``[...]`` → ``[..., embedding_dim]`` rows of ``table``."""
@@ -91,7 +113,7 @@ class EmbeddingTables(tf.keras.layers.Layer):
         return FeatureEmbedding(self)(features)
 
     def get_config(self):
-        return {**super().get_config(), "schema": self.schema.to_json()}
+        return {**super().get_config(), "schema": self.schema.to_json(), "l2": self.l2}
 
     @classmethod
     def from_config(cls, config):

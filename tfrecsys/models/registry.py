@@ -33,13 +33,16 @@ def build_model(config, schema, tables=None):
     """Builds the model ``config.model.name`` for ``schema``; an unknown name lists the known ones.
 
     Then the options every family takes from the config: ``model.position_tower`` (a shallow position-bias
-    tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty) and
-    ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
+    tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty),
+    ``model.embedding_l2`` (L2 over the whole tables of ``model.embeddings``, ``EmbeddingTables.regularize``;
+    0, the default, is none) and ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
     """
     name = config.model.name
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r} in config.model.name; registered models: {available()}")
     model = _BUILDERS[name](config, schema, tables)
+    if config.model.get("embedding_l2"):
+        model.embeddings.regularize(config.model.embedding_l2)
     position_tower = _as_dict(config.model.get("position_tower"))
     # position_tower.tasks=() turns a config's tower off from the command line.
     if position_tower and position_tower.get("tasks"):
