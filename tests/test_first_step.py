@@ -5,15 +5,21 @@ AutoGraph converting code that is already graph-safe, and a train step traced tw
 variables were created inside its first trace.
 """
 
+import contextlib
 import functools
 
 import numpy as np
+import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.autograph.impl import conversion
+from tensorflow.python.eager import context
 
 from tests.test_model_base import SCHEMA, batch, compiled
 from tfrecsys.layers.mlp import MLP
+from tfrecsys.metrics import means
 from tfrecsys.layers.retrieval import MixedNegativeLogits
+from tfrecsys.models import execution
 from tfrecsys.models.dnn import DNNRanker
 from tfrecsys.models.logistic_regression import LogisticRegression
 from tfrecsys.models.tasks import tasks_from_config
@@ -88,12 +94,25 @@ def _train_with_steps_per_execution(keras_functions: bool):
     return model, [v.numpy() for v in model.weights], reported, history.history["loss"]
 
 
-def test_multi_step_execution_traces_the_step_once_and_trains_the_same_weights_as_keras():
+def test_multi_step_execution_traces_the_step_once_and_trains_the_same_weights_as_keras(monkeypatch):
+    optimized_calls = []
+    real_graph_optimization = execution.graph_optimization
+
+    @contextlib.contextmanager
+    def recorded_graph_optimization():
+        with real_graph_optimization():
+            optimized_calls.append(len(optimized_calls))
+            yield
+
+    monkeypatch.setattr(execution, "graph_optimization", recorded_graph_optimization)
     ours, weights, reported, losses = _train_with_steps_per_execution(keras_functions=False)
+    ours_calls = len(optimized_calls)
     keras, keras_weights, keras_reported, keras_losses = _train_with_steps_per_execution(keras_functions=True)
 
     assert len(keras.traces) == 2, "the premise: tf_keras traces a multi-step train step twice"
     assert len(ours.traces) == 1
+    # Every call of our train function has its graph optimised with GRAPH_OPTIMIZATION; Keras' none.
+    assert ours_calls == 3 and len(optimized_calls) == 3
     # The first call runs one step, the later ones steps_per_execution (the epoch's end truncates them).
     assert reported == [0, 4, 5]
     assert keras_reported == [3, 5]
@@ -138,3 +157,58 @@ def test_create_variables_traces_the_forward_pass_once_with_the_initial_weights_
     for created, expected in zip(ours.weights, by_tf_function.weights):
         np.testing.assert_array_equal(created.numpy(), expected.numpy())
     assert len(ours.optimizer.variables) == len(by_tf_function.optimizer.variables) > 1
+
+
+def _rewrite_options() -> rewriter_config_pb2.RewriterConfig:
+    serialized = context.context().function_call_options.config_proto_serialized
+    return config_pb2.ConfigProto.FromString(serialized).graph_options.rewrite_options
+
+
+def test_graph_optimization_sets_one_grappler_round_without_the_gpu_passes_and_restores_the_options():
+    before = context.context().function_call_options.config_proto_serialized
+    with execution.graph_optimization():
+        inside = _rewrite_options()
+        soft_placement = config_pb2.ConfigProto.FromString(
+            context.context().function_call_options.config_proto_serialized).allow_soft_placement
+    options = rewriter_config_pb2.RewriterConfig
+    assert inside.meta_optimizer_iterations == options.ONE
+    assert inside.memory_optimization == options.NO_MEM_OPT
+    assert inside.layout_optimizer == options.OFF
+    # The other passes keep the context's settings (default: on), and so does the rest of the config.
+    assert inside.remapping == inside.constant_folding == inside.arithmetic_optimization == options.DEFAULT
+    assert soft_placement == config_pb2.ConfigProto.FromString(before).allow_soft_placement
+    assert context.context().function_call_options.config_proto_serialized == before
+
+
+def _assertions(metric, *specs) -> int:
+    """Assert ops in the graph of ``metric.update_state`` (its conditions' branches included) traced with
+    ``specs`` (batch size unknown), every row weighted by the first value's."""
+    def update(*values):
+        metric.update_state(*values, sample_weight=tf.reshape(values[0], [-1]))
+
+    graph = tf.function(update).get_concrete_function(*specs).graph.as_graph_def()
+    nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
+    return sum(node.op == "Assert" for node in nodes)
+
+
+def test_weighted_means_give_keras_results_without_a_runtime_assertion():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 2, (64, 1)).astype(np.float32)
+    probability = rng.uniform(0.01, 0.99, (64, 1)).astype(np.float32)
+    weight = rng.uniform(0.0, 2.0, 64).astype(np.float32)
+    row, column = tf.TensorSpec([None], tf.float32), tf.TensorSpec([None, 1], tf.float32)
+    pairs = [(means.WeightedMean("loss"), tf.keras.metrics.Mean("loss"), (probability[:, 0],), (row,)),
+             (means.logloss("logloss"), tf.keras.metrics.BinaryCrossentropy("logloss"), (label, probability),
+              (column, column)),
+             (means.mean_squared_error("mse"), tf.keras.metrics.MeanSquaredError("mse"), (label, probability),
+              (column, column))]
+    for ours, keras, values, specs in pairs:
+        for metric in (ours, keras):  # two batches, the second partial
+            metric.update_state(*[v[:48] for v in values], sample_weight=weight[:48])
+            metric.update_state(*[v[48:] for v in values], sample_weight=weight[48:])
+        np.testing.assert_allclose(ours.result().numpy(), keras.result().numpy(), rtol=1e-6)
+        assert [v.name for v in ours.variables] == [v.name for v in keras.variables]
+        assert _assertions(keras, *specs) > 0, "the premise: Keras asserts the weights' broadcast at run time"
+        assert _assertions(ours, *specs) == 0
+    with pytest.raises(ValueError, match="'loss'.*shape"):
+        means.WeightedMean("loss").update_state(tf.ones([4]), sample_weight=tf.ones([4, 1]))

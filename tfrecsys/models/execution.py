@@ -12,10 +12,59 @@ The first call of a train function runs one step instead of ``n``: it returns af
 not after ``n`` steps (DIEN's 20 steps are 2 CPU-seconds). Keras' data handler reads ``steps_per_execution``
 before each call, so it counts that call as one step and the later ones as ``n``: the same batches in the
 same order reach the same graph; only the steps between two callbacks' ``on_train_batch_end`` change.
+
+Both functions run under ``GRAPH_OPTIMIZATION``: grappler, which optimises a function's graph at its first
+call (0.7-1.0 CPU-seconds of MMoE's and DIEN + aux's first step), makes one round of its passes, not two,
+and leaves out the two that change nothing in these graphs on CPU (the memory optimizer, the layout
+optimizer); the other passes, which the steady step needs (remapper fusions, constant folding, arithmetic),
+all run (bench/RESULTS.md, "first step, continued").
 """
 
+import contextlib
+
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.eager import context
 from tf_keras.src.engine.training import _minimum_control_deps, reduce_per_replica
+
+_REWRITER = rewriter_config_pb2.RewriterConfig
+# Grappler's second round only removed duplicates the first one left (MMoE: 2,833 → 2,779 nodes of 4,779);
+# the memory optimizer swaps or recomputes tensors for GPU memory, the layout optimizer converts to NCHW for
+# GPUs: both left these CPU graphs unchanged, at 10-15% of grappler's time.
+GRAPH_OPTIMIZATION = {"meta_optimizer_iterations": _REWRITER.ONE, "memory_optimization": _REWRITER.NO_MEM_OPT,
+                      "layout_optimizer": _REWRITER.OFF}
+
+
+def _function_call_options(current: context.FunctionCallOptions) -> context.FunctionCallOptions:
+    """``current`` (the eager context's options: the user's ``tf.config`` settings) with ``GRAPH_OPTIMIZATION``
+    in its grappler settings."""
+    config = config_pb2.ConfigProto.FromString(current.config_proto_serialized)
+    for field, value in GRAPH_OPTIMIZATION.items():
+        setattr(config.graph_options.rewrite_options, field, value)
+    return context.FunctionCallOptions(executor_type=current.executor_type, config_proto=config)
+
+
+@contextlib.contextmanager
+def graph_optimization():
+    """Calls of ``tf.function``s in this block have their graphs optimised with ``GRAPH_OPTIMIZATION``: the
+    eager context reads the options at each call (a function is optimised again under other options, so every
+    call of a train function must be in such a block)."""
+    eager = context.context()
+    current = eager.function_call_options
+    eager.function_call_options = _function_call_options(current)
+    try:
+        yield
+    finally:
+        eager.function_call_options = current
+
+
+def _optimized(function):
+    """``function`` (a ``tf.function``) called under ``graph_optimization``."""
+    def call(*args):
+        with graph_optimization():
+            return function(*args)
+
+    return call
 
 
 def _traced_once(model, step, counter, logs):
@@ -61,10 +110,12 @@ def train_function(model, logs):
     steps = model._steps_per_execution.numpy().item()
     model._steps_per_execution.assign(1)
 
+    optimized = _optimized(execution)
+
     def first_then_all(iterator):
-        outputs = execution(iterator)
+        outputs = optimized(iterator)
         model._steps_per_execution.assign(steps)
-        model.train_function = execution
+        model.train_function = optimized
         return outputs
 
     return first_then_all
@@ -73,4 +124,4 @@ def train_function(model, logs):
 def test_function(model, logs):
     """The test function ``Model.make_test_function`` returns where ``multi_step_applies``:
     ``model.test_step`` traced once."""
-    return _traced_once(model, model.test_step, model._test_counter, logs)
+    return _optimized(_traced_once(model, model.test_step, model._test_counter, logs))

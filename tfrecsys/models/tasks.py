@@ -34,6 +34,7 @@ from typing import Callable, Mapping, Optional
 import tensorflow as tf
 
 from tfrecsys.losses.sampled_softmax import SampledSoftmaxLoss
+from tfrecsys.metrics import means
 from tfrecsys.metrics.ranking import Calibration, GroupAUC
 
 
@@ -92,8 +93,9 @@ def sampled_softmax(_, prediction):
 
 METRICS = {
     "auc": lambda task: tf.keras.metrics.AUC(name=f"{task.name}_auc", num_thresholds=2000),
-    "logloss": lambda task: tf.keras.metrics.BinaryCrossentropy(name=f"{task.name}_logloss"),
-    "mse": lambda task: tf.keras.metrics.MeanSquaredError(name=f"{task.name}_mse"),
+    # Keras' BinaryCrossentropy and MeanSquaredError metrics without their runtime broadcast of the weights.
+    "logloss": lambda task: means.logloss(name=f"{task.name}_logloss"),
+    "mse": lambda task: means.mean_squared_error(name=f"{task.name}_mse"),
     "calibration": lambda task: Calibration(name=f"{task.name}_calibration"),
     "gauc": lambda task: GroupAUC(name=f"{task.name}_gauc"),
     "pr_auc": lambda task: tf.keras.metrics.AUC(name=f"{task.name}_pr_auc", curve="PR", num_thresholds=2000),
