@@ -19,6 +19,7 @@ GRU_VARIANTS = ("aigru", "agru", "augru")
 AUX_NORMALIZATIONS = ("valid_pairs", "grid")
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrecsys")
 class GateBiasInitializer(tf.keras.initializers.Initializer):
     """The ``[2, 3·units]`` bias of a ``reset_after`` GRU (rows: input, recurrent; columns: update, reset,
     candidate) with the input row's update columns at ``update`` and reset columns at ``reset``, all else 0.
