@@ -229,10 +229,11 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
     over those pairs (0 when a batch has none), so history length does not weight a user and the weight of
     ``α`` does not follow a batch's fill; ``grid`` the sum over them divided by every ``(row, t)`` slot,
     ``batch · (len − 1)`` (padding counts 0), as DeepCTR's and the DIEN authors' ``reduce_mean`` of the masked
-    loss: longer histories weigh more, and at the same ``α`` the loss weighs the valid share of slots
-    (0.73 on the Taobao peer protocol) of ``valid_pairs``'. ``scorer(states, behaviours)`` → logits ``[pairs]``
-    (``states``, ``behaviours`` ``[pairs, d]``) is the auxiliary network ``s`` (e.g. ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``); None
-    is the paper's inner product ``s(h, e) = h · e`` (which needs ``d`` equal for both).
+    loss: longer histories weigh more, and at the same ``α`` the loss weighs the batch's share of valid slots
+    (0.73 on the Taobao peer protocol) times ``valid_pairs``' weight. ``scorer(states, behaviours)`` → logits
+    ``[pairs]`` (``states``, ``behaviours`` ``[pairs, d]``) is the auxiliary network ``s`` (e.g.
+    ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``); None is the paper's inner product ``s(h, e) = h · e``
+    (which needs ``d`` equal for both).
     """
     if normalization not in AUX_NORMALIZATIONS:
         raise ValueError(f"auxiliary_loss: normalization must be one of {AUX_NORMALIZATIONS}, "
