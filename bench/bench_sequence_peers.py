@@ -16,7 +16,9 @@ history is one uniform random item per history position. Train 148,138 rows, tes
 Sizes as DeepCTR's defaults there: embeddings 16, DNN (256, 128, 64) relu, DIN attention (80, 40) Dice,
 DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled;
 L2 1e-6 over the whole embedding tables (DeepCTR's ``l2_reg_embedding``; ``--embedding_l2`` for ours, whose
-runs before 2026-12-07 had none).
+runs before 2026-12-07 had none). Our DIEN takes DeepCTR's auxiliary-loss mean over the whole [batch, T − 1]
+grid and its GRU gate biases starting at 1 (``--aux_normalization``, ``--gru_gate_bias``; the runs before
+2026-12-07 01:00 UTC had the model's defaults, valid_pairs and 0).
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
 of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' update, the same weights, a smaller
 graph), their variables created before ``fit`` as ``tfrecsys-train`` does (``create_variables``), and both
@@ -52,6 +54,8 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pa
 HISTORY_LEN, EMBEDDING_DIM, BATCH, EPOCHS, LEARNING_RATE = 50, 16, 256, 2, 1e-3
 DNN_UNITS = (256, 128, 64)
 DEEPCTR_EMBEDDING_L2 = 1e-6  # DeepCTR's l2_reg_embedding default of DIN and DIEN
+# DeepCTR's DIEN: reduce_mean of the masked auxiliary loss over [batch, T − 1]; tf.compat.v1 GRUCell gate biases 1.
+DEEPCTR_AUX_NORMALIZATION, DEEPCTR_GRU_GATE_BIAS = "grid", 1.0
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -123,9 +127,11 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
             "logloss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))}
 
 
-def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0):
+def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0, aux_normalization: str = "valid_pairs",
+              gru_gate_bias: float = 0.0):
     """Our model ``name`` (mean_pooling, din, din_softmax, dien, dien_inner_product, dien_no_aux) over the
-    protocol's columns; ``embedding_l2``: L2 over its whole embedding tables (``EmbeddingTables.regularize``)."""
+    protocol's columns; ``embedding_l2``: L2 over its whole embedding tables (``EmbeddingTables.regularize``);
+    ``aux_normalization`` and ``gru_gate_bias``: DIEN's (``model.aux_normalization``, ``model.gru_gate_bias``)."""
     from tfrecsys.features.schema import FeatureSchema
     from tfrecsys.models.dien import DIEN
     from tfrecsys.models.din import DIN
@@ -159,7 +165,8 @@ def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0):
         model = DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
                      aux_weight=0.0 if name == "dien_no_aux" else 1.0,
                      aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
-                     hidden_units=DNN_UNITS, name=name)
+                     hidden_units=DNN_UNITS, aux_normalization=aux_normalization, gru_gate_bias=gru_gate_bias,
+                     name=name)
     if embedding_l2:
         model.embeddings.regularize(embedding_l2)
     return model
@@ -204,19 +211,22 @@ def peer_model(name: str, vocabulary: dict, seed: int):
 
 
 def run_one(side: str, name: str, seed: int, precision: str = "none",
-            embedding_l2: float = DEEPCTR_EMBEDDING_L2) -> dict:
+            embedding_l2: float = DEEPCTR_EMBEDDING_L2, aux_normalization: str = DEEPCTR_AUX_NORMALIZATION,
+            gru_gate_bias: float = DEEPCTR_GRU_GATE_BIAS) -> dict:
     """Trains one model in this process under the Keras precision policy ``precision`` (a
-    ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``embedding_l2`` is our
-    models' (DeepCTR's is always its default)."""
+    ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``embedding_l2``,
+    ``aux_normalization`` and ``gru_gate_bias`` are our models' (DeepCTR's are always its own)."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 
     from tfrecsys.train.strategy import precision_policy
 
     with precision_policy(precision):
-        return {**_run_one(side, name, seed, embedding_l2), "precision": precision}
+        return {**_run_one(side, name, seed, embedding_l2, aux_normalization, gru_gate_bias),
+                "precision": precision}
 
 
-def _run_one(side: str, name: str, seed: int, embedding_l2: float) -> dict:
+def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normalization: str,
+             gru_gate_bias: float) -> dict:
     import tensorflow as tf
 
     from tfrecsys.train.adam import Adam
@@ -248,7 +258,7 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float) -> dict:
         if name == "mean_pooling":
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
-        model = our_model(name, vocabulary, embedding_l2)
+        model = our_model(name, vocabulary, embedding_l2, aux_normalization, gru_gate_bias)
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
@@ -274,7 +284,9 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float) -> dict:
             "steady_cpu_ms_per_step": 1000 * sum(epoch_cpu_times[1:]) / (-(-rows // BATCH) * (EPOCHS - 1)),
             "first_step_s": first_step["seconds"], "first_step_cpu_s": first_step["cpu_seconds"],
             "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"]),
-            "embedding_l2": embedding_l2 if side == "ours" else DEEPCTR_EMBEDDING_L2}
+            "embedding_l2": embedding_l2 if side == "ours" else DEEPCTR_EMBEDDING_L2,
+            "aux_normalization": aux_normalization if side == "ours" else DEEPCTR_AUX_NORMALIZATION,
+            "gru_gate_bias": gru_gate_bias if side == "ours" else DEEPCTR_GRU_GATE_BIAS}
 
 
 def run_line(r: dict) -> str:
@@ -353,10 +365,19 @@ def main(argv=None) -> int:
                         help="L2 over our models' whole embedding tables (EmbeddingTables.regularize, "
                              "config model.embedding_l2); the default is DeepCTR's l2_reg_embedding, which its "
                              "models get; 0 is the protocol of the runs before 2026-12-07")
+    parser.add_argument("--aux_normalization", default=DEEPCTR_AUX_NORMALIZATION, choices=("grid", "valid_pairs"),
+                        help="our DIEN's auxiliary-loss mean (config model.aux_normalization): grid = over every "
+                             "(row, t) slot with padding counting 0, DeepCTR's (the default here); valid_pairs = "
+                             "over valid next-step pairs (the model's default; the runs before 2026-12-07)")
+    parser.add_argument("--gru_gate_bias", type=float, default=DEEPCTR_GRU_GATE_BIAS,
+                        help="initial gate bias of our DIEN's GRUs (config model.gru_gate_bias): 1 = "
+                             "tf.compat.v1 GRUCell's, DeepCTR's (the default here); 0 = Keras' (the model's "
+                             "default; the runs before 2026-12-07)")
     parser.add_argument("--results", default="",
                         help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
                              "runs of several invocations (or of one cut short) can be summarised together; "
-                             "one file per --embedding_l2 (the summary pairs runs by model and seed)")
+                             "one file per --embedding_l2, --aux_normalization and --gru_gate_bias (the summary "
+                             "pairs runs by model and seed)")
     parser.add_argument("--summarize", action="store_true",
                         help="run nothing: print the per-seed lines and the summary over seeds of the runs in "
                              "--results")
@@ -366,7 +387,8 @@ def main(argv=None) -> int:
     if args.one:
         side, name = args.one.split(":")
         print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision,
-                                             args.embedding_l2)), flush=True)
+                                             args.embedding_l2, args.aux_normalization, args.gru_gate_bias)),
+              flush=True)
         return 0
     if args.summarize:
         if not args.results:
@@ -398,7 +420,9 @@ def main(argv=None) -> int:
         for run, precision in [(run, p) for run in runs for p in precisions[run.split(":")[0]]]:
             output = subprocess.run([sys.executable, "-m", "bench.bench_sequence_peers", f"--one={run}",
                                      f"--seeds={seed}", f"--precision={precision}",
-                                     f"--embedding_l2={args.embedding_l2}"], capture_output=True, text=True,
+                                     f"--embedding_l2={args.embedding_l2}",
+                                     f"--aux_normalization={args.aux_normalization}",
+                                     f"--gru_gate_bias={args.gru_gate_bias}"], capture_output=True, text=True,
                                     timeout=3600,
                                     env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
             lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]

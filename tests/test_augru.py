@@ -95,6 +95,41 @@ def test_auxiliary_loss_is_the_papers_mean_over_valid_next_step_pairs():
     assert auxiliary_loss(states, positives, negatives, np.zeros_like(mask)).numpy() == 0.0
 
 
+def test_auxiliary_loss_grid_normalization_divides_the_valid_pairs_sum_by_every_slot():
+    """DeepCTR's mean: sum over the 3 valid pairs / (batch · (len − 1)) = /6, where the default divides by 3."""
+    rng = np.random.default_rng(3)
+    states, positives, negatives = (rng.normal(size=(2, 4, 3)).astype(np.float32) for _ in range(3))
+    mask = np.array([[True, True, True, False], [True, True, False, False]])
+    valid_pairs_mean = auxiliary_loss(states, positives, negatives, mask).numpy()
+    grid = auxiliary_loss(states, positives, negatives, mask, normalization="grid").numpy()
+    np.testing.assert_allclose(grid, 3 * valid_pairs_mean / (2 * 3), rtol=1e-6)
+    assert auxiliary_loss(states, positives, negatives, np.zeros_like(mask), normalization="grid").numpy() == 0.0
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        auxiliary_loss(states, positives, negatives, mask, normalization="rows")
+
+
+def test_gate_bias_starts_keep_and_reset_gates_like_tf_compat_v1_gru_cell():
+    """gate_bias 1: Keras GRUCells' update (= keep) and reset biases 1, the paper-convention AUGRU cell's update
+    bias −1 (its keep share 1 − u at σ(1)) and reset 1; candidate and recurrent biases 0."""
+    units, dim = 2, 3
+    extractor = InterestExtractor(units, gate_bias=1.0)
+    extractor.build([None, 4, dim])
+    evolutions = {variant: InterestEvolution(units, variant, attention_units=(4,), gate_bias=1.0)
+                  for variant in ("aigru", "augru")}
+    for evolution in evolutions.values():
+        evolution.build([None, 4, dim])
+    zeros = [0.0] * units
+    keep_first = np.array([[1.0] * 2 * units + zeros, zeros * 3])
+    np.testing.assert_array_equal(extractor.cell.bias.numpy(), keep_first)
+    np.testing.assert_array_equal(evolutions["aigru"].cell.bias.numpy(), keep_first)
+    np.testing.assert_array_equal(evolutions["augru"].cell.bias.numpy(),
+                                  np.array([[-1.0] * units + [1.0] * units + zeros, zeros * 3]))
+    default = InterestExtractor(units)
+    default.build([None, 4, dim])
+    assert not default.cell.bias.numpy().any()
+    assert InterestEvolution.from_config(evolutions["augru"].get_config()).gate_bias == 1.0
+
+
 def test_auxiliary_loss_scores_each_pair_with_the_auxiliary_net():
     rng = np.random.default_rng(4)
     states, positives, negatives = (rng.normal(size=(2, 4, 3)).astype(np.float32) for _ in range(3))

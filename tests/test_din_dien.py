@@ -223,6 +223,29 @@ def test_embedding_l2_from_the_config_penalises_every_whole_table_and_is_set_bef
         model.embeddings.regularize(1e-6)
 
 
+def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_layers():
+    def built(**options):
+        config = ml_collections.ConfigDict(dict(
+            model=dict(name="dien", history=HISTORY, negative_history=NEGATIVES, attention_units=(8,),
+                       hidden_units=(8,), **options),
+            tasks=dict(score=dict(label="click"))))
+        tf.keras.utils.set_random_seed(0)
+        model = build_model(config, SCHEMA)
+        model(_batch(), training=True)
+        return model
+
+    default, grid, deepctr_bias = built(), built(aux_normalization="grid"), built(gru_gate_bias=1.0)
+    units = 6  # item 4 + category 2
+    assert not default.extractor.cell.bias.numpy().any()
+    np.testing.assert_array_equal(deepctr_bias.extractor.cell.bias.numpy()[0, :2 * units], 1.0)  # keep, reset
+    np.testing.assert_array_equal(deepctr_bias.evolution.cell.bias.numpy()[0, units:2 * units], 1.0)  # reset
+    # Lengths 6, 4, 1, 0, 5, 3, 2, 6 hold 20 valid pairs in 8 rows · 5 slots: the grid mean is 20/40 of the
+    # valid-pairs mean (same initialisation, so the same pair losses).
+    np.testing.assert_allclose(grid.losses[0].numpy(), default.losses[0].numpy() * 20 / 40, rtol=1e-5)
+    with pytest.raises(ValueError, match="model.aux_normalization must be one of"):
+        _dien(aux_normalization="rows")
+
+
 def test_gauc_of_one_user_equals_auc():
     rng = np.random.default_rng(0)
     labels = (rng.random(200) < 0.4).astype(np.float32)

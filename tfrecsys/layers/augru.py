@@ -16,6 +16,29 @@ import tensorflow as tf
 from tfrecsys.layers.target_attention import TargetAttention
 
 GRU_VARIANTS = ("aigru", "agru", "augru")
+AUX_NORMALIZATIONS = ("valid_pairs", "grid")
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrecsys")
+class GateBiasInitializer(tf.keras.initializers.Initializer):
+    """The ``[2, 3·units]`` bias of a ``reset_after`` GRU (rows: input, recurrent; columns: update, reset,
+    candidate) with the input row's update columns at ``update`` and reset columns at ``reset``, all else 0.
+
+    Why: ``tf.compat.v1.nn.rnn_cell.GRUCell``, which DeepCTR's and the DIEN authors' GRUs and AUGRU build on,
+    starts its gate biases at 1 (keep and reset gates σ(1) ≈ 0.73: the state is mostly carried at the start of
+    training); Keras' ``GRUCell`` starts them at 0 (0.5).
+    """
+
+    def __init__(self, update: float = 0.0, reset: float = 0.0):
+        self.update, self.reset = float(update), float(reset)
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        units = shape[-1] // 3
+        row = tf.concat([tf.fill([units], self.update), tf.fill([units], self.reset), tf.zeros([units])], axis=0)
+        return tf.cast(tf.stack([row, tf.zeros_like(row)]), dtype or tf.float32)
+
+    def get_config(self):
+        return {"update": self.update, "reset": self.reset}
 
 
 class AttentionGRUCell(tf.keras.layers.Layer):
@@ -25,15 +48,18 @@ class AttentionGRUCell(tf.keras.layers.Layer):
     ``h̃_t = tanh(W^h i_t + r_t ∘ (U^h h_{t−1}) + b^h)`` (Keras' ``reset_after`` form, as in DIEN), then
     AUGRU: ``ũ_t = a_t · u_t``, ``h_t = (1 − ũ_t) ∘ h_{t−1} + ũ_t ∘ h̃_t``;
     AGRU:  ``h_t = (1 − a_t) · h_{t−1} + a_t · h̃_t`` (no update gate).
-    State ``[batch, units]``.
+    State ``[batch, units]``. ``gate_bias``: the initial ``b^r`` and ``−b^u`` (the paper's update gate is
+    Keras' keep gate's complement, so ``gate_bias`` 1 starts ``1 − u_t`` and ``r_t`` at σ(1) as
+    ``tf.compat.v1``'s GRUCell starts its keep and reset gates; ``GateBiasInitializer``).
     """
 
-    def __init__(self, units: int, variant: str = "augru", **kwargs):
+    def __init__(self, units: int, variant: str = "augru", gate_bias: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if variant not in ("agru", "augru"):
             raise ValueError(f"{self.name}: an attention GRU cell is 'agru' or 'augru', got {variant!r}")
         self.units = units
         self.variant = variant
+        self.gate_bias = float(gate_bias)
         self.state_size = units
         self.output_size = units
 
@@ -43,7 +69,8 @@ class AttentionGRUCell(tf.keras.layers.Layer):
         self.kernel = self.add_weight(name="kernel", shape=[dim, 3 * self.units], initializer="glorot_uniform")
         self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=[self.units, 3 * self.units],
                                                 initializer="orthogonal")
-        self.bias = self.add_weight(name="bias", shape=[2, 3 * self.units], initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=[2, 3 * self.units],
+                                    initializer=GateBiasInitializer(update=-self.gate_bias, reset=self.gate_bias))
         super().build(input_shape)
 
     def call(self, inputs, states):
@@ -60,7 +87,7 @@ class AttentionGRUCell(tf.keras.layers.Layer):
         return new_state, [new_state]
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "variant": self.variant}
+        return {**super().get_config(), "units": self.units, "variant": self.variant, "gate_bias": self.gate_bias}
 
 
 class InterestExtractor(tf.keras.layers.Layer):
@@ -68,13 +95,16 @@ class InterestExtractor(tf.keras.layers.Layer):
 
     ``call(behaviours [batch, len, dim], mask [batch, len] bool)`` → ``[batch, len, units]``; padded steps keep the
     state (as Keras' masked RNN) and their output is not used by anything downstream. The weights are a Keras
-    ``GRUCell``'s (``reset_after``); the steps run in ``gated_recurrence``.
+    ``GRUCell``'s (``reset_after``); the steps run in ``gated_recurrence``. ``gate_bias``: the initial bias of the
+    keep (Keras' update) and reset gates (``GateBiasInitializer``: 0 is Keras', 1 ``tf.compat.v1``'s, DeepCTR's).
     """
 
-    def __init__(self, units: int, **kwargs):
+    def __init__(self, units: int, gate_bias: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        self.cell = tf.keras.layers.GRUCell(units, name="gru_cell")
+        self.gate_bias = float(gate_bias)
+        self.cell = tf.keras.layers.GRUCell(units, bias_initializer=GateBiasInitializer(gate_bias, gate_bias),
+                                            name="gru_cell")
 
     def build(self, behaviours_shape, mask_shape=None):
         self.cell.build(behaviours_shape)
@@ -87,7 +117,7 @@ class InterestExtractor(tf.keras.layers.Layer):
                                 gate="gru")
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "gate_bias": self.gate_bias}
 
 
 GATES = ("gru", "augru", "agru")
@@ -188,17 +218,26 @@ def gated_recurrence(projected, scale, recurrent_kernel, recurrent_bias, gate: s
     return recurrence(projected, tf.cast(scale, projected.dtype), recurrent_kernel, recurrent_bias)
 
 
-def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer=None):
+def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer=None,
+                   normalization: str = "valid_pairs"):
     """DIEN eq. 6: ``L_aux = −1/N Σ_i Σ_t [log σ(s(h_t, e_b[t+1])) + log(1 − σ(s(h_t, ê_b[t+1])))]``.
 
     ``interests`` ``[batch, len, d]`` are the extractor's states ``h_t``; ``next_behaviours`` and
     ``negative_behaviours`` ``[batch, len, d]`` the clicked behaviours and the sampled negatives, so that step
     ``t`` is scored against ``e_b[t+1]``; ``mask`` ``[batch, len]`` bool the valid behaviours. Pairs ``(t, t+1)``
-    with both steps valid count; the mean is over them (0 when a batch has none), so history length does not
-    weight a user. ``scorer(states, behaviours)`` → logits ``[pairs]`` (``states``, ``behaviours``
-    ``[pairs, d]``) is the auxiliary network ``s`` (e.g. ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``); None
-    is the paper's inner product ``s(h, e) = h · e`` (which needs ``d`` equal for both).
+    with both steps valid count. ``normalization`` picks the paper's ``N``: ``valid_pairs`` (default) the mean
+    over those pairs (0 when a batch has none), so history length does not weight a user and the weight of
+    ``α`` does not follow a batch's fill; ``grid`` the sum over them divided by every ``(row, t)`` slot,
+    ``batch · (len − 1)`` (padding counts 0), as DeepCTR's and the DIEN authors' ``reduce_mean`` of the masked
+    loss: longer histories weigh more, and at the same ``α`` the loss weighs the batch's share of valid slots
+    (0.73 on the Taobao peer protocol) times ``valid_pairs``' weight. ``scorer(states, behaviours)`` → logits
+    ``[pairs]`` (``states``, ``behaviours`` ``[pairs, d]``) is the auxiliary network ``s`` (e.g.
+    ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``); None is the paper's inner product ``s(h, e) = h · e``
+    (which needs ``d`` equal for both).
     """
+    if normalization not in AUX_NORMALIZATIONS:
+        raise ValueError(f"auxiliary_loss: normalization must be one of {AUX_NORMALIZATIONS}, "
+                         f"got {normalization!r}")
     valid = tf.logical_and(mask[:, :-1], mask[:, 1:])
     # Only the valid pairs are gathered and scored (a quarter of Taobao's steps are padding), positives and
     # negatives in one call of the scorer: the same mean, less work.
@@ -212,7 +251,8 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
                                                         tf.float32), 2)
     # −log σ(x) = softplus(−x) and −log(1 − σ(x)) = softplus(x), without overflow.
     losses = tf.nn.softplus(-positive_logits) + tf.nn.softplus(negative_logits)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.shape(losses)[0], tf.float32))
+    slots = tf.size(valid) if normalization == "grid" else tf.shape(losses)[0]
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(slots, tf.float32))
 
 
 class InterestEvolution(tf.keras.layers.Layer):
@@ -223,11 +263,12 @@ class InterestEvolution(tf.keras.layers.Layer):
     ``e_a`` (``TargetAttention(normalization="softmax")``, as DeepCTR's DIEN; the paper writes the bilinear
     ``h_t W e_a``). Variants: ``aigru`` runs a plain GRU on ``a_t · h_t``; ``agru`` and ``augru`` run
     ``AttentionGRUCell``. ``call(interests [batch, len, d], mask [batch, len] bool, target [batch, d])`` →
-    ``[batch, units]``, the state after the last valid step (zeros for an empty history).
+    ``[batch, units]``, the state after the last valid step (zeros for an empty history). ``gate_bias``: the
+    cells' initial gate bias, as ``InterestExtractor``'s (for AGRU/AUGRU see ``AttentionGRUCell``).
     """
 
     def __init__(self, units: int, variant: str = "augru", attention_units=(64, 16), attention_activation="dice",
-                 **kwargs):
+                 gate_bias: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if variant not in GRU_VARIANTS:
             raise ValueError(f"{self.name}: variant must be one of {GRU_VARIANTS}, got {variant!r}")
@@ -235,13 +276,15 @@ class InterestEvolution(tf.keras.layers.Layer):
         self.variant = variant
         self.attention_units = tuple(attention_units)
         self.attention_activation = attention_activation
+        self.gate_bias = float(gate_bias)
         self.attention = TargetAttention(attention_units, attention_activation, normalization="softmax",
                                          name="attention")
         # The weights of one step; the steps run in gated_recurrence.
         if variant == "aigru":
-            self.cell = tf.keras.layers.GRUCell(units, name="gru_cell")
+            self.cell = tf.keras.layers.GRUCell(units, bias_initializer=GateBiasInitializer(gate_bias, gate_bias),
+                                                name="gru_cell")
         else:
-            self.cell = AttentionGRUCell(units, variant, name=f"{variant}_cell")
+            self.cell = AttentionGRUCell(units, variant, gate_bias, name=f"{variant}_cell")
 
     def build(self, interests_shape, mask_shape=None, target_shape=None):
         dim = interests_shape[-1]
@@ -265,4 +308,5 @@ class InterestEvolution(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "variant": self.variant,
-                "attention_units": self.attention_units, "attention_activation": self.attention_activation}
+                "attention_units": self.attention_units, "attention_activation": self.attention_activation,
+                "gate_bias": self.gate_bias}

@@ -4,7 +4,8 @@ an attention-gated GRU evolves them towards the target."""
 import tensorflow as tf
 
 from tfrecsys.features.schema import FeatureSchema
-from tfrecsys.layers.augru import GRU_VARIANTS, InterestEvolution, InterestExtractor, auxiliary_loss
+from tfrecsys.layers.augru import (AUX_NORMALIZATIONS, GRU_VARIANTS, InterestEvolution, InterestExtractor,
+                                   auxiliary_loss)
 from tfrecsys.layers.auxiliary_net import AuxiliaryNet
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.layers.pooling import concat_pooled
@@ -47,17 +48,26 @@ class DIEN(RecModel):
     ``inner_product`` (default: the paper's eq. 6, no weights) or ``mlp`` (``AuxiliaryNet`` with ``aux_units``,
     as the DIEN authors' released code and DeepCTR). Inner product stays the default because on Taobao both
     reach the same AUC (0.852 against 0.859, test SE ≈ 0.011; GAUC and logloss favour the inner product; see
-    bench/RESULTS.md) and it adds no weights. Outputs ``{task: [batch]}``.
+    bench/RESULTS.md) and it adds no weights. ``aux_normalization``: ``valid_pairs`` (default, the mean over
+    valid next-step pairs) or ``grid`` (over every ``(row, t)`` slot, as DeepCTR: ``auxiliary_loss``).
+    ``gru_gate_bias``: both GRUs' initial gate bias, 0 (Keras') or 1 (``tf.compat.v1``'s GRUCell, as DeepCTR;
+    ``GateBiasInitializer``). Their defaults are not DeepCTR's: a change is to be chosen on the validation
+    split. Outputs ``{task: [batch]}``.
     """
 
     def __init__(self, schema: FeatureSchema, tasks, history, negative_history=(), gru_variant="augru",
                  aux_weight=1.0, aux_net="inner_product", aux_units=(100, 50), attention_units=(64, 16),
-                 attention_activation="dice", hidden_units=(200, 80), dropout=0.0, **kwargs):
+                 attention_activation="dice", hidden_units=(200, 80), dropout=0.0, aux_normalization="valid_pairs",
+                 gru_gate_bias=0.0, **kwargs):
         super().__init__(schema, tasks, **kwargs)
         if gru_variant not in GRU_VARIANTS:
             raise ValueError(f"model.gru_variant must be one of {GRU_VARIANTS}, got {gru_variant!r}")
         if aux_net not in AUX_NETS:
             raise ValueError(f"model.aux_net must be one of {AUX_NETS}, got {aux_net!r}")
+        if aux_normalization not in AUX_NORMALIZATIONS:
+            raise ValueError(f"model.aux_normalization must be one of {AUX_NORMALIZATIONS}, "
+                             f"got {aux_normalization!r}")
+        self.aux_normalization = aux_normalization
         self.behaviours = behaviour_history(schema, history)
         self.negative_history = (behaviour_history(schema, negative_history, "model.negative_history",
                                                    targets=self.behaviours.targets) if negative_history else None)
@@ -68,9 +78,9 @@ class DIEN(RecModel):
         if self.negative_history is not None:
             self.negative_embedding = self.embedding_view(self.negative_history.sequences, name="negatives")
         units = sum(schema[name].embedding_dim for name in self.behaviours.targets)
-        self.extractor = InterestExtractor(units, name="interest_extractor")
+        self.extractor = InterestExtractor(units, gru_gate_bias, name="interest_extractor")
         self.evolution = InterestEvolution(units, gru_variant, attention_units, attention_activation,
-                                           name="interest_evolution")
+                                           gru_gate_bias, name="interest_evolution")
         self.tower = MLP(hidden_units, dropout=dropout, name="tower")
         self.heads = {task.name: tf.keras.layers.Dense(1, name=f"{task.name}_logit", dtype="float32")
                       for task in self.tasks}
@@ -84,7 +94,8 @@ class DIEN(RecModel):
             negatives = self.auxiliary_negatives(features, behaviours, mask, training)
             if negatives is not None:
                 self.add_loss(self.aux_weight * auxiliary_loss(interests, behaviours, negatives, mask,
-                                                               scorer=self.aux_net))
+                                                               scorer=self.aux_net,
+                                                               normalization=self.aux_normalization))
         hidden = self.tower(tf.concat([concat_pooled(embedded, self.schema, self.other_features), evolved], -1),
                             training=training)
         return {name: tf.sigmoid(tf.squeeze(head(hidden), axis=-1)) for name, head in self.heads.items()}
@@ -109,4 +120,5 @@ def build_dien(config, schema: FeatureSchema, tables=None) -> DIEN:
                 attention_units=tuple(model.get("attention_units", (64, 16))),
                 attention_activation=model.get("attention_activation", "dice"),
                 hidden_units=tuple(model.get("hidden_units", (200, 80))), dropout=model.get("dropout", 0.0),
-                name="dien")
+                aux_normalization=model.get("aux_normalization", "valid_pairs"),
+                gru_gate_bias=model.get("gru_gate_bias", 0.0), name="dien")
