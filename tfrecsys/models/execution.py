@@ -58,14 +58,8 @@ def graph_optimization():
         eager.function_call_options = current
 
 
-def _optimized(function, model):
-    """``function`` (a ``tf.function``) called under ``graph_optimization``; unchanged under a multi-worker
-    strategy, whose collective ops must keep the context's own options: with per-call options a worker whose
-    peer never comes waited without the coordination service's deadline instead of failing with
-    DeadlineExceeded (tests/test_distributed.py, the worker without its peer)."""
-    if model.distribute_strategy.extended._in_multi_worker_mode():
-        return function
-
+def _optimized(function):
+    """``function`` (a ``tf.function``) called under ``graph_optimization``."""
     def call(*args):
         with graph_optimization():
             return function(*args)
@@ -116,7 +110,7 @@ def train_function(model, logs):
     steps = model._steps_per_execution.numpy().item()
     model._steps_per_execution.assign(1)
 
-    optimized = _optimized(execution, model)
+    optimized = _optimized(execution)
 
     def first_then_all(iterator):
         outputs = optimized(iterator)
@@ -130,4 +124,4 @@ def train_function(model, logs):
 def test_function(model, logs):
     """The test function ``Model.make_test_function`` returns where ``multi_step_applies``:
     ``model.test_step`` traced once."""
-    return _optimized(_traced_once(model, model.test_step, model._test_counter, logs), model)
+    return _optimized(_traced_once(model, model.test_step, model._test_counter, logs))
