@@ -244,9 +244,11 @@ def two_worker_tf_config(index: int) -> str:
 
 @pytest.mark.slow  # multi-process or end-to-end: make test-all
 def test_worker_without_its_peer_exits_with_a_clear_message(data, tmp_path):
-    """Each of the two workers alone: worker 1 gets DeadlineExceeded from TensorFlow's coordination service
-    and exits 1; worker 0 (the leader, which TensorFlow lets wait with no deadline) is ended by the
-    watchdog. Both within the connect timeout plus start-up, both naming the addresses."""
+    """Each of the two workers alone: worker 0 (the leader, which TensorFlow lets wait with no deadline) is
+    ended by the watchdog; worker 1 gets DeadlineExceeded from TensorFlow's coordination service and exits 1,
+    or, when TensorFlow misses its own deadline (its registration call sometimes hangs past it on a busy
+    machine: measured here, 1 run in 3 to 6 with both workers starting together), is ended by the watchdog
+    too. Both within the connect timeout plus start-up, both naming the addresses."""
     timeout_s = 5
     processes, started = [], time.monotonic()
     for index in (0, 1):
@@ -261,8 +263,10 @@ def test_worker_without_its_peer_exits_with_a_clear_message(data, tmp_path):
         assert process.returncode != 0
         assert f"worker {index} of 2" in stderr and "could not form the cluster within 5 s" in stderr, stderr[-3000:]
         assert "start every worker of TF_CONFIG" in stderr
-    assert processes[1].returncode == 1
-    assert "tfrecsys-train: error: worker 1 of 2" in outputs[1][1]
+    assert processes[0].returncode == -signal.SIGKILL
+    assert processes[1].returncode in (1, -signal.SIGKILL)
+    if processes[1].returncode == 1:
+        assert "tfrecsys-train: error: worker 1 of 2" in outputs[1][1] and "Deadline" in outputs[1][1]
     assert elapsed < 90  # start-up (TensorFlow import on a busy machine) + 5 s + the watchdog's 5 s margin
 
 

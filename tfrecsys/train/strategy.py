@@ -140,7 +140,9 @@ def _multi_worker_strategy(spec, collective, connect_timeout_s, heartbeat_timeou
                    "worker of TF_CONFIG, check that the addresses are right and their ports reachable, or "
                    "raise --connect_timeout_s")
     # Non-leaders get DeadlineExceeded from TensorFlow after cluster_register_timeout; the leader waits for
-    # the others with no deadline of its own, so a watchdog ends it a little later.
+    # the others with no deadline of its own, so a watchdog ends it a little later. The watchdog also ends a
+    # non-leader whose registration call hangs past TensorFlow's deadline, as it sometimes does on a busy
+    # machine (tests/test_distributed.py, the worker without its peer).
     with _exit_unless_done_within(connect_timeout_s + 5, f"error: {cannot_form}"):
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
