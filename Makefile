@@ -6,6 +6,10 @@ UV_VERSION := 0.13.9
 # A uv on PATH is used as is; otherwise it is installed from PyPI into .uv/ (no root, no global change).
 UV := $(or $(shell command -v uv 2>/dev/null),.uv/bin/uv)
 PYTEST_ARGS ?=
+# make test spreads the test files over this many processes (pytest-xdist; a file's tests stay in one process, so
+# its module fixtures are built once). Most of a test's time is single-threaded Python (tracing, Keras), so two
+# processes use both cores of a 2-core machine. TEST_WORKERS=0 runs in this process, one test after another.
+TEST_WORKERS ?= 2
 
 .PHONY: env peers-env quickstart test test-slow test-all bench lock clean help
 
@@ -46,7 +50,7 @@ quickstart: env
 	$(VENV)/bin/tfrecsys-quickstart --workdir=runs/quickstart
 
 test: env
-	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+	$(VENV)/bin/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # test-slow is the other half of test-all: CI runs test, then test-slow, so a fast failure is reported first.
 test-slow: env
