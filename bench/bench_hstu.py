@@ -208,7 +208,8 @@ def matmuls_alone(args, batch: int, width: int, blocks: list, dtype) -> tuple:
                     tf.matmul(d_projected, projection, transpose_b=True), gated @ output,
                     tf.matmul(gated, x, transpose_a=True), tf.matmul(x, output, transpose_b=True)]
         for (start, stop), block_scores in zip(blocks, scores):
-            q_block, d_block, keys, values = q[:, :, start:stop], d_out[:, :, start:stop], k[:, :, :stop], v[:, :, :stop]
+            q_block, d_block = q[:, :, start:stop], d_out[:, :, start:stop]
+            keys, values = k[:, :, :stop], v[:, :, :stop]
             products += [tf.matmul(q_block, keys, transpose_b=True), block_scores @ values,
                          tf.matmul(d_block, values, transpose_b=True), block_scores @ keys,
                          tf.matmul(block_scores, q_block, transpose_a=True),
@@ -252,8 +253,9 @@ def flops_section(args) -> None:
           f"({executed / seconds['hstu'] / matmul_rate:.2f} counting the executed FLOPs); per CPU second "
           f"{cpu_rate / 1e9:.1f} against {matmul_cpu_rate / 1e9:.1f} GFLOP, fraction {cpu_rate / matmul_cpu_rate:.2f}",
           flush=True)
-    print(f"   the layer's matmuls alone (same shapes and blocks, no other op): {1e3 * seconds['matmuls alone']:.1f} ms "
-          f"against the layer's {1e3 * seconds['hstu']:.1f} ({1e3 * cpu_seconds['matmuls alone']:.1f} against "
+    print(f"   the layer's matmuls alone (same shapes and blocks, no other op): "
+          f"{1e3 * seconds['matmuls alone']:.1f} ms against the layer's {1e3 * seconds['hstu']:.1f} "
+          f"({1e3 * cpu_seconds['matmuls alone']:.1f} against "
           f"{1e3 * cpu_seconds['hstu']:.1f} CPU ms): ceiling of the fraction with every other op free "
           f"{flops / seconds['matmuls alone'] / matmul_rate:.2f}, per CPU second "
           f"{flops / cpu_seconds['matmuls alone'] / matmul_cpu_rate:.2f}", flush=True)
