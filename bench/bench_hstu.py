@@ -20,7 +20,8 @@
    ``j <= i``; elementwise work not counted) per second, as a fraction of a plain ``tf.matmul`` of two square
    matrices with the same FLOPs, timed alternately with it in a ``tf.function`` with and without XLA (the
    faster of the two is the reference). The FLOPs the causal blocks execute (their diagonal tiles whole) are
-   printed beside them.
+   printed beside them, and so is the ceiling of the fraction: the same FLOPs over the time of the layer's
+   matmuls alone (``matmuls_alone``: the same shapes and blocks, every other op left out).
 
 Sections 1 and 3 also print their figures in process CPU time (all threads): on this shared 2-core machine
 other processes stretch wall times by 2-3x from one minute to the next, CPU time much less. A wall-time ratio
@@ -105,13 +106,16 @@ def timed_rounds(methods: dict, repeats: int) -> tuple[dict, dict]:
     dicts; one warm-up call each, then they alternate. The CPU seconds (every thread of the process) do not
     grow when other processes take the cores, so they compare methods on a loaded machine; they do not show
     how well a method uses idle cores (the wall time does)."""
+    def run(fn, inputs):  # waits for every output (a scalar, or the list of products of matmuls_alone)
+        return [tensor.numpy() for tensor in tf.nest.flatten(fn(*inputs))]
+
     for fn, inputs in methods.values():
-        float(fn(*inputs))
+        run(fn, inputs)
     wall, cpu = {name: [] for name in methods}, {name: [] for name in methods}
     for _ in range(repeats):
         for name, (fn, inputs) in methods.items():
             started, started_cpu = time.perf_counter(), time.process_time()
-            float(fn(*inputs))
+            run(fn, inputs)
             wall[name].append(time.perf_counter() - started)
             cpu[name].append(time.process_time() - started_cpu)
     return ({name: statistics.median(values) for name, values in wall.items()},
@@ -183,6 +187,37 @@ def jagged_section(args) -> None:
           flush=True)
 
 
+def matmuls_alone(args, batch: int, width: int, blocks: list, dtype) -> tuple:
+    """``(fn, inputs)``: the matmuls one layer's forward + backward executes, with the layer's shapes and
+    causal ``blocks`` and nothing else (random operands; the products are returned, not reduced): projection
+    and output with their two gradients each, and per block ``Q Kᵀ``, ``A V``, ``dA = dO Vᵀ``, ``dQ = dS K``,
+    ``dK = dSᵀ Q``, ``dV = Aᵀ dO``. Their time bounds the layer's FLOP/s fraction from above."""
+    heads_dim, tokens = args.num_heads * (args.model_dim // args.num_heads), batch * width
+
+    def normal(seed, *shape):
+        return tf.random.stateless_normal(shape, seed=[seed, 0], dtype=dtype)
+
+    per_head = [batch, args.num_heads, width, args.model_dim // args.num_heads]
+    inputs = (normal(1, tokens, args.model_dim), normal(2, tokens, 4 * heads_dim), normal(3, tokens, heads_dim),
+              normal(4, args.model_dim, 4 * heads_dim), normal(5, heads_dim, args.model_dim),
+              *(normal(seed, *per_head) for seed in (6, 7, 8, 9)),
+              *(normal(10 + i, batch, args.num_heads, stop - start, stop) for i, (start, stop) in enumerate(blocks)))
+
+    def matmuls(x, d_projected, gated, projection, output, q, k, v, d_out, *scores):
+        products = [x @ projection, tf.matmul(x, d_projected, transpose_a=True),
+                    tf.matmul(d_projected, projection, transpose_b=True), gated @ output,
+                    tf.matmul(gated, x, transpose_a=True), tf.matmul(x, output, transpose_b=True)]
+        for (start, stop), block_scores in zip(blocks, scores):
+            q_block, d_block = q[:, :, start:stop], d_out[:, :, start:stop]
+            keys, values = k[:, :, :stop], v[:, :, :stop]
+            products += [tf.matmul(q_block, keys, transpose_b=True), block_scores @ values,
+                         tf.matmul(d_block, values, transpose_b=True), block_scores @ keys,
+                         tf.matmul(block_scores, q_block, transpose_a=True),
+                         tf.matmul(block_scores, d_block, transpose_a=True)]
+        return products
+    return tf.function(matmuls, jit_compile=xla_available(args)), inputs
+
+
 def flops_section(args) -> None:
     width = args.flops_length
     batch = max(1, args.tokens_per_batch // width)
@@ -200,7 +235,9 @@ def flops_section(args) -> None:
         return tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32))
 
     inputs = batch_of(batch, width, args.model_dim)
-    methods = {"hstu": (forward_backward(layer, True, inputs), inputs), "matmul": (tf.function(matmul), (a, b))}
+    blocks = [(start, stop or width) for start, stop in layer.causal_blocks(width)]
+    methods = {"hstu": (forward_backward(layer, True, inputs), inputs), "matmul": (tf.function(matmul), (a, b)),
+               "matmuls alone": matmuls_alone(args, batch, width, blocks, dtype)}
     if xla_available(args):
         methods["xla matmul"] = (tf.function(matmul, jit_compile=True), (a, b))
     seconds, cpu_seconds = timed_rounds(methods, args.repeats)
@@ -216,6 +253,12 @@ def flops_section(args) -> None:
           f"({executed / seconds['hstu'] / matmul_rate:.2f} counting the executed FLOPs); per CPU second "
           f"{cpu_rate / 1e9:.1f} against {matmul_cpu_rate / 1e9:.1f} GFLOP, fraction {cpu_rate / matmul_cpu_rate:.2f}",
           flush=True)
+    print(f"   the layer's matmuls alone (same shapes and blocks, no other op): "
+          f"{1e3 * seconds['matmuls alone']:.1f} ms against the layer's {1e3 * seconds['hstu']:.1f} "
+          f"({1e3 * cpu_seconds['matmuls alone']:.1f} against "
+          f"{1e3 * cpu_seconds['hstu']:.1f} CPU ms): ceiling of the fraction with every other op free "
+          f"{flops / seconds['matmuls alone'] / matmul_rate:.2f}, per CPU second "
+          f"{flops / cpu_seconds['matmuls alone'] / matmul_cpu_rate:.2f}", flush=True)
 
 
 def main(argv=None) -> None:

@@ -136,9 +136,11 @@ def test_causal_blocks_equal_the_full_square_in_outputs_and_gradients():
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
-def test_written_out_attention_gradient_equals_automatic_differentiation():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_written_out_attention_gradient_equals_automatic_differentiation(compiled):
     """The layer's attention and bias gather carry hand-written gradients (for speed); every path runs them, so
-    the path tests cannot see a wrong one: compare them with automatic differentiation of the plain ops."""
+    the path tests cannot see a wrong one: compare them with automatic differentiation of the plain ops. The
+    bias gradient has one kernel for XLA-compiled functions and one for the others: both are checked."""
     rng = np.random.default_rng(3)
     q, k, v = (tf.constant(rng.normal(size=shape)) for shape in ([2, 2, 5, 4], [2, 2, 7, 4], [2, 2, 7, 3]))
     table = tf.constant(rng.normal(size=[11]))
@@ -157,7 +159,7 @@ def test_written_out_attention_gradient_equals_automatic_differentiation():
         return tf.matmul(tf.nn.silu(scores) * scaled_mask, v)
 
     written_out = gradients(lambda: _pointwise_attention(
-        q, k, v, _gather_with_dense_gradient(table, indices), scaled_mask))
+        q, k, v, _gather_with_dense_gradient(table, indices, compiled), scaled_mask))
     for got, want in zip(written_out, gradients(plain)):
         assert np.abs(want).max() > 1e-3
         np.testing.assert_allclose(got, want, atol=1e-12, rtol=1e-9)

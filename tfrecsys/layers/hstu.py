@@ -90,15 +90,27 @@ def _dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     return tf.reshape(flat, [tf.shape(x)[0], tf.shape(x)[1], kernel.shape[-1]])
 
 
-def _gather_with_dense_gradient(table: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+def _gather_with_dense_gradient(table: tf.Tensor, indices: tf.Tensor, compiled: bool) -> tf.Tensor:
     """``tf.gather(table [N], indices [...]) → [...]`` whose gradient is a dense ``[N]`` segment sum at once.
     ``tf.gather``'s own gradient is sparse (indices and values), and the sparse gradients of the causal
     blocks' gathers were concatenated (index and value copies of every ``[batch, b, stop]`` block) before one
-    scatter-add: under XLA on CPU the two concatenations took longer than the scatter itself."""
+    scatter-add: under XLA on CPU the two concatenations took longer than the scatter itself.
+
+    The segment sum takes each compiler's fast kernel (``compiled``: inside an XLA-compiled function): XLA
+    compiles ``unsorted_segment_sum`` to a loop of about 2.5 ns per element on CPU, while TensorFlow's own
+    CPU kernels of it (and of ``scatter_nd``, ``tensor_scatter_nd_add``) took 22-28 ns per element and
+    ``bincount`` with weights 2.5 ns, which XLA cannot compile (its output size is not a compile-time constant)."""
     @tf.custom_gradient
     def gather(table):
         def gradient(upstream):
-            return tf.math.unsorted_segment_sum(upstream, indices, tf.shape(table)[0])
+            if compiled:
+                return tf.math.unsorted_segment_sum(upstream, indices, tf.shape(table)[0])
+            # bincount's kernels take float32 and float64 weights only (bfloat16 sums in float32).
+            weights = upstream if upstream.dtype in (tf.float32, tf.float64) else tf.cast(upstream, tf.float32)
+            size = tf.shape(table)[0]
+            sums = tf.math.bincount(tf.reshape(indices, [-1]), weights=tf.reshape(weights, [-1]),
+                                    minlength=size, maxlength=size, dtype=weights.dtype)
+            return tf.cast(sums, upstream.dtype)
         return tf.gather(table, indices), gradient
     return gather(table)
 
@@ -238,14 +250,15 @@ class HSTULayer(XlaLayer):
         # scatter-add gradients over [batch, L, L] are what the bias costs, the table is small.
         bias_table = tf.cast(tf.reshape(self.position_bias[:, None] + self.time_bias[None, :], [-1]), x.dtype)
         causal_blocks = self.causal_blocks(x.shape[1])
+        compiled = self.xla and not in_serving_mode()  # plain_call then runs inside the XLA-compiled function
         # A split, not slices: the gradient of a split is one concatenation, that of slices a sum of padded copies.
         query_blocks = [q] if len(causal_blocks) == 1 else tf.split(
             q, [stop - start for start, stop in causal_blocks], axis=2)
         blocks = []
         for (start, stop), query_block in zip(causal_blocks, query_blocks):
             stop = width if stop is None else stop
-            bias = _gather_with_dense_gradient(
-                bias_table, self.bias_buckets(timestamps, lengths - num_targets, start, stop))  # [batch, b, stop]
+            bias = _gather_with_dense_gradient(  # [batch, b, stop]
+                bias_table, self.bias_buckets(timestamps, lengths - num_targets, start, stop), compiled)
             scaled_mask = self.attention_mask(lengths, num_targets, start, stop, x.dtype) / tf.cast(
                 self.max_seq_len, x.dtype)
             blocks.append(_pointwise_attention(query_block, k[:, :, :stop], v[:, :, :stop], bias,
