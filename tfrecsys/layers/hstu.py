@@ -60,6 +60,7 @@ Attention paths (``attention_path``), equal to float rounding:
 from typing import Optional, Sequence
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # private, pinned with TF 2.16 (the XLA context test)
 
 from tfrecsys.layers.xla import DEFAULT_LENGTH_BUCKETS, XlaLayer, bucket_length, in_serving_mode
 
@@ -250,7 +251,9 @@ class HSTULayer(XlaLayer):
         # scatter-add gradients over [batch, L, L] are what the bias costs, the table is small.
         bias_table = tf.cast(tf.reshape(self.position_bias[:, None] + self.time_bias[None, :], [-1]), x.dtype)
         causal_blocks = self.causal_blocks(x.shape[1])
-        compiled = self.xla and not in_serving_mode()  # plain_call then runs inside the XLA-compiled function
+        # Inside an XLA-compiled function (the layer's own, or a whole train step under --jit_compile), which
+        # the bias gradient's kernel must compile in.
+        compiled = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
         # A split, not slices: the gradient of a split is one concatenation, that of slices a sum of padded copies.
         query_blocks = [q] if len(causal_blocks) == 1 else tf.split(
             q, [stop - start for start, stop in causal_blocks], axis=2)
