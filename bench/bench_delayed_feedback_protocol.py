@@ -21,6 +21,10 @@ method's whole stream, the auxiliary models training on the stream as it goes):
   ``drift_period_days``): each item's conversion logit swings by ``A_item · sin(2πt/P + φ_i)`` and all by
   ``A_global · sin(2πt/P)``, so fresh rows are worth more than old ones, which is the trade-off between
   waiting for labels and training on fresh data that the delayed-feedback methods make.
+* **Bi-DEFUSE's pretraining** (``--bi_defuse_pretraining``): ``stream`` (the default) on its own stream and
+  loss over the pretraining days; ``final_labels``, the reference code's, plain cross-entropy of the in-window
+  head on "converted within w_o" and of the out-window head on "converted later, within w_a", as the other
+  methods pretrain on final labels (the pretraining clicks' later DP rows then stay out of the stream).
 * **Several seeds** (``--seeds``): each seed draws a new world and a new initialisation; per method the mean ±
   standard deviation over seeds, and DEFUSE's paired difference to each method with its standard error, for
   DEFUSE with ``z1 = 1 − f_rn`` (``defuse``, the config's default) and with ``z2 = f_dp / (f_dp + 1 − f_θ)``
@@ -57,7 +61,7 @@ from tfrecsys.data.delayed_feedback_stream import AUXILIARY_METHODS, emit_rows, 
 from tfrecsys.data.simulators.common import auc
 from tfrecsys.data.simulators.delayed_feedback import DelayedFeedbackConfig, simulate_delayed_feedback
 from tfrecsys.features.schema import FeatureSchema
-from tfrecsys.losses.delayed_feedback import FIRST_AUXILIARY, auxiliary_loss
+from tfrecsys.losses.delayed_feedback import FIRST_AUXILIARY, auxiliary_loss, weighted_cross_entropy
 from tfrecsys.train.loop import build_and_compile
 
 METHODS = ("vanilla", "oracle", "fnw", "fnc", "es_dfm", "defer", "defuse", "defuse_z2", "bi_defuse")
@@ -66,6 +70,7 @@ PAIRED_WITH = ("defuse", "defuse_z2")
 DAY = 86_400
 FEATURES = ("user_id", "item_id", "item_category")
 AUXILIARY_UPDATES = ("frozen", "stream")
+BI_DEFUSE_PRETRAINING = ("stream", "final_labels")
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -100,6 +105,33 @@ def _batches(count: int, schedule: str, steps_per_window: int, batch_size: int) 
     if schedule == "equal_steps":
         return [part for part in np.array_split(np.arange(count), min(steps_per_window, count))]
     return [np.arange(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def _pretrain_bi_defuse_on_final_labels(model, columns: dict, settings, args) -> None:
+    """The reference code's Bi-DEFUSE pretraining: plain cross-entropy of the in-window head on "converted
+    within w_o" and of the out-window head on "converted after w_o, within w_a", over the pretraining clicks
+    (final labels known) in time order, ``--pretrain_epochs`` passes of ``--batch_size``."""
+    t0 = np.asarray(columns["click_timestamp"], np.int64)
+    clicks = np.flatnonzero(t0 < settings.stream_start_timestamp)
+    clicks = clicks[np.argsort(t0[clicks], kind="stable")]
+    conversion = np.asarray(columns["conversion_timestamp"], np.int64)[clicks]
+    delay = np.where(conversion >= 0, conversion - t0[clicks], np.iinfo(np.int64).max)
+    in_window = (delay <= settings.observation_window_seconds).astype(np.float32)
+    out_window = ((delay <= settings.attribution_window_seconds) & (in_window == 0)).astype(np.float32)
+
+    @tf.function(reduce_retracing=True)
+    def pretrain_step(features, in_window, out_window):
+        with tf.GradientTape() as tape:
+            heads = model.training_outputs(features, training=True)[model.cvr_name]
+            loss = tf.reduce_mean(weighted_cross_entropy(heads["inw_logit"], in_window, 1.0 - in_window)
+                                  + weighted_cross_entropy(heads["outw_logit"], out_window, 1.0 - out_window))
+        model.optimizer.minimize(loss, model.trainable_variables, tape=tape)
+
+    for _ in range(args.pretrain_epochs):
+        for start in range(0, len(clicks), args.batch_size):
+            batch = slice(start, start + args.batch_size)
+            features = {name: tf.constant(np.asarray(columns[name])[clicks[batch]]) for name in FEATURES}
+            pretrain_step(features, tf.constant(in_window[batch]), tf.constant(out_window[batch]))
 
 
 def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, seed: int) -> dict:
@@ -161,10 +193,16 @@ def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, s
     def step(features, labels):
         return model.train_step((features, labels))
 
-    pretraining = np.flatnonzero(~streaming & ~auxiliary)
-    for _ in range(args.pretrain_epochs):
-        for start in range(0, len(pretraining), args.batch_size):
-            step(*_tensors(rows, pretraining[start:start + args.batch_size]))
+    bi_defuse_on_final_labels = method == "bi_defuse" and args.bi_defuse_pretraining == "final_labels"
+    if bi_defuse_on_final_labels:
+        _pretrain_bi_defuse_on_final_labels(model, columns, settings, args)
+        # The pretraining clicks' rows were learnt with their final labels: their later DP rows are left out.
+        streaming &= rows["click_timestamp"] >= settings.stream_start_timestamp
+    else:
+        pretraining = np.flatnonzero(~streaming & ~auxiliary)
+        for _ in range(args.pretrain_epochs):
+            for start in range(0, len(pretraining), args.batch_size):
+                step(*_tensors(rows, pretraining[start:start + args.batch_size]))
 
     evaluation = evaluation_clicks(columns, settings)
     eval_window = (evaluation["emit_timestamp"] - settings.origin_timestamp) // settings.window_seconds
@@ -332,6 +370,11 @@ def arguments(argv=None) -> argparse.Namespace:
                              "reference code); stream: each window they also take --steps_per_window steps (or "
                              "--batch_size batches with one_pass) on the clicks whose attribution window closed "
                              "in it, every method with auxiliary models alike")
+    parser.add_argument("--bi_defuse_pretraining", choices=BI_DEFUSE_PRETRAINING, default="stream",
+                        help="stream: Bi-DEFUSE pretrains on its own stream of the pretraining days with its own "
+                             "loss (the stream builder's rows); final_labels: plain cross-entropy of each head on "
+                             "the clicks' final in-window and out-window labels (the reference code's pretraining; "
+                             "every other method pretrains on final labels)")
     parser.add_argument("--drift_amplitude", type=float, default=1.0, help="per-item drift of the conversion logit")
     parser.add_argument("--global_drift_amplitude", type=float, default=0.3,
                         help="drift of every click's conversion logit")

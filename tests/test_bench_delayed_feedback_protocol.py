@@ -81,3 +81,23 @@ def test_stream_auxiliary_updates_move_the_auxiliaries_and_leave_the_cvr_steps_a
     np.testing.assert_allclose(stream["f_dp"][first_window], frozen["f_dp"][first_window], rtol=1e-5)
     assert np.abs(stream["f_dp"][~first_window] - frozen["f_dp"][~first_window]).max() > 1e-3
     assert np.abs(stream["f_rn"][~first_window] - frozen["f_rn"][~first_window]).max() > 1e-3
+
+
+@pytest.mark.slow  # two tiny streaming runs: ~40 s on the shared machine, mostly tracing the steps
+def test_bi_defuse_pretraining_on_final_labels_changes_the_start_and_keeps_old_clicks_out_of_the_stream():
+    from bench.bench_delayed_feedback_protocol import arguments, run_method
+    from tfrecsys.data.simulators.delayed_feedback import simulate_delayed_feedback
+
+    world = DelayedFeedbackConfig(num_users=40, num_items=30, num_categories=4, num_clicks=1200, days=3,
+                                  attribution_window_days=1, seed=0)
+    columns, _ = simulate_delayed_feedback(world)
+    runs = {}
+    for pretraining in ("stream", "final_labels"):
+        args = arguments(["--pretrain_days=1", "--pretrain_epochs=1", "--window_seconds=21600", "--batch_size=256",
+                          f"--bi_defuse_pretraining={pretraining}"])
+        runs[pretraining] = run_method("bi_defuse", columns, world, args, seed=0)
+    own, final = runs["stream"], runs["final_labels"]
+    # The pretraining clicks' DP rows that arrive during the stream were already learnt with their final label.
+    assert final["stream_rows"] < own["stream_rows"]
+    first_window = own["hour"] == own["hour"].min()
+    assert np.abs(final["prediction"][first_window] - own["prediction"][first_window]).max() > 1e-3
