@@ -21,13 +21,22 @@ method's whole stream, the auxiliary models training on the stream as it goes):
   ``drift_period_days``): each item's conversion logit swings by ``A_item · sin(2πt/P + φ_i)`` and all by
   ``A_global · sin(2πt/P)``, so fresh rows are worth more than old ones, which is the trade-off between
   waiting for labels and training on fresh data that the delayed-feedback methods make.
+* **Bi-DEFUSE's pretraining** (``--bi_defuse_pretraining``): ``stream`` (the default) on its own stream and
+  loss over the pretraining days; ``final_labels``, the reference code's, plain cross-entropy of the in-window
+  head on "converted within w_o" and of the out-window head on "converted later, within w_a", as the other
+  methods pretrain on final labels (the pretraining clicks' later DP rows then stay out of the stream).
 * **Several seeds** (``--seeds``): each seed draws a new world and a new initialisation; per method the mean ±
   standard deviation over seeds, and DEFUSE's paired difference to each method with its standard error, for
   DEFUSE with ``z1 = 1 − f_rn`` (``defuse``, the config's default) and with ``z2 = f_dp / (f_dp + 1 − f_θ)``
   (``defuse_z2``: the same stream and model, only the loss differs).
-* **The auxiliaries' quality** (``auxiliary_quality`` per seed, methods with auxiliary models): the frozen
-  ``f_dp``, ``f_rn`` and both fake-negative probabilities on their targets over the streaming period, against
-  the simulator's true probabilities (``auxiliary_quality``).
+* **The auxiliaries' quality** (``auxiliary_quality`` per seed, methods with auxiliary models): ``f_dp``,
+  ``f_rn`` and both fake-negative probabilities, as each hour's clicks met them, on their targets over the
+  streaming period, against the simulator's true probabilities (``auxiliary_quality``).
+* **Frozen or refreshed auxiliaries** (``--auxiliary_updates``): ``frozen`` (the default, the reference
+  code's) stops the auxiliary models after pretraining; ``stream`` also updates them hour by hour on the
+  clicks whose attribution window closed in that hour, the only rows whose final label is known then (the
+  digest's "frozen (or updated separately)"): ``--steps_per_window`` steps on them per hour with the
+  pretraining optimizer, before the CVR steps, for every method with auxiliary models alike.
 
 The models are the defuse family of ``configs/defuse_simulator.py`` (one config per method), its own train
 step (``RecModel.train_step``: the method's registered loss, the tasks' masks), its served CVR; rows come from
@@ -52,7 +61,7 @@ from tfrecsys.data.delayed_feedback_stream import AUXILIARY_METHODS, emit_rows, 
 from tfrecsys.data.simulators.common import auc
 from tfrecsys.data.simulators.delayed_feedback import DelayedFeedbackConfig, simulate_delayed_feedback
 from tfrecsys.features.schema import FeatureSchema
-from tfrecsys.losses.delayed_feedback import FIRST_AUXILIARY
+from tfrecsys.losses.delayed_feedback import FIRST_AUXILIARY, auxiliary_loss, weighted_cross_entropy
 from tfrecsys.train.loop import build_and_compile
 
 METHODS = ("vanilla", "oracle", "fnw", "fnc", "es_dfm", "defer", "defuse", "defuse_z2", "bi_defuse")
@@ -60,6 +69,8 @@ METHODS = ("vanilla", "oracle", "fnw", "fnc", "es_dfm", "defer", "defuse", "defu
 PAIRED_WITH = ("defuse", "defuse_z2")
 DAY = 86_400
 FEATURES = ("user_id", "item_id", "item_category")
+AUXILIARY_UPDATES = ("frozen", "stream")
+BI_DEFUSE_PRETRAINING = ("stream", "final_labels")
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -94,6 +105,33 @@ def _batches(count: int, schedule: str, steps_per_window: int, batch_size: int) 
     if schedule == "equal_steps":
         return [part for part in np.array_split(np.arange(count), min(steps_per_window, count))]
     return [np.arange(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def _pretrain_bi_defuse_on_final_labels(model, columns: dict, settings, args) -> None:
+    """The reference code's Bi-DEFUSE pretraining: plain cross-entropy of the in-window head on "converted
+    within w_o" and of the out-window head on "converted after w_o, within w_a", over the pretraining clicks
+    (final labels known) in time order, ``--pretrain_epochs`` passes of ``--batch_size``."""
+    t0 = np.asarray(columns["click_timestamp"], np.int64)
+    clicks = np.flatnonzero(t0 < settings.stream_start_timestamp)
+    clicks = clicks[np.argsort(t0[clicks], kind="stable")]
+    conversion = np.asarray(columns["conversion_timestamp"], np.int64)[clicks]
+    delay = np.where(conversion >= 0, conversion - t0[clicks], np.iinfo(np.int64).max)
+    in_window = (delay <= settings.observation_window_seconds).astype(np.float32)
+    out_window = ((delay <= settings.attribution_window_seconds) & (in_window == 0)).astype(np.float32)
+
+    @tf.function(reduce_retracing=True)
+    def pretrain_step(features, in_window, out_window):
+        with tf.GradientTape() as tape:
+            heads = model.training_outputs(features, training=True)[model.cvr_name]
+            loss = tf.reduce_mean(weighted_cross_entropy(heads["inw_logit"], in_window, 1.0 - in_window)
+                                  + weighted_cross_entropy(heads["outw_logit"], out_window, 1.0 - out_window))
+        model.optimizer.minimize(loss, model.trainable_variables, tape=tape)
+
+    for _ in range(args.pretrain_epochs):
+        for start in range(0, len(clicks), args.batch_size):
+            batch = slice(start, start + args.batch_size)
+            features = {name: tf.constant(np.asarray(columns[name])[clicks[batch]]) for name in FEATURES}
+            pretrain_step(features, tf.constant(in_window[batch]), tf.constant(out_window[batch]))
 
 
 def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, seed: int) -> dict:
@@ -134,26 +172,49 @@ def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, s
     if method in AUXILIARY_METHODS:
         model.auxiliary_tables.trainable = False
         model.auxiliary_tower.trainable = False
+        # The auxiliary variables keep their pretraining optimizer for --auxiliary_updates=stream.
+        auxiliary_optimizer = model.optimizer
+        auxiliary_variables = model.auxiliary_tables.weights + model.auxiliary_tower.weights
         # A fresh optimizer for the CVR model: with the auxiliary steps on Adam's step count, CVR moments that
         # start at zero at a late step would miss Adam's bias correction (first steps ~3x larger than others').
         model.compile(optimizer=type(model.optimizer)(learning_rate=args.learning_rate))
+
+        @tf.function(reduce_retracing=True)
+        def refresh_auxiliary(features, labels):
+            """A step of the auxiliary models alone on rows of clicks older than w_a (frozen to the CVR steps)."""
+            with tf.GradientTape() as tape:
+                tape.watch(auxiliary_variables)
+                logits = model.training_outputs(features, training=True)[model.auxiliary_name]
+                loss = tf.reduce_mean(auxiliary_loss(logits["f_dp_logit"], logits["f_rn_logit"],
+                                                     labels["sample_type"]))
+            auxiliary_optimizer.apply_gradients(zip(tape.gradient(loss, auxiliary_variables), auxiliary_variables))
 
     @tf.function(reduce_retracing=True)
     def step(features, labels):
         return model.train_step((features, labels))
 
-    pretraining = np.flatnonzero(~streaming & ~auxiliary)
-    for _ in range(args.pretrain_epochs):
-        for start in range(0, len(pretraining), args.batch_size):
-            step(*_tensors(rows, pretraining[start:start + args.batch_size]))
+    bi_defuse_on_final_labels = method == "bi_defuse" and args.bi_defuse_pretraining == "final_labels"
+    if bi_defuse_on_final_labels:
+        _pretrain_bi_defuse_on_final_labels(model, columns, settings, args)
+        # The pretraining clicks' rows were learnt with their final labels: their later DP rows are left out.
+        streaming &= rows["click_timestamp"] >= settings.stream_start_timestamp
+    else:
+        pretraining = np.flatnonzero(~streaming & ~auxiliary)
+        for _ in range(args.pretrain_epochs):
+            for start in range(0, len(pretraining), args.batch_size):
+                step(*_tensors(rows, pretraining[start:start + args.batch_size]))
 
     evaluation = evaluation_clicks(columns, settings)
     eval_window = (evaluation["emit_timestamp"] - settings.origin_timestamp) // settings.window_seconds
-    # The auxiliary rows of the streaming period are left out: the auxiliary models are frozen.
     stream = np.flatnonzero(streaming & ~auxiliary)
     stream_windows = window[stream]
+    # The streaming period's auxiliary rows: trained on with --auxiliary_updates=stream, else left out.
+    refreshed = np.flatnonzero(streaming & auxiliary) if (
+        method in AUXILIARY_METHODS and args.auxiliary_updates == "stream") else np.zeros(0, np.int64)
+    refreshed_windows = window[refreshed]
     steps_before = int(model.optimizer.iterations.numpy())
-    predictions, labels, hours, positions = [], [], [], []
+    auxiliary_steps = 0
+    predictions, labels, hours, positions, auxiliary_outputs = [], [], [], [], []
     for hour in range(settings.pretrain_windows, int(max(eval_window.max(), stream_windows.max())) + 1):
         clicks = np.flatnonzero(eval_window == hour)
         if len(clicks):
@@ -162,18 +223,23 @@ def run_method(method: str, columns: dict, world: DelayedFeedbackConfig, args, s
             labels.append(evaluation["label"][clicks])
             hours.append(np.full(len(clicks), hour))
             positions.append(clicks)
+            if method in AUXILIARY_METHODS:
+                # The outputs the hour's stream weights read, as the hour's clicks met them.
+                auxiliary_outputs.append(model.training_outputs(features, training=False)[model.cvr_name])
+        hour_refreshed = refreshed[refreshed_windows == hour]
+        for batch in _batches(len(hour_refreshed), args.schedule, args.steps_per_window, args.batch_size):
+            refresh_auxiliary(*_tensors(rows, hour_refreshed[batch]))
+            auxiliary_steps += 1
         hour_rows = stream[stream_windows == hour]
         for batch in _batches(len(hour_rows), args.schedule, args.steps_per_window, args.batch_size):
             step(*_tensors(rows, hour_rows[batch]))
     run = {"prediction": np.concatenate(predictions).astype(np.float64), "label": np.concatenate(labels),
            "hour": np.concatenate(hours), "position": np.concatenate(positions),
-           "stream_steps": int(model.optimizer.iterations.numpy()) - steps_before, "stream_rows": int(len(stream))}
+           "stream_steps": int(model.optimizer.iterations.numpy()) - steps_before, "stream_rows": int(len(stream)),
+           "auxiliary_steps": auxiliary_steps}
     if method in AUXILIARY_METHODS:
-        # Frozen since pretraining: the outputs the stream's weights read, on every evaluated click.
-        outputs = [model.training_outputs(_tensors(evaluation, part)[0], training=False)[model.cvr_name]
-                   for part in np.array_split(run["position"], max(1, len(run["position"]) // 16_384))]
-        run["f_dp"] = np.concatenate([o["f_dp"].numpy() for o in outputs]).astype(np.float64)
-        run["f_rn"] = np.concatenate([o["f_rn"].numpy() for o in outputs]).astype(np.float64)
+        for name in ("f_dp", "f_rn"):
+            run[name] = np.concatenate([o[name].numpy() for o in auxiliary_outputs]).astype(np.float64)
     return run
 
 
@@ -210,7 +276,7 @@ def fixed_point_excess_nll(p: np.ndarray, delayed: np.ndarray, f_dp: np.ndarray,
 
 
 def auxiliary_quality(run: dict, columns: dict, truth: dict, world: DelayedFeedbackConfig, args) -> dict:
-    """How right the frozen auxiliary models and the fake-negative probabilities are over the streaming period,
+    """How right the auxiliary models and the fake-negative probabilities are over the streaming period,
     each on its own target among the evaluated clicks, beside the simulator's true probability of that target:
     NLL, ``excess`` NLL over the truth's, and calibration (mean prediction / observed rate).
 
@@ -299,6 +365,16 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps_per_window", type=int, default=2, help="optimizer steps per window (equal_steps)")
     parser.add_argument("--batch_size", type=int, default=512, help="rows per pretraining (and one_pass) batch")
     parser.add_argument("--learning_rate", type=float, default=0.002, help="Adam learning rate of every method")
+    parser.add_argument("--auxiliary_updates", choices=AUXILIARY_UPDATES, default="frozen",
+                        help="frozen: the auxiliary models (f_dp, f_rn) stop learning after pretraining (the "
+                             "reference code); stream: each window they also take --steps_per_window steps (or "
+                             "--batch_size batches with one_pass) on the clicks whose attribution window closed "
+                             "in it, every method with auxiliary models alike")
+    parser.add_argument("--bi_defuse_pretraining", choices=BI_DEFUSE_PRETRAINING, default="stream",
+                        help="stream: Bi-DEFUSE pretrains on its own stream of the pretraining days with its own "
+                             "loss (the stream builder's rows); final_labels: plain cross-entropy of each head on "
+                             "the clicks' final in-window and out-window labels (the reference code's pretraining; "
+                             "every other method pretrains on final labels)")
     parser.add_argument("--drift_amplitude", type=float, default=1.0, help="per-item drift of the conversion logit")
     parser.add_argument("--global_drift_amplitude", type=float, default=0.3,
                         help="drift of every click's conversion logit")
@@ -322,7 +398,7 @@ def main(argv=None):
             method_started = time.perf_counter()
             run = run_method(method, columns, world, args, seed)
             entry = {**hourly_metrics(run), "stream_steps": run["stream_steps"], "stream_rows": run["stream_rows"],
-                     "seconds": time.perf_counter() - method_started}
+                     "auxiliary_steps": run["auxiliary_steps"], "seconds": time.perf_counter() - method_started}
             if "f_dp" in run:
                 entry["auxiliary_quality"] = auxiliary_quality(run, columns, truth, world, args)
             results["per_seed"][seed][method] = entry
