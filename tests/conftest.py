@@ -13,7 +13,7 @@ import pytest
 import tfrecsys  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports tensorflow)
 
 BIN = os.path.dirname(sys.executable)
-SERVER_START_TIMEOUT_S = 120
+SERVER_START_TIMEOUT_S = 300  # generous: two test processes and other work may share the 2 cores
 # Set to 1 by .ci/run when ../shared/datasets exists beside the clone: a dataset test that skips there means
 # a test lost its data (a renamed file, a wrong path), so the skip fails the run instead.
 REQUIRE_DATASETS_ENV = "TFRECSYS_REQUIRE_DATASETS"
