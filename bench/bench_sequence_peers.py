@@ -20,12 +20,12 @@ runs before 2026-12-07 had none). Our DIEN takes DeepCTR's auxiliary-loss mean o
 grid and its GRU gate biases starting at 1 (``--aux_normalization``, ``--gru_gate_bias``; the runs before
 2026-12-07 01:00 UTC had the model's defaults, valid_pairs and 0).
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
-of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' update, the same weights, a smaller
-graph), their variables created before ``fit`` as ``tfrecsys-train`` does (``create_variables``), and both
-sides get the same input path: Keras slicing shuffled batches out of the in-memory arrays (an element-wise
-tf.data shuffle cost 5.4 against 2.0 CPU-ms per batch, measured). DeepCTR's DIEN needs TF1 graph mode and a
-6-name shim (``deepctr_dien_shim``), so every run is a fresh process (``--one``), ours and the peer's
-alternating.
+of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' algorithm, one fused kernel per variable;
+the runs before 2026-12-07 03:30 UTC had Keras' own update ops), their variables created before ``fit`` as
+``tfrecsys-train`` does (``create_variables``), and both sides get the same input path: Keras slicing
+shuffled batches out of the in-memory arrays (an element-wise tf.data shuffle cost 5.4 against 2.0 CPU-ms per
+batch, measured). DeepCTR's DIEN needs TF1 graph mode and a 6-name shim (``deepctr_dien_shim``), so every
+run is a fresh process (``--one``), ours and the peer's alternating.
 
 Timings: steady ex/s = training rows of epoch 2 over its wall time (Keras epoch callbacks), and the CPU
 milliseconds per step of that epoch (``time.process_time``: steadier than wall time on a shared machine);

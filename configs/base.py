@@ -40,7 +40,7 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.train.steps_per_loop = 100        # steps between checkpoints / progress summaries
     config.train.steps_per_execution = 20    # steps per tf.function call: fewer Python round trips on CPU
     config.train.learning_rate = 0.003
-    config.train.optimizer = "adam"          # adam | adagrad | sgd
+    config.train.optimizer = "adam"          # adam | adam_keras | adagrad | sgd (tfrecsys/train/adam.py)
     # m > 0: evaluate, keep as best and export the moving average of the weights (a ← m·a + (1−m)·w after every
     # step, from the initial weights: keep m ≤ 1 − 10/steps); 0: the last weights. Batch mode only.
     config.train.ema_momentum = 0.0

@@ -44,9 +44,11 @@ EVAL_METRICS_FILE = "eval_metrics.json"
 def optimizer_from_config(train_config):
     """The optimizer of ``config.train``: ``optimizer`` at ``learning_rate``, keeping an exponential moving
     average of the weights when ``ema_momentum`` m > 0 (``callbacks.averaged_weights`` says what uses it)."""
-    # Adam: Keras' update with its per-step scalars built once (tfrecsys.train.adam: a smaller train graph).
-    optimizers = {"adam": Adam, "adagrad": tf.keras.optimizers.Adagrad,
-                  "sgd": tf.keras.optimizers.SGD}
+    # adam: Keras' algorithm, its per-step scalars built once and each variable's update one fused kernel
+    # (tfrecsys.train.adam: a smaller train graph, weights within float32 rounding of Keras'); adam_keras: the
+    # same with Keras' own update ops, its weights bit for bit.
+    optimizers = {"adam": Adam, "adam_keras": functools.partial(Adam, fused=False),
+                  "adagrad": tf.keras.optimizers.Adagrad, "sgd": tf.keras.optimizers.SGD}
     name, momentum = train_config.optimizer, float(train_config.get("ema_momentum", 0.0))
     if name not in optimizers:
         raise ValueError(f"config.train.optimizer {name!r} is not one of {sorted(optimizers)}")

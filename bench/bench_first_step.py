@@ -1,0 +1,164 @@
+"""Time to first step of the peer-benchmarked families, clocked as the peer benchmarks clock it, in fresh
+processes; two source trees alternating (this branch and ``git archive main``) give ratios per round.
+
+    .venv/bin/python -m bench.bench_first_step                       # this tree, every family, one round
+    mkdir -p /tmp/main && git archive main | tar -x -C /tmp/main
+    .venv/bin/python -m bench.bench_first_step --trees=/tmp/main,. --rounds=3 --families=mmoe,dien
+
+Each run is a fresh process whose ``tfrecsys`` and ``bench`` packages are the tree's (the same environment):
+it imports TensorFlow, builds the data, then clocks what ``bench_multitask_peers.train_ours`` (mmoe, ple,
+shared_bottom, esmm: Census-Income, the census configs, batch 256) and ``bench_sequence_peers.run_one``
+(dien: our DIEN + auxiliary loss on the Taobao protocol) clock: model construction + compile,
+``create_variables``, the input set-up and the first ``fit`` call, up to Keras' first ``on_train_batch_end``.
+It prints one JSON line per run: CPU seconds (``time.process_time``, every thread: what a loaded machine
+changes least) and wall seconds to the first step, the CPU seconds of each phase (the rest is the first
+call: tracing the train function, grappler, instantiation, the step), the traced train function's nodes
+(its graph and function library) and the 1-minute load; then per family the median over rounds and, with two
+trees, the ratio second ÷ first of each round. Census-Income is preprocessed into ``--data_dir`` by the first
+run that needs it; families whose dataset is absent from ../shared/datasets are skipped with a message.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CENSUS_FAMILIES = ("mmoe", "ple", "shared_bottom", "esmm")
+FAMILIES = (*CENSUS_FAMILIES, "dien")
+DATASETS = {"census": os.path.join(ROOT, os.pardir, "shared", "datasets", "census-income-kdd"),
+            "taobao": os.path.join(ROOT, os.pardir, "shared", "datasets", "taobao-user-behavior",
+                                   "UserBehavior_head84474.csv")}
+
+
+def first_step(tree: str, family: str, data_dir: str) -> dict:
+    """Runs in the child: ``family``'s first step from ``tree``'s code (see the module docstring)."""
+    sys.path.insert(0, tree)
+    import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
+    import tensorflow as tf
+
+    if not os.path.realpath(tfrecsys.__file__).startswith(os.path.realpath(tree) + os.sep):
+        raise RuntimeError(f"tfrecsys came from {tfrecsys.__file__}, not from the tree {tree}")
+    from tfrecsys.train.loop import create_variables
+
+    phases, first = {}, {}
+
+    class FirstStep(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if not first:
+                first.update(wall=time.perf_counter() - started[0], cpu=time.process_time() - started[1])
+                self.model.stop_training = True
+
+    def phase(name, since):
+        now = time.process_time()
+        phases[name] = round(now - since, 3)
+        return now
+
+    if family == "dien":
+        from bench.bench_sequence_peers import (BATCH, DEEPCTR_AUX_NORMALIZATION, DEEPCTR_EMBEDDING_L2,
+                                                DEEPCTR_GRU_GATE_BIAS, LEARNING_RATE, our_model, taobao_rows)
+        from tfrecsys.train.adam import Adam
+
+        train, _, vocabulary = taobao_rows(DATASETS["taobao"])
+        inputs = {k: v for k, v in train.items() if k not in ("label", "seq_length")}
+        inputs["hist_item_id_length"] = train["seq_length"]
+        tf.keras.utils.set_random_seed(0)
+        started = time.perf_counter(), time.process_time()
+        model = our_model("dien", vocabulary, DEEPCTR_EMBEDDING_L2, DEEPCTR_AUX_NORMALIZATION, DEEPCTR_GRU_GATE_BIAS)
+        model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)
+        cpu = phase("construction + compile", started[1])
+        create_variables(model, model.schema)
+        phase("create_variables", cpu)
+        # Keras' set-up of the in-memory arrays is inside fit here, as in the peer benchmark.
+        model.fit(inputs, {"label": train["label"]}, batch_size=BATCH, epochs=1, verbose=0, shuffle=True,
+                  callbacks=[FirstStep()])
+    else:
+        from bench.bench_multitask_peers import CONFIGS, census_rows, in_memory_batches
+        from tfrecsys.config import load_config
+        from tfrecsys.features.schema import FeatureSchema
+        from tfrecsys.train.loop import build_and_compile
+
+        _, train, _ = census_rows(data_dir)
+        config = load_config(os.path.join(CONFIGS, f"{family}.py:census"),
+                             {"data.dir": data_dir, "train.ema_momentum": 0.0})
+        schema = FeatureSchema.from_config(config.features)
+        inputs, labels = [f.name for f in schema.inputs], [f.name for f in schema.labels]
+        tf.keras.utils.set_random_seed(0)
+        started = time.perf_counter(), time.process_time()
+        model = build_and_compile(config, schema)
+        cpu = phase("construction + compile", started[1])
+        create_variables(model, schema)
+        cpu = phase("create_variables", cpu)
+        batches = in_memory_batches({k: train[k] for k in inputs}, {k: train[k] for k in labels},
+                                    config.train.batch_size, 0)
+        phase("input set-up", cpu)
+        model.fit(batches, epochs=1, verbose=0, callbacks=[FirstStep()])
+    [function] = model.train_tf_function._list_all_concrete_functions()
+    graph = function.graph.as_graph_def()
+    return {"tree": tree, "family": family, "cpu_s": round(first["cpu"], 3), "wall_s": round(first["wall"], 3),
+            "phases_cpu_s": phases, "train_function_nodes": len(graph.node) + sum(
+                len(f.node_def) for f in graph.library.function), "load_1min": round(os.getloadavg()[0], 1)}
+
+
+def run(tree: str, family: str, data_dir: str, timeout: float) -> dict:
+    """``first_step`` in a fresh process (working directory: this repository, for the datasets' paths)."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={family}", f"--tree={tree}",
+                           f"--data_dir={data_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{family} from {tree} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trees", default=ROOT,
+                        help="comma-separated source trees (repository roots) to time, alternating in each round; "
+                             "ratios are of each tree to the first")
+    parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {FAMILIES}")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds; each runs every family from every tree")
+    parser.add_argument("--data_dir", default=os.path.join(ROOT, "runs", "data", "census"),
+                        help="preprocessed Census-Income (written by the first run that needs it)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each run")
+    parser.add_argument("--one", default="", help="internal: time this family in this process, print JSON")
+    parser.add_argument("--tree", default="", help="internal: the source tree of --one")
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(first_step(os.path.abspath(args.tree), args.one, os.path.abspath(args.data_dir))))
+        return 0
+    trees = [os.path.abspath(tree) for tree in args.trees.split(",")]
+    families = args.families.split(",")
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        parser.error(f"--families: unknown {unknown}; known: {FAMILIES}")
+    for name, path in DATASETS.items():
+        needs = [f for f in families if (f == "dien") == (name == "taobao")]
+        if needs and not os.path.exists(path):
+            print(f"skipping {needs}: {path} is absent (see data/ for where to download it)")
+            families = [f for f in families if f not in needs]
+    results = {}
+    for round_ in range(args.rounds):
+        for family in families:
+            for tree in trees:
+                result = run(tree, family, os.path.abspath(args.data_dir), args.timeout)
+                print(json.dumps({"round": round_, **result}), flush=True)
+                results.setdefault((family, tree), []).append(result)
+    print("\n| family | tree | CPU s per round | wall s per round | median CPU s | ÷ first tree, per round | load |")
+    print("|---|---|---|---|---:|---|---|")
+    for family in families:
+        for tree in trees:
+            runs = results[(family, tree)]
+            ratios = [r["cpu_s"] / base["cpu_s"] for r, base in zip(runs, results[(family, trees[0])])]
+            cells = [" / ".join(f"{r['cpu_s']:.2f}" for r in runs), " / ".join(f"{r['wall_s']:.2f}" for r in runs),
+                     f"{statistics.median(r['cpu_s'] for r in runs):.2f}", " / ".join(f"{x:.2f}" for x in ratios),
+                     " / ".join(str(r["load_1min"]) for r in runs)]
+            print(f"| {family} | {tree} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
