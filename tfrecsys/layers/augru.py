@@ -265,10 +265,14 @@ class InterestEvolution(tf.keras.layers.Layer):
     ``AttentionGRUCell``. ``call(interests [batch, len, d], mask [batch, len] bool, target [batch, d])`` →
     ``[batch, units]``, the state after the last valid step (zeros for an empty history). ``gate_bias``: the
     cells' initial gate bias, as ``InterestExtractor``'s (for AGRU/AUGRU see ``AttentionGRUCell``).
+    ``cell_trainable``: False keeps the recurrent cell's weights at their initial values (the attention still
+    trains, through the cell): DeepCTR 0.9.4's DIEN on TF 2 runs that way, because its AUGRU/AGRU cells create
+    their variables with ``tf.compat.v1.get_variable`` inside a Keras layer, which Keras does not track, so its
+    optimizer never updates them (measured: bench/RESULTS.md, issue 12, branch dien3).
     """
 
     def __init__(self, units: int, variant: str = "augru", attention_units=(64, 16), attention_activation="dice",
-                 gate_bias: float = 0.0, **kwargs):
+                 gate_bias: float = 0.0, cell_trainable: bool = True, **kwargs):
         super().__init__(**kwargs)
         if variant not in GRU_VARIANTS:
             raise ValueError(f"{self.name}: variant must be one of {GRU_VARIANTS}, got {variant!r}")
@@ -285,6 +289,8 @@ class InterestEvolution(tf.keras.layers.Layer):
                                                 name="gru_cell")
         else:
             self.cell = AttentionGRUCell(units, variant, gate_bias, name=f"{variant}_cell")
+        self.cell_trainable = bool(cell_trainable)
+        self.cell.trainable = self.cell_trainable
 
     def build(self, interests_shape, mask_shape=None, target_shape=None):
         dim = interests_shape[-1]
@@ -309,4 +315,4 @@ class InterestEvolution(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "units": self.units, "variant": self.variant,
                 "attention_units": self.attention_units, "attention_activation": self.attention_activation,
-                "gate_bias": self.gate_bias}
+                "gate_bias": self.gate_bias, "cell_trainable": self.cell_trainable}
