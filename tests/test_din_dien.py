@@ -224,6 +224,21 @@ def test_embedding_l2_from_the_config_penalises_every_whole_table_and_is_set_bef
         model.embeddings.regularize(1e-6)
 
 
+def test_embedding_init_stddev_from_the_config_starts_every_table_normal_and_is_set_before_the_build():
+    config = ml_collections.ConfigDict(dict(
+        model=dict(name="din", history=HISTORY, attention_units=(8,), hidden_units=(8,), embedding_init_stddev=1e-4),
+        tasks=dict(score=dict(label="click"))))
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, SCHEMA)
+    model(_batch(), training=False)
+    rows = np.concatenate([model.embeddings.table(t).embeddings.numpy().ravel()
+                           for t in ("user_id", "item_id", "item_category")])
+    # DeepCTR's N(0, 1e-4²), not the default truncated N(0, 0.05²).
+    assert 0.7e-4 < rows.std() < 1.3e-4
+    with pytest.raises(ValueError, match="before the tables are built.*item_id"):
+        model.embeddings.initialize_normal(1e-4)
+
+
 def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_layers():
     def built(**options):
         config = ml_collections.ConfigDict(dict(
