@@ -62,6 +62,7 @@ DEEPCTR_EMBEDDING_L2 = 1e-6  # DeepCTR's l2_reg_embedding default of DIN and DIE
 DEEPCTR_AUX_NORMALIZATION, DEEPCTR_GRU_GATE_BIAS = "grid", 1.0
 # DeepCTR's SparseFeat: embeddings N(0, 1e-4²); its DIEN's AUGRU (VecAttGRUCell) weights are never trained on TF 2.
 DEEPCTR_EMBEDDING_INIT_STDDEV, DEEPCTR_EVOLUTION_TRAINABLE = 1e-4, False
+DEEPCTR_EMBEDDING_INIT_SEED = 2020  # SparseFeat's initialiser seed: every table, every run
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -134,11 +135,13 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
 
 
 def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0, aux_normalization: str = "valid_pairs",
-              gru_gate_bias: float = 0.0, embedding_init_stddev: float = 0.0, evolution_trainable: bool = True):
+              gru_gate_bias: float = 0.0, embedding_init_stddev: float = 0.0, evolution_trainable: bool = True,
+              embedding_init_seed=None):
     """Our model ``name`` (mean_pooling, din, din_softmax, dien, dien_inner_product, dien_no_aux) over the
     protocol's columns; ``embedding_l2``: L2 over its whole embedding tables (``EmbeddingTables.regularize``);
     ``embedding_init_stddev``: its tables' rows start N(0, stddev²) (``EmbeddingTables.initialize_normal``; 0:
-    the default initialiser); ``aux_normalization``, ``gru_gate_bias`` and ``evolution_trainable``: DIEN's
+    the default initialiser), seeded by ``embedding_init_seed`` (None: the global seed; an integer: every table
+    with it, as DeepCTR); ``aux_normalization``, ``gru_gate_bias`` and ``evolution_trainable``: DIEN's
     (``model.aux_normalization``, ``model.gru_gate_bias``, ``model.evolution_trainable``)."""
     from tfrecsys.features.schema import FeatureSchema
     from tfrecsys.models.dien import DIEN
@@ -178,7 +181,7 @@ def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0, aux_normal
     if embedding_l2:
         model.embeddings.regularize(embedding_l2)
     if embedding_init_stddev:
-        model.embeddings.initialize_normal(embedding_init_stddev)
+        model.embeddings.initialize_normal(embedding_init_stddev, embedding_init_seed)
     return model
 
 
@@ -224,22 +227,23 @@ def run_one(side: str, name: str, seed: int, precision: str = "none",
             embedding_l2: float = DEEPCTR_EMBEDDING_L2, aux_normalization: str = DEEPCTR_AUX_NORMALIZATION,
             gru_gate_bias: float = DEEPCTR_GRU_GATE_BIAS,
             embedding_init_stddev: float = DEEPCTR_EMBEDDING_INIT_STDDEV,
-            evolution_trainable: bool = DEEPCTR_EVOLUTION_TRAINABLE) -> dict:
+            evolution_trainable: bool = DEEPCTR_EVOLUTION_TRAINABLE, embedding_init_seed=None) -> dict:
     """Trains one model in this process under the Keras precision policy ``precision`` (a
     ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``embedding_l2``,
-    ``aux_normalization``, ``gru_gate_bias``, ``embedding_init_stddev`` and ``evolution_trainable`` are our
-    models' (DeepCTR's are always its own)."""
+    ``aux_normalization``, ``gru_gate_bias``, ``embedding_init_stddev``, ``evolution_trainable`` and
+    ``embedding_init_seed`` are our models' (DeepCTR's are always its own)."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 
     from tfrecsys.train.strategy import precision_policy
 
     with precision_policy(precision):
         return {**_run_one(side, name, seed, embedding_l2, aux_normalization, gru_gate_bias, embedding_init_stddev,
-                           evolution_trainable), "precision": precision}
+                           evolution_trainable, embedding_init_seed), "precision": precision}
 
 
 def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normalization: str,
-             gru_gate_bias: float, embedding_init_stddev: float, evolution_trainable: bool) -> dict:
+             gru_gate_bias: float, embedding_init_stddev: float, evolution_trainable: bool,
+             embedding_init_seed) -> dict:
     import tensorflow as tf
 
     from tfrecsys.train.adam import Adam
@@ -272,7 +276,7 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normaliza
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
         model = our_model(name, vocabulary, embedding_l2, aux_normalization, gru_gate_bias, embedding_init_stddev,
-                          evolution_trainable)
+                          evolution_trainable, embedding_init_seed)
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
@@ -302,7 +306,8 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normaliza
             "aux_normalization": aux_normalization if side == "ours" else DEEPCTR_AUX_NORMALIZATION,
             "gru_gate_bias": gru_gate_bias if side == "ours" else DEEPCTR_GRU_GATE_BIAS,
             "embedding_init_stddev": embedding_init_stddev if side == "ours" else DEEPCTR_EMBEDDING_INIT_STDDEV,
-            "evolution_trainable": evolution_trainable if side == "ours" else DEEPCTR_EVOLUTION_TRAINABLE}
+            "evolution_trainable": evolution_trainable if side == "ours" else DEEPCTR_EVOLUTION_TRAINABLE,
+            "embedding_init_seed": embedding_init_seed if side == "ours" else DEEPCTR_EMBEDDING_INIT_SEED}
 
 
 def run_line(r: dict) -> str:
@@ -393,6 +398,10 @@ def main(argv=None) -> int:
                         help="our models' embedding rows start N(0, stddev²) (config model.embedding_init_stddev); "
                              "the default is DeepCTR's SparseFeat initialiser; 0 = the model's default, truncated "
                              "N(0, 0.05²) (the runs before 2026-12-07 04:00 UTC)")
+    parser.add_argument("--embedding_init_seed", type=int, default=-1,
+                        help="the seed of our models' --embedding_init_stddev initialiser, every table the same "
+                             f"(DeepCTR's: {DEEPCTR_EMBEDDING_INIT_SEED} for every table in every run); -1 (the "
+                             "default): the run's global seed (--seeds)")
     parser.add_argument("--evolution_trainable", type=int, choices=(0, 1), default=int(DEEPCTR_EVOLUTION_TRAINABLE),
                         help="1 trains our DIEN's interest-evolving GRU (the model's default; the runs before "
                              "2026-12-07 04:00 UTC); 0 keeps its weights at their initial values (config "
@@ -402,7 +411,7 @@ def main(argv=None) -> int:
                         help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
                              "runs of several invocations (or of one cut short) can be summarised together; "
                              "one file per --embedding_l2, --aux_normalization, --gru_gate_bias, "
-                             "--embedding_init_stddev and --evolution_trainable (the summary "
+                             "--embedding_init_stddev, --embedding_init_seed and --evolution_trainable (the summary "
                              "pairs runs by model and seed)")
     parser.add_argument("--summarize", action="store_true",
                         help="run nothing: print the per-seed lines and the summary over seeds of the runs in "
@@ -414,7 +423,8 @@ def main(argv=None) -> int:
         side, name = args.one.split(":")
         print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision,
                                              args.embedding_l2, args.aux_normalization, args.gru_gate_bias,
-                                             args.embedding_init_stddev, bool(args.evolution_trainable))),
+                                             args.embedding_init_stddev, bool(args.evolution_trainable),
+                                             None if args.embedding_init_seed < 0 else args.embedding_init_seed)),
               flush=True)
         return 0
     if args.summarize:
@@ -451,7 +461,8 @@ def main(argv=None) -> int:
                                      f"--aux_normalization={args.aux_normalization}",
                                      f"--gru_gate_bias={args.gru_gate_bias}",
                                      f"--embedding_init_stddev={args.embedding_init_stddev}",
-                                     f"--evolution_trainable={args.evolution_trainable}"], capture_output=True,
+                                     f"--evolution_trainable={args.evolution_trainable}",
+                                     f"--embedding_init_seed={args.embedding_init_seed}"], capture_output=True,
                                     text=True,
                                     timeout=3600,
                                     env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})

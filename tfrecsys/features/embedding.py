@@ -98,12 +98,15 @@ class EmbeddingTables(tf.keras.layers.Layer):
         for table in self._tables.values():
             table.embeddings_regularizer = tf.keras.regularizers.L2(self.l2) if self.l2 else None
 
-    def initialize_normal(self, stddev: float) -> None:
+    def initialize_normal(self, stddev: float, seed=None) -> None:
         """Every table's rows start ``N(0, stddev²)`` (not truncated) instead of the default. DeepCTR's
         ``SparseFeat`` starts them at ``N(0, 10⁻⁸)`` (stddev 1e-4): every id starts near 0, so the networks
         above see near-zero inputs until an id's row has learned, and an id no batch touches stays near 0
         (with ``regularize``, Adam's normalised penalty moves a row of the default scale much further: its
-        gradient ``2λw`` is then comparable to Adam's ε). Set it before the tables are built.
+        gradient ``2λw`` is then comparable to Adam's ε). ``seed``: None draws from the global seed; an integer
+        seeds every table's initialiser with it, as DeepCTR's default initialiser (``seed=2020`` for every table
+        in every run: the tables start the same whatever the run's seed, and the first rows of tables of one
+        width start equal). Set it before the tables are built.
         """
         if stddev <= 0:
             raise ValueError(f"{self.name}: the embeddings' initial standard deviation must be > 0, got {stddev}")
@@ -112,7 +115,7 @@ class EmbeddingTables(tf.keras.layers.Layer):
             raise ValueError(f"{self.name}: the embeddings' initialiser is set before the tables are built; "
                              f"{built} already are")
         for table in self._tables.values():
-            table.embeddings_initializer = tf.keras.initializers.RandomNormal(stddev=stddev)
+            table.embeddings_initializer = tf.keras.initializers.RandomNormal(stddev=stddev, seed=seed)
 
     def embed(self, table: str, ids: tf.Tensor) -> tf.Tensor:
         """Raw ids of any shape ``[...]`` → ``[..., embedding_dim]`` rows of ``table``."""
