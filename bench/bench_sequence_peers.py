@@ -19,10 +19,11 @@ L2 1e-6 over the whole embedding tables (DeepCTR's ``l2_reg_embedding``; ``--emb
 runs before 2026-12-07 had none). Our DIEN takes DeepCTR's auxiliary-loss mean over the whole [batch, T − 1]
 grid and its GRU gate biases starting at 1 (``--aux_normalization``, ``--gru_gate_bias``; the runs before
 2026-12-07 01:00 UTC had the model's defaults, valid_pairs and 0). Since 2026-12-07 04:00 UTC ours also get
-DeepCTR's embedding initialiser N(0, 10⁻⁸) (``--embedding_init_stddev``, the model's default truncated
-N(0, 0.05²) before) and, as DeepCTR's DIEN runs on TF 2, an interest-evolving GRU whose weights stay at their
-initial values (``--evolution_trainable``: DeepCTR's AUGRU variables are never tracked by Keras, so never
-trained).
+DeepCTR's embedding initialiser N(0, 10⁻⁸) (``--embedding_init_stddev``; the model's default truncated
+N(0, 0.05²) before). DeepCTR's DIEN on TF 2 never trains its AUGRU (its variables are not tracked by Keras);
+``--evolution_trainable=0`` freezes ours likewise, but ours stays trained by default: with our AUGRU's gate
+(the paper's, not DeepCTR's) a frozen cell is not DeepCTR's maths, and measured lower (bench/RESULTS.md,
+issue 12, branch dien3).
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
 of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' update, the same weights, a smaller
 graph), their variables created before ``fit`` as ``tfrecsys-train`` does (``create_variables``), and both
@@ -227,7 +228,7 @@ def run_one(side: str, name: str, seed: int, precision: str = "none",
             embedding_l2: float = DEEPCTR_EMBEDDING_L2, aux_normalization: str = DEEPCTR_AUX_NORMALIZATION,
             gru_gate_bias: float = DEEPCTR_GRU_GATE_BIAS,
             embedding_init_stddev: float = DEEPCTR_EMBEDDING_INIT_STDDEV,
-            evolution_trainable: bool = DEEPCTR_EVOLUTION_TRAINABLE, embedding_init_seed=None) -> dict:
+            evolution_trainable: bool = True, embedding_init_seed=None) -> dict:
     """Trains one model in this process under the Keras precision policy ``precision`` (a
     ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``embedding_l2``,
     ``aux_normalization``, ``gru_gate_bias``, ``embedding_init_stddev``, ``evolution_trainable`` and
@@ -402,11 +403,11 @@ def main(argv=None) -> int:
                         help="the seed of our models' --embedding_init_stddev initialiser, every table the same "
                              f"(DeepCTR's: {DEEPCTR_EMBEDDING_INIT_SEED} for every table in every run); -1 (the "
                              "default): the run's global seed (--seeds)")
-    parser.add_argument("--evolution_trainable", type=int, choices=(0, 1), default=int(DEEPCTR_EVOLUTION_TRAINABLE),
-                        help="1 trains our DIEN's interest-evolving GRU (the model's default; the runs before "
-                             "2026-12-07 04:00 UTC); 0 keeps its weights at their initial values (config "
-                             "model.evolution_trainable=False), as DeepCTR 0.9.4's DIEN runs on TF 2: its AUGRU "
-                             "variables are never tracked by Keras, so never trained (the default here)")
+    parser.add_argument("--evolution_trainable", type=int, choices=(0, 1), default=1,
+                        help="1 (the default, the model's) trains our DIEN's interest-evolving GRU; 0 keeps its "
+                             "weights at their initial values (config model.evolution_trainable=False), as "
+                             "DeepCTR 0.9.4's DIEN runs on TF 2 (its AUGRU variables are never tracked by Keras, "
+                             "so never trained; with DeepCTR's AUGRU gate, which ours does not have)")
     parser.add_argument("--results", default="",
                         help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
                              "runs of several invocations (or of one cut short) can be summarised together; "
