@@ -39,7 +39,8 @@ class DIEN(RecModel):
 
     ``history``: the behaviour sequences (``hist_item_id``, ``hist_category``), each sharing a candidate id
     feature, so ``e_b[t]`` and the target ``e_a`` are ``[batch, d]`` in one space; both GRUs have ``d`` units.
-    ``gru_variant``: ``augru`` (the paper's), ``agru`` or ``aigru``. ``aux_weight`` ``α``: 0 turns the auxiliary
+    ``gru_variant``: ``augru`` (the paper's), ``agru``, ``aigru`` or ``augru_keep`` (the DIEN authors' code and
+    DeepCTR's AUGRU: attention scales the keep gate, ``AttentionGRUCell``). ``aux_weight`` ``α``: 0 turns the auxiliary
     loss off. Its negatives come from ``negative_history`` (training-only sequences aligned with the history
     and sharing the same tables, e.g. one random item per step written by preprocessing) when the batch holds
     them, else from the batch's own behaviours (``in_batch_negatives``). The auxiliary loss enters the step
