@@ -18,7 +18,11 @@ DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, bat
 L2 1e-6 over the whole embedding tables (DeepCTR's ``l2_reg_embedding``; ``--embedding_l2`` for ours, whose
 runs before 2026-12-07 had none). Our DIEN takes DeepCTR's auxiliary-loss mean over the whole [batch, T − 1]
 grid and its GRU gate biases starting at 1 (``--aux_normalization``, ``--gru_gate_bias``; the runs before
-2026-12-07 01:00 UTC had the model's defaults, valid_pairs and 0).
+2026-12-07 01:00 UTC had the model's defaults, valid_pairs and 0). Since 2026-12-07 04:00 UTC ours also get
+DeepCTR's embedding initialiser N(0, 10⁻⁸) (``--embedding_init_stddev``; the model's default truncated
+N(0, 0.05²) before), DeepCTR's AUGRU gate (``--gru_variant=augru_keep``: attention scales the keep gate; the
+paper's ``augru`` before) and, as DeepCTR's DIEN runs on TF 2, that AUGRU's weights left at their initial
+values (``--evolution_trainable=0``: DeepCTR's AUGRU variables are never tracked by Keras, so never trained).
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
 of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' algorithm, one fused kernel per variable;
 the runs before 2026-12-07 03:30 UTC had Keras' own update ops), their variables created before ``fit`` as
@@ -56,6 +60,10 @@ DNN_UNITS = (256, 128, 64)
 DEEPCTR_EMBEDDING_L2 = 1e-6  # DeepCTR's l2_reg_embedding default of DIN and DIEN
 # DeepCTR's DIEN: reduce_mean of the masked auxiliary loss over [batch, T − 1]; tf.compat.v1 GRUCell gate biases 1.
 DEEPCTR_AUX_NORMALIZATION, DEEPCTR_GRU_GATE_BIAS = "grid", 1.0
+# DeepCTR's SparseFeat: embeddings N(0, 1e-4²); its DIEN's AUGRU (VecAttGRUCell) weights are never trained on TF 2.
+DEEPCTR_EMBEDDING_INIT_STDDEV, DEEPCTR_EVOLUTION_TRAINABLE = 1e-4, False
+DEEPCTR_EMBEDDING_INIT_SEED = 2020  # SparseFeat's initialiser seed: every table, every run
+DEEPCTR_GRU_VARIANT = "augru_keep"  # VecAttGRUCell: attention scales the keep gate
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -128,10 +136,15 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
 
 
 def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0, aux_normalization: str = "valid_pairs",
-              gru_gate_bias: float = 0.0):
+              gru_gate_bias: float = 0.0, embedding_init_stddev: float = 0.0, evolution_trainable: bool = True,
+              embedding_init_seed=None, gru_variant: str = "augru"):
     """Our model ``name`` (mean_pooling, din, din_softmax, dien, dien_inner_product, dien_no_aux) over the
     protocol's columns; ``embedding_l2``: L2 over its whole embedding tables (``EmbeddingTables.regularize``);
-    ``aux_normalization`` and ``gru_gate_bias``: DIEN's (``model.aux_normalization``, ``model.gru_gate_bias``)."""
+    ``embedding_init_stddev``: its tables' rows start N(0, stddev²) (``EmbeddingTables.initialize_normal``; 0:
+    the default initialiser), seeded by ``embedding_init_seed`` (None: the global seed; an integer: every table
+    with it, as DeepCTR); ``aux_normalization``, ``gru_gate_bias``, ``evolution_trainable`` and ``gru_variant``:
+    DIEN's (``model.aux_normalization``, ``model.gru_gate_bias``, ``model.evolution_trainable``,
+    ``model.gru_variant``)."""
     from tfrecsys.features.schema import FeatureSchema
     from tfrecsys.models.dien import DIEN
     from tfrecsys.models.din import DIN
@@ -166,9 +179,11 @@ def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0, aux_normal
                      aux_weight=0.0 if name == "dien_no_aux" else 1.0,
                      aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
                      hidden_units=DNN_UNITS, aux_normalization=aux_normalization, gru_gate_bias=gru_gate_bias,
-                     name=name)
+                     evolution_trainable=evolution_trainable, gru_variant=gru_variant, name=name)
     if embedding_l2:
         model.embeddings.regularize(embedding_l2)
+    if embedding_init_stddev:
+        model.embeddings.initialize_normal(embedding_init_stddev, embedding_init_seed)
     return model
 
 
@@ -212,21 +227,26 @@ def peer_model(name: str, vocabulary: dict, seed: int):
 
 def run_one(side: str, name: str, seed: int, precision: str = "none",
             embedding_l2: float = DEEPCTR_EMBEDDING_L2, aux_normalization: str = DEEPCTR_AUX_NORMALIZATION,
-            gru_gate_bias: float = DEEPCTR_GRU_GATE_BIAS) -> dict:
+            gru_gate_bias: float = DEEPCTR_GRU_GATE_BIAS,
+            embedding_init_stddev: float = DEEPCTR_EMBEDDING_INIT_STDDEV,
+            evolution_trainable: bool = DEEPCTR_EVOLUTION_TRAINABLE, embedding_init_seed=None,
+            gru_variant: str = DEEPCTR_GRU_VARIANT) -> dict:
     """Trains one model in this process under the Keras precision policy ``precision`` (a
     ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``embedding_l2``,
-    ``aux_normalization`` and ``gru_gate_bias`` are our models' (DeepCTR's are always its own)."""
+    ``aux_normalization``, ``gru_gate_bias``, ``embedding_init_stddev``, ``evolution_trainable``,
+    ``embedding_init_seed`` and ``gru_variant`` are our models' (DeepCTR's are always its own)."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 
     from tfrecsys.train.strategy import precision_policy
 
     with precision_policy(precision):
-        return {**_run_one(side, name, seed, embedding_l2, aux_normalization, gru_gate_bias),
-                "precision": precision}
+        return {**_run_one(side, name, seed, embedding_l2, aux_normalization, gru_gate_bias, embedding_init_stddev,
+                           evolution_trainable, embedding_init_seed, gru_variant), "precision": precision}
 
 
 def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normalization: str,
-             gru_gate_bias: float) -> dict:
+             gru_gate_bias: float, embedding_init_stddev: float, evolution_trainable: bool,
+             embedding_init_seed, gru_variant: str) -> dict:
     import tensorflow as tf
 
     from tfrecsys.train.adam import Adam
@@ -258,7 +278,8 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normaliza
         if name == "mean_pooling":
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
-        model = our_model(name, vocabulary, embedding_l2, aux_normalization, gru_gate_bias)
+        model = our_model(name, vocabulary, embedding_l2, aux_normalization, gru_gate_bias, embedding_init_stddev,
+                          evolution_trainable, embedding_init_seed, gru_variant)
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
@@ -286,7 +307,11 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normaliza
             "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"]),
             "embedding_l2": embedding_l2 if side == "ours" else DEEPCTR_EMBEDDING_L2,
             "aux_normalization": aux_normalization if side == "ours" else DEEPCTR_AUX_NORMALIZATION,
-            "gru_gate_bias": gru_gate_bias if side == "ours" else DEEPCTR_GRU_GATE_BIAS}
+            "gru_gate_bias": gru_gate_bias if side == "ours" else DEEPCTR_GRU_GATE_BIAS,
+            "embedding_init_stddev": embedding_init_stddev if side == "ours" else DEEPCTR_EMBEDDING_INIT_STDDEV,
+            "evolution_trainable": evolution_trainable if side == "ours" else DEEPCTR_EVOLUTION_TRAINABLE,
+            "embedding_init_seed": embedding_init_seed if side == "ours" else DEEPCTR_EMBEDDING_INIT_SEED,
+            "gru_variant": gru_variant if side == "ours" else DEEPCTR_GRU_VARIANT}
 
 
 def run_line(r: dict) -> str:
@@ -373,10 +398,30 @@ def main(argv=None) -> int:
                         help="initial gate bias of our DIEN's GRUs (config model.gru_gate_bias): 1 = "
                              "tf.compat.v1 GRUCell's, DeepCTR's (the default here); 0 = Keras' (the model's "
                              "default; the runs before 2026-12-07)")
+    parser.add_argument("--embedding_init_stddev", type=float, default=DEEPCTR_EMBEDDING_INIT_STDDEV,
+                        help="our models' embedding rows start N(0, stddev²) (config model.embedding_init_stddev); "
+                             "the default is DeepCTR's SparseFeat initialiser; 0 = the model's default, truncated "
+                             "N(0, 0.05²) (the runs before 2026-12-07 04:00 UTC)")
+    parser.add_argument("--embedding_init_seed", type=int, default=-1,
+                        help="the seed of our models' --embedding_init_stddev initialiser, every table the same "
+                             f"(DeepCTR's: {DEEPCTR_EMBEDDING_INIT_SEED} for every table in every run); -1 (the "
+                             "default): the run's global seed (--seeds)")
+    parser.add_argument("--evolution_trainable", type=int, choices=(0, 1), default=int(DEEPCTR_EVOLUTION_TRAINABLE),
+                        help="0 (the default here) keeps our DIEN's interest-evolving GRU's weights at their "
+                             "initial values (config model.evolution_trainable=False), as DeepCTR 0.9.4's DIEN runs "
+                             "on TF 2 (its AUGRU variables are never tracked by Keras, so never trained); 1 trains "
+                             "them (the model's default; the runs before 2026-12-07 04:00 UTC)")
+    parser.add_argument("--gru_variant", default=DEEPCTR_GRU_VARIANT, choices=("augru", "augru_keep"),
+                        help="our DIEN's interest-evolving GRU (config model.gru_variant): augru_keep = attention "
+                             "scales the keep gate, DeepCTR's VecAttGRUCell (the default here); augru = the "
+                             "paper's, attention scales the update gate (the model's default; the runs before "
+                             "2026-12-07 04:00 UTC)")
     parser.add_argument("--results", default="",
                         help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
                              "runs of several invocations (or of one cut short) can be summarised together; "
-                             "one file per --embedding_l2, --aux_normalization and --gru_gate_bias (the summary "
+                             "one file per --embedding_l2, --aux_normalization, --gru_gate_bias, "
+                             "--embedding_init_stddev, --embedding_init_seed, --evolution_trainable and "
+                             "--gru_variant (the summary "
                              "pairs runs by model and seed)")
     parser.add_argument("--summarize", action="store_true",
                         help="run nothing: print the per-seed lines and the summary over seeds of the runs in "
@@ -387,7 +432,10 @@ def main(argv=None) -> int:
     if args.one:
         side, name = args.one.split(":")
         print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision,
-                                             args.embedding_l2, args.aux_normalization, args.gru_gate_bias)),
+                                             args.embedding_l2, args.aux_normalization, args.gru_gate_bias,
+                                             args.embedding_init_stddev, bool(args.evolution_trainable),
+                                             None if args.embedding_init_seed < 0 else args.embedding_init_seed,
+                                             args.gru_variant)),
               flush=True)
         return 0
     if args.summarize:
@@ -422,7 +470,12 @@ def main(argv=None) -> int:
                                      f"--seeds={seed}", f"--precision={precision}",
                                      f"--embedding_l2={args.embedding_l2}",
                                      f"--aux_normalization={args.aux_normalization}",
-                                     f"--gru_gate_bias={args.gru_gate_bias}"], capture_output=True, text=True,
+                                     f"--gru_gate_bias={args.gru_gate_bias}",
+                                     f"--embedding_init_stddev={args.embedding_init_stddev}",
+                                     f"--evolution_trainable={args.evolution_trainable}",
+                                     f"--embedding_init_seed={args.embedding_init_seed}",
+                                     f"--gru_variant={args.gru_variant}"], capture_output=True,
+                                    text=True,
                                     timeout=3600,
                                     env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
             lines = [line for line in output.stdout.splitlines() if line.startswith("RESULT ")]

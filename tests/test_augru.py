@@ -32,10 +32,11 @@ def test_attention_zero_keeps_the_hidden_state_exactly(variant):
     assert not np.allclose(new_state.numpy()[~keep], state[~keep])
 
 
-def test_augru_with_attention_one_is_the_keras_gru_with_the_update_gate_flipped():
+@pytest.mark.parametrize("variant,attention", [("augru", 1.0), ("augru_keep", 0.0)])
+def test_augru_with_attention_one_is_the_keras_gru_with_the_update_gate_flipped(variant, attention):
     """Keras' GRU keeps ``z`` of the old state, DIEN's ``u = 1 − z``: σ(−x) = 1 − σ(x), so negating the update
-    gate's weights maps one onto the other."""
-    cell = _cell("augru")
+    gate's weights maps one onto the other. DeepCTR's AUGRU (``augru_keep``) is that GRU at attention 0."""
+    cell = _cell(variant)
     keras_cell = tf.keras.layers.GRUCell(UNITS, reset_after=True)
     keras_cell.build([None, DIM])
     flip = np.concatenate([-np.ones(UNITS), np.ones(2 * UNITS)]).astype(np.float32)
@@ -44,7 +45,7 @@ def test_augru_with_attention_one_is_the_keras_gru_with_the_update_gate_flipped(
     keras_cell.bias.assign(cell.bias.numpy() * flip)
     rng = np.random.default_rng(2)
     x, state = rng.normal(size=(5, DIM)).astype(np.float32), rng.normal(size=(5, UNITS)).astype(np.float32)
-    ours, _ = cell(np.concatenate([x, np.ones((5, 1), np.float32)], axis=1), [state])
+    ours, _ = cell(np.concatenate([x, np.full((5, 1), attention, np.float32)], axis=1), [state])
     theirs, _ = keras_cell(tf.constant(x), [tf.constant(state)])
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
 
@@ -57,7 +58,7 @@ def _sequences(batch=3, length=5, seed=0):
     return values, mask, target
 
 
-@pytest.mark.parametrize("variant", ["aigru", "agru", "augru"])
+@pytest.mark.parametrize("variant", ["aigru", "agru", "augru", "augru_keep"])
 def test_evolution_ignores_padding_and_depends_on_order(variant):
     values, mask, target = _sequences()
     tf.keras.utils.set_random_seed(0)
@@ -196,7 +197,7 @@ def _keras_rnn_reference(layer, values, mask, target=None):
     return rnn(tf.concat([values, scores], axis=-1), mask=mask)
 
 
-@pytest.mark.parametrize("variant", ["extractor", "aigru", "agru", "augru"])
+@pytest.mark.parametrize("variant", ["extractor", "aigru", "agru", "augru", "augru_keep"])
 def test_recurrences_equal_keras_masked_rnn_in_outputs_and_gradients(variant):
     rng = np.random.default_rng(3)
     lengths = np.array([7, 4, 0, 1, 7, 2])

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfrecsys.features.schema import FeatureSchema
+from tfrecsys.layers.augru import InterestEvolution
 from tfrecsys.metrics.ranking import GroupAUC
 from tfrecsys.models import build_model
 from tfrecsys.models.dien import DIEN
@@ -223,6 +224,21 @@ def test_embedding_l2_from_the_config_penalises_every_whole_table_and_is_set_bef
         model.embeddings.regularize(1e-6)
 
 
+def test_embedding_init_stddev_from_the_config_starts_every_table_normal_and_is_set_before_the_build():
+    config = ml_collections.ConfigDict(dict(
+        model=dict(name="din", history=HISTORY, attention_units=(8,), hidden_units=(8,), embedding_init_stddev=1e-4),
+        tasks=dict(score=dict(label="click"))))
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, SCHEMA)
+    model.embeddings(_batch())  # builds every table, not the rest of the model
+    rows = np.concatenate([model.embeddings.table(t).embeddings.numpy().ravel()
+                           for t in ("user_id", "item_id", "item_category")])
+    # DeepCTR's N(0, 1e-4²), not the default truncated N(0, 0.05²).
+    assert 0.7e-4 < rows.std() < 1.3e-4
+    with pytest.raises(ValueError, match="before the tables are built.*item_id"):
+        model.embeddings.initialize_normal(1e-4)
+
+
 def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_layers():
     def built(**options):
         config = ml_collections.ConfigDict(dict(
@@ -244,6 +260,23 @@ def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_laye
     np.testing.assert_allclose(grid.losses[0].numpy(), default.losses[0].numpy() * 20 / 40, rtol=1e-5)
     with pytest.raises(ValueError, match="model.aux_normalization must be one of"):
         _dien(aux_normalization="rows")
+
+
+def test_dien_evolution_trainable_false_leaves_only_the_evolving_grus_weights_to_the_optimizer():
+    """DeepCTR 0.9.4's DIEN on TF 2 never updates its AUGRU's weights; ``model.evolution_trainable=False`` is
+    that: the cell's weights exist but are not trainable, the attention that drives it still is."""
+    config = ml_collections.ConfigDict(dict(
+        model=dict(name="dien", history=HISTORY, attention_units=(8,), hidden_units=(8,), aux_weight=0.0,
+                   evolution_trainable=False),
+        tasks=dict(score=dict(label="click"))))
+    model = build_model(config, SCHEMA)
+    model(_batch(), training=False)
+    trainable = {id(w) for w in model.trainable_variables}
+    cell, attention = model.evolution.cell.weights, model.evolution.attention.trainable_weights
+    assert len(cell) == 3 and {id(w) for w in model.weights} >= {id(w) for w in cell}
+    assert not trainable & {id(w) for w in cell} and {id(w) for w in attention} <= trainable
+    assert {id(w) for w in model.extractor.weights} <= trainable
+    assert InterestEvolution.from_config(model.evolution.get_config()).cell.trainable is False
 
 
 def test_gauc_of_one_user_equals_auc():

@@ -49,6 +49,9 @@ class IdLookup(tf.keras.layers.Layer):
         return cls(Vocabulary(**vocab), **config)
 
 
+INITIAL_STDDEV = 0.05  # the tables' default initialiser: truncated N(0, 0.05²)
+
+
 class EmbeddingTables(tf.keras.layers.Layer):
     """The one owner of a model's embedding tables: a lookup and a ``[vocab.size, embedding_dim]`` table per
     table name of the schema (an id feature, or a sequence with its own vocabulary).
@@ -56,7 +59,8 @@ class EmbeddingTables(tf.keras.layers.Layer):
     Towers and branches embed through views (``view(names)``, a ``FeatureEmbedding``) that hold no variables,
     so a history that ``shares`` ``item_id`` and the candidate ``item_id`` of another tower read one variable.
     A table's variable is created the first time a view embeds a feature that uses it. ``l2``: see
-    ``regularize``.
+    ``regularize``. Rows start truncated-normal with standard deviation 0.05 (``INITIAL_STDDEV``) unless
+    ``initialize_normal`` says other.
     """
 
     def __init__(self, schema: FeatureSchema, l2: float = 0.0, **kwargs):
@@ -72,7 +76,7 @@ class EmbeddingTables(tf.keras.layers.Layer):
             self._lookups[feature.table] = IdLookup(owner.vocab, owner.dtype, name=f"{feature.table}_lookup")
             self._tables[feature.table] = tf.keras.layers.Embedding(
                 owner.vocab.size, owner.embedding_dim, name=f"{feature.table}_embedding",
-                embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.05))
+                embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=INITIAL_STDDEV))
         if l2:
             self.regularize(l2)
 
@@ -93,6 +97,25 @@ class EmbeddingTables(tf.keras.layers.Layer):
         self.l2 = float(l2)
         for table in self._tables.values():
             table.embeddings_regularizer = tf.keras.regularizers.L2(self.l2) if self.l2 else None
+
+    def initialize_normal(self, stddev: float, seed=None) -> None:
+        """Every table's rows start ``N(0, stddev²)`` (not truncated) instead of the default. DeepCTR's
+        ``SparseFeat`` starts them at ``N(0, 10⁻⁸)`` (stddev 1e-4): every id starts near 0, so the networks
+        above see near-zero inputs until an id's row has learned, and an id no batch touches stays near 0
+        (with ``regularize``, Adam's normalised penalty moves a row of the default scale much further: its
+        gradient ``2λw`` is then comparable to Adam's ε). ``seed``: None draws from the global seed; an integer
+        seeds every table's initialiser with it, as DeepCTR's default initialiser (``seed=2020`` for every table
+        in every run: the tables start the same whatever the run's seed, and the first rows of tables of one
+        width start equal). Set it before the tables are built.
+        """
+        if stddev <= 0:
+            raise ValueError(f"{self.name}: the embeddings' initial standard deviation must be > 0, got {stddev}")
+        built = sorted(name for name, table in self._tables.items() if table.built)
+        if built:
+            raise ValueError(f"{self.name}: the embeddings' initialiser is set before the tables are built; "
+                             f"{built} already are")
+        for table in self._tables.values():
+            table.embeddings_initializer = tf.keras.initializers.RandomNormal(stddev=stddev, seed=seed)
 
     def embed(self, table: str, ids: tf.Tensor) -> tf.Tensor:
         """Raw ids of any shape ``[...]`` → ``[..., embedding_dim]`` rows of ``table``."""

@@ -4,7 +4,8 @@
   ``t``, and ``auxiliary_loss``, which makes ``h_t`` predict the next behaviour against a negative one.
 * ``InterestEvolution``: a second GRU over ``h_t`` driven by the attention of each ``h_t`` to the target ad,
   in one of three variants: AIGRU (attention scales the input), AGRU (attention replaces the update gate) and
-  AUGRU (attention scales the update gate, the paper's final model), built on ``AttentionGRUCell``.
+  AUGRU (attention scales the update gate, the paper's final model), built on ``AttentionGRUCell``; and
+  ``augru_keep``, the AUGRU of the DIEN authors' released code and DeepCTR (attention scales the keep gate).
 
 Gate convention: the paper writes ``h_t = (1 − u_t) ∘ h_{t−1} + u_t ∘ h̃_t``, Keras' GRU
 ``h_t = z_t ∘ h_{t−1} + (1 − z_t) ∘ h̃_t``, i.e. ``z = 1 − u``. ``AttentionGRUCell`` follows the paper, so
@@ -15,7 +16,7 @@ import tensorflow as tf
 
 from tfrecsys.layers.target_attention import TargetAttention
 
-GRU_VARIANTS = ("aigru", "agru", "augru")
+GRU_VARIANTS = ("aigru", "agru", "augru", "augru_keep")
 AUX_NORMALIZATIONS = ("valid_pairs", "grid")
 
 
@@ -47,7 +48,10 @@ class AttentionGRUCell(tf.keras.layers.Layer):
     ``u_t = σ(W^u i_t + U^u h_{t−1} + b^u)``, ``r_t = σ(W^r i_t + U^r h_{t−1} + b^r)``,
     ``h̃_t = tanh(W^h i_t + r_t ∘ (U^h h_{t−1}) + b^h)`` (Keras' ``reset_after`` form, as in DIEN), then
     AUGRU: ``ũ_t = a_t · u_t``, ``h_t = (1 − ũ_t) ∘ h_{t−1} + ũ_t ∘ h̃_t``;
-    AGRU:  ``h_t = (1 − a_t) · h_{t−1} + a_t · h̃_t`` (no update gate).
+    AGRU:  ``h_t = (1 − a_t) · h_{t−1} + a_t · h̃_t`` (no update gate);
+    AUGRU-keep: ``k_t = (1 − a_t) · (1 − u_t)``, ``h_t = k_t ∘ h_{t−1} + (1 − k_t) ∘ h̃_t`` (the DIEN authors' code
+    and DeepCTR's ``VecAttGRUCell``: attention scales the keep gate, so ``a_t`` 0 is a plain GRU step and 1
+    takes the candidate whole; unlike the paper's, attention 0 does not keep the state).
     State ``[batch, units]``. ``gate_bias``: the initial ``b^r`` and ``−b^u`` (the paper's update gate is
     Keras' keep gate's complement, so ``gate_bias`` 1 starts ``1 − u_t`` and ``r_t`` at σ(1) as
     ``tf.compat.v1``'s GRUCell starts its keep and reset gates; ``GateBiasInitializer``).
@@ -55,8 +59,9 @@ class AttentionGRUCell(tf.keras.layers.Layer):
 
     def __init__(self, units: int, variant: str = "augru", gate_bias: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        if variant not in ("agru", "augru"):
-            raise ValueError(f"{self.name}: an attention GRU cell is 'agru' or 'augru', got {variant!r}")
+        if variant not in ("agru", "augru", "augru_keep"):
+            raise ValueError(f"{self.name}: an attention GRU cell is 'agru', 'augru' or 'augru_keep', "
+                             f"got {variant!r}")
         self.units = units
         self.variant = variant
         self.gate_bias = float(gate_bias)
@@ -82,7 +87,12 @@ class AttentionGRUCell(tf.keras.layers.Layer):
         h_u, h_r, h_h = tf.split(from_state, 3, axis=-1)
         reset = tf.sigmoid(x_r + h_r)
         candidate = tf.tanh(x_h + reset * h_h)
-        update = attention * tf.sigmoid(x_u + h_u) if self.variant == "augru" else attention
+        if self.variant == "augru":
+            update = attention * tf.sigmoid(x_u + h_u)
+        elif self.variant == "augru_keep":
+            update = 1.0 - (1.0 - attention) * (1.0 - tf.sigmoid(x_u + h_u))
+        else:
+            update = attention
         new_state = (1.0 - update) * state + update * candidate
         return new_state, [new_state]
 
@@ -120,7 +130,7 @@ class InterestExtractor(tf.keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "gate_bias": self.gate_bias}
 
 
-GATES = ("gru", "augru", "agru")
+GATES = ("gru", "augru", "agru", "augru_keep")
 
 
 def _update(gate: str, z, scale):
@@ -129,7 +139,21 @@ def _update(gate: str, z, scale):
         return scale * (1.0 - z), -scale
     if gate == "augru":  # ũ_t = a_t · u_t, scale = a_t (0 at padding)
         return scale * z, scale
+    if gate == "augru_keep":  # 1 − (1 − a_t)(1 − u_t), scale = 1 + a_t (0 at padding)
+        valid = tf.cast(scale > 0, z.dtype)
+        return valid * (1.0 - (2.0 - scale) * (1.0 - z)), valid * (2.0 - scale)
     return scale + 0.0 * z, 0.0 * z  # agru: a_t replaces the update gate
+
+
+def _update_by_scale(gate: str, z, scale):
+    """``∂g/∂s`` of ``_update``'s ``g``."""
+    if gate == "gru":
+        return 1.0 - z
+    if gate == "augru":
+        return z
+    if gate == "augru_keep":
+        return tf.cast(scale > 0, z.dtype) * (1.0 - z)
+    return tf.ones_like(z)
 
 
 def gated_recurrence(projected, scale, recurrent_kernel, recurrent_bias, gate: str = "gru"):
@@ -141,7 +165,9 @@ def gated_recurrence(projected, scale, recurrent_kernel, recurrent_bias, gate: s
     ``z_t = σ(·_z)``, ``r_t = σ(·_r)``, ``h̃_t = tanh(W^h x_t + b^h_x + r_t ∘ (U^h h_{t−1} + b^h_h))`` (Keras'
     ``reset_after``), then ``h_t = h_{t−1} + g_t ∘ (h̃_t − h_{t−1})`` with ``g_t`` by ``gate``: ``gru``
     ``s_t (1 − z_t)`` (Keras' GRU, ``s`` the mask), ``augru`` ``s_t z_t`` (``s = a_t``, the update gate in the
-    paper's convention), ``agru`` ``s_t``. ``scale`` ``s`` ``[batch, len]``: 0 keeps the state exactly.
+    paper's convention), ``agru`` ``s_t``, ``augru_keep`` ``1 − (2 − s_t)(1 − z_t)`` for ``s_t = 1 + a_t`` (the
+    keep gate scaled by ``1 − a_t``; ``s_t`` 0 marks padding). ``scale`` ``s`` ``[batch, len]``: 0 keeps the
+    state exactly.
 
     Why by hand: differentiated by TensorFlow, a while loop stacks every intermediate of every step and runs
     about twice the forward's ops per step backward; here the forward keeps ``[z, r, h̃, U^h h + b]`` per step
@@ -209,7 +235,7 @@ def gated_recurrence(projected, scale, recurrent_kernel, recurrent_bias, gate: s
             flat_d_from_state = tf.reshape(d_from_state, [-1, 3 * units])
             d_kernel = tf.matmul(tf.reshape(previous, [-1, units]), flat_d_from_state, transpose_a=True)
             d_bias = tf.reduce_sum(flat_d_from_state, axis=0)
-            d_update_d_scale = {"gru": 1.0 - z, "augru": z, "agru": tf.ones_like(z)}[gate]
+            d_update_d_scale = _update_by_scale(gate, z, time_major_scale)
             d_scale = tf.reduce_sum(d_states_total * (candidate - previous) * d_update_d_scale, axis=-1)
             return tf.transpose(d_projected, [1, 0, 2]), tf.transpose(d_scale), d_kernel, d_bias
 
@@ -261,14 +287,18 @@ class InterestEvolution(tf.keras.layers.Layer):
 
     ``a_t`` is the softmax over valid steps of the activation unit's score of ``h_t`` against the target
     ``e_a`` (``TargetAttention(normalization="softmax")``, as DeepCTR's DIEN; the paper writes the bilinear
-    ``h_t W e_a``). Variants: ``aigru`` runs a plain GRU on ``a_t · h_t``; ``agru`` and ``augru`` run
-    ``AttentionGRUCell``. ``call(interests [batch, len, d], mask [batch, len] bool, target [batch, d])`` →
+    ``h_t W e_a``). Variants: ``aigru`` runs a plain GRU on ``a_t · h_t``; ``agru``, ``augru`` and
+    ``augru_keep`` run ``AttentionGRUCell``. ``call(interests [batch, len, d], mask [batch, len] bool, target [batch, d])`` →
     ``[batch, units]``, the state after the last valid step (zeros for an empty history). ``gate_bias``: the
     cells' initial gate bias, as ``InterestExtractor``'s (for AGRU/AUGRU see ``AttentionGRUCell``).
+    ``cell_trainable``: False keeps the recurrent cell's weights at their initial values (the attention still
+    trains, through the cell): DeepCTR 0.9.4's DIEN on TF 2 runs that way, because its AUGRU/AGRU cells create
+    their variables with ``tf.compat.v1.get_variable`` inside a Keras layer, which Keras does not track, so its
+    optimizer never updates them (measured: bench/RESULTS.md, issue 12, branch dien3).
     """
 
     def __init__(self, units: int, variant: str = "augru", attention_units=(64, 16), attention_activation="dice",
-                 gate_bias: float = 0.0, **kwargs):
+                 gate_bias: float = 0.0, cell_trainable: bool = True, **kwargs):
         super().__init__(**kwargs)
         if variant not in GRU_VARIANTS:
             raise ValueError(f"{self.name}: variant must be one of {GRU_VARIANTS}, got {variant!r}")
@@ -285,6 +315,8 @@ class InterestEvolution(tf.keras.layers.Layer):
                                                 name="gru_cell")
         else:
             self.cell = AttentionGRUCell(units, variant, gate_bias, name=f"{variant}_cell")
+        self.cell_trainable = bool(cell_trainable)
+        self.cell.trainable = self.cell_trainable
 
     def build(self, interests_shape, mask_shape=None, target_shape=None):
         dim = interests_shape[-1]
@@ -296,12 +328,13 @@ class InterestEvolution(tf.keras.layers.Layer):
         kernel, bias = self.cell.kernel, self.cell.bias
         # AIGRU needs the mask (a zero input still moves a GRU); AGRU/AUGRU keep their state at padding anyway,
         # where the attention is 0, and the mask makes that independent of float rounding.
+        # augru_keep's attention 0 is a GRU step, not a kept state: its padding needs its own mark, s = 0.
         if self.variant == "aigru":
             projected = tf.tensordot(interests * scores[..., tf.newaxis], kernel, axes=1) + bias[0]
             scale = tf.cast(mask, projected.dtype)
         else:
             projected = tf.tensordot(interests, kernel, axes=1) + bias[0]
-            scale = scores * tf.cast(mask, scores.dtype)
+            scale = (1.0 + scores if self.variant == "augru_keep" else scores) * tf.cast(mask, scores.dtype)
         states = gated_recurrence(projected, scale, self.cell.recurrent_kernel, bias[1],
                                   gate="gru" if self.variant == "aigru" else self.variant)
         return states[:, -1]  # padded steps keep the state: the state after the last valid step
@@ -309,4 +342,4 @@ class InterestEvolution(tf.keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "units": self.units, "variant": self.variant,
                 "attention_units": self.attention_units, "attention_activation": self.attention_activation,
-                "gate_bias": self.gate_bias}
+                "gate_bias": self.gate_bias, "cell_trainable": self.cell_trainable}

@@ -39,7 +39,8 @@ class DIEN(RecModel):
 
     ``history``: the behaviour sequences (``hist_item_id``, ``hist_category``), each sharing a candidate id
     feature, so ``e_b[t]`` and the target ``e_a`` are ``[batch, d]`` in one space; both GRUs have ``d`` units.
-    ``gru_variant``: ``augru`` (the paper's), ``agru`` or ``aigru``. ``aux_weight`` ``α``: 0 turns the auxiliary
+    ``gru_variant``: ``augru`` (the paper's), ``agru``, ``aigru`` or ``augru_keep`` (the DIEN authors' code and
+    DeepCTR's AUGRU: attention scales the keep gate, ``AttentionGRUCell``). ``aux_weight`` ``α``: 0 turns the auxiliary
     loss off. Its negatives come from ``negative_history`` (training-only sequences aligned with the history
     and sharing the same tables, e.g. one random item per step written by preprocessing) when the batch holds
     them, else from the batch's own behaviours (``in_batch_negatives``). The auxiliary loss enters the step
@@ -51,14 +52,16 @@ class DIEN(RecModel):
     bench/RESULTS.md) and it adds no weights. ``aux_normalization``: ``valid_pairs`` (default, the mean over
     valid next-step pairs) or ``grid`` (over every ``(row, t)`` slot, as DeepCTR: ``auxiliary_loss``).
     ``gru_gate_bias``: both GRUs' initial gate bias, 0 (Keras') or 1 (``tf.compat.v1``'s GRUCell, as DeepCTR;
-    ``GateBiasInitializer``). Their defaults are not DeepCTR's: a change is to be chosen on the validation
-    split. Outputs ``{task: [batch]}``.
+    ``GateBiasInitializer``). ``evolution_trainable``: False keeps the interest-evolving GRU's weights at their
+    initial values (``InterestEvolution(cell_trainable=False)``; DeepCTR 0.9.4's DIEN never trains them on TF 2).
+    Their defaults are not DeepCTR's: a change is to be chosen on the validation split. Outputs
+    ``{task: [batch]}``.
     """
 
     def __init__(self, schema: FeatureSchema, tasks, history, negative_history=(), gru_variant="augru",
                  aux_weight=1.0, aux_net="inner_product", aux_units=(100, 50), attention_units=(64, 16),
                  attention_activation="dice", hidden_units=(200, 80), dropout=0.0, aux_normalization="valid_pairs",
-                 gru_gate_bias=0.0, **kwargs):
+                 gru_gate_bias=0.0, evolution_trainable=True, **kwargs):
         super().__init__(schema, tasks, **kwargs)
         if gru_variant not in GRU_VARIANTS:
             raise ValueError(f"model.gru_variant must be one of {GRU_VARIANTS}, got {gru_variant!r}")
@@ -80,7 +83,8 @@ class DIEN(RecModel):
         units = sum(schema[name].embedding_dim for name in self.behaviours.targets)
         self.extractor = InterestExtractor(units, gru_gate_bias, name="interest_extractor")
         self.evolution = InterestEvolution(units, gru_variant, attention_units, attention_activation,
-                                           gru_gate_bias, name="interest_evolution")
+                                           gru_gate_bias, cell_trainable=evolution_trainable,
+                                           name="interest_evolution")
         self.tower = MLP(hidden_units, dropout=dropout, name="tower")
         self.heads = {task.name: tf.keras.layers.Dense(1, name=f"{task.name}_logit", dtype="float32")
                       for task in self.tasks}
@@ -121,4 +125,5 @@ def build_dien(config, schema: FeatureSchema, tables=None) -> DIEN:
                 attention_activation=model.get("attention_activation", "dice"),
                 hidden_units=tuple(model.get("hidden_units", (200, 80))), dropout=model.get("dropout", 0.0),
                 aux_normalization=model.get("aux_normalization", "valid_pairs"),
-                gru_gate_bias=model.get("gru_gate_bias", 0.0), name="dien")
+                gru_gate_bias=model.get("gru_gate_bias", 0.0),
+                evolution_trainable=model.get("evolution_trainable", True), name="dien")

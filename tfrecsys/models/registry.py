@@ -35,7 +35,9 @@ def build_model(config, schema, tables=None):
     Then the options every family takes from the config: ``model.position_tower`` (a shallow position-bias
     tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty),
     ``model.embedding_l2`` (L2 over the whole tables of ``model.embeddings``, ``EmbeddingTables.regularize``;
-    0, the default, is none) and ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
+    0, the default, is none), ``model.embedding_init_stddev`` (the tables' rows start ``N(0, stddev²)``,
+    ``EmbeddingTables.initialize_normal``; unset or 0, the default: truncated ``N(0, 0.05²)``) and
+    ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
     """
     name = config.model.name
     if name not in _BUILDERS:
@@ -43,6 +45,8 @@ def build_model(config, schema, tables=None):
     model = _BUILDERS[name](config, schema, tables)
     if config.model.get("embedding_l2"):
         model.embeddings.regularize(config.model.embedding_l2)
+    if config.model.get("embedding_init_stddev"):
+        model.embeddings.initialize_normal(config.model.embedding_init_stddev)
     position_tower = _as_dict(config.model.get("position_tower"))
     # position_tower.tasks=() turns a config's tower off from the command line.
     if position_tower and position_tower.get("tasks"):
