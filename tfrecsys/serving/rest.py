@@ -465,20 +465,22 @@ class _RestApiHandler(BaseHTTPRequestHandler):
             match = _MODEL_PATH.fullmatch(path)
             if match and method == "POST" and match["method"]:
                 api, model_name = _API_BY_METHOD[match["method"]], match["name"]
-            self._reply(200, handle(self.registry, method, path, self.pending.take_body(), self.timeout))
+            # Encoded here, so an answer JSON cannot encode is this request's 500, like any other failure.
+            reply = 200, _json_body(handle(self.registry, method, path, self.pending.take_body(), self.timeout))
         except ServingError as error:
             status = error.code
             logging.info("REST %s %s failed: %s", method, path, error)
-            self._reply(_HTTP_STATUS.get(error.code, 500), {"error": error.message})
+            reply = _HTTP_STATUS.get(error.code, 500), _json_body({"error": error.message})
         # Whatever goes wrong in one request must not stop the server answering the next.
         except Exception as error:  # noqa: BLE001
             status = grpc.StatusCode.INTERNAL
             logging.exception("REST %s %s failed", method, path)
-            self._reply(500, {"error": f"{type(error).__name__}: {error}"})
-        finally:
-            if api and self.metrics is not None:
-                self.metrics.record_request(model_name, api, "REST", status.name,
-                                            (time.perf_counter() - started) * 1e6)
+            reply = 500, _json_body({"error": f"{type(error).__name__}: {error}"})
+        # Counted before the answer is written, as the gRPC API counts before it returns: a client that has its
+        # answer finds it in the metrics.
+        if api and self.metrics is not None:
+            self.metrics.record_request(model_name, api, "REST", status.name, (time.perf_counter() - started) * 1e6)
+        self._reply_bytes(*reply, "application/json")
 
     def _content_length(self) -> int:
         try:
@@ -490,7 +492,7 @@ class _RestApiHandler(BaseHTTPRequestHandler):
         return length
 
     def _reply(self, status: int, payload: dict) -> None:
-        self._reply_bytes(status, json.dumps(payload).encode("utf-8"), "application/json")
+        self._reply_bytes(status, _json_body(payload), "application/json")
 
     def _reply_bytes(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -504,6 +506,10 @@ class _RestApiHandler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002  (http.server's signature)
         # http.server writes every request to stderr; keep that out of the server log unless asked for.
         logging.vlog(1, "REST %s", format % args)
+
+
+def _json_body(payload: dict) -> bytes:
+    return json.dumps(payload).encode("utf-8")
 
 
 def handle(registry: servables.ModelRegistry, method: str, path: str, body: bytes,
