@@ -58,10 +58,8 @@ def test_z1_methods_pay_for_a_wrong_f_rn_and_z2_methods_for_a_wrong_f_dp():
         assert wrong_f_rn[method] < 1e-12 and wrong_f_dp[method] > 1e-5, method
 
 
-@pytest.mark.slow  # two tiny streaming runs: ~40 s on the shared machine, mostly tracing the steps
-def test_stream_auxiliary_updates_move_the_auxiliaries_and_leave_the_cvr_steps_alone():
-    """--auxiliary_updates=stream: the auxiliary models learn during the stream (their outputs on the evaluated
-    clicks move off the frozen ones), on their own optimizer (the CVR model takes the same steps)."""
+def tiny_protocol_runs(method: str, flag: str, values) -> dict:
+    """``method`` run by the protocol bench on a tiny 3-day world, once per value of ``--<flag>``: {value: run}."""
     from bench.bench_delayed_feedback_protocol import arguments, run_method
     from tfrecsys.data.simulators.delayed_feedback import simulate_delayed_feedback
 
@@ -69,10 +67,18 @@ def test_stream_auxiliary_updates_move_the_auxiliaries_and_leave_the_cvr_steps_a
                                   attribution_window_days=1, seed=0)
     columns, _ = simulate_delayed_feedback(world)
     runs = {}
-    for updates in ("frozen", "stream"):
+    for value in values:
         args = arguments(["--pretrain_days=1", "--pretrain_epochs=1", "--window_seconds=21600", "--batch_size=256",
-                          f"--auxiliary_updates={updates}"])
-        runs[updates] = run_method("defuse", columns, world, args, seed=0)
+                          f"--{flag}={value}"])
+        runs[value] = run_method(method, columns, world, args, seed=0)
+    return runs
+
+
+@pytest.mark.slow  # two tiny streaming runs: ~40 s on the shared machine, mostly tracing the steps
+def test_stream_auxiliary_updates_move_the_auxiliaries_and_leave_the_cvr_steps_alone():
+    """--auxiliary_updates=stream: the auxiliary models learn during the stream (their outputs on the evaluated
+    clicks move off the frozen ones), on their own optimizer (the CVR model takes the same steps)."""
+    runs = tiny_protocol_runs("defuse", "auxiliary_updates", ("frozen", "stream"))
     frozen, stream = runs["frozen"], runs["stream"]
     assert frozen["auxiliary_steps"] == 0 and stream["auxiliary_steps"] > 0
     assert stream["stream_steps"] == frozen["stream_steps"]
@@ -85,17 +91,7 @@ def test_stream_auxiliary_updates_move_the_auxiliaries_and_leave_the_cvr_steps_a
 
 @pytest.mark.slow  # two tiny streaming runs: ~40 s on the shared machine, mostly tracing the steps
 def test_bi_defuse_pretraining_on_final_labels_changes_the_start_and_keeps_old_clicks_out_of_the_stream():
-    from bench.bench_delayed_feedback_protocol import arguments, run_method
-    from tfrecsys.data.simulators.delayed_feedback import simulate_delayed_feedback
-
-    world = DelayedFeedbackConfig(num_users=40, num_items=30, num_categories=4, num_clicks=1200, days=3,
-                                  attribution_window_days=1, seed=0)
-    columns, _ = simulate_delayed_feedback(world)
-    runs = {}
-    for pretraining in ("stream", "final_labels"):
-        args = arguments(["--pretrain_days=1", "--pretrain_epochs=1", "--window_seconds=21600", "--batch_size=256",
-                          f"--bi_defuse_pretraining={pretraining}"])
-        runs[pretraining] = run_method("bi_defuse", columns, world, args, seed=0)
+    runs = tiny_protocol_runs("bi_defuse", "bi_defuse_pretraining", ("stream", "final_labels"))
     own, final = runs["stream"], runs["final_labels"]
     # The pretraining clicks' DP rows that arrive during the stream were already learnt with their final label.
     assert final["stream_rows"] < own["stream_rows"]
