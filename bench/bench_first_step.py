@@ -59,8 +59,8 @@ def first_step(tree: str, family: str, data_dir: str) -> dict:
         return now
 
     if family == "dien":
-        from bench.bench_sequence_peers import (BATCH, DEEPCTR_AUX_NORMALIZATION, DEEPCTR_EMBEDDING_L2,
-                                                DEEPCTR_GRU_GATE_BIAS, LEARNING_RATE, our_model, taobao_rows)
+        from bench.bench_sequence_peers import (BATCH, DEEPCTR_OPTIONS, LEARNING_RATE, OurOptions, our_model,
+                                                taobao_rows)
         from tfrecsys.train.adam import Adam
 
         train, _, vocabulary = taobao_rows(DATASETS["taobao"])
@@ -68,7 +68,10 @@ def first_step(tree: str, family: str, data_dir: str) -> dict:
         inputs["hist_item_id_length"] = train["seq_length"]
         tf.keras.utils.set_random_seed(0)
         started = time.perf_counter(), time.process_time()
-        model = our_model("dien", vocabulary, DEEPCTR_EMBEDDING_L2, DEEPCTR_AUX_NORMALIZATION, DEEPCTR_GRU_GATE_BIAS)
+        # DeepCTR's L2, auxiliary-loss mean and gate bias; the paper's AUGRU, trained, and our initialiser.
+        model = our_model("dien", vocabulary, OurOptions(embedding_l2=DEEPCTR_OPTIONS.embedding_l2,
+                                                         aux_normalization=DEEPCTR_OPTIONS.aux_normalization,
+                                                         gru_gate_bias=DEEPCTR_OPTIONS.gru_gate_bias))
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)
         cpu = phase("construction + compile", started[1])
         create_variables(model, model.schema)

@@ -45,11 +45,13 @@ construction and training).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -57,13 +59,44 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pa
                     "taobao-user-behavior", "UserBehavior_head84474.csv")
 HISTORY_LEN, EMBEDDING_DIM, BATCH, EPOCHS, LEARNING_RATE = 50, 16, 256, 2, 1e-3
 DNN_UNITS = (256, 128, 64)
-DEEPCTR_EMBEDDING_L2 = 1e-6  # DeepCTR's l2_reg_embedding default of DIN and DIEN
-# DeepCTR's DIEN: reduce_mean of the masked auxiliary loss over [batch, T − 1]; tf.compat.v1 GRUCell gate biases 1.
-DEEPCTR_AUX_NORMALIZATION, DEEPCTR_GRU_GATE_BIAS = "grid", 1.0
-# DeepCTR's SparseFeat: embeddings N(0, 1e-4²); its DIEN's AUGRU (VecAttGRUCell) weights are never trained on TF 2.
-DEEPCTR_EMBEDDING_INIT_STDDEV, DEEPCTR_EVOLUTION_TRAINABLE = 1e-4, False
-DEEPCTR_EMBEDDING_INIT_SEED = 2020  # SparseFeat's initialiser seed: every table, every run
-DEEPCTR_GRU_VARIANT = "augru_keep"  # VecAttGRUCell: attention scales the keep gate
+
+
+@dataclasses.dataclass(frozen=True)
+class OurOptions:
+    """Settings of our models that DeepCTR's DIN and DIEN fix in their code; the defaults are our models' own.
+
+    ``embedding_l2``: L2 over the whole embedding tables (``EmbeddingTables.regularize``, config
+    ``model.embedding_l2``); ``embedding_init_stddev``: the tables' rows start N(0, stddev²)
+    (``EmbeddingTables.initialize_normal``; 0: the model's truncated N(0, 0.05²)), seeded by
+    ``embedding_init_seed`` (None: the global seed; an integer: every table with it, as DeepCTR);
+    ``aux_normalization``, ``gru_gate_bias``, ``evolution_trainable``, ``gru_variant``: DIEN's config keys of
+    the same names under ``model.``.
+    """
+    embedding_l2: float = 0.0
+    aux_normalization: str = "valid_pairs"
+    gru_gate_bias: float = 0.0
+    embedding_init_stddev: float = 0.0
+    embedding_init_seed: Optional[int] = None
+    evolution_trainable: bool = True
+    gru_variant: str = "augru"
+
+    def flags(self) -> list:
+        """The command-line flags that give these options to a ``--one`` run."""
+        return [f"--embedding_l2={self.embedding_l2}", f"--aux_normalization={self.aux_normalization}",
+                f"--gru_gate_bias={self.gru_gate_bias}", f"--embedding_init_stddev={self.embedding_init_stddev}",
+                f"--embedding_init_seed={-1 if self.embedding_init_seed is None else self.embedding_init_seed}",
+                f"--evolution_trainable={int(self.evolution_trainable)}", f"--gru_variant={self.gru_variant}"]
+
+
+# DeepCTR 0.9.4's DIN and DIEN as they run on TF 2.16, and what the bench gives ours by default: l2_reg_embedding
+# 1e-6; DIEN's auxiliary loss a reduce_mean over [batch, T − 1] with padding counting 0; tf.compat.v1 GRUCell gate
+# biases 1; SparseFeat's embeddings N(0, 1e-4²) drawn with seed 2020 for every table (ours: the run's seed unless
+# --embedding_init_seed); its AUGRU (VecAttGRUCell) scales the keep gate and its weights are never trained
+# (Keras does not track them).
+DEEPCTR_OPTIONS = OurOptions(embedding_l2=1e-6, aux_normalization="grid", gru_gate_bias=1.0,
+                             embedding_init_stddev=1e-4, embedding_init_seed=2020, evolution_trainable=False,
+                             gru_variant="augru_keep")
+BENCH_DEFAULTS = dataclasses.replace(DEEPCTR_OPTIONS, embedding_init_seed=None)
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -135,16 +168,9 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -
             "logloss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))}
 
 
-def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0, aux_normalization: str = "valid_pairs",
-              gru_gate_bias: float = 0.0, embedding_init_stddev: float = 0.0, evolution_trainable: bool = True,
-              embedding_init_seed=None, gru_variant: str = "augru"):
+def our_model(name: str, vocabulary: dict, options: OurOptions = OurOptions()):
     """Our model ``name`` (mean_pooling, din, din_softmax, dien, dien_inner_product, dien_no_aux) over the
-    protocol's columns; ``embedding_l2``: L2 over its whole embedding tables (``EmbeddingTables.regularize``);
-    ``embedding_init_stddev``: its tables' rows start N(0, stddev²) (``EmbeddingTables.initialize_normal``; 0:
-    the default initialiser), seeded by ``embedding_init_seed`` (None: the global seed; an integer: every table
-    with it, as DeepCTR); ``aux_normalization``, ``gru_gate_bias``, ``evolution_trainable`` and ``gru_variant``:
-    DIEN's (``model.aux_normalization``, ``model.gru_gate_bias``, ``model.evolution_trainable``,
-    ``model.gru_variant``)."""
+    protocol's columns, with ``options`` (the models' own defaults unless given)."""
     from tfrecsys.features.schema import FeatureSchema
     from tfrecsys.models.dien import DIEN
     from tfrecsys.models.din import DIN
@@ -178,12 +204,13 @@ def our_model(name: str, vocabulary: dict, embedding_l2: float = 0.0, aux_normal
         model = DIEN(schema, tasks, history=history, negative_history=("neg_hist_item_id", "neg_hist_cate_id"),
                      aux_weight=0.0 if name == "dien_no_aux" else 1.0,
                      aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
-                     hidden_units=DNN_UNITS, aux_normalization=aux_normalization, gru_gate_bias=gru_gate_bias,
-                     evolution_trainable=evolution_trainable, gru_variant=gru_variant, name=name)
-    if embedding_l2:
-        model.embeddings.regularize(embedding_l2)
-    if embedding_init_stddev:
-        model.embeddings.initialize_normal(embedding_init_stddev, embedding_init_seed)
+                     hidden_units=DNN_UNITS, aux_normalization=options.aux_normalization,
+                     gru_gate_bias=options.gru_gate_bias, evolution_trainable=options.evolution_trainable,
+                     gru_variant=options.gru_variant, name=name)
+    if options.embedding_l2:
+        model.embeddings.regularize(options.embedding_l2)
+    if options.embedding_init_stddev:
+        model.embeddings.initialize_normal(options.embedding_init_stddev, options.embedding_init_seed)
     return model
 
 
@@ -225,28 +252,19 @@ def peer_model(name: str, vocabulary: dict, seed: int):
                     att_weight_normalization=True, alpha=1.0, seed=seed)
 
 
-def run_one(side: str, name: str, seed: int, precision: str = "none",
-            embedding_l2: float = DEEPCTR_EMBEDDING_L2, aux_normalization: str = DEEPCTR_AUX_NORMALIZATION,
-            gru_gate_bias: float = DEEPCTR_GRU_GATE_BIAS,
-            embedding_init_stddev: float = DEEPCTR_EMBEDDING_INIT_STDDEV,
-            evolution_trainable: bool = DEEPCTR_EVOLUTION_TRAINABLE, embedding_init_seed=None,
-            gru_variant: str = DEEPCTR_GRU_VARIANT) -> dict:
+def run_one(side: str, name: str, seed: int, precision: str = "none", options: OurOptions = BENCH_DEFAULTS) -> dict:
     """Trains one model in this process under the Keras precision policy ``precision`` (a
-    ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``embedding_l2``,
-    ``aux_normalization``, ``gru_gate_bias``, ``embedding_init_stddev``, ``evolution_trainable``,
-    ``embedding_init_seed`` and ``gru_variant`` are our models' (DeepCTR's are always its own)."""
+    ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``options`` are our models'
+    (DeepCTR's are always its own, ``DEEPCTR_OPTIONS``)."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 
     from tfrecsys.train.strategy import precision_policy
 
     with precision_policy(precision):
-        return {**_run_one(side, name, seed, embedding_l2, aux_normalization, gru_gate_bias, embedding_init_stddev,
-                           evolution_trainable, embedding_init_seed, gru_variant), "precision": precision}
+        return {**_run_one(side, name, seed, options), "precision": precision}
 
 
-def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normalization: str,
-             gru_gate_bias: float, embedding_init_stddev: float, evolution_trainable: bool,
-             embedding_init_seed, gru_variant: str) -> dict:
+def _run_one(side: str, name: str, seed: int, options: OurOptions) -> dict:
     import tensorflow as tf
 
     from tfrecsys.train.adam import Adam
@@ -278,8 +296,7 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normaliza
         if name == "mean_pooling":
             inputs = {k: v for k, v in inputs.items() if not k.startswith("neg_")}
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
-        model = our_model(name, vocabulary, embedding_l2, aux_normalization, gru_gate_bias, embedding_init_stddev,
-                          evolution_trainable, embedding_init_seed, gru_variant)
+        model = our_model(name, vocabulary, options)
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
@@ -305,13 +322,7 @@ def _run_one(side: str, name: str, seed: int, embedding_l2: float, aux_normaliza
             "steady_cpu_ms_per_step": 1000 * sum(epoch_cpu_times[1:]) / (-(-rows // BATCH) * (EPOCHS - 1)),
             "first_step_s": first_step["seconds"], "first_step_cpu_s": first_step["cpu_seconds"],
             "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"]),
-            "embedding_l2": embedding_l2 if side == "ours" else DEEPCTR_EMBEDDING_L2,
-            "aux_normalization": aux_normalization if side == "ours" else DEEPCTR_AUX_NORMALIZATION,
-            "gru_gate_bias": gru_gate_bias if side == "ours" else DEEPCTR_GRU_GATE_BIAS,
-            "embedding_init_stddev": embedding_init_stddev if side == "ours" else DEEPCTR_EMBEDDING_INIT_STDDEV,
-            "evolution_trainable": evolution_trainable if side == "ours" else DEEPCTR_EVOLUTION_TRAINABLE,
-            "embedding_init_seed": embedding_init_seed if side == "ours" else DEEPCTR_EMBEDDING_INIT_SEED,
-            "gru_variant": gru_variant if side == "ours" else DEEPCTR_GRU_VARIANT}
+            **dataclasses.asdict(options if side == "ours" else DEEPCTR_OPTIONS)}
 
 
 def run_line(r: dict) -> str:
@@ -386,32 +397,32 @@ def main(argv=None) -> int:
     parser.add_argument("--peer_mixed_precision", default="none",
                         help="the same for DeepCTR's runs (Keras' global policy around their construction and "
                              "training)")
-    parser.add_argument("--embedding_l2", type=float, default=DEEPCTR_EMBEDDING_L2,
+    parser.add_argument("--embedding_l2", type=float, default=BENCH_DEFAULTS.embedding_l2,
                         help="L2 over our models' whole embedding tables (EmbeddingTables.regularize, "
                              "config model.embedding_l2); the default is DeepCTR's l2_reg_embedding, which its "
                              "models get; 0 is the protocol of the runs before 2026-12-07")
-    parser.add_argument("--aux_normalization", default=DEEPCTR_AUX_NORMALIZATION, choices=("grid", "valid_pairs"),
+    parser.add_argument("--aux_normalization", default=BENCH_DEFAULTS.aux_normalization, choices=("grid", "valid_pairs"),
                         help="our DIEN's auxiliary-loss mean (config model.aux_normalization): grid = over every "
                              "(row, t) slot with padding counting 0, DeepCTR's (the default here); valid_pairs = "
                              "over valid next-step pairs (the model's default; the runs before 2026-12-07)")
-    parser.add_argument("--gru_gate_bias", type=float, default=DEEPCTR_GRU_GATE_BIAS,
+    parser.add_argument("--gru_gate_bias", type=float, default=BENCH_DEFAULTS.gru_gate_bias,
                         help="initial gate bias of our DIEN's GRUs (config model.gru_gate_bias): 1 = "
                              "tf.compat.v1 GRUCell's, DeepCTR's (the default here); 0 = Keras' (the model's "
                              "default; the runs before 2026-12-07)")
-    parser.add_argument("--embedding_init_stddev", type=float, default=DEEPCTR_EMBEDDING_INIT_STDDEV,
+    parser.add_argument("--embedding_init_stddev", type=float, default=BENCH_DEFAULTS.embedding_init_stddev,
                         help="our models' embedding rows start N(0, stddev²) (config model.embedding_init_stddev); "
                              "the default is DeepCTR's SparseFeat initialiser; 0 = the model's default, truncated "
                              "N(0, 0.05²) (the runs before 2026-12-07 04:00 UTC)")
     parser.add_argument("--embedding_init_seed", type=int, default=-1,
                         help="the seed of our models' --embedding_init_stddev initialiser, every table the same "
-                             f"(DeepCTR's: {DEEPCTR_EMBEDDING_INIT_SEED} for every table in every run); -1 (the "
+                             f"(DeepCTR's: {DEEPCTR_OPTIONS.embedding_init_seed} for every table in every run); -1 (the "
                              "default): the run's global seed (--seeds)")
-    parser.add_argument("--evolution_trainable", type=int, choices=(0, 1), default=int(DEEPCTR_EVOLUTION_TRAINABLE),
+    parser.add_argument("--evolution_trainable", type=int, choices=(0, 1), default=int(BENCH_DEFAULTS.evolution_trainable),
                         help="0 (the default here) keeps our DIEN's interest-evolving GRU's weights at their "
                              "initial values (config model.evolution_trainable=False), as DeepCTR 0.9.4's DIEN runs "
                              "on TF 2 (its AUGRU variables are never tracked by Keras, so never trained); 1 trains "
                              "them (the model's default; the runs before 2026-12-07 04:00 UTC)")
-    parser.add_argument("--gru_variant", default=DEEPCTR_GRU_VARIANT, choices=("augru", "augru_keep"),
+    parser.add_argument("--gru_variant", default=BENCH_DEFAULTS.gru_variant, choices=("augru", "augru_keep"),
                         help="our DIEN's interest-evolving GRU (config model.gru_variant): augru_keep = attention "
                              "scales the keep gate, DeepCTR's VecAttGRUCell (the default here); augru = the "
                              "paper's, attention scales the update gate (the model's default; the runs before "
@@ -429,13 +440,13 @@ def main(argv=None) -> int:
     parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
     parser.add_argument("--precision", default="none", help="internal: the policy of the --one run")
     args = parser.parse_args(argv)
+    options = OurOptions(embedding_l2=args.embedding_l2, aux_normalization=args.aux_normalization,
+                         gru_gate_bias=args.gru_gate_bias, embedding_init_stddev=args.embedding_init_stddev,
+                         embedding_init_seed=None if args.embedding_init_seed < 0 else args.embedding_init_seed,
+                         evolution_trainable=bool(args.evolution_trainable), gru_variant=args.gru_variant)
     if args.one:
         side, name = args.one.split(":")
-        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision,
-                                             args.embedding_l2, args.aux_normalization, args.gru_gate_bias,
-                                             args.embedding_init_stddev, bool(args.evolution_trainable),
-                                             None if args.embedding_init_seed < 0 else args.embedding_init_seed,
-                                             args.gru_variant)),
+        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision, options)),
               flush=True)
         return 0
     if args.summarize:
@@ -467,14 +478,8 @@ def main(argv=None) -> int:
     for seed in args.seeds.split(","):
         for run, precision in [(run, p) for run in runs for p in precisions[run.split(":")[0]]]:
             output = subprocess.run([sys.executable, "-m", "bench.bench_sequence_peers", f"--one={run}",
-                                     f"--seeds={seed}", f"--precision={precision}",
-                                     f"--embedding_l2={args.embedding_l2}",
-                                     f"--aux_normalization={args.aux_normalization}",
-                                     f"--gru_gate_bias={args.gru_gate_bias}",
-                                     f"--embedding_init_stddev={args.embedding_init_stddev}",
-                                     f"--evolution_trainable={args.evolution_trainable}",
-                                     f"--embedding_init_seed={args.embedding_init_seed}",
-                                     f"--gru_variant={args.gru_variant}"], capture_output=True,
+                                     f"--seeds={seed}", f"--precision={precision}", *options.flags()],
+                                    capture_output=True,
                                     text=True,
                                     timeout=3600,
                                     env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
