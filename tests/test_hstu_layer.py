@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfrecsys.layers.hstu import (ATTENTION_PATHS, HSTULayer, HSTUStack, _gather_with_dense_gradient,
-                                  _pointwise_attention, log_linear_bucket)
+                                  _pointwise_attention, _silu_keeping_derivative, log_linear_bucket)
 from tfrecsys.layers.xla import bucket_length, serving_mode
 
 DIM, HEADS, HEAD_DIM, MAX_SEQ_LEN = 16, 2, 8, 64
@@ -163,6 +163,23 @@ def test_written_out_attention_gradient_equals_automatic_differentiation(compile
     for got, want in zip(written_out, gradients(plain)):
         assert np.abs(want).max() > 1e-3
         np.testing.assert_allclose(got, want, atol=1e-12, rtol=1e-9)
+
+
+def test_silu_keeping_its_derivative_equals_silu_and_its_gradient():
+    """The XLA path's projection SiLU stores its derivative in the forward: same values and gradient as
+    ``tf.nn.silu`` (the path test checks it only to 1e-5, through the whole layer)."""
+    z = tf.constant(np.random.default_rng(4).normal(size=[3, 7]) * 4)
+    probe = tf.constant(np.random.default_rng(5).normal(size=[3, 7]))
+    results = []
+    for silu in (_silu_keeping_derivative, tf.nn.silu):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            y = silu(z)
+            loss = tf.reduce_sum(y * probe)
+        results.append((y.numpy(), tape.gradient(loss, z).numpy()))
+    (got, got_gradient), (want, want_gradient) = results
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_gradient, want_gradient, rtol=1e-12, atol=1e-12)
 
 
 def assert_later_events_never_change_earlier_outputs(layer, width):
