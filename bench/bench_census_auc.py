@@ -146,7 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"Comma-separated subset of {FAMILIES}.")
     parser.add_argument("--variant", action="append", default=[],
                         help="name:key=value;-key — config overrides tried as one variant: key set to value, -key removed "
-                        "(e.g. a feature); repeatable; 'base:' is the config as it is, the default.")
+                        "(e.g. a feature); repeatable; 'base:' is the config as it is, the default. A feature "
+                        "entry with boundaries='quantiles:N' gets the cut points of at most N equal-frequency "
+                        "buckets of its column's training rows.")
     parser.add_argument("--seeds", default="0", help="Comma-separated config.train.seed values, one run each.")
     parser.add_argument("--validation_fraction", type=float, default=0.2,
                         help="Share of the training rows held out as the validation split.")

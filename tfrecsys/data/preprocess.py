@@ -396,9 +396,9 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
                 outputs.append(Output(HISTORY_PREFIX + column, columns[column], True, "history", column))
     unknown = sorted(set(config.max_buckets) - bucketized)
     if unknown:
-        raise ValueError(f"preprocess.max_buckets {unknown}: only features whose boundaries file preprocessing writes "
-                         f"(boundaries under {os.path.join(output_dir, VOCABULARY_DIR)}) take a bucket count; those are "
-                         f"{sorted(bucketized)}")
+        raise ValueError(f"preprocess.max_buckets {unknown}: only features whose boundaries file preprocessing "
+                         f"writes (boundaries under {os.path.join(output_dir, VOCABULARY_DIR)}) take a bucket count; "
+                         f"those are {sorted(bucketized)}")
     too_few = {name: n for name, n in config.max_buckets.items() if int(n) < 2}
     if too_few:
         raise ValueError(f"preprocess.max_buckets {too_few}: a feature needs at least 2 buckets")
