@@ -13,8 +13,12 @@ a validation split out of the 80 % training part (``--validation_fraction`` of i
 the validation AUC of both tasks after every loop of ``config.train.steps_per_loop`` steps, so variants
 (config overrides) and the number of steps can be chosen on it. ``--split=test`` trains the configs as
 they are (plus ``--variant`` overrides, if any) on the whole training part and reports the test AUC of the
-last step, mean ± sample standard deviation over ``--seeds`` (``config.train.seed``). Every run goes
-through ``tfrecsys.train.loop.train_and_evaluate``, as ``tfrecsys-train`` does; AUC is Keras' (2,000
+last step, mean ± sample standard deviation over ``--seeds`` (``config.train.seed``). A variant's
+bucketized feature (an id feature with ``boundaries``) may give ``boundaries='quantiles:N'``: at most N
+equal-frequency buckets of its source column (``tfrecsys.features.buckets``), cut on the rows that run
+trains on (the validation run's training rows; the whole training part for the test), e.g.
+``--variant="age_band:features.age_band={'kind':'id','dtype':'float32','source':'age','boundaries':'quantiles:100'}"``.
+Every run goes through ``tfrecsys.train.loop.train_and_evaluate``, as ``tfrecsys-train`` does; AUC is Keras' (2,000
 thresholds) as in eval_metrics.json. One training process at a time; prints one JSON line per run and a
 markdown table.
 """
@@ -34,6 +38,7 @@ import tensorflow as tf
 from tfrecsys.config import load_config
 from tfrecsys.data.input import resolve_files
 from tfrecsys.data.preprocess import METADATA_FILE, PreprocessConfig, preprocess
+from tfrecsys.features.buckets import equal_frequency_boundaries
 from tfrecsys.train.loop import train_and_evaluate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,6 +93,27 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, overrides
 
 
+QUANTILES = "quantiles:"
+
+
+def train_column(data_dir: str, column: str) -> np.ndarray:
+    """Every training row's value of the float column ``column`` in ``data_dir``."""
+    spec = {column: tf.io.FixedLenFeature([], tf.float32)}
+    batches = (tf.data.TFRecordDataset(resolve_files("train-*.tfrecord", data_dir)).batch(65536)
+               .map(lambda rows: tf.io.parse_example(rows, spec)[column]))
+    return np.concatenate([batch.numpy() for batch in batches])
+
+
+def with_quantile_boundaries(name: str, value, data_dir: str):
+    """A feature entry whose ``boundaries`` is ``'quantiles:N'`` → the same entry with the cut points of at most
+    N equal-frequency buckets of its column's training values (``source``, else ``name``); else ``value``."""
+    if not (isinstance(value, dict) and str(value.get("boundaries", "")).startswith(QUANTILES)):
+        return value
+    max_buckets = int(value["boundaries"][len(QUANTILES):])
+    column = train_column(data_dir, value.get("source", name))
+    return {**value, "boundaries": equal_frequency_boundaries(column, max_buckets)}
+
+
 def run(family: str, data_dir: str, overrides: dict, seed: int, validation: bool) -> dict:
     config = load_config(os.path.join(CONFIGS, f"{family}.py:census"), {"data.dir": data_dir, "train.seed": seed})
     for key, value in overrides.items():
@@ -100,7 +126,7 @@ def run(family: str, data_dir: str, overrides: dict, seed: int, validation: bool
         if key.startswith("-"):
             del block[leaf]
         else:
-            block[leaf] = value
+            block[leaf] = with_quantile_boundaries(leaf, value, data_dir)
     curve = ValidationCurve()
     with tempfile.TemporaryDirectory(prefix=f"census_{family}_") as model_dir:
         metrics = train_and_evaluate(config, model_dir, verbose=0, callbacks=[curve] if validation else [])
@@ -120,7 +146,9 @@ def main(argv=None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"Comma-separated subset of {FAMILIES}.")
     parser.add_argument("--variant", action="append", default=[],
                         help="name:key=value;-key — config overrides tried as one variant: key set to value, -key removed "
-                        "(e.g. a feature); repeatable; 'base:' is the config as it is, the default.")
+                        "(e.g. a feature); repeatable; 'base:' is the config as it is, the default. A feature "
+                        "entry with boundaries='quantiles:N' gets the cut points of at most N equal-frequency "
+                        "buckets of its column's training rows.")
     parser.add_argument("--seeds", default="0", help="Comma-separated config.train.seed values, one run each.")
     parser.add_argument("--validation_fraction", type=float, default=0.2,
                         help="Share of the training rows held out as the validation split.")

@@ -446,3 +446,34 @@ def test_cli_preprocesses_the_movielens_config_and_training_reads_it(tmp_path):
     assert metadata["splits"]["train"]["rows"] + metadata["splits"]["eval"]["rows"] == 20_000
     metrics = train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
     assert 0.5 < metrics["score"]["auc"] <= 1.0
+
+
+def test_census_age_band_gets_train_split_boundaries_and_reads_the_written_age(tmp_path):
+    """A bucketized id feature of a dense column: preprocessing writes its equal-frequency cut points from the
+    train split and no column of its own; training reads the band from the written ``age``."""
+    sample = dataset("census-income-kdd", "deepctr_census-income.sample")
+    directory = tmp_path / "census"
+    directory.mkdir()
+    (directory / "census-income.data").write_text(open(sample).read())
+    out = str(tmp_path / "out")
+    config = PreprocessConfig(source="census-income-kdd", input=str(directory), split="random", eval_fraction=0.25,
+                              num_shards=1, max_buckets={"age_band": 4})
+    features = {"age": dict(kind="dense"),
+                "age_band": dict(kind="id", dtype="float32", source="age", embedding_dim=2,
+                                 boundaries=vocabulary_path(out, "age_band")),
+                "income_50k": dict(kind="label")}
+    metadata = preprocess(config, features, out)
+    assert "age_band" not in metadata["columns"] and metadata["columns"]["age"] == "float32"
+    assert metadata["features"]["age_band"]["boundaries"] == os.path.join("vocabularies", "age_band.txt")
+    schema = FeatureSchema.from_config(features_from_metadata(out))
+    cuts = schema["age_band"].vocab.bucket_boundaries("age_band")
+    assert len(cuts) == 3 and metadata["vocabularies"]["age_band"] == {
+        "file": os.path.join("vocabularies", "age_band.txt"), "size": 4, "min_count": 1, "max_buckets": 4}
+    train_ages = _records(resolve_files("train-*.tfrecord", out), {"age": tf.io.FixedLenFeature([], tf.float32)})
+    counts = np.bincount(np.searchsorted(cuts, train_ages["age"].numpy(), side="right"), minlength=4)
+    rows = metadata["splits"]["train"]["rows"]
+    assert counts.sum() == rows and counts.min() >= rows // 8, counts   # about a quarter each, ages kept whole
+    batch, _ = next(iter(make_dataset(resolve_files("train-*.tfrecord", out), schema, batch_size=8, training=False)))
+    np.testing.assert_array_equal(batch["age_band"], batch["age"])
+    with pytest.raises(ValueError, match=r"preprocess.max_buckets \['age'\]: only features whose boundaries file"):
+        plan_preprocessing(dataclasses.replace(config, max_buckets={"age": 4}), features, str(tmp_path / "other"))

@@ -31,7 +31,10 @@ same name, from ``hist_<column>`` (a history of an event column), or from a labe
 ``"like": "rating >= 4"`` or ``"converted_1d": "0 <= conversion_timestamp - click_timestamp <= 86400"``
 (``tfrecsys.data.label_rules``). An id or sequence feature whose ``vocabulary`` is a file under
 ``<output_dir>/vocabularies/`` gets that file built from the train split; ``hash_buckets`` features stay raw
-(the model hashes them) and get collision statistics.
+(the model hashes them) and get collision statistics. A number feature whose ``boundaries`` is a file there
+gets the cut points of at most ``max_buckets[feature]`` equal-frequency buckets of its train values
+(``tfrecsys.features.buckets``). A feature that reads another column (``source=``, e.g. an age band of
+the dense ``age``) adds no column of its own: the source column is written once.
 """
 
 import dataclasses
@@ -56,6 +59,7 @@ from tfrecsys.data.label_rules import parse_label_rule
 from tfrecsys.data.negatives import sample_other_items
 from tfrecsys.data.readers import RowError, Source, get_source
 from tfrecsys.data.user_histories import write_user_histories
+from tfrecsys.features.buckets import equal_frequency_boundaries
 from tfrecsys.features.schema import (DenseFeature, FeatureSchema, IdFeature, LabelFeature, SchemaError,
                                       SequenceFeature)
 
@@ -79,6 +83,7 @@ SAMPLE_SPLITS = ("files", "random", "chronological")
 FORMATS = {"tfrecord": ".tfrecord", "parquet": ".parquet"}
 TRAIN, EVAL = "train", "eval"
 TRAIN_ORDERS = ("shuffled", "key")
+DEFAULT_MAX_BUCKETS = 32
 
 
 def vocabulary_path(output_dir: str, feature: str) -> str:
@@ -99,6 +104,9 @@ class PreprocessConfig:
     ``"0 <= conversion_timestamp - click_timestamp <= 86400"`` (``tfrecsys.data.label_rules``).
     ``min_counts``: ``{feature: n}``, values seen fewer than n times in the train split (the feature's own and
     those of the negative histories sharing its table) stay out of the vocabulary (default 1).
+    ``max_buckets``: ``{feature: n}``, for a feature whose ``boundaries`` file preprocessing writes: at most n
+    buckets of about equal train rows, each distinct value whole (default ``DEFAULT_MAX_BUCKETS``; a column
+    with at most n distinct values, such as an age in years, gets one bucket per value).
     ``examples_per_user``: ``every_event`` (default: one example per event) or
     ``last`` (leave-one-out only: per user, the last training event and the eval event; next-item models
     learn every position of one history, ``tfrecsys.data.next_item``). Vocabularies and item frequencies
@@ -153,6 +161,7 @@ class PreprocessConfig:
     history_columns: tuple = ()
     labels: dict = dataclasses.field(default_factory=dict)
     min_counts: dict = dataclasses.field(default_factory=dict)
+    max_buckets: dict = dataclasses.field(default_factory=dict)
     candidate_columns: tuple = ()
     frequency_label: str = ""
     sequence_columns: tuple = ()
@@ -179,7 +188,7 @@ class PreprocessConfig:
         unknown = sorted(set(values) - fields)
         if unknown:
             raise ValueError(f"unknown preprocess settings {unknown}; known: {sorted(fields)}")
-        for name in ("labels", "min_counts"):
+        for name in ("labels", "min_counts", "max_buckets"):
             values[name] = dict(values.get(name) or {})
         for name in ("history_columns", "candidate_columns", "sequence_columns", "sampled_item_columns",
                      "user_history_columns"):
@@ -214,7 +223,7 @@ class Plan:
     item_column: Optional[str]
     time_column: Optional[str]
     outputs: tuple
-    vocabularies: dict  # feature → minimum count
+    vocabularies: dict  # feature → minimum count (a bucketized feature's values are counted the same way)
     hashed: dict  # feature → hash buckets
     splits: tuple
     features_json: dict
@@ -227,27 +236,34 @@ class Plan:
     vocabulary_sources: dict = dataclasses.field(default_factory=dict)
     # the user column, the time column, the store's event columns (preprocess.user_history_columns); empty: no store
     user_history_outputs: tuple = ()
+    # feature → at most this many buckets: its values' counts are written as bucket boundaries, not a vocabulary
+    bucketized: dict = dataclasses.field(default_factory=dict)
 
     def shards(self, split: str) -> int:
         return self.config.num_shards if split == TRAIN else self.config.eval_shards
 
 
-def _schema_for_planning(features_config, output_dir: str) -> tuple[FeatureSchema, dict]:
-    """The features block as a schema, with vocabulary files that preprocessing will write (under
-    ``<output_dir>/vocabularies/``) standing in as empty vocabularies; and ``{feature: path}`` of those."""
-    to_build, adjusted = {}, {}
+def _schema_for_planning(features_config, output_dir: str) -> tuple[FeatureSchema, dict, set]:
+    """The features block as a schema, with vocabulary (or boundaries) files that preprocessing will write
+    (under ``<output_dir>/vocabularies/``) standing in as placeholders; ``{feature: path}`` of those, and the
+    names of the features whose file holds bucket boundaries."""
+    to_build, adjusted, bucketized = {}, {}, set()
     for name, spec in dict(features_config).items():
         spec = dict(spec)
-        path = spec.get("vocabulary")
-        if isinstance(path, str):
+        for kind, placeholder in (("vocabulary", ()), ("boundaries", (0.0,))):
+            path = spec.get(kind)
+            if not isinstance(path, str):
+                continue
             if os.path.abspath(path) == os.path.abspath(vocabulary_path(output_dir, name)):
                 to_build[name] = path
-                spec["vocabulary"] = ()
+                spec[kind] = placeholder
+                if kind == "boundaries":
+                    bucketized.add(name)
             elif os.path.dirname(os.path.abspath(path)) == os.path.abspath(os.path.join(output_dir, VOCABULARY_DIR)):
-                raise ValueError(f"feature {name!r}: vocabulary {path} is in the preprocessing output but named after "
+                raise ValueError(f"feature {name!r}: {kind} {path} is in the preprocessing output but named after "
                                  f"another feature; preprocessing writes {vocabulary_path(output_dir, name)}")
         adjusted[name] = spec
-    return FeatureSchema.from_config(adjusted), to_build
+    return FeatureSchema.from_config(adjusted), to_build, bucketized
 
 
 def _output_for(feature, source: Source, columns: dict, config: PreprocessConfig, rules: dict) -> Output:
@@ -356,7 +372,7 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
     clashes = sorted(set(rules) & set(columns))
     if clashes:
         raise ValueError(f"preprocess.labels {clashes} would hide source columns of the same name")
-    schema, to_build = _schema_for_planning(features_config, output_dir)
+    schema, to_build, bucketized = _schema_for_planning(features_config, output_dir)
     user_history_outputs, filled = _user_history_outputs(config, source, columns, schema, user_histories)
     own_vocabulary = sorted(set(filled) & set(to_build))
     if own_vocabulary:
@@ -364,15 +380,29 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
                          "rows hold their values to build a vocabulary from; let them share the table of a written "
                          "feature (shares=...)")
     outputs = [_output_for(f, source, columns, config, rules) for f in schema.inputs + schema.labels
-               if f.name not in filled]
+               if f.name not in filled and f.source == f.name]
     written = {o.name for o in outputs}
+    # A feature reading another column (an age band of the dense age) writes that column once, as it reads it.
+    for feature in schema.inputs + schema.labels:
+        if feature.name not in filled and feature.source not in written:
+            outputs.append(_output_for(dataclasses.replace(feature, name=feature.source), source, columns, config,
+                                       rules))
+            written.add(feature.source)
     if source.time_column and source.time_column not in written:
         outputs.append(Output(source.time_column, columns[source.time_column], False, "column", source.time_column))
     if source.is_event_log:
         for column in _history_columns(config, source):
             if HISTORY_PREFIX + column not in written:
                 outputs.append(Output(HISTORY_PREFIX + column, columns[column], True, "history", column))
-    unknown = sorted(set(config.min_counts) - set(to_build))
+    unknown = sorted(set(config.max_buckets) - bucketized)
+    if unknown:
+        raise ValueError(f"preprocess.max_buckets {unknown}: only features whose boundaries file preprocessing "
+                         f"writes (boundaries under {os.path.join(output_dir, VOCABULARY_DIR)}) take a bucket count; "
+                         f"those are {sorted(bucketized)}")
+    too_few = {name: n for name, n in config.max_buckets.items() if int(n) < 2}
+    if too_few:
+        raise ValueError(f"preprocess.max_buckets {too_few}: a feature needs at least 2 buckets")
+    unknown = sorted(set(config.min_counts) - (set(to_build) - bucketized))
     if unknown:
         raise ValueError(f"preprocess.min_counts {unknown}: only features whose vocabulary preprocessing builds "
                          f"(vocabulary under {os.path.join(output_dir, VOCABULARY_DIR)}) take a min count; those are "
@@ -381,8 +411,8 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
     # A negative history draws its items from every item of the log, so some exist only in eval events. Left out
     # of the vocabulary they would all share the OOV row, which training then sees only as a sampled negative
     # behaviour: every unseen item at eval (14% of Taobao's held-out positives) scored as one (bench/RESULTS.md).
-    vocabulary_sources = {name: (name, *(o.name for o in outputs if o.origin == "negative_history"
-                                         and schema[o.name].table == name)) for name in to_build}
+    vocabulary_sources = {name: (schema[name].source, *(o.name for o in outputs if o.origin == "negative_history"
+                                                        and schema[o.name].table == name)) for name in to_build}
     hashed = {f.name: f.vocab.hash_buckets for f in schema.of_kind(IdFeature) + schema.of_kind(SequenceFeature)
               if f.vocab is not None and f.vocab.hash_buckets is not None and f.name not in filled}
     if config.split == "files":
@@ -394,12 +424,14 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
         splits = (TRAIN, EVAL)
     features_json = schema.to_json()
     for name in to_build:
-        features_json[name]["vocabulary"] = os.path.join(VOCABULARY_DIR, f"{name}.txt")
+        features_json[name]["boundaries" if name in bucketized else "vocabulary"] = os.path.join(VOCABULARY_DIR,
+                                                                                                  f"{name}.txt")
     candidate_outputs, sequence_outputs = _corpus_and_sequence_outputs(config, source, columns, outputs)
     item_columns = _check_negatives(config, source, columns, outputs, rules)
     plan = Plan(config, source.name, source.is_event_log, source.user_column, source.item_column, source.time_column,
                 tuple(outputs), vocabularies, hashed, splits, features_json, candidate_outputs, sequence_outputs,
-                keep_rows, item_columns, vocabulary_sources, user_history_outputs)
+                keep_rows, item_columns, vocabulary_sources, user_history_outputs,
+                {name: int(config.max_buckets.get(name, DEFAULT_MAX_BUCKETS)) for name in sorted(bucketized)})
     return plan, files
 
 
@@ -864,9 +896,15 @@ def _write_lines(path: str, lines: Iterable[str]) -> None:
     _atomic_write(path, write)
 
 
-def _write_vocabulary(element, output_dir: str):
-    """``(feature, [(value, count), ...])`` → the vocabulary file, most frequent first, ties by value."""
+def _write_vocabulary(element, output_dir: str, bucketized: dict):
+    """``(feature, [(value, count), ...])`` → the vocabulary file, most frequent first, ties by value; for a
+    ``bucketized`` feature the file of its bucket boundaries instead. Returns the feature and its row count."""
     feature, entries = element
+    if feature in bucketized:
+        boundaries = equal_frequency_boundaries([value for value, _ in entries], bucketized[feature],
+                                                counts=[count for _, count in entries])
+        _write_lines(vocabulary_path(output_dir, feature), (f"{b!r}\n" for b in boundaries))
+        return feature, len(boundaries) + 1
     entries = sorted(entries, key=lambda e: (-e[1], str(e[0])))
     _write_lines(vocabulary_path(output_dir, feature), (f"{value}\n" for value, _ in entries))
     return feature, len(entries)
@@ -983,7 +1021,8 @@ def _write_metadata(_, plan: Plan, output_dir: str, rows: dict, dead_letter_rows
         "dead_letter_rows": int(dead_letter_rows),
         "dead_letter_file": DEAD_LETTER_FILE,
         "vocabularies": {name: {"file": os.path.join(VOCABULARY_DIR, f"{name}.txt"),
-                                "size": int(vocabulary_sizes.get(name, 0)), "min_count": plan.vocabularies[name]}
+                                "size": int(vocabulary_sizes.get(name, 0)), "min_count": plan.vocabularies[name],
+                                **({"max_buckets": plan.bucketized[name]} if name in plan.bucketized else {})}
                          for name in plan.vocabularies},
         "hashing": {name: {"hash_buckets": buckets, "distinct_train_values": int(distinct.get(name, 0)),
                            "occupied_buckets": int(occupied.get(name, 0)),
@@ -1190,7 +1229,7 @@ def _vocabularies(pipeline: beam.Pipeline, plan: Plan, train, output_dir: str):
             | "MinCount" >> beam.Filter(lambda entry: entry[1] >= plan.vocabularies[entry[0][0]])
             | "ByFeature" >> beam.Map(lambda entry: (entry[0][0], (entry[0][1], entry[1]))))
     return (_group_with_every_key(pipeline, kept, names, "Vocabularies")
-            | "WriteVocabularies" >> beam.Map(_write_vocabulary, output_dir=output_dir))
+            | "WriteVocabularies" >> beam.Map(_write_vocabulary, output_dir=output_dir, bucketized=plan.bucketized))
 
 
 def _hash_statistics(plan: Plan, train):
@@ -1266,10 +1305,11 @@ def read_metadata(data_dir: str) -> dict:
 
 
 def features_from_metadata(data_dir: str) -> dict:
-    """The features block preprocessing wrote for, with vocabulary files resolved under ``data_dir``: what
-    training passes to ``FeatureSchema.from_config``."""
+    """The features block preprocessing wrote for, with vocabulary and boundaries files resolved under
+    ``data_dir``: what training passes to ``FeatureSchema.from_config``."""
     features = read_metadata(data_dir)["features"]
     for spec in features.values():
-        if isinstance(spec.get("vocabulary"), str) and not os.path.isabs(spec["vocabulary"]):
-            spec["vocabulary"] = os.path.join(data_dir, spec["vocabulary"])
+        for kind in ("vocabulary", "boundaries"):
+            if isinstance(spec.get(kind), str) and not os.path.isabs(spec[kind]):
+                spec[kind] = os.path.join(data_dir, spec[kind])
     return features

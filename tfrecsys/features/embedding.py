@@ -11,6 +11,7 @@ class IdLookup(tf.keras.layers.Layer):
     ``num_buckets``: id ``x`` in ``[0, n)`` → ``x``; anything else → ``n + (x mod num_oov)``.
     ``vocabulary``: OOV rows first (``[0, num_oov)``), then the vocabulary in order.
     ``hash_buckets``: ``hash(x) mod hash_buckets`` (Keras ``Hashing``, stable across processes).
+    ``boundaries`` ``b`` (numbers): ``x`` → ``i`` with ``b[i-1] <= x < b[i]``, in ``[0, len(b)]``.
     """
 
     def __init__(self, vocab: Vocabulary, dtype_name: str = "int64", **kwargs):
@@ -26,26 +27,33 @@ class IdLookup(tf.keras.layers.Layer):
             self._table = tf.keras.layers.Hashing(num_bins=vocab.hash_buckets)
         else:
             self._table = None
+        # Read once here (from a file, if named): the SavedModel holds the cut points as constants.
+        self._boundaries = list(vocab.bucket_boundaries(self.name)) if vocab.boundaries is not None else None
 
     def call(self, ids):
         if self._table is not None:
             return tf.cast(self._table(ids), tf.int64)
+        if self._boundaries is not None:
+            return tf.cast(tf.raw_ops.Bucketize(input=ids, boundaries=self._boundaries), tf.int64)
         n = tf.constant(self.vocab.num_buckets, tf.int64)
         in_range = tf.logical_and(ids >= 0, ids < n)
         return tf.where(in_range, ids, n + tf.math.floormod(ids, self.vocab.num_oov))
 
     def get_config(self):
         vocabulary = self.vocab.vocabulary
+        boundaries = self.vocab.boundaries
         return {**super().get_config(), "dtype_name": self.dtype_name,
                 "vocab": {"num_buckets": self.vocab.num_buckets, "hash_buckets": self.vocab.hash_buckets,
                           "num_oov": self.vocab.num_oov,
-                          "vocabulary": list(vocabulary) if isinstance(vocabulary, tuple) else vocabulary}}
+                          "vocabulary": list(vocabulary) if isinstance(vocabulary, tuple) else vocabulary,
+                          "boundaries": list(boundaries) if isinstance(boundaries, tuple) else boundaries}}
 
     @classmethod
     def from_config(cls, config):
         vocab = dict(config.pop("vocab"))
-        if isinstance(vocab.get("vocabulary"), list):
-            vocab["vocabulary"] = tuple(vocab["vocabulary"])
+        for kind in ("vocabulary", "boundaries"):
+            if isinstance(vocab.get(kind), list):
+                vocab[kind] = tuple(vocab[kind])
         return cls(Vocabulary(**vocab), **config)
 
 
@@ -158,6 +166,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
       * dense ``name`` → ``[batch, dim]`` in the layer's compute dtype, like the embeddings (float32, or
         float16/bfloat16 under a mixed-precision policy); an int64 dense feature (a request time) stays int64,
         exact: a model that wants it as a float converts a difference of times, never the time itself.
+        A ``log1p`` feature is ``sign(x)·log(1 + |x|)`` of the value sent.
     ``tables``: the model's ``EmbeddingTables``, or a schema (the view then owns tables of its own).
     ``include``: feature names to embed (default: every input).
     """
@@ -180,6 +189,8 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 raise KeyError(f"input feature {feature.name!r} is missing; got {sorted(features)}")
             value = features[feature.name]
             if isinstance(feature, DenseFeature):
+                if feature.log1p:
+                    value = tf.sign(value) * tf.math.log1p(tf.abs(value))
                 if value.dtype != tf.int64:
                     value = tf.cast(value, self.compute_dtype)
                 out[feature.name] = tf.reshape(value, [-1, feature.dim])

@@ -4,9 +4,16 @@ A schema lists four kinds of feature:
 
 * ``IdFeature``: one categorical id per row (int64 or string), mapped to an embedding row by exactly one of
   ``num_buckets`` (integer ids already in ``[0, num_buckets)``), ``vocabulary`` (an explicit list) or
-  ``hash_buckets`` (hashing); ids outside the vocabulary land in OOV rows, never in an error.
+  ``hash_buckets`` (hashing); ids outside the vocabulary land in OOV rows, never in an error. A number
+  (float32 or int64) is embedded by its bucket with ``boundaries`` (strictly increasing cut points, or the
+  path of a file of them, one per line): value ``x`` → row ``i`` with ``b[i-1] <= x < b[i]``, ``len(b) + 1``
+  rows, no OOV row (every number has a bucket). Read from a dense feature's column (``source``), such a
+  feature embeds a continuous input by its range (an age band, a quantile of a heavy-tailed amount) beside
+  or instead of its value.
 * ``DenseFeature``: ``dim`` values per row, float32, or int64 for values a float would round (a request
   time of 1.7e9 s keeps only multiples of 128 s in float32); an int64 feature is parsed and served as int64.
+  ``log1p`` (float32 only): the model reads ``sign(x)·log(1 + |x|)`` instead of ``x``, for heavy-tailed
+  amounts (capital gains of 0 to 99,999); clients still send ``x``.
 * ``SequenceFeature``: a variable-length list per row in time order (oldest first), e.g. a click history.
   Batches carry it padded to ``max_len`` (the most recent ``max_len`` events are kept) together with
   ``<name>_length``; that is also how serving clients send it. An embedded sequence (ids, int64 or string)
@@ -41,7 +48,8 @@ import tensorflow as tf
 from tfrecsys.contract import LENGTH_SUFFIX
 
 _DTYPES = {"int64": tf.int64, "string": tf.string, "float32": tf.float32}
-_VOCABULARY_KEYS = ("num_buckets", "vocabulary", "hash_buckets", "num_oov")
+_VOCABULARY_KEYS = ("num_buckets", "vocabulary", "hash_buckets", "boundaries", "num_oov")
+_VOCABULARY_KINDS = ("num_buckets", "vocabulary", "hash_buckets", "boundaries")
 
 
 class SchemaError(ValueError):
@@ -50,37 +58,73 @@ class SchemaError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
-    """How raw ids map to embedding rows. Exactly one of the three fields is set.
+    """How raw ids map to embedding rows. Exactly one of the four kinds is set.
 
     ``vocabulary`` is a tuple of ids or the path of a vocabulary file (one id per line, as written by
-    preprocessing); a file travels inside the SavedModel as an asset.
+    preprocessing); a file travels inside the SavedModel as an asset. ``boundaries`` (numbers only) is a
+    tuple of strictly increasing cut points or the path of a file of them, one per line; the model reads the
+    file when it is built and holds the cut points as constants.
     """
 
     num_buckets: Optional[int] = None
     vocabulary: Optional[Union[tuple, str]] = None
     hash_buckets: Optional[int] = None
+    boundaries: Optional[Union[tuple, str]] = None
     num_oov: int = 1
 
     def validate(self, feature: str, dtype: str) -> None:
-        given = [k for k in ("num_buckets", "vocabulary", "hash_buckets") if getattr(self, k) is not None]
+        given = [k for k in _VOCABULARY_KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise SchemaError(f"feature {feature!r}: set exactly one of num_buckets, vocabulary, hash_buckets "
+            raise SchemaError(f"feature {feature!r}: set exactly one of {', '.join(_VOCABULARY_KINDS)} "
                               f"(got {given or 'none'})")
         if self.num_buckets is not None and dtype != "int64":
             raise SchemaError(f"feature {feature!r}: num_buckets needs dtype int64, got {dtype}; "
                               "use vocabulary or hash_buckets for strings")
+        if self.boundaries is not None:
+            if dtype not in ("float32", "int64"):
+                raise SchemaError(f"feature {feature!r}: boundaries bucket numbers (dtype float32 or int64), got "
+                                  f"dtype {dtype}")
+            if self.num_oov != 1:
+                raise SchemaError(f"feature {feature!r}: num_oov does not apply to boundaries (every number has a "
+                                  f"bucket), got {self.num_oov}")
+            if not isinstance(self.boundaries, str):
+                check_boundaries(self.boundaries, f"feature {feature!r}")
+        elif dtype == "float32":
+            raise SchemaError(f"feature {feature!r}: a float32 id feature is embedded by its bucket; set "
+                              "boundaries (cut points) instead of " + ", ".join(given))
         if self.num_oov < 1:
             raise SchemaError(f"feature {feature!r}: num_oov must be at least 1, got {self.num_oov}")
 
     def check_file(self, feature: str) -> None:
-        """A vocabulary file must exist where a schema is built for training or export; a schema read back
-        from an export's JSON does not open it (the SavedModel holds its own copy as an asset)."""
-        if isinstance(self.vocabulary, str) and not tf.io.gfile.exists(self.vocabulary):
-            raise SchemaError(f"feature {feature!r}: vocabulary file {self.vocabulary} does not exist")
+        """A vocabulary or boundaries file must exist (and a boundaries file hold increasing numbers) where a
+        schema is built for training or export; a schema read back from an export's JSON does not open it (the
+        SavedModel holds its own copy)."""
+        for kind in ("vocabulary", "boundaries"):
+            path = getattr(self, kind)
+            if isinstance(path, str) and not tf.io.gfile.exists(path):
+                raise SchemaError(f"feature {feature!r}: {kind} file {path} does not exist")
+        if isinstance(self.boundaries, str):
+            self.bucket_boundaries(feature)
+
+    def bucket_boundaries(self, feature: str) -> tuple:
+        """The cut points of a ``boundaries`` vocabulary, read from its file if it names one."""
+        if not isinstance(self.boundaries, str):
+            return tuple(float(b) for b in self.boundaries)
+        with tf.io.gfile.GFile(self.boundaries) as lines:
+            texts = [line.strip() for line in lines if line.strip()]
+        where = f"feature {feature!r} (boundaries file {self.boundaries})"
+        try:
+            values = tuple(float(text) for text in texts)
+        except ValueError as error:
+            raise SchemaError(f"{where}: {error}") from None
+        check_boundaries(values, where)
+        return values
 
     @property
     def size(self) -> int:
         """Rows of the embedding table, OOV rows included."""
+        if self.boundaries is not None:
+            return len(self.bucket_boundaries("")) + 1
         if self.num_buckets is not None:
             return self.num_buckets + self.num_oov
         if isinstance(self.vocabulary, str):
@@ -89,6 +133,20 @@ class Vocabulary:
         if self.vocabulary is not None:
             return len(self.vocabulary) + self.num_oov
         return self.hash_buckets
+
+
+def check_boundaries(boundaries, where: str) -> None:
+    """Bucket cut points must be a non-empty, strictly increasing sequence of numbers."""
+    try:
+        values = [float(b) for b in boundaries]
+    except (TypeError, ValueError):
+        raise SchemaError(f"{where}: boundaries must be numbers, got {boundaries!r}") from None
+    if not values:
+        raise SchemaError(f"{where}: boundaries must hold at least one cut point")
+    unordered = [(b, a) for b, a in zip(values, values[1:]) if a <= b]
+    if unordered:
+        raise SchemaError(f"{where}: boundaries must be strictly increasing; {unordered[0][1]} follows "
+                          f"{unordered[0][0]}")
 
 
 class _StoredColumn:
@@ -124,6 +182,7 @@ class DenseFeature(_StoredColumn):
     training_only: bool = False
     dtype: str = "float32"
     source: Optional[str] = None
+    log1p: bool = False
 
     embedded = False
     is_sequence = False
@@ -242,12 +301,14 @@ def _validate(feature: Feature, by_name: dict) -> None:
     if not feature.source:
         raise SchemaError(f"feature {feature.name!r}: source must name a stored column")
     if isinstance(feature, IdFeature):
-        _check_dtype(feature.name, feature.dtype, ("int64", "string"))
+        _check_dtype(feature.name, feature.dtype, ("int64", "string", "float32"))
         feature.vocab.validate(feature.name, feature.dtype)
     elif isinstance(feature, DenseFeature):
         _check_dtype(feature.name, feature.dtype, ("float32", "int64"), "dense feature")
         if feature.dim < 1:
             raise SchemaError(f"dense feature {feature.name!r}: dim must be positive, got {feature.dim}")
+        if feature.log1p and feature.dtype != "float32":
+            raise SchemaError(f"dense feature {feature.name!r}: log1p applies to float32 values, got {feature.dtype}")
         if feature.dtype == "int64" and float(feature.default) != int(feature.default):
             raise SchemaError(f"dense feature {feature.name!r} is int64 but its default {feature.default} is not "
                               "a whole number")
@@ -420,7 +481,8 @@ class FeatureSchema:
                 value = getattr(feature, field.name)
                 if (field.name == "name" or value is None or (field.name == "source" and value == feature.name)
                         or (isinstance(feature, SequenceFeature) and field.name == "raw" and not value)
-                        or (isinstance(feature, SequenceFeature) and feature.raw and field.name == "embedding_dim")):
+                        or (isinstance(feature, SequenceFeature) and feature.raw and field.name == "embedding_dim")
+                        or (isinstance(feature, DenseFeature) and field.name == "log1p" and not value)):
                     continue
                 if isinstance(value, Vocabulary):
                     entry.update({k: (list(v) if isinstance(v, tuple) else v)
@@ -438,8 +500,9 @@ def _feature_from_entry(name: str, entry: Mapping) -> Feature:
     if kind not in _KINDS:
         raise SchemaError(f"feature {name!r}: kind must be one of {sorted(_KINDS)}, got {kind!r}")
     vocab_keys = {k: spec.pop(k) for k in _VOCABULARY_KEYS if k in spec}
-    if isinstance(vocab_keys.get("vocabulary"), (list, tuple)):
-        vocab_keys["vocabulary"] = tuple(vocab_keys["vocabulary"])
+    for listed in ("vocabulary", "boundaries"):
+        if isinstance(vocab_keys.get(listed), (list, tuple)):
+            vocab_keys[listed] = tuple(vocab_keys[listed])
     if kind == "sequence" and spec.get("raw"):
         not_for_raw = sorted(vocab_keys) + [k for k in ("embedding_dim",) if k in spec]
         if not_for_raw:
