@@ -14,7 +14,7 @@ Gate convention: the paper writes ``h_t = (1 − u_t) ∘ h_{t−1} + u_t ∘ h�
 
 import tensorflow as tf
 
-from tfrecsys.layers.target_attention import TargetAttention
+from tfrecsys.layers.target_attention import TargetAttention, flat_matmul
 
 GRU_VARIANTS = ("aigru", "agru", "augru", "augru_keep")
 AUX_NORMALIZATIONS = ("valid_pairs", "grid")
@@ -122,7 +122,7 @@ class InterestExtractor(tf.keras.layers.Layer):
 
     def call(self, behaviours, mask, training=None):
         cell = self.cell
-        projected = tf.tensordot(behaviours, cell.kernel, axes=1) + cell.bias[0]
+        projected = flat_matmul(behaviours, cell.kernel) + cell.bias[0]
         return gated_recurrence(projected, tf.cast(mask, projected.dtype), cell.recurrent_kernel, cell.bias[1],
                                 gate="gru")
 
@@ -330,10 +330,10 @@ class InterestEvolution(tf.keras.layers.Layer):
         # where the attention is 0, and the mask makes that independent of float rounding.
         # augru_keep's attention 0 is a GRU step, not a kept state: its padding needs its own mark, s = 0.
         if self.variant == "aigru":
-            projected = tf.tensordot(interests * scores[..., tf.newaxis], kernel, axes=1) + bias[0]
+            projected = flat_matmul(interests * scores[..., tf.newaxis], kernel) + bias[0]
             scale = tf.cast(mask, projected.dtype)
         else:
-            projected = tf.tensordot(interests, kernel, axes=1) + bias[0]
+            projected = flat_matmul(interests, kernel) + bias[0]
             scale = (1.0 + scores if self.variant == "augru_keep" else scores) * tf.cast(mask, scores.dtype)
         states = gated_recurrence(projected, scale, self.cell.recurrent_kernel, bias[1],
                                   gate="gru" if self.variant == "aigru" else self.variant)
