@@ -103,12 +103,15 @@ def test_dice_moments_skip_masked_positions():
     np.testing.assert_allclose(dice.moving_variance.numpy(), x[mask].var(0), rtol=1e-4, atol=1e-6)
 
 
-def test_masked_dice_and_its_gradients_equal_the_papers_formula_over_valid_positions():
-    """The factored, matmul-moment implementation against eq. 4 written out with weighted sums (the layer's
-    earlier form), values and gradients through the batch moments alike."""
+@pytest.mark.parametrize("masked", [True, False])
+def test_masked_dice_and_its_gradients_equal_the_papers_formula_over_valid_positions(masked):
+    """The factored, matmul-moment implementation with its hand-written gradient against eq. 4 written out
+    with weighted sums (the layer's earlier form) and differentiated by TensorFlow, values and gradients
+    through the batch moments alike; without a mask every position counts."""
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(1.0, 2.0, size=(4, 6, 5)).astype(np.float32))
-    mask = tf.constant(np.arange(6)[None, :] < np.array([6, 2, 0, 4])[:, None])
+    valid = np.arange(6)[None, :] < np.array([6, 2, 0, 4])[:, None]
+    mask = tf.constant(valid if masked else np.ones_like(valid))
     dice = Dice()
     dice.build(x.shape)
     dice.alpha.assign(rng.normal(size=5).astype(np.float32))
@@ -122,7 +125,7 @@ def test_masked_dice_and_its_gradients_equal_the_papers_formula_over_valid_posit
         return p * s + (1.0 - p) * dice.alpha * s
 
     outputs, gradients = [], []
-    for function in (lambda s: dice(s, training=True, mask=mask), paper):
+    for function in (lambda s: dice(s, training=True, mask=mask if masked else None), paper):
         with tf.GradientTape() as tape:
             tape.watch(x)
             out = function(x)

@@ -184,6 +184,7 @@ class FeatureEmbedding(tf.keras.layers.Layer):
 
     def call(self, features):
         out = {}
+        masks = {}  # by length feature: aligned sequences share one mask (one traced op, not one per sequence)
         for feature in self._features:
             if feature.name not in features:
                 raise KeyError(f"input feature {feature.name!r} is missing; got {sorted(features)}")
@@ -200,7 +201,10 @@ class FeatureEmbedding(tf.keras.layers.Layer):
                 mask = tf.sequence_mask(value.row_lengths(), feature.max_len)
                 value = value.to_tensor(shape=[None, feature.max_len])
             elif isinstance(feature, SequenceFeature):
-                mask = tf.sequence_mask(features[feature.length_name], feature.max_len)
+                key = (feature.length_name, feature.max_len)
+                if key not in masks:
+                    masks[key] = tf.sequence_mask(features[feature.length_name], feature.max_len)
+                mask = masks[key]
             out[feature.name] = self.tables.embed(feature.table, value) if feature.embedded else value
             if isinstance(feature, SequenceFeature):
                 out[feature.name + "_mask"] = mask

@@ -122,9 +122,7 @@ class InterestExtractor(tf.keras.layers.Layer):
 
     def call(self, behaviours, mask, training=None):
         cell = self.cell
-        projected = tf.tensordot(behaviours, cell.kernel, axes=1) + cell.bias[0]
-        return gated_recurrence(projected, tf.cast(mask, projected.dtype), cell.recurrent_kernel, cell.bias[1],
-                                gate="gru")
+        return gated_recurrence(behaviours, mask, cell.kernel, cell.recurrent_kernel, cell.bias, gate="gru")
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "gate_bias": self.gate_bias}
@@ -156,92 +154,93 @@ def _update_by_scale(gate: str, z, scale):
     return tf.ones_like(z)
 
 
-def gated_recurrence(projected, scale, recurrent_kernel, recurrent_bias, gate: str = "gru"):
-    """The GRU family's steps over a sequence, with the input's matmul done beforehand and a hand-written
-    backward pass: ``[batch, len, units]`` states ``h_1..h_T`` (``h_0 = 0``).
+def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru"):
+    """The GRU family's steps over a sequence, with a hand-written backward pass: ``[batch, len, units]`` states
+    ``h_1..h_T`` (``h_0 = 0``).
 
-    ``projected`` ``[batch, len, 3·units]`` is ``W x_t + b^x`` for every step at once (columns: update, reset,
-    candidate), ``recurrent_kernel`` ``[units, 3·units]`` and ``recurrent_bias`` ``[3·units]`` are ``U``, ``b^h``:
-    ``z_t = σ(·_z)``, ``r_t = σ(·_r)``, ``h̃_t = tanh(W^h x_t + b^h_x + r_t ∘ (U^h h_{t−1} + b^h_h))`` (Keras'
-    ``reset_after``), then ``h_t = h_{t−1} + g_t ∘ (h̃_t − h_{t−1})`` with ``g_t`` by ``gate``: ``gru``
-    ``s_t (1 − z_t)`` (Keras' GRU, ``s`` the mask), ``augru`` ``s_t z_t`` (``s = a_t``, the update gate in the
-    paper's convention), ``agru`` ``s_t``, ``augru_keep`` ``1 − (2 − s_t)(1 − z_t)`` for ``s_t = 1 + a_t`` (the
-    keep gate scaled by ``1 − a_t``; ``s_t`` 0 marks padding). ``scale`` ``s`` ``[batch, len]``: 0 keeps the
-    state exactly.
+    ``inputs`` ``[batch, len, dim]`` are ``x_t``; ``kernel`` ``[dim, 3·units]``, ``recurrent_kernel``
+    ``[units, 3·units]`` and ``bias`` ``[2, 3·units]`` (rows: input, recurrent) are ``W``, ``U``, ``b`` of Keras'
+    ``reset_after`` GRU (columns: update, reset, candidate): ``z_t = σ(·_z)``, ``r_t = σ(·_r)`` of
+    ``W x_t + b_x + U h_{t−1} + b_h``, ``h̃_t = tanh(W^h x_t + b^h_x + r_t ∘ (U^h h_{t−1} + b^h_h))``, then
+    ``h_t = h_{t−1} + g_t ∘ (h̃_t − h_{t−1})`` with ``g_t`` by ``gate``: ``gru`` ``s_t (1 − z_t)`` (Keras' GRU,
+    ``s`` the mask), ``augru`` ``s_t z_t`` (``s = a_t``, the update gate in the paper's convention), ``agru``
+    ``s_t``, ``augru_keep`` ``1 − (2 − s_t)(1 − z_t)`` for ``s_t = 1 + a_t`` (the keep gate scaled by
+    ``1 − a_t``; ``s_t`` 0 marks padding). ``scale`` ``s`` ``[batch, len]``: 0 keeps the state exactly.
 
     Why by hand: differentiated by TensorFlow, a while loop stacks every intermediate of every step and runs
-    about twice the forward's ops per step backward; here the forward keeps ``[z, r, h̃, U^h h + b]`` per step
-    and the backward loop does only what the recurrence needs (the weights' and inputs' gradients are
-    batched matmuls after it). Gradients flow to all four inputs.
+    about twice the forward's ops per step backward; here the forward keeps ``[h, z, r, h̃, U^h h + b]`` per
+    step and the backward loop does only what the recurrence needs (the weights', biases' and inputs'
+    gradients are batched matmuls and sums after it). The input projection ``W x_t + b_x`` is inside too, as
+    one matmul over every step, and each loop reads one tensor array and writes one: every node fewer is
+    traced, optimised and instantiated once per process (bench/RESULTS.md, issue 12, branch firststep5).
+    Gradients flow to all five inputs.
     """
     if gate not in GATES:
         raise ValueError(f"gated_recurrence: gate must be one of {GATES}, got {gate!r}")
-    recurrent_kernel = tf.cast(recurrent_kernel, projected.dtype)
-    recurrent_bias = tf.cast(recurrent_bias, projected.dtype)
-    units = recurrent_kernel.shape[0]
+    dtype = inputs.dtype
+    kernel, recurrent_kernel, bias = (tf.cast(weight, dtype) for weight in (kernel, recurrent_kernel, bias))
+    dim, units = kernel.shape[0], recurrent_kernel.shape[0]
 
     @tf.custom_gradient
-    def recurrence(projected, scale, recurrent_kernel, recurrent_bias):
-        steps, batch = tf.shape(projected)[1], tf.shape(projected)[0]
+    def recurrence(inputs, scale, kernel, recurrent_kernel, bias):
+        batch, steps = tf.unstack(tf.shape(inputs)[:2])
+        flat_inputs = tf.reshape(tf.transpose(inputs, [1, 0, 2]), [-1, dim])  # time-major rows
+        input_bias, recurrent_bias = tf.unstack(bias)
+        projected = tf.reshape(tf.matmul(flat_inputs, kernel) + input_bias, tf.stack([steps, batch, 3 * units]))
         time_major_scale = tf.transpose(scale)[..., tf.newaxis]
-        inputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(projected, [1, 0, 2]))
-        scales = tf.TensorArray(projected.dtype, size=steps).unstack(time_major_scale)
+        step_inputs = tf.TensorArray(dtype, size=steps).unstack(tf.concat([projected, time_major_scale], -1))
 
-        def forward(t, state, states, kept):
-            from_state = tf.matmul(state, recurrent_kernel) + recurrent_bias
-            x_zr, x_h = tf.split(inputs.read(t), [2 * units, units], axis=-1)
-            h_zr, h_h = tf.split(from_state, [2 * units, units], axis=-1)
+        def forward(t, state, kept):
+            x_zr, x_h, step_scale = tf.split(step_inputs.read(t), [2 * units, units, 1], axis=-1)
+            h_zr, h_h = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
             zr = tf.sigmoid(x_zr + h_zr)
             z, r = tf.split(zr, 2, axis=-1)
             candidate = tf.tanh(x_h + r * h_h)
-            update, _ = _update(gate, z, scales.read(t))
+            update, _ = _update(gate, z, step_scale)
             state = state + update * (candidate - state)
-            return t + 1, state, states.write(t, state), kept.write(t, tf.concat([zr, candidate, h_h], axis=-1))
+            return t + 1, state, kept.write(t, tf.concat([state, zr, candidate, h_h], axis=-1))
 
-        empty = tf.zeros(tf.stack([batch, units]), projected.dtype)
-        _, _, states, kept = tf.while_loop(
-            lambda t, *_: t < steps, forward,
-            (0, empty, tf.TensorArray(projected.dtype, size=steps), tf.TensorArray(projected.dtype, size=steps)))
-        states, kept = states.stack(), kept.stack()  # [len, batch, units], [len, batch, 4·units]
+        empty = tf.zeros(tf.stack([batch, units]), dtype)
+        _, _, kept = tf.while_loop(lambda t, *_: t < steps, forward, (0, empty, tf.TensorArray(dtype, size=steps)))
+        # [len, batch, units] states, [len, batch, 4·units] z, r, h̃, U^h h + b.
+        states, kept = tf.split(kept.stack(), [units, 4 * units], axis=-1)
         previous = tf.concat([empty[tf.newaxis], states[:-1]], axis=0)
 
         def backward(d_states):
-            d_outputs = tf.TensorArray(projected.dtype, size=steps).unstack(tf.transpose(d_states, [1, 0, 2]))
-            kept_steps = tf.TensorArray(projected.dtype, size=steps).unstack(kept)
-            previous_steps = tf.TensorArray(projected.dtype, size=steps).unstack(previous)
-            scale_steps = tf.TensorArray(projected.dtype, size=steps).unstack(time_major_scale)
+            step_values = tf.TensorArray(dtype, size=steps).unstack(
+                tf.concat([tf.transpose(d_states, [1, 0, 2]), kept, previous, time_major_scale], axis=-1))
             transposed_kernel = tf.transpose(recurrent_kernel)
 
-            def step_back(t, d_carry, d_projected, d_states_total):
+            def step_back(t, d_carry, d_steps):
                 t = t - 1
-                d_state = d_carry + d_outputs.read(t)
-                z, r, candidate, h_h = tf.split(kept_steps.read(t), 4, axis=-1)
-                update, d_update_d_z = _update(gate, z, scale_steps.read(t))
+                d_output, z, r, candidate, h_h, previous_state, step_scale = tf.split(
+                    step_values.read(t), [units] * 6 + [1], axis=-1)
+                d_state = d_carry + d_output
+                update, d_update_d_z = _update(gate, z, step_scale)
                 d_candidate = d_state * update * (1.0 - candidate * candidate)
                 d_r = d_candidate * h_h * r * (1.0 - r)
-                d_z = d_state * (candidate - previous_steps.read(t)) * d_update_d_z * z * (1.0 - z)
-                d_from_state = tf.concat([d_z, d_r, d_candidate * r], axis=-1)
-                d_previous = d_state * (1.0 - update) + tf.matmul(d_from_state, transposed_kernel)
-                return (t, d_previous, d_projected.write(t, tf.concat([d_z, d_r, d_candidate], axis=-1)),
-                        d_states_total.write(t, d_state))
+                d_z = d_state * (candidate - previous_state) * d_update_d_z * z * (1.0 - z)
+                d_previous = d_state * (1.0 - update) + tf.matmul(tf.concat([d_z, d_r, d_candidate * r], axis=-1),
+                                                                   transposed_kernel)
+                return t, d_previous, d_steps.write(t, tf.concat([d_z, d_r, d_candidate, d_state], axis=-1))
 
-            _, _, d_projected, d_states_total = tf.while_loop(
-                lambda t, *_: t > 0, step_back,
-                (steps, empty, tf.TensorArray(projected.dtype, size=steps),
-                 tf.TensorArray(projected.dtype, size=steps)))
-            d_projected, d_states_total = d_projected.stack(), d_states_total.stack()
+            _, _, d_steps = tf.while_loop(lambda t, *_: t > 0, step_back,
+                                          (steps, empty, tf.TensorArray(dtype, size=steps)))
+            d_zr, d_candidate, d_states_total = tf.split(d_steps.stack(), [2 * units, units, units], axis=-1)
             z, r, candidate, _ = tf.split(kept, 4, axis=-1)
-            d_from_state = tf.concat([d_projected[..., :2 * units], d_projected[..., 2 * units:] * r], axis=-1)
-            flat_d_from_state = tf.reshape(d_from_state, [-1, 3 * units])
-            d_kernel = tf.matmul(tf.reshape(previous, [-1, units]), flat_d_from_state, transpose_a=True)
-            d_bias = tf.reduce_sum(flat_d_from_state, axis=0)
-            d_update_d_scale = _update_by_scale(gate, z, time_major_scale)
-            d_scale = tf.reduce_sum(d_states_total * (candidate - previous) * d_update_d_scale, axis=-1)
-            return tf.transpose(d_projected, [1, 0, 2]), tf.transpose(d_scale), d_kernel, d_bias
+            flat_d_projected = tf.reshape(tf.concat([d_zr, d_candidate], axis=-1), [-1, 3 * units])
+            flat_d_from_state = tf.reshape(tf.concat([d_zr, d_candidate * r], axis=-1), [-1, 3 * units])
+            d_recurrent_kernel = tf.matmul(tf.reshape(previous, [-1, units]), flat_d_from_state, transpose_a=True)
+            d_bias = tf.stack([tf.reduce_sum(flat_d_projected, axis=0), tf.reduce_sum(flat_d_from_state, axis=0)])
+            d_inputs = tf.reshape(tf.matmul(flat_d_projected, kernel, transpose_b=True), tf.stack([steps, batch, dim]))
+            d_scale = tf.reduce_sum(d_states_total * (candidate - previous)
+                                    * _update_by_scale(gate, z, time_major_scale), axis=-1)
+            return (tf.transpose(d_inputs, [1, 0, 2]), tf.transpose(d_scale),
+                    tf.matmul(flat_inputs, flat_d_projected, transpose_a=True), d_recurrent_kernel, d_bias)
 
         return tf.transpose(states, [1, 0, 2]), backward
 
-    return recurrence(projected, tf.cast(scale, projected.dtype), recurrent_kernel, recurrent_bias)
+    return recurrence(inputs, tf.cast(scale, dtype), kernel, recurrent_kernel, bias)
 
 
 def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer=None,
@@ -266,10 +265,14 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
                          f"got {normalization!r}")
     valid = tf.logical_and(mask[:, :-1], mask[:, 1:])
     # Only the valid pairs are gathered and scored (a quarter of Taobao's steps are padding), positives and
-    # negatives in one call of the scorer: the same mean, less work.
-    states = tf.boolean_mask(interests[:, :-1], valid)
-    behaviours = tf.concat([tf.boolean_mask(next_behaviours[:, 1:], valid),
-                            tf.boolean_mask(negative_behaviours[:, 1:], valid)], axis=0)
+    # negatives in one call of the scorer: the same mean, less work. The pairs' (row, t) index the states and
+    # (row, t + 1) the behaviours directly: no sliced copies, and a gather's gradient is one scatter (three
+    # boolean masks of the slices built ~135 nodes forward and backward, ~25 now).
+    pairs = tf.where(valid)
+    states = tf.gather_nd(interests, pairs)
+    following = pairs + tf.constant([0, 1], pairs.dtype)
+    behaviours = tf.concat([tf.gather_nd(next_behaviours, following), tf.gather_nd(negative_behaviours, following)],
+                           axis=0)
     if scorer is None:
         def scorer(states, behaviours):
             return tf.reduce_sum(states * behaviours, axis=-1)
@@ -325,17 +328,15 @@ class InterestEvolution(tf.keras.layers.Layer):
 
     def call(self, interests, mask, target, training=None):
         scores = self.attention.weights_for(interests, mask, target, training=training)
-        kernel, bias = self.cell.kernel, self.cell.bias
         # AIGRU needs the mask (a zero input still moves a GRU); AGRU/AUGRU keep their state at padding anyway,
         # where the attention is 0, and the mask makes that independent of float rounding.
         # augru_keep's attention 0 is a GRU step, not a kept state: its padding needs its own mark, s = 0.
         if self.variant == "aigru":
-            projected = tf.tensordot(interests * scores[..., tf.newaxis], kernel, axes=1) + bias[0]
-            scale = tf.cast(mask, projected.dtype)
+            inputs, scale = interests * scores[..., tf.newaxis], mask
         else:
-            projected = tf.tensordot(interests, kernel, axes=1) + bias[0]
+            inputs = interests
             scale = (1.0 + scores if self.variant == "augru_keep" else scores) * tf.cast(mask, scores.dtype)
-        states = gated_recurrence(projected, scale, self.cell.recurrent_kernel, bias[1],
+        states = gated_recurrence(inputs, scale, self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias,
                                   gate="gru" if self.variant == "aigru" else self.variant)
         return states[:, -1]  # padded steps keep the state: the state after the last valid step
 

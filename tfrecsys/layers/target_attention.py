@@ -13,6 +13,17 @@ from tfrecsys.layers.activations import activation_layer, takes_mask
 NORMALIZATIONS = ("none", "softmax")
 
 
+def flat_matmul(inputs, kernel):
+    """``inputs [batch, len, d] · kernel [d, units]`` → ``[batch, len, units]`` as one ``[batch·len, d]`` matmul.
+
+    The same product as ``tf.tensordot(inputs, kernel, axes=1)`` (Keras' Dense on a 3-D input), which with an
+    unknown batch size builds ~20 shape nodes forward and as many backward; with the static inner dimensions
+    this is two reshapes around the matmul.
+    """
+    flat = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), kernel)
+    return tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], [kernel.shape[-1]]], axis=0))
+
+
 class PairProjection(tf.keras.layers.Layer):
     """The activation unit's first layer, ``W [e_j ; v_A ; e_j − v_A ; e_j ⊙ v_A] + b``, without building the concat.
 
@@ -36,7 +47,7 @@ class PairProjection(tf.keras.layers.Layer):
         w_key, w_query, w_difference, w_product = tf.split(self.kernel, 4, axis=0)
         per_behaviour = tf.concat([keys, keys * query[:, tf.newaxis, :]], axis=-1)
         per_row = tf.matmul(query, w_query - w_difference) + self.bias
-        return (tf.tensordot(per_behaviour, tf.concat([w_key + w_difference, w_product], axis=0), axes=1)
+        return (flat_matmul(per_behaviour, tf.concat([w_key + w_difference, w_product], axis=0))
                 + per_row[:, tf.newaxis, :])
 
     def get_config(self):
@@ -70,12 +81,17 @@ class ActivationUnit(tf.keras.layers.Layer):
         hidden = self._first(keys, query)
         if self._score is None:
             return tf.squeeze(hidden, axis=-1)
+        # The layers after the first act on each behaviour alone: run them on [batch·len, units] rows, where
+        # a Dense layer is one matmul (on [batch, len, units] Keras builds a tensordot, ~20 shape nodes each
+        # way), and Dice's moments are the same sums.
+        hidden = tf.reshape(hidden, [-1, hidden.shape[-1]])
+        row_mask = None if key_mask is None else tf.reshape(key_mask, [-1])
         for index, activation in enumerate(self._activations):
             if index:
                 hidden = self._dense[index - 1](hidden)
-            hidden = (activation(hidden, training=training, mask=key_mask) if takes_mask(activation)
+            hidden = (activation(hidden, training=training, mask=row_mask) if takes_mask(activation)
                       else activation(hidden))
-        return tf.squeeze(self._score(hidden), axis=-1)
+        return tf.reshape(self._score(hidden), tf.shape(keys)[:-1])
 
     def get_config(self):
         return {**super().get_config(), "hidden_units": self.hidden_units, "activation": self.activation}

@@ -213,8 +213,10 @@ class RecModel(tf.keras.Model):
             numerators.append(tf.reduce_sum(losses * weights[task.name]))
             denominators.append(tf.reduce_sum(weights[task.name]))
         extra = tf.constant(0.0)
-        if self.losses:
-            extra = tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in self.losses]))
+        # Read once: each read of Keras' ``losses`` builds every weight regulariser's ops again.
+        added_losses = self.losses
+        if added_losses:
+            extra = tf.nn.scale_regularization_loss(tf.add_n([tf.cast(l, tf.float32) for l in added_losses]))
         total = extra
         if loss_tasks:
             # The global Σ m·w of each task: each replica divides its own numerator by it, so the replicas'
