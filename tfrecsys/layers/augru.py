@@ -267,10 +267,14 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
                          f"got {normalization!r}")
     valid = tf.logical_and(mask[:, :-1], mask[:, 1:])
     # Only the valid pairs are gathered and scored (a quarter of Taobao's steps are padding), positives and
-    # negatives in one call of the scorer, each state given once: the same mean, less work.
-    states = tf.boolean_mask(interests[:, :-1], valid)
-    behaviours = tf.stack([tf.boolean_mask(next_behaviours[:, 1:], valid),
-                           tf.boolean_mask(negative_behaviours[:, 1:], valid)])
+    # negatives in one call of the scorer, each state given once: the same mean, less work. Gathered by
+    # position from the whole sequences, not from [:, :-1] / [:, 1:] slices: the slices' gradients
+    # (StridedSliceGrad, three of [batch, len, d]) cost 16 of DIEN + aux's ~105 CPU ms per step.
+    positions = tf.where(valid)  # [pairs, 2]: (row, t)
+    next_positions = positions + tf.constant([0, 1], positions.dtype)
+    states = tf.gather_nd(interests, positions)
+    behaviours = tf.stack([tf.gather_nd(next_behaviours, next_positions),
+                           tf.gather_nd(negative_behaviours, next_positions)])
     if scorer is None:
         def scorer(states, behaviours):
             return tf.reduce_sum(states * behaviours, axis=-1)
