@@ -80,11 +80,12 @@ def test_activation_unit_over_packed_valid_behaviours_equals_it_over_every_slot_
                                    rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # an XLA compilation: about 1 s
 def test_target_attention_compiles_under_xla_and_equals_the_packed_path_in_values_and_gradients():
     """XLA cannot pad packing's data-dependent row count through softmax weights and their gradient: an
     XLA-compiled step (``--jit_compile``) runs the unit over every slot, with the same results."""
     keys, mask, query = (tf.constant(x) for x in _history(batch=3, length=6, dim=4))
-    attention = TargetAttention(hidden_units=(8, 4), activation="dice", normalization="softmax")
+    attention = TargetAttention(hidden_units=(4,), activation="dice", normalization="softmax")
     attention(keys, mask, query)
 
     def pooled_and_gradients(keys, query):
