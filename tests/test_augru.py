@@ -148,6 +148,28 @@ def test_auxiliary_loss_scores_each_pair_with_the_auxiliary_net():
     assert net(states, positives).shape == (2, 4)
 
 
+def test_auxiliary_net_projects_a_shared_state_once_with_the_concatenation_kernel_in_values_and_gradients():
+    """``W_h h + W_e e + b`` with one state broadcast against its positive and negative behaviour equals the
+    MLP on ``[h ; e]`` per pair (the same kernel), values and gradients to states, behaviours and weights."""
+    rng = np.random.default_rng(6)
+    states = tf.constant(rng.normal(size=(7, 3)).astype(np.float32))
+    behaviours = tf.constant(rng.normal(size=(2, 7, 4)).astype(np.float32))
+    tf.keras.utils.set_random_seed(0)
+    net = AuxiliaryNet((6, 5))
+    results = []
+    for score in (lambda: net(states, behaviours),
+                  lambda: tf.squeeze(net.mlp(tf.concat([tf.stack([states, states]), behaviours], -1)), -1)):
+        with tf.GradientTape() as tape:
+            tape.watch([states, behaviours])
+            logits = score()
+            loss = tf.reduce_sum(tf.sin(3.0 * logits))
+        results.append([logits] + tape.gradient(loss, [states, behaviours] + net.trainable_weights))
+    assert results[0][0].shape == (2, 7) and len(net.trainable_weights) == 6
+    assert net.trainable_weights[0].shape == (7, 6)  # one kernel over [h ; e], as before
+    for split, concatenated in zip(*results):
+        np.testing.assert_allclose(split.numpy(), concatenated.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_auxiliary_loss_over_packed_pairs_has_the_gradients_of_the_masked_mean():
     """The loss scores only the valid pairs; its gradients equal those of the masked mean over every step."""
     rng = np.random.default_rng(5)

@@ -40,6 +40,77 @@ def test_activation_unit_input_is_key_query_difference_and_product():
     np.testing.assert_allclose(scores, (features @ kernel)[..., 0] + bias, rtol=1e-5, atol=1e-5)
 
 
+def _unpacked_scores(unit, keys, query, mask, training):
+    """The activation unit over every ``[batch, len]`` slot with Dice's moments masked (its form before packing),
+    from the unit's own weights: ``W [e ; q ; e − q ; e ⊙ q] + b``, then the hidden layers, padding zeroed."""
+    q = tf.broadcast_to(query[:, tf.newaxis, :], tf.shape(keys))
+    hidden = tf.tensordot(tf.concat([keys, q, keys - q, keys * q], -1), unit._first.kernel, axes=1) + unit._first.bias
+    for index, activation in enumerate(unit._activations):
+        if index:
+            hidden = unit._dense[index - 1](hidden)
+        hidden = activation(hidden, training=training, mask=mask)
+    return tf.squeeze(unit._score(hidden), -1) * tf.cast(mask, hidden.dtype)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_activation_unit_over_packed_valid_behaviours_equals_it_over_every_slot_in_values_and_gradients(training):
+    """Only the valid behaviours go through the MLP; scores, and gradients to keys, query and every weight,
+    equal the unit run over all slots with masked Dice moments (padding holds garbage that must not matter)."""
+    keys, mask, query = _history(batch=3, length=6, dim=4)
+    keys[~mask] = 50.0
+    keys, query, mask = tf.constant(keys), tf.constant(query), tf.constant(mask)
+    unit = ActivationUnit(hidden_units=(8, 4), activation="dice")
+    unit(keys, query, key_mask=mask)
+    for dice in unit._activations:  # inference moments away from the batch's, so both branches are checked
+        dice.moving_mean.assign(tf.fill(dice.moving_mean.shape, 0.3))
+        dice.moving_variance.assign(tf.fill(dice.moving_variance.shape, 2.0))
+    results = []
+    for function in (lambda k, q: unit(k, q, key_mask=mask, training=training),
+                     lambda k, q: _unpacked_scores(unit, k, q, mask, training)):
+        with tf.GradientTape() as tape:
+            tape.watch([keys, query])
+            scores = function(keys, query)
+            loss = tf.reduce_sum(tf.sin(3.0 * scores))
+        results.append((scores.numpy(), tape.gradient(loss, [keys, query] + unit.trainable_variables)))
+    (packed, packed_gradients), (unpacked, unpacked_gradients) = results
+    np.testing.assert_allclose(packed, unpacked, rtol=1e-5, atol=1e-6)
+    assert (packed[~mask.numpy()] == 0).all() and np.abs(packed).sum() > 0
+    for ours, reference in zip(packed_gradients, unpacked_gradients):
+        np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), tf.convert_to_tensor(reference).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # an XLA compilation: about 1 s
+def test_target_attention_compiles_under_xla_and_equals_the_packed_path_in_values_and_gradients():
+    """XLA cannot pad packing's data-dependent row count through softmax weights and their gradient: an
+    XLA-compiled step (``--jit_compile``) runs the unit over every slot, with the same results."""
+    keys, mask, query = (tf.constant(x) for x in _history(batch=3, length=6, dim=4))
+    attention = TargetAttention(hidden_units=(4,), activation="dice", normalization="softmax")
+    attention(keys, mask, query)
+
+    def pooled_and_gradients(keys, query):
+        with tf.GradientTape() as tape:
+            tape.watch([keys, query])
+            pooled = attention(keys, mask, query, training=True)
+            loss = tf.reduce_sum(tf.sin(3.0 * pooled))
+        return pooled, tape.gradient(loss, [keys, query] + attention.trainable_variables)
+
+    compiled, compiled_gradients = tf.function(pooled_and_gradients, jit_compile=True)(keys, query)
+    packed, packed_gradients = pooled_and_gradients(keys, query)
+    np.testing.assert_allclose(compiled.numpy(), packed.numpy(), rtol=1e-5, atol=1e-6)
+    for xla, plain in zip(compiled_gradients, packed_gradients):
+        np.testing.assert_allclose(tf.convert_to_tensor(xla).numpy(), tf.convert_to_tensor(plain).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_an_all_padding_batch_scores_zero_and_leaves_dice_moments_finite():
+    unit = ActivationUnit(hidden_units=(8,), activation="dice")
+    scores = unit(tf.ones([2, 3, 4]), tf.ones([2, 4]), key_mask=tf.zeros([2, 3], tf.bool), training=True)
+    np.testing.assert_array_equal(scores.numpy(), np.zeros((2, 3)))
+    assert np.isfinite(unit._activations[0].moving_mean.numpy()).all()
+    assert np.isfinite(unit._activations[0].moving_variance.numpy()).all()
+
+
 @pytest.mark.parametrize("normalization", ["none", "softmax"])
 def test_target_attention_ignores_history_order_and_padding(normalization):
     keys, mask, query = _history(length=6)
