@@ -53,7 +53,19 @@ def _dense_on_parts(dense: tf.keras.layers.Dense, parts) -> tf.Tensor:
         with tf.name_scope(dense.name):
             dense.build(tf.TensorShape([None, sum(widths)]))
     kernels = tf.split(dense.kernel, widths, axis=0)
-    projected = tf.tensordot(parts[0], kernels[0], axes=1)
+    projected = flat_matmul(parts[0], kernels[0])
     for part, kernel in zip(parts[1:], kernels[1:]):
-        projected = projected + tf.tensordot(part, kernel, axes=1)
+        projected = projected + flat_matmul(part, kernel)
     return dense.activation(projected + dense.bias)
+
+
+def flat_matmul(inputs, kernel):
+    """``inputs [..., d] · kernel [d, units]`` → ``[..., units]`` as one ``[rows, d]`` matmul (e.g. ``[batch, len, d]``
+    as ``[batch·len, d]``).
+
+    The same product as ``tf.tensordot(inputs, kernel, axes=1)`` (Keras' Dense on a 3-D input), which with an
+    unknown batch size builds ~20 shape nodes forward and as many backward; with the static inner dimensions
+    this is two reshapes around the matmul.
+    """
+    flat = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), kernel)
+    return tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], [kernel.shape[-1]]], axis=0))

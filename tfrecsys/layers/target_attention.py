@@ -10,20 +10,9 @@ import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # tf_keras' own test for a trace under XLA
 
 from tfrecsys.layers.activations import activation_layer, takes_mask
+from tfrecsys.layers.mlp import flat_matmul
 
 NORMALIZATIONS = ("none", "softmax")
-
-
-def flat_matmul(inputs, kernel):
-    """``inputs [..., d] · kernel [d, units]`` → ``[..., units]`` as one ``[rows, d]`` matmul (e.g. ``[batch, len, d]``
-    as ``[batch·len, d]``).
-
-    The same product as ``tf.tensordot(inputs, kernel, axes=1)`` (Keras' Dense on a 3-D input), which with an
-    unknown batch size builds ~20 shape nodes forward and as many backward; with the static inner dimensions
-    this is two reshapes around the matmul.
-    """
-    flat = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), kernel)
-    return tf.reshape(flat, tf.concat([tf.shape(inputs)[:-1], [kernel.shape[-1]]], axis=0))
 
 
 class PairProjection(tf.keras.layers.Layer):
