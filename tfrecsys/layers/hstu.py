@@ -61,9 +61,9 @@ Attention paths (``attention_path``), equal to float rounding:
 from typing import Optional, Sequence
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # private, pinned with TF 2.16 (the XLA context test)
 
-from tfrecsys.layers.xla import DEFAULT_LENGTH_BUCKETS, XlaLayer, bucket_length, in_serving_mode
+from tfrecsys.layers.xla import (DEFAULT_LENGTH_BUCKETS, XlaLayer, bucket_length, in_serving_mode,
+                                 tracing_inside_xla)
 
 ATTENTION_PATHS = ("padded", "xla", "jagged")
 _LAYER_NORM_EPSILON = 1e-6
@@ -255,7 +255,7 @@ class HSTULayer(XlaLayer):
         normed = _layer_norm(x) if self.input_norm else x
         # Inside an XLA-compiled function (the layer's own, or a whole train step under --jit_compile), where
         # the projection's SiLU and the bias gradient take the forms that compile well.
-        compiled = control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+        compiled = tracing_inside_xla()
         projected = _dense(normed, tf.cast(self.projection_kernel, x.dtype))
         projected = _silu_keeping_derivative(projected) if compiled else tf.nn.silu(projected)
         heads_v, heads_qk = self.num_heads * self.value_dim, self.num_heads * self.attention_dim

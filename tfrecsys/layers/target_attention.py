@@ -7,10 +7,10 @@ reserve the intensity of user interests"): a history with many relevant behaviou
 """
 
 import tensorflow as tf
-from tensorflow.python.ops import control_flow_util  # tf_keras' own test for a trace under XLA
 
 from tfrecsys.layers.activations import activation_layer, takes_mask
 from tfrecsys.layers.mlp import flat_matmul
+from tfrecsys.layers.xla import tracing_inside_xla
 
 NORMALIZATIONS = ("none", "softmax")
 
@@ -79,7 +79,7 @@ class ActivationUnit(tf.keras.layers.Layer):
                              "e_j ⊙ v_A), so embed the history and the target alike")
         if key_mask is None:
             return self._scores(keys, query, rows=None, valid=None, training=training)
-        if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        if tracing_inside_xla():
             # XLA compiles static shapes: the packed rows' data-dependent count fails its dynamic padder (the
             # softmax weights' gradient), so an XLA-compiled step runs the MLP over every slot, Dice masked.
             scores = self._scores(keys, query, rows=None, valid=key_mask, training=training)

@@ -42,12 +42,20 @@ import threading
 from typing import Sequence, Union
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # private, pinned with TF 2.16 (tf_keras' own XLA test)
 
 DEFAULT_LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 # Thread-local: a tf.function is traced in the thread that calls it, so an export in one thread never
 # switches the path of a training step traced in another.
 _mode = threading.local()
+
+
+def tracing_inside_xla() -> bool:
+    """Whether the op being traced will run XLA-compiled: inside a layer's own compiled function or a whole
+    train step under ``--jit_compile``. Layers pick there the forms that compile (static shapes, no
+    ``bincount``) or that XLA fuses well."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def in_serving_mode() -> bool:
