@@ -4,16 +4,20 @@ processes; two source trees alternating (this branch and ``git archive main``) g
     .venv/bin/python -m bench.bench_first_step                       # this tree, every family, one round
     mkdir -p /tmp/main && git archive main | tar -x -C /tmp/main
     .venv/bin/python -m bench.bench_first_step --trees=/tmp/main,. --rounds=3 --families=mmoe,dien
+    TF_USE_LEGACY_KERAS=1 .venv-peers/bin/python -m bench.bench_first_step --families=dien,peer_dien --rounds=3
 
 Each run is a fresh process whose ``tfrecsys`` and ``bench`` packages are the tree's (the same environment):
 it imports TensorFlow, builds the data, then clocks what ``bench_multitask_peers.train_ours`` (mmoe, ple,
 shared_bottom, esmm: Census-Income, the census configs, batch 256) and ``bench_sequence_peers.run_one``
-(dien: our DIEN + auxiliary loss on the Taobao protocol) clock: model construction + compile,
-``create_variables``, the input set-up and the first ``fit`` call, up to Keras' first ``on_train_batch_end``.
+(dien: our DIEN + auxiliary loss on the Taobao protocol; peer_dien: DeepCTR 0.9.4's DIEN + auxiliary loss there,
+in TF1 graph mode as that bench runs it, so only from ``.venv-peers``) clock: model construction + compile,
+``create_variables`` (ours), the input set-up and the first ``fit`` call, up to Keras' first
+``on_train_batch_end``.
 It prints one JSON line per run: CPU seconds (``time.process_time``, every thread: what a loaded machine
 changes least) and wall seconds to the first step, the CPU seconds of each phase (``fit`` split at the train
-function's first call: what Keras does before it, for DIEN mostly copying the in-memory arrays, and the
-first call: tracing the train function, grappler, instantiation, the step), the traced train function's nodes
+function's first call: what Keras does before it, for DIEN mostly putting the in-memory arrays into tensors,
+and the first call: tracing the train function, grappler, instantiation, the step; DeepCTR's graph-mode ``fit``
+is one phase), the traced train function's nodes
 (its graph and function library) and the 1-minute load; then per family the median over rounds and, with two
 trees, the ratio second ÷ first of each round. Census-Income is preprocessed into ``--data_dir`` by the first
 run that needs it; families whose dataset is absent from ../shared/datasets are skipped with a message.
@@ -30,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CENSUS_FAMILIES = ("mmoe", "ple", "shared_bottom", "esmm")
-FAMILIES = (*CENSUS_FAMILIES, "dien")
+FAMILIES = (*CENSUS_FAMILIES, "dien", "peer_dien")
 DATASETS = {"census": os.path.join(ROOT, os.pardir, "shared", "datasets", "census-income-kdd"),
             "taobao": os.path.join(ROOT, os.pardir, "shared", "datasets", "taobao-user-behavior",
                                    "UserBehavior_head84474.csv")}
@@ -98,9 +102,25 @@ def first_step(tree: str, family: str, data_dir: str) -> dict:
         create_variables(model, model.schema)
         fit_started = [phase("create_variables", cpu)]
         # Keras' set-up of the in-memory arrays is inside fit here, as in the peer benchmark.
-        clock_first_call(model, "fit before the first call (Keras' copy of the arrays)")
+        clock_first_call(model, "fit before the first call (the arrays into tensors)")
         model.fit(inputs, {"label": train["label"]}, batch_size=BATCH, epochs=1, verbose=0, shuffle=True,
                   callbacks=[FirstStep()])
+    elif family == "peer_dien":
+        # DeepCTR 0.9.4's DIEN + aux as bench_sequence_peers.run_one clocks it (TF1 graph mode, its shim, the
+        # legacy Adam): construction + compile, then fit on the same arrays up to the first step.
+        from bench.bench_sequence_peers import BATCH, LEARNING_RATE, deepctr_dien_shim, peer_model, taobao_rows
+
+        train, _, vocabulary = taobao_rows(DATASETS["taobao"])
+        deepctr_dien_shim()
+        tf.compat.v1.disable_eager_execution()
+        tf.keras.utils.set_random_seed(0)
+        started = time.perf_counter(), time.process_time()
+        model = peer_model("dien", vocabulary, 0)
+        model.compile(tf.keras.optimizers.legacy.Adam(LEARNING_RATE), "binary_crossentropy")
+        fit_started = [phase("construction + compile", started[1])]
+        called.append(fit_started[0])  # graph mode has no train function to split fit at
+        model.fit({k: train[k] for k in model.input_names}, train["label"], batch_size=BATCH, epochs=1, verbose=0,
+                  shuffle=True, callbacks=[FirstStep()])
     else:
         from bench.bench_multitask_peers import CONFIGS, census_rows, in_memory_batches
         from tfrecsys.config import load_config
@@ -123,11 +143,13 @@ def first_step(tree: str, family: str, data_dir: str) -> dict:
         fit_started = [phase("input set-up", cpu)]
         clock_first_call(model, "fit before the first call")
         model.fit(batches, epochs=1, verbose=0, callbacks=[FirstStep()])
-    [function] = model.train_tf_function._list_all_concrete_functions()
-    graph = function.graph.as_graph_def()
+    nodes = None
+    if family != "peer_dien":
+        [function] = model.train_tf_function._list_all_concrete_functions()
+        graph = function.graph.as_graph_def()
+        nodes = len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
     return {"tree": tree, "family": family, "cpu_s": round(first["cpu"], 3), "wall_s": round(first["wall"], 3),
-            "phases_cpu_s": phases, "train_function_nodes": len(graph.node) + sum(
-                len(f.node_def) for f in graph.library.function), "load_1min": round(os.getloadavg()[0], 1)}
+            "phases_cpu_s": phases, "train_function_nodes": nodes, "load_1min": round(os.getloadavg()[0], 1)}
 
 
 def run(tree: str, family: str, data_dir: str, timeout: float) -> dict:
@@ -162,7 +184,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"--families: unknown {unknown}; known: {FAMILIES}")
     for name, path in DATASETS.items():
-        needs = [f for f in families if (f == "dien") == (name == "taobao")]
+        needs = [f for f in families if f.endswith("dien") == (name == "taobao")]
         if needs and not os.path.exists(path):
             print(f"skipping {needs}: {path} is absent (see data/ for where to download it)")
             families = [f for f in families if f not in needs]

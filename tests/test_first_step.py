@@ -14,12 +14,13 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow.python.autograph.impl import conversion
 from tensorflow.python.eager import context
+from tf_keras.src.engine import data_adapter
 
 from tests.test_model_base import SCHEMA, batch, compiled
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.metrics import means
 from tfrecsys.layers.retrieval import MixedNegativeLogits
-from tfrecsys.models import execution
+from tfrecsys.models import execution, in_memory
 from tfrecsys.models.dnn import DNNRanker
 from tfrecsys.models.logistic_regression import LogisticRegression
 from tfrecsys.models.tasks import tasks_from_config
@@ -212,3 +213,56 @@ def test_weighted_means_give_keras_results_without_a_runtime_assertion():
         assert _assertions(ours, *specs) == 0
     with pytest.raises(ValueError, match="'loss'.*shape"):
         means.WeightedMean("loss").update_state(tf.ones([4]), sample_weight=tf.ones([4, 1]))
+
+
+def _misaligned(array: np.ndarray) -> np.ndarray:
+    """``array``'s values in a buffer 16 bytes past a 64-byte boundary: where numpy's large allocations start,
+    and why TensorFlow copies them a second time."""
+    raw = np.empty(array.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 16
+    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
+
+
+def test_in_memory_arrays_become_the_tensors_keras_makes_and_own_their_copy():
+    rng = np.random.default_rng(0)
+    arrays = {"ids": _misaligned(rng.integers(0, 2**40, (300, 7))), "counts": rng.integers(0, 9, 300).astype(np.int32),
+              "label": rng.uniform(size=300), "mask": rng.uniform(size=(300, 2)) > 0.5,
+              "strided": rng.integers(0, 99, (300, 4))[:, ::2], "names": np.array(["a", "b"] * 150)}
+    ours = in_memory.as_tensors(arrays)
+    keras = data_adapter._process_tensorlike(arrays)
+    for name in ("ids", "counts", "label", "mask", "strided"):
+        assert isinstance(ours[name], tf.Tensor), name
+        assert ours[name].dtype == keras[name].dtype and ours[name].shape == keras[name].shape, name
+        np.testing.assert_array_equal(ours[name].numpy(), keras[name].numpy(), err_msg=name)
+    assert ours["label"].dtype == tf.float32, "floating arrays in Keras' floatx, as Keras converts them"
+    assert ours["names"] is arrays["names"], "strings are left to Keras"
+    before = ours["ids"].numpy().copy()
+    arrays["ids"][:] = -1
+    np.testing.assert_array_equal(ours["ids"].numpy(), before, err_msg="the tensor shares the caller's array")
+    dataset = tf.data.Dataset.range(3)
+    assert in_memory.as_tensors((dataset, None)) == (dataset, None)
+
+
+def _fit_on_arrays(fit):
+    """A tiny logistic regression trained 2 epochs by ``fit`` on shuffled in-memory numpy rows, validated on
+    numpy rows and evaluated; returns its weights, history and evaluation."""
+    features, labels = batch(seed=3)
+    x = {name: _misaligned(value.numpy()) for name, value in features.items()}
+    y = {name: value.numpy().astype(np.float64) for name, value in labels.items()}
+    tf.keras.utils.set_random_seed(0)
+    model = compiled(LogisticRegression(SCHEMA, tasks_from_config({"ctr": dict(label="click")})))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), steps_per_execution=2)
+    history = fit(model, x, y, batch_size=32, epochs=2, shuffle=True, verbose=0, validation_data=(x, y))
+    return [v.numpy() for v in model.trainable_variables], history.history, model.evaluate(x, y, verbose=0)
+
+
+def test_fit_on_numpy_arrays_trains_as_keras_conversion_does():
+    weights, history, evaluation = _fit_on_arrays(lambda model, *args, **kwargs: model.fit(*args, **kwargs))
+    keras_weights, keras_history, keras_evaluation = _fit_on_arrays(
+        lambda model, *args, **kwargs: tf.keras.Model.fit(model, *args, **kwargs))
+    for ours, keras in zip(weights, keras_weights):
+        np.testing.assert_array_equal(ours, keras)
+    assert history == keras_history
+    assert evaluation == keras_evaluation

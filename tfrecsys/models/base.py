@@ -38,7 +38,7 @@ from tfrecsys.layers.position_bias import PositionBiasTower, add_bias_logit
 from tfrecsys.losses.distillation import Distillation
 from tfrecsys.losses.weighting import LossWeighting, TaskLosses
 from tfrecsys.metrics.means import WeightedMean
-from tfrecsys.models import execution
+from tfrecsys.models import execution, in_memory
 from tfrecsys.models.tasks import Task, task_columns
 
 EXPORT_KINDS = ("ranking", "retrieval")
@@ -266,6 +266,23 @@ class RecModel(tf.keras.Model):
     def _test_logs(self) -> dict:
         return {metric.name: metric.result() for metric in self.metrics}
 
+    # In-memory inputs -------------------------------------------------------------------------------------
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Keras' ``fit``; numpy arrays in ``x``, ``y``, ``sample_weight`` and ``validation_data`` become tensors
+        with one copy each instead of Keras' two (``tfrecsys.models.in_memory``), the same tensors."""
+        return super().fit(in_memory.as_tensors(x), in_memory.as_tensors(y), *args,
+                           **_with_tensors(kwargs, ("sample_weight", "validation_data")))
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """Keras' ``evaluate``, its numpy arrays copied once as in ``fit``."""
+        return super().evaluate(in_memory.as_tensors(x), in_memory.as_tensors(y), *args,
+                                **_with_tensors(kwargs, ("sample_weight",)))
+
+    def predict(self, x, *args, **kwargs):
+        """Keras' ``predict``, its numpy arrays copied once as in ``fit``."""
+        return super().predict(in_memory.as_tensors(x), *args, **kwargs)
+
     # With steps_per_execution > 1, the step is traced once, not twice, and the first train call runs one
     # step (tfrecsys.models.execution); a family overriding a step keeps Keras' own functions.
 
@@ -282,3 +299,8 @@ class RecModel(tf.keras.Model):
             self.test_function = execution.test_function(self, self._test_logs)
             return self.test_function
         return super().make_test_function(force=force)
+
+
+def _with_tensors(kwargs: dict, names) -> dict:
+    """``kwargs`` with the numpy arrays under ``names`` as ``in_memory.as_tensors`` makes them."""
+    return {key: in_memory.as_tensors(value) if key in names else value for key, value in kwargs.items()}
