@@ -31,6 +31,16 @@ shuffled batches out of the in-memory arrays (an element-wise tf.data shuffle co
 batch, measured). DeepCTR's DIEN needs TF1 graph mode and a 6-name shim (``deepctr_dien_shim``), so every
 run is a fresh process (``--one``), ours and the peer's alternating.
 
+Epochs chosen on validation (``--select_epoch=validation --max_epochs=3``): each user's second-to-last event
+pair (its positive and negative, the pair just before its test pair) is held out of the training rows for both
+stacks (``hold_out_validation``: 146,514 train / 1,624 validation rows, one pair for each of the 812 test
+users); each run trains ``--max_epochs`` epochs, predicts the validation and test rows after every epoch
+(outside the clocks), and reports the test figures of the epoch with the best validation AUC (the earliest of
+equal ones), with the per-epoch curve and the test figures after epoch 2 in its JSON. The same rule for both
+stacks; the default (``--select_epoch=none``) is the protocol above, unchanged: 2 epochs on all 148,138 rows.
+``--summarize --max_epochs=N`` re-chooses among the first N epochs of longer runs (Keras draws epoch k's
+shuffle the same whatever the epoch count, so the first N epochs of a longer run are a run of N).
+
 Timings: steady ex/s = training rows of epoch 2 over its wall time (Keras epoch callbacks), and the CPU
 milliseconds per step of that epoch (``time.process_time``: steadier than wall time on a shared machine);
 first step = model construction + compile (+ ``create_variables`` for ours) + Keras' set-up of the arrays +
