@@ -384,8 +384,8 @@ def _run_one(side: str, name: str, seed: int, options: OurOptions, select_epoch:
         figures.update(metrics(test))
     else:
         best = chosen_epoch(curve)
-        figures.update(curve[best - 1]["test"], chosen_epoch=best, curve=curve, validation_rows=len(validation["label"]),
-                       fixed_epochs_test=curve[EPOCHS - 1]["test"])
+        figures.update(curve[best - 1]["test"], chosen_epoch=best, curve=curve,
+                       validation_rows=len(validation["label"]), fixed_epochs_test=curve[EPOCHS - 1]["test"])
     # Epoch 2 is the steady epoch whatever the count: the first carries the tracing, later ones are alike.
     return {**figures, "steady_examples_per_s": rows / epoch_times[1],
             "steady_cpu_ms_per_step": 1000 * epoch_cpu_times[1] / -(-rows // BATCH),
@@ -395,8 +395,8 @@ def _run_one(side: str, name: str, seed: int, options: OurOptions, select_epoch:
 
 
 def run_line(r: dict) -> str:
-    """One run's figures on one line (under --select_epoch=validation, the chosen epoch's test figures, then
-    the epoch, the validation AUC per epoch and the test AUC after the protocol's fixed epochs)."""
+    """One run's figures on one line (under --select_epoch=validation, the chosen epoch's test figures, then a
+    line with the epoch and the validation and test AUC after each epoch)."""
     line = (f"{r['side'] + ':' + r['model']:22s} {r.get('precision', 'none'):14s} seed {r['seed']}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
             f"logloss {r['logloss']:.4f}  steady {r['steady_examples_per_s']:8.0f} ex/s "
             f"({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  first step {r['first_step_s']:5.1f} s "
@@ -447,8 +447,8 @@ def summary(results: list[dict]) -> list[str]:
         if all("curve" in r for r in rows):
             chosen = ", ".join(f"{seed}: {by_seed[seed]['chosen_epoch']}" for seed in sorted(by_seed))
             chosen_validation = [r["curve"][r["chosen_epoch"] - 1]["validation"]["auc"] for r in rows]
-            lines.append(f"    chosen epoch by seed {chosen}; validation AUC there {mean_and_error(chosen_validation)}; "
-                         f"test AUC after the fixed {EPOCHS} epochs "
+            lines.append(f"    chosen epoch by seed {chosen}; validation AUC there "
+                         f"{mean_and_error(chosen_validation)}; test AUC after the fixed {EPOCHS} epochs "
                          f"{mean_and_error([r['fixed_epochs_test']['auc'] for r in rows])}")
     for (side, model, precision), ours in runs.items():
         peer_key = next((key for key in runs if key[:2] == ("peer", model)), None) if side == "ours" else None
