@@ -31,6 +31,16 @@ shuffled batches out of the in-memory arrays (an element-wise tf.data shuffle co
 batch, measured). DeepCTR's DIEN needs TF1 graph mode and a 6-name shim (``deepctr_dien_shim``), so every
 run is a fresh process (``--one``), ours and the peer's alternating.
 
+Epochs chosen on validation (``--select_epoch=validation --max_epochs=3``): each user's second-to-last event
+pair (its positive and negative, the pair just before its test pair) is held out of the training rows for both
+stacks (``hold_out_validation``: 146,514 train / 1,624 validation rows, one pair for each of the 812 test
+users); each run trains ``--max_epochs`` epochs, predicts the validation and test rows after every epoch
+(outside the clocks), and reports the test figures of the epoch with the best validation AUC (the earliest of
+equal ones), with the per-epoch curve and the test figures after epoch 2 in its JSON. The same rule for both
+stacks; the default (``--select_epoch=none``) is the protocol above, unchanged: 2 epochs on all 148,138 rows.
+``--summarize --max_epochs=N`` re-chooses among the first N epochs of longer runs (Keras draws epoch k's
+shuffle the same whatever the epoch count, so the first N epochs of a longer run are a run of N).
+
 Timings: steady ex/s = training rows of epoch 2 over its wall time (Keras epoch callbacks), and the CPU
 milliseconds per step of that epoch (``time.process_time``: steadier than wall time on a shared machine);
 first step = model construction + compile (+ ``create_variables`` for ours) + Keras' set-up of the arrays +
@@ -150,6 +160,32 @@ def _columns(rows: list, category_of: np.ndarray) -> dict:
                                                                                           np.float32)}
 
 
+def hold_out_validation(train: dict) -> tuple[dict, dict]:
+    """(train without the validation rows, validation): each user's second-to-last event's pair (the positive
+    and its negative just before the user's test pair, the last pair ``taobao_rows`` gives the user's training
+    rows) held out, so the validation rows are built as the test rows are, one event earlier, and no training
+    row holds a validation event as target or in its history. Users with one training pair give it up."""
+    users = train["user_id"]
+    block_ends = np.flatnonzero(np.r_[users[1:] != users[:-1], True])
+    if len(block_ends) != len(np.unique(users)):
+        raise ValueError("the training rows must hold each user's rows together, in time order (taobao_rows)")
+    held_out = np.zeros(len(users), bool)
+    held_out[block_ends] = held_out[block_ends - 1] = True
+    positives, negatives = block_ends - 1, block_ends
+    if not (np.all(train["label"][positives] == 1) and np.all(train["label"][negatives] == 0)
+            and np.array_equal(train["hist_item_id"][positives], train["hist_item_id"][negatives])
+            and np.all(users[positives] == users[negatives])):
+        raise ValueError("each user's training rows must end with a (positive, negative) pair of one event")
+    return ({k: v[~held_out] for k, v in train.items()}, {k: v[held_out] for k, v in train.items()})
+
+
+def chosen_epoch(curve: list[dict], max_epochs: Optional[int] = None) -> int:
+    """The 1-based epoch of ``curve`` (one ``{"validation": metrics, "test": metrics}`` per epoch) with the best
+    validation AUC among its first ``max_epochs`` (all if None); the earliest of equal ones."""
+    aucs = [epoch["validation"]["auc"] for epoch in curve[:max_epochs]]
+    return int(np.argmax(aucs)) + 1
+
+
 def ranking_metrics(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> dict:
     """AUC (ties count ½), GAUC (per-user AUC weighted by rows, users of one class skipped), logloss."""
     def auc(y, p):
@@ -252,31 +288,43 @@ def peer_model(name: str, vocabulary: dict, seed: int):
                     att_weight_normalization=True, alpha=1.0, seed=seed)
 
 
-def run_one(side: str, name: str, seed: int, precision: str = "none", options: OurOptions = BENCH_DEFAULTS) -> dict:
+def run_one(side: str, name: str, seed: int, precision: str = "none", options: OurOptions = BENCH_DEFAULTS,
+            select_epoch: str = "none", max_epochs: int = 3) -> dict:
     """Trains one model in this process under the Keras precision policy ``precision`` (a
     ``tfrecsys.train.strategy.PRECISION_POLICIES`` key) and returns its figures; ``options`` are our models'
-    (DeepCTR's are always its own, ``DEEPCTR_OPTIONS``)."""
+    (DeepCTR's are always its own, ``DEEPCTR_OPTIONS``). ``select_epoch="validation"``: the validation split
+    held out of the training rows, up to ``max_epochs`` epochs, and the test figures of the epoch of best
+    validation AUC (``"none"``: the protocol's fixed ``EPOCHS`` on every training row)."""
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
 
     from tfrecsys.train.strategy import precision_policy
 
     with precision_policy(precision):
-        return {**_run_one(side, name, seed, options), "precision": precision}
+        return {**_run_one(side, name, seed, options, select_epoch, max_epochs), "precision": precision}
 
 
-def _run_one(side: str, name: str, seed: int, options: OurOptions) -> dict:
+def _run_one(side: str, name: str, seed: int, options: OurOptions, select_epoch: str, max_epochs: int) -> dict:
     import tensorflow as tf
 
     from tfrecsys.train.adam import Adam
     from tfrecsys.train.loop import create_variables
 
     train, test, vocabulary = taobao_rows()
+    validation, epochs = None, EPOCHS
+    if select_epoch == "validation":
+        train, validation = hold_out_validation(train)
+        epochs = max_epochs
     graph_mode = side == "peer" and name.startswith("dien")
     if graph_mode:
         deepctr_dien_shim()
         tf.compat.v1.disable_eager_execution()
     tf.keras.utils.set_random_seed(seed)
-    epoch_times, epoch_cpu_times, first_step = [], [], {}
+    epoch_times, epoch_cpu_times, first_step, curve = [], [], {}, []
+    score = None  # rows -> the model's scores, once the model is built
+
+    def metrics(rows):
+        scores = np.ravel(score(rows)).astype(np.float32)  # a bfloat16 policy's output arrives as bfloat16
+        return ranking_metrics(rows["label"], scores, rows["user_id"])
 
     class Clock(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -290,6 +338,15 @@ def _run_one(side: str, name: str, seed: int, options: OurOptions) -> dict:
             first_step.setdefault("seconds", time.perf_counter() - built_from)
             first_step.setdefault("cpu_seconds", time.process_time() - cpu_built_from)
 
+    class EvaluateEachEpoch(tf.keras.callbacks.Callback):
+        """Validation and test metrics after every epoch; after ``Clock`` in the callbacks, so outside its
+        clocks."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            curve.append({"epoch": epoch + 1, "validation": metrics(validation), "test": metrics(test)})
+
+    callbacks = [Clock()] + ([EvaluateEachEpoch()] if validation is not None else [])
+
     if side == "ours":
         inputs = {k: v for k, v in train.items() if k not in ("label", "seq_length")}
         inputs["hist_item_id_length"] = train["seq_length"]
@@ -300,11 +357,14 @@ def _run_one(side: str, name: str, seed: int, options: OurOptions) -> dict:
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)  # tfrecsys-train's "adam"
         create_variables(model, model.schema)  # as tfrecsys-train does: the train step is traced once
         # The input path DeepCTR gets: Keras slicing shuffled batches out of in-memory arrays.
-        model.fit(inputs, {"label": train["label"]}, batch_size=BATCH, epochs=EPOCHS, verbose=0, shuffle=True,
-                  callbacks=[Clock()])
-        serving = {k: v for k, v in test.items() if k in model.serving_features}
-        serving["hist_item_id_length"] = test["seq_length"]
-        scores = model.predict(serving, batch_size=1024, verbose=0)["score"]
+
+        def score(rows):
+            serving = {k: v for k, v in rows.items() if k in model.serving_features}
+            serving["hist_item_id_length"] = rows["seq_length"]
+            return model.predict(serving, batch_size=1024, verbose=0)["score"]
+
+        model.fit(inputs, {"label": train["label"]}, batch_size=BATCH, epochs=epochs, verbose=0, shuffle=True,
+                  callbacks=callbacks)
     else:
         built_from, cpu_built_from = time.perf_counter(), time.process_time()
         model = peer_model(name, vocabulary, seed)
@@ -312,25 +372,50 @@ def _run_one(side: str, name: str, seed: int, options: OurOptions) -> dict:
             LEARNING_RATE)
         model.compile(optimizer, "binary_crossentropy")
         names = model.input_names  # the Input layers' names (graph-mode tensor names carry suffixes)
-        model.fit({k: train[k] for k in names}, train["label"], batch_size=BATCH, epochs=EPOCHS, verbose=0,
-                  shuffle=True, callbacks=[Clock()])
-        scores = model.predict({k: test[k] for k in names}, batch_size=1024)
+
+        def score(rows):
+            return model.predict({k: rows[k] for k in names}, batch_size=1024)
+
+        model.fit({k: train[k] for k in names}, train["label"], batch_size=BATCH, epochs=epochs, verbose=0,
+                  shuffle=True, callbacks=callbacks)
     rows = len(train["label"])
-    scores = np.ravel(scores).astype(np.float32)  # a bfloat16 policy's output arrives as bfloat16
-    return {"side": side, "model": name, "seed": seed, **ranking_metrics(test["label"], scores, test["user_id"]),
-            "steady_examples_per_s": rows * (EPOCHS - 1) / sum(epoch_times[1:]),
-            "steady_cpu_ms_per_step": 1000 * sum(epoch_cpu_times[1:]) / (-(-rows // BATCH) * (EPOCHS - 1)),
+    figures = {"side": side, "model": name, "seed": seed, "select_epoch": select_epoch, "epochs": epochs}
+    if validation is None:
+        figures.update(metrics(test))
+    else:
+        best = chosen_epoch(curve)
+        figures.update(curve[best - 1]["test"], chosen_epoch=best, curve=curve,
+                       validation_rows=len(validation["label"]), fixed_epochs_test=curve[EPOCHS - 1]["test"])
+    # Epoch 2 is the steady epoch whatever the count: the first carries the tracing, later ones are alike.
+    return {**figures, "steady_examples_per_s": rows / epoch_times[1],
+            "steady_cpu_ms_per_step": 1000 * epoch_cpu_times[1] / -(-rows // BATCH),
             "first_step_s": first_step["seconds"], "first_step_cpu_s": first_step["cpu_seconds"],
             "load": os.getloadavg()[0], "train_rows": rows, "test_rows": len(test["label"]),
             **dataclasses.asdict(options if side == "ours" else DEEPCTR_OPTIONS)}
 
 
 def run_line(r: dict) -> str:
-    """One run's figures on one line."""
-    return (f"{r['side'] + ':' + r['model']:22s} {r.get('precision', 'none'):14s} seed {r['seed']}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
+    """One run's figures on one line (under --select_epoch=validation, the chosen epoch's test figures, then a
+    line with the epoch and the validation and test AUC after each epoch)."""
+    line = (f"{r['side'] + ':' + r['model']:22s} {r.get('precision', 'none'):14s} seed {r['seed']}  AUC {r['auc']:.4f}  GAUC {r['gauc']:.4f}  "
             f"logloss {r['logloss']:.4f}  steady {r['steady_examples_per_s']:8.0f} ex/s "
             f"({r['steady_cpu_ms_per_step']:.1f} CPU-ms/step)  first step {r['first_step_s']:5.1f} s "
             f"({r['first_step_cpu_s']:.1f} CPU-s)  load {r['load']:.1f}")
+    if "curve" in r:
+        line += (f"\n    epoch {r['chosen_epoch']} of {len(r['curve'])} chosen; validation AUC per epoch "
+                 + " ".join(f"{e['validation']['auc']:.4f}" for e in r["curve"]) + "; test AUC per epoch "
+                 + " ".join(f"{e['test']['auc']:.4f}" for e in r["curve"]))
+    return line
+
+
+def reselect(r: dict, max_epochs: int) -> dict:
+    """A --select_epoch=validation run's figures as if it had stopped after ``max_epochs`` epochs (the first
+    epochs of a longer run are the same: Keras draws epoch k's shuffle the same whatever the count)."""
+    if "curve" not in r or max_epochs >= len(r["curve"]):
+        return r
+    best = chosen_epoch(r["curve"], max_epochs)
+    return {**r, **r["curve"][best - 1]["test"], "chosen_epoch": best, "curve": r["curve"][:max_epochs],
+            "epochs": max_epochs}
 
 
 def mean_and_error(values, sign: str = "", digits: int = 4) -> str:
@@ -359,6 +444,12 @@ def summary(results: list[dict]) -> list[str]:
                      f"CPU-ms/step {np.mean([r['steady_cpu_ms_per_step'] for r in rows]):.1f}, "
                      f"first step {np.mean([r['first_step_s'] for r in rows]):.1f} s "
                      f"({np.mean([r['first_step_cpu_s'] for r in rows]):.1f} CPU-s)")
+        if all("curve" in r for r in rows):
+            chosen = ", ".join(f"{seed}: {by_seed[seed]['chosen_epoch']}" for seed in sorted(by_seed))
+            chosen_validation = [r["curve"][r["chosen_epoch"] - 1]["validation"]["auc"] for r in rows]
+            lines.append(f"    chosen epoch by seed {chosen}; validation AUC there "
+                         f"{mean_and_error(chosen_validation)}; test AUC after the fixed {EPOCHS} epochs "
+                         f"{mean_and_error([r['fixed_epochs_test']['auc'] for r in rows])}")
     for (side, model, precision), ours in runs.items():
         peer_key = next((key for key in runs if key[:2] == ("peer", model)), None) if side == "ours" else None
         peer = runs[peer_key] if peer_key else {}
@@ -376,6 +467,10 @@ def summary(results: list[dict]) -> list[str]:
                      + mean_and_error([p["steady_cpu_ms_per_step"] / o["steady_cpu_ms_per_step"] for o, p in pairs],
                                     digits=2)
                      + "x")
+        if all("fixed_epochs_test" in r for pair in pairs for r in pair):
+            lines.append(f"    after the fixed {EPOCHS} epochs (same runs): AUC ours − DeepCTR "
+                         + mean_and_error([o["fixed_epochs_test"]["auc"] - p["fixed_epochs_test"]["auc"]
+                                           for o, p in pairs], "+"))
     return lines
 
 
@@ -427,6 +522,18 @@ def main(argv=None) -> int:
                              "scales the keep gate, DeepCTR's VecAttGRUCell (the default here); augru = the "
                              "paper's, attention scales the update gate (the model's default; the runs before "
                              "2026-12-07 04:00 UTC)")
+    parser.add_argument("--select_epoch", default="none", choices=("none", "validation"),
+                        help="none (the default): every run trains the protocol's fixed 2 epochs on all training "
+                             "rows and reports the test figures after them; validation: each user's "
+                             "second-to-last event pair is held out of the training rows as a validation split "
+                             "(the same rows for both stacks), each run trains --max_epochs epochs, evaluates "
+                             "validation and test after each, and reports the test figures of the epoch with the "
+                             "best validation AUC (the per-epoch curve and the figures after epoch 2 in the JSON)")
+    parser.add_argument("--max_epochs", type=int, default=None,
+                        help="with --select_epoch=validation: the most epochs trained (default 3; at least 2: the "
+                             "steady timings are epoch 2's); with --summarize: choose among the first this many "
+                             "epochs of each run's curve (the first epochs of a longer run are the same; default: "
+                             "each run's own count)")
     parser.add_argument("--results", default="",
                         help="a JSON-lines file: each finished run's figures are appended to it as one line, so "
                              "runs of several invocations (or of one cut short) can be summarised together; "
@@ -440,20 +547,25 @@ def main(argv=None) -> int:
     parser.add_argument("--one", default="", help="internal: run this side:model in this process, print JSON")
     parser.add_argument("--precision", default="none", help="internal: the policy of the --one run")
     args = parser.parse_args(argv)
+    if args.max_epochs is not None and args.max_epochs < EPOCHS:
+        parser.error(f"--max_epochs must be at least {EPOCHS}: the steady timings are epoch {EPOCHS}'s")
     options = OurOptions(embedding_l2=args.embedding_l2, aux_normalization=args.aux_normalization,
                          gru_gate_bias=args.gru_gate_bias, embedding_init_stddev=args.embedding_init_stddev,
                          embedding_init_seed=None if args.embedding_init_seed < 0 else args.embedding_init_seed,
                          evolution_trainable=bool(args.evolution_trainable), gru_variant=args.gru_variant)
+    max_epochs = 3 if args.max_epochs is None else args.max_epochs
     if args.one:
         side, name = args.one.split(":")
-        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision, options)),
-              flush=True)
+        print("RESULT " + json.dumps(run_one(side, name, int(args.seeds.split(",")[0]), args.precision, options,
+                                             args.select_epoch, max_epochs)), flush=True)
         return 0
     if args.summarize:
         if not args.results:
             parser.error("--summarize reads the runs of --results=PATH")
         with open(args.results) as lines:
             results = [json.loads(line) for line in lines if line.strip()]
+        if args.max_epochs is not None:
+            results = [reselect(r, args.max_epochs) for r in results]
         for r in results:
             print(run_line(r))
         print("\n".join(summary(results)))
@@ -478,7 +590,8 @@ def main(argv=None) -> int:
     for seed in args.seeds.split(","):
         for run, precision in [(run, p) for run in runs for p in precisions[run.split(":")[0]]]:
             output = subprocess.run([sys.executable, "-m", "bench.bench_sequence_peers", f"--one={run}",
-                                     f"--seeds={seed}", f"--precision={precision}", *options.flags()],
+                                     f"--seeds={seed}", f"--precision={precision}", *options.flags(),
+                                     f"--select_epoch={args.select_epoch}", f"--max_epochs={max_epochs}"],
                                     capture_output=True,
                                     text=True,
                                     timeout=3600,
