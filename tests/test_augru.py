@@ -278,7 +278,7 @@ def _states_and_gradients(arguments, gate, xla):
 @pytest.mark.parametrize("gate", ["gru", "augru", "agru", "augru_keep"])
 def test_xla_compiled_recurrence_loops_equal_the_plain_loops_in_values_and_gradients(gate):
     arguments = _recurrence_inputs(gate)
-    forward, backward = _compiled_steps(gate)
+    forward, backward = _compiled_steps(gate, UNITS)
     traces = forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()
     compiled, compiled_gradients = tf.function(_states_and_gradients)(arguments, gate, True)
     plain, plain_gradients = tf.function(_states_and_gradients)(arguments, gate, False)
@@ -297,7 +297,7 @@ def test_recurrence_loops_run_plain_in_serving_mode_and_under_jit_compile():
     holds no XLA-compiled function; inside a whole-step XLA function (``--jit_compile``) its loops are plain
     ops of that function (and still agree)."""
     arguments = _recurrence_inputs("augru")
-    forward, backward = _compiled_steps("augru")
+    forward, backward = _compiled_steps("augru", UNITS)
     with serving_mode():
         graph = tf.function(lambda *args: gated_recurrence(*args, gate="augru", xla=True)).get_concrete_function(
             *arguments).graph
@@ -322,7 +322,7 @@ def test_layers_compile_their_loops_in_training_calls_only(layer_type):
     else:
         layer = InterestEvolution(UNITS, "augru_keep", attention_units=(8,), attention_activation="sigmoid")
         arguments, gate = (values, mask, target), "augru_keep"
-    forward, _ = _compiled_steps(gate)
+    forward, _ = _compiled_steps(gate, UNITS)
     traces = forward.experimental_get_tracing_count()
     inference = tf.function(lambda: layer(*arguments, training=False))()
     assert forward.experimental_get_tracing_count() == traces

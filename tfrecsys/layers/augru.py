@@ -161,12 +161,11 @@ def _update_by_scale(gate: str, z, scale):
     return tf.ones_like(z)
 
 
-def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str):
+def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, units: int):
     """The forward loop of ``gated_recurrence``: ``step_inputs`` ``[len, batch, 3·units + 1]`` (``W x_t + b_x``
     and ``s_t``, time-major) → ``[len, batch, 5·units]``: ``h_t``, ``z_t``, ``r_t``, ``h̃_t``, ``U^h h_{t−1} + b^h_h``
     per step."""
     dtype = step_inputs.dtype
-    units = recurrent_kernel.shape[0]
     steps, batch = tf.unstack(tf.shape(step_inputs)[:2])
     inputs = tf.TensorArray(dtype, size=steps).unstack(step_inputs)
 
@@ -185,13 +184,12 @@ def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str):
     return kept.stack()
 
 
-def _backward_steps(step_values, recurrent_kernel, gate: str):
+def _backward_steps(step_values, recurrent_kernel, gate: str, units: int):
     """The backward loop of ``gated_recurrence``, last step first: ``step_values`` ``[len, batch, 6·units + 1]``
     (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, ``U^h h_{t−1} + b^h_h``, ``h_{t−1}``, ``s_t``) →
     ``[len, batch, 4·units]``: ``∂L/∂(z, r)`` and ``∂L/∂h̃`` before their nonlinearities' inputs, and the total
     ``∂L/∂h_t``."""
     dtype = step_values.dtype
-    units = recurrent_kernel.shape[0]
     steps, batch = tf.unstack(tf.shape(step_values)[:2])
     values = tf.TensorArray(dtype, size=steps).unstack(step_values)
     transposed_kernel = tf.transpose(recurrent_kernel)
@@ -215,11 +213,12 @@ def _backward_steps(step_values, recurrent_kernel, gate: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_steps(gate: str):
-    """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``gate`` as XLA-compiled functions
-    (one pair per gate for the process: XLA compiles each once per concrete input shape and caches it)."""
-    return (tf.function(functools.partial(_forward_steps, gate=gate), jit_compile=True, reduce_retracing=True),
-            tf.function(functools.partial(_backward_steps, gate=gate), jit_compile=True, reduce_retracing=True))
+def _compiled_steps(gate: str, units: int):
+    """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``gate`` and ``units`` as
+    XLA-compiled functions, one pair per process (traced once for any batch size and length; XLA compiles
+    once per concrete input shape and caches it)."""
+    return tuple(tf.function(functools.partial(steps, gate=gate, units=units), jit_compile=True,
+                             reduce_retracing=True) for steps in (_forward_steps, _backward_steps))
 
 
 def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru", xla: bool = False):
@@ -257,10 +256,10 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     kernel, recurrent_kernel, bias = (tf.cast(weight, dtype) for weight in (kernel, recurrent_kernel, bias))
     dim, units = kernel.shape[0], recurrent_kernel.shape[0]
     if xla and not in_serving_mode() and not tracing_inside_xla():
-        forward_steps, backward_steps = _compiled_steps(gate)
+        forward_steps, backward_steps = _compiled_steps(gate, units)
     else:
-        forward_steps = functools.partial(_forward_steps, gate=gate)
-        backward_steps = functools.partial(_backward_steps, gate=gate)
+        forward_steps = functools.partial(_forward_steps, gate=gate, units=units)
+        backward_steps = functools.partial(_backward_steps, gate=gate, units=units)
 
     @tf.custom_gradient
     def recurrence(inputs, scale, kernel, recurrent_kernel, bias):
@@ -269,7 +268,10 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
         input_bias, recurrent_bias = tf.unstack(bias)
         projected = tf.reshape(tf.matmul(flat_inputs, kernel) + input_bias, tf.stack([steps, batch, 3 * units]))
         time_major_scale = tf.transpose(scale)[..., tf.newaxis]
-        kept = forward_steps(tf.concat([projected, time_major_scale], -1), recurrent_kernel, recurrent_bias)
+        # Under stop_gradient: the backward below is the gradient, and an eager tape that saw the loop's inputs
+        # would have the compiled function keep per-step accumulators, which XLA cannot compile.
+        kept = forward_steps(*(tf.stop_gradient(x) for x in (tf.concat([projected, time_major_scale], -1),
+                                                              recurrent_kernel, recurrent_bias)))
         # [len, batch, units] states, [len, batch, 4·units] z, r, h̃, U^h h + b.
         states, kept = tf.split(kept, [units, 4 * units], axis=-1)
         previous = tf.concat([tf.zeros_like(states[:1]), states[:-1]], axis=0)
