@@ -187,8 +187,8 @@ def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, uni
 def _backward_steps(step_values, recurrent_kernel, gate: str, units: int):
     """The backward loop of ``gated_recurrence``, last step first: ``step_values`` ``[len, batch, 6·units + 1]``
     (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, ``U^h h_{t−1} + b^h_h``, ``h_{t−1}``, ``s_t``) →
-    ``[len, batch, 4·units]``: ``∂L/∂(z, r)`` and ``∂L/∂h̃`` before their nonlinearities' inputs, and the total
-    ``∂L/∂h_t``."""
+    ``[len, batch, 4·units]``: the gradients at the inputs of ``z_t``'s and ``r_t``'s sigmoids and of ``h̃_t``'s
+    tanh, and the total ``∂L/∂h_t``."""
     dtype = step_values.dtype
     steps, batch = tf.unstack(tf.shape(step_values)[:2])
     values = tf.TensorArray(dtype, size=steps).unstack(step_values)
