@@ -79,7 +79,7 @@ class OurOptions:
     ``model.embedding_l2``); ``embedding_init_stddev``: the tables' rows start N(0, stddev²)
     (``EmbeddingTables.initialize_normal``; 0: the model's truncated N(0, 0.05²)), seeded by
     ``embedding_init_seed`` (None: the global seed; an integer: every table with it, as DeepCTR);
-    ``aux_normalization``, ``gru_gate_bias``, ``evolution_trainable``, ``gru_variant``: DIEN's config keys of
+    ``aux_normalization``, ``gru_gate_bias``, ``evolution_trainable``, ``gru_variant``, ``recurrence_xla``: DIEN's config keys of
     the same names under ``model.``.
     """
     embedding_l2: float = 0.0
@@ -89,13 +89,15 @@ class OurOptions:
     embedding_init_seed: Optional[int] = None
     evolution_trainable: bool = True
     gru_variant: str = "augru"
+    recurrence_xla: bool = False
 
     def flags(self) -> list:
         """The command-line flags that give these options to a ``--one`` run."""
         return [f"--embedding_l2={self.embedding_l2}", f"--aux_normalization={self.aux_normalization}",
                 f"--gru_gate_bias={self.gru_gate_bias}", f"--embedding_init_stddev={self.embedding_init_stddev}",
                 f"--embedding_init_seed={-1 if self.embedding_init_seed is None else self.embedding_init_seed}",
-                f"--evolution_trainable={int(self.evolution_trainable)}", f"--gru_variant={self.gru_variant}"]
+                f"--evolution_trainable={int(self.evolution_trainable)}", f"--gru_variant={self.gru_variant}",
+                f"--recurrence_xla={int(self.recurrence_xla)}"]
 
 
 # DeepCTR 0.9.4's DIN and DIEN as they run on TF 2.16, and what the bench gives ours by default: l2_reg_embedding
@@ -242,7 +244,7 @@ def our_model(name: str, vocabulary: dict, options: OurOptions = OurOptions()):
                      aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
                      hidden_units=DNN_UNITS, aux_normalization=options.aux_normalization,
                      gru_gate_bias=options.gru_gate_bias, evolution_trainable=options.evolution_trainable,
-                     gru_variant=options.gru_variant, name=name)
+                     gru_variant=options.gru_variant, recurrence_xla=options.recurrence_xla, name=name)
     if options.embedding_l2:
         model.embeddings.regularize(options.embedding_l2)
     if options.embedding_init_stddev:
@@ -522,6 +524,10 @@ def main(argv=None) -> int:
                              "scales the keep gate, DeepCTR's VecAttGRUCell (the default here); augru = the "
                              "paper's, attention scales the update gate (the model's default; the runs before "
                              "2026-12-07 04:00 UTC)")
+    parser.add_argument("--recurrence_xla", type=int, choices=(0, 1), default=int(BENCH_DEFAULTS.recurrence_xla),
+                        help="1 XLA-compiles our DIEN's GRU step loops in training (config model.recurrence_xla): "
+                             "less CPU per step, about 0.9 CPU-second more to the first step; 0 (the model's and "
+                             "this bench's default) runs them plain")
     parser.add_argument("--select_epoch", default="none", choices=("none", "validation"),
                         help="none (the default): every run trains the protocol's fixed 2 epochs on all training "
                              "rows and reports the test figures after them; validation: each user's "
@@ -552,7 +558,8 @@ def main(argv=None) -> int:
     options = OurOptions(embedding_l2=args.embedding_l2, aux_normalization=args.aux_normalization,
                          gru_gate_bias=args.gru_gate_bias, embedding_init_stddev=args.embedding_init_stddev,
                          embedding_init_seed=None if args.embedding_init_seed < 0 else args.embedding_init_seed,
-                         evolution_trainable=bool(args.evolution_trainable), gru_variant=args.gru_variant)
+                         evolution_trainable=bool(args.evolution_trainable), gru_variant=args.gru_variant,
+                         recurrence_xla=bool(args.recurrence_xla))
     max_epochs = 3 if args.max_epochs is None else args.max_epochs
     if args.one:
         side, name = args.one.split(":")

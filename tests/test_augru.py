@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecsys.layers.augru import AttentionGRUCell, InterestEvolution, InterestExtractor, auxiliary_loss
+from tfrecsys.layers.augru import (AttentionGRUCell, InterestEvolution, InterestExtractor, _compiled_steps,
+                                   auxiliary_loss, gated_recurrence)
 from tfrecsys.layers.auxiliary_net import AuxiliaryNet
 from tfrecsys.layers.regularization import mini_batch_aware_l2
+from tfrecsys.layers.xla import serving_mode
 
 UNITS, DIM = 4, 3
 
@@ -252,3 +254,79 @@ def test_recurrences_equal_keras_masked_rnn_in_outputs_and_gradients(variant):
         assert np.abs(theirs.numpy()).max() > 0 or weight is target or variant == "extractor"
         np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=0, atol=1e-5,
                                    err_msg=getattr(weight, "name", "input"))
+
+
+def _recurrence_inputs(gate, batch=5, length=6, dim=3, seed=5):
+    rng = np.random.default_rng(seed)
+    lengths = np.array([6, 3, 0, 1, 6][:batch])
+    mask = np.arange(length)[None, :] < lengths[:, None]
+    attention = rng.uniform(size=(batch, length)).astype(np.float32)
+    scale = {"gru": mask.astype(np.float32), "augru_keep": (1.0 + attention) * mask}.get(gate, attention * mask)
+    return [tf.constant(np.asarray(x, np.float32)) for x in (
+        rng.normal(size=(batch, length, dim)), scale, rng.normal(scale=0.5, size=(dim, 3 * UNITS)),
+        rng.normal(scale=0.5, size=(UNITS, 3 * UNITS)), rng.normal(scale=0.5, size=(2, 3 * UNITS)))]
+
+
+def _states_and_gradients(arguments, gate, xla):
+    with tf.GradientTape() as tape:
+        tape.watch(arguments)
+        states = gated_recurrence(*arguments, gate=gate, xla=xla)
+        loss = tf.reduce_sum(tf.sin(3.0 * states))
+    return states, tape.gradient(loss, arguments)
+
+
+@pytest.mark.parametrize("gate", ["gru", "augru", "agru", "augru_keep"])
+def test_xla_compiled_recurrence_loops_equal_the_plain_loops_in_values_and_gradients(gate):
+    arguments = _recurrence_inputs(gate)
+    forward, backward = _compiled_steps(gate, UNITS)
+    traces = forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()
+    compiled, compiled_gradients = tf.function(_states_and_gradients)(arguments, gate, True)
+    plain, plain_gradients = tf.function(_states_and_gradients)(arguments, gate, False)
+    # The compiled path ran (one trace of each loop), and its results are the plain path's to float rounding.
+    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == (
+        traces[0] + 1, traces[1] + 1)
+    np.testing.assert_allclose(compiled.numpy(), plain.numpy(), rtol=0, atol=1e-5)
+    for name, xla, reference in zip(("inputs", "scale", "kernel", "recurrent_kernel", "bias"),
+                                    compiled_gradients, plain_gradients):
+        assert np.abs(reference.numpy()).max() > 0, name
+        np.testing.assert_allclose(xla.numpy(), reference.numpy(), rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_recurrence_loops_run_plain_in_serving_mode_and_under_jit_compile():
+    """TF Serving runs no XLA without its experimental flags: traced inside ``serving_mode()`` the recurrence
+    holds no XLA-compiled function; inside a whole-step XLA function (``--jit_compile``) its loops are plain
+    ops of that function (and still agree)."""
+    arguments = _recurrence_inputs("augru")
+    forward, backward = _compiled_steps("augru", UNITS)
+    with serving_mode():
+        graph = tf.function(lambda *args: gated_recurrence(*args, gate="augru", xla=True)).get_concrete_function(
+            *arguments).graph
+    compiled_calls = [op for op in graph.get_operations()
+                      if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+                      and op.get_attr("_XlaMustCompile")]
+    assert not compiled_calls
+    traces = forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()
+    whole, whole_gradients = tf.function(_states_and_gradients, jit_compile=True)(arguments, "augru", True)
+    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == traces
+    plain, plain_gradients = tf.function(_states_and_gradients)(arguments, "augru", False)
+    np.testing.assert_allclose(whole.numpy(), plain.numpy(), rtol=0, atol=1e-5)
+    for xla, reference in zip(whole_gradients, plain_gradients):
+        np.testing.assert_allclose(xla.numpy(), reference.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_type", ["extractor", "evolution"])
+def test_layers_compile_their_loops_in_training_calls_only(layer_type):
+    values, mask, target = (tf.constant(x) for x in _sequences())
+    if layer_type == "extractor":
+        layer, arguments, gate = InterestExtractor(UNITS), (values, mask), "gru"
+    else:
+        layer = InterestEvolution(UNITS, "augru_keep", attention_units=(8,), attention_activation="sigmoid")
+        arguments, gate = (values, mask, target), "augru_keep"
+    forward, _ = _compiled_steps(gate, UNITS)
+    traces = forward.experimental_get_tracing_count()
+    inference = tf.function(lambda: layer(*arguments, training=False))()
+    assert forward.experimental_get_tracing_count() == traces
+    training = tf.function(lambda: layer(*arguments, training=True))()
+    assert forward.experimental_get_tracing_count() == traces + 1
+    np.testing.assert_allclose(training.numpy(), inference.numpy(), rtol=0, atol=1e-5)
+    assert layer.get_config()["xla"] is True

@@ -279,6 +279,39 @@ def test_dien_evolution_trainable_false_leaves_only_the_evolving_grus_weights_to
     assert InterestEvolution.from_config(model.evolution.get_config()).cell.trainable is False
 
 
+def test_dien_recurrence_xla_from_the_config_gives_the_plain_loops_loss_and_gradients():
+    """``model.recurrence_xla`` (default off) compiles the GRUs' step loops in training only; a training
+    forward and backward from the same weights equal the plain loops' to float rounding."""
+    def built(**options):
+        config = ml_collections.ConfigDict(dict(
+            model=dict(name="dien", history=HISTORY, negative_history=NEGATIVES, attention_units=(8,),
+                       hidden_units=(8,), aux_net="mlp", aux_units=(8,), gru_variant="augru_keep", **options),
+            tasks=dict(score=dict(label="click"))))
+        tf.keras.utils.set_random_seed(0)
+        model = build_model(config, SCHEMA)
+        model(_batch(), training=False)
+        return model
+
+    compiled, plain = built(recurrence_xla=True), built()
+    assert (compiled.extractor.xla, compiled.evolution.xla, plain.extractor.xla, plain.evolution.xla) == (
+        True, True, False, False)
+    plain.set_weights(compiled.get_weights())
+
+    @tf.function
+    def loss_and_gradients(model, batch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(batch, training=True)["score"]) + tf.add_n(model.losses)
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    batch = _batch()
+    compiled_loss, compiled_gradients = loss_and_gradients(compiled, batch)
+    plain_loss, plain_gradients = loss_and_gradients(plain, batch)
+    np.testing.assert_allclose(compiled_loss.numpy(), plain_loss.numpy(), rtol=1e-6)
+    for variable, xla, reference in zip(plain.trainable_variables, compiled_gradients, plain_gradients, strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(xla).numpy(), tf.convert_to_tensor(reference).numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=variable.name)
+
+
 def test_gauc_of_one_user_equals_auc():
     rng = np.random.default_rng(0)
     labels = (rng.random(200) < 0.4).astype(np.float32)

@@ -12,9 +12,12 @@ Gate convention: the paper writes ``h_t = (1 − u_t) ∘ h_{t−1} + u_t ∘ h�
 "attention 0" means "keep the state" in every variant.
 """
 
+import functools
+
 import tensorflow as tf
 
 from tfrecsys.layers.target_attention import TargetAttention
+from tfrecsys.layers.xla import in_serving_mode, tracing_inside_xla
 
 GRU_VARIANTS = ("aigru", "agru", "augru", "augru_keep")
 AUX_NORMALIZATIONS = ("valid_pairs", "grid")
@@ -107,12 +110,15 @@ class InterestExtractor(tf.keras.layers.Layer):
     state (as Keras' masked RNN) and their output is not used by anything downstream. The weights are a Keras
     ``GRUCell``'s (``reset_after``); the steps run in ``gated_recurrence``. ``gate_bias``: the initial bias of the
     keep (Keras' update) and reset gates (``GateBiasInitializer``: 0 is Keras', 1 ``tf.compat.v1``'s, DeepCTR's).
+    ``xla``: in training calls, run the recurrence's forward and backward loops XLA-compiled
+    (``gated_recurrence(xla=True)``); other calls (evaluation, prediction, exported signatures) run them plain.
     """
 
-    def __init__(self, units: int, gate_bias: float = 0.0, **kwargs):
+    def __init__(self, units: int, gate_bias: float = 0.0, xla: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.units = units
         self.gate_bias = float(gate_bias)
+        self.xla = bool(xla)
         self.cell = tf.keras.layers.GRUCell(units, bias_initializer=GateBiasInitializer(gate_bias, gate_bias),
                                             name="gru_cell")
 
@@ -122,10 +128,11 @@ class InterestExtractor(tf.keras.layers.Layer):
 
     def call(self, behaviours, mask, training=None):
         cell = self.cell
-        return gated_recurrence(behaviours, mask, cell.kernel, cell.recurrent_kernel, cell.bias, gate="gru")
+        return gated_recurrence(behaviours, mask, cell.kernel, cell.recurrent_kernel, cell.bias, gate="gru",
+                                xla=self.xla and bool(training))
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "gate_bias": self.gate_bias}
+        return {**super().get_config(), "units": self.units, "gate_bias": self.gate_bias, "xla": self.xla}
 
 
 GATES = ("gru", "augru", "agru", "augru_keep")
@@ -154,7 +161,67 @@ def _update_by_scale(gate: str, z, scale):
     return tf.ones_like(z)
 
 
-def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru"):
+def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, units: int):
+    """The forward loop of ``gated_recurrence``: ``step_inputs`` ``[len, batch, 3·units + 1]`` (``W x_t + b_x``
+    and ``s_t``, time-major) → ``[len, batch, 5·units]``: ``h_t``, ``z_t``, ``r_t``, ``h̃_t``, ``U^h h_{t−1} + b^h_h``
+    per step."""
+    dtype = step_inputs.dtype
+    steps, batch = tf.unstack(tf.shape(step_inputs)[:2])
+    inputs = tf.TensorArray(dtype, size=steps).unstack(step_inputs)
+
+    def forward(t, state, kept):
+        x_zr, x_h, step_scale = tf.split(inputs.read(t), [2 * units, units, 1], axis=-1)
+        h_zr, h_h = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
+        zr = tf.sigmoid(x_zr + h_zr)
+        z, r = tf.split(zr, 2, axis=-1)
+        candidate = tf.tanh(x_h + r * h_h)
+        update, _ = _update(gate, z, step_scale)
+        state = state + update * (candidate - state)
+        return t + 1, state, kept.write(t, tf.concat([state, zr, candidate, h_h], axis=-1))
+
+    empty = tf.zeros(tf.stack([batch, units]), dtype)
+    _, _, kept = tf.while_loop(lambda t, *_: t < steps, forward, (0, empty, tf.TensorArray(dtype, size=steps)))
+    return kept.stack()
+
+
+def _backward_steps(step_values, recurrent_kernel, gate: str, units: int):
+    """The backward loop of ``gated_recurrence``, last step first: ``step_values`` ``[len, batch, 6·units + 1]``
+    (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, ``U^h h_{t−1} + b^h_h``, ``h_{t−1}``, ``s_t``) →
+    ``[len, batch, 4·units]``: the gradients at the inputs of ``z_t``'s and ``r_t``'s sigmoids and of ``h̃_t``'s
+    tanh, and the total ``∂L/∂h_t``."""
+    dtype = step_values.dtype
+    steps, batch = tf.unstack(tf.shape(step_values)[:2])
+    values = tf.TensorArray(dtype, size=steps).unstack(step_values)
+    transposed_kernel = tf.transpose(recurrent_kernel)
+
+    def step_back(t, d_carry, d_steps):
+        t = t - 1
+        d_output, z, r, candidate, h_h, previous_state, step_scale = tf.split(
+            values.read(t), [units] * 6 + [1], axis=-1)
+        d_state = d_carry + d_output
+        update, d_update_d_z = _update(gate, z, step_scale)
+        d_candidate = d_state * update * (1.0 - candidate * candidate)
+        d_r = d_candidate * h_h * r * (1.0 - r)
+        d_z = d_state * (candidate - previous_state) * d_update_d_z * z * (1.0 - z)
+        d_previous = d_state * (1.0 - update) + tf.matmul(tf.concat([d_z, d_r, d_candidate * r], axis=-1),
+                                                           transposed_kernel)
+        return t, d_previous, d_steps.write(t, tf.concat([d_z, d_r, d_candidate, d_state], axis=-1))
+
+    empty = tf.zeros(tf.stack([batch, units]), dtype)
+    _, _, d_steps = tf.while_loop(lambda t, *_: t > 0, step_back, (steps, empty, tf.TensorArray(dtype, size=steps)))
+    return d_steps.stack()
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_steps(gate: str, units: int):
+    """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``gate`` and ``units`` as
+    XLA-compiled functions, one pair per process (traced once for any batch size and length; XLA compiles
+    once per concrete input shape and caches it)."""
+    return tuple(tf.function(functools.partial(steps, gate=gate, units=units), jit_compile=True,
+                             reduce_retracing=True) for steps in (_forward_steps, _backward_steps))
+
+
+def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru", xla: bool = False):
     """The GRU family's steps over a sequence, with a hand-written backward pass: ``[batch, len, units]`` states
     ``h_1..h_T`` (``h_0 = 0``).
 
@@ -174,12 +241,25 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     one matmul over every step, and each loop reads one tensor array and writes one: every node fewer is
     traced, optimised and instantiated once per process (bench/RESULTS.md, issue 12, branch firststep5).
     Gradients flow to all five inputs.
+
+    ``xla``: run the forward loop and the backward loop each as one XLA-compiled function (``_compiled_steps``).
+    A step is a few ops on ``[batch, units]`` tensors, where TensorFlow's executor spends more on dispatching
+    each op than on its arithmetic; compiled, a loop is one call that runs its steps without dispatching ops
+    (bench/RESULTS.md, issue 12, branch seqspeed6). The projections and the weights' gradients stay plain
+    (oneDNN's matmuls). Both loops compile once per input shape (about 0.1 CPU-second each). Inside
+    ``serving_mode()`` (exported signatures: TF Serving runs no XLA without its experimental flags) and inside
+    an XLA-compiled function (``--jit_compile``) the plain loops run; the results agree to float rounding.
     """
     if gate not in GATES:
         raise ValueError(f"gated_recurrence: gate must be one of {GATES}, got {gate!r}")
     dtype = inputs.dtype
     kernel, recurrent_kernel, bias = (tf.cast(weight, dtype) for weight in (kernel, recurrent_kernel, bias))
     dim, units = kernel.shape[0], recurrent_kernel.shape[0]
+    if xla and not in_serving_mode() and not tracing_inside_xla():
+        forward_steps, backward_steps = _compiled_steps(gate, units)
+    else:
+        forward_steps = functools.partial(_forward_steps, gate=gate, units=units)
+        backward_steps = functools.partial(_backward_steps, gate=gate, units=units)
 
     @tf.custom_gradient
     def recurrence(inputs, scale, kernel, recurrent_kernel, bias):
@@ -188,45 +268,19 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
         input_bias, recurrent_bias = tf.unstack(bias)
         projected = tf.reshape(tf.matmul(flat_inputs, kernel) + input_bias, tf.stack([steps, batch, 3 * units]))
         time_major_scale = tf.transpose(scale)[..., tf.newaxis]
-        step_inputs = tf.TensorArray(dtype, size=steps).unstack(tf.concat([projected, time_major_scale], -1))
-
-        def forward(t, state, kept):
-            x_zr, x_h, step_scale = tf.split(step_inputs.read(t), [2 * units, units, 1], axis=-1)
-            h_zr, h_h = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
-            zr = tf.sigmoid(x_zr + h_zr)
-            z, r = tf.split(zr, 2, axis=-1)
-            candidate = tf.tanh(x_h + r * h_h)
-            update, _ = _update(gate, z, step_scale)
-            state = state + update * (candidate - state)
-            return t + 1, state, kept.write(t, tf.concat([state, zr, candidate, h_h], axis=-1))
-
-        empty = tf.zeros(tf.stack([batch, units]), dtype)
-        _, _, kept = tf.while_loop(lambda t, *_: t < steps, forward, (0, empty, tf.TensorArray(dtype, size=steps)))
+        # Under stop_gradient: the backward below is the gradient, and an eager tape that saw the loop's inputs
+        # would have the compiled function keep per-step accumulators, which XLA cannot compile.
+        kept = forward_steps(*(tf.stop_gradient(x) for x in (tf.concat([projected, time_major_scale], -1),
+                                                              recurrent_kernel, recurrent_bias)))
         # [len, batch, units] states, [len, batch, 4·units] z, r, h̃, U^h h + b.
-        states, kept = tf.split(kept.stack(), [units, 4 * units], axis=-1)
-        previous = tf.concat([empty[tf.newaxis], states[:-1]], axis=0)
+        states, kept = tf.split(kept, [units, 4 * units], axis=-1)
+        previous = tf.concat([tf.zeros_like(states[:1]), states[:-1]], axis=0)
 
         def backward(d_states):
-            step_values = tf.TensorArray(dtype, size=steps).unstack(
-                tf.concat([tf.transpose(d_states, [1, 0, 2]), kept, previous, time_major_scale], axis=-1))
-            transposed_kernel = tf.transpose(recurrent_kernel)
-
-            def step_back(t, d_carry, d_steps):
-                t = t - 1
-                d_output, z, r, candidate, h_h, previous_state, step_scale = tf.split(
-                    step_values.read(t), [units] * 6 + [1], axis=-1)
-                d_state = d_carry + d_output
-                update, d_update_d_z = _update(gate, z, step_scale)
-                d_candidate = d_state * update * (1.0 - candidate * candidate)
-                d_r = d_candidate * h_h * r * (1.0 - r)
-                d_z = d_state * (candidate - previous_state) * d_update_d_z * z * (1.0 - z)
-                d_previous = d_state * (1.0 - update) + tf.matmul(tf.concat([d_z, d_r, d_candidate * r], axis=-1),
-                                                                   transposed_kernel)
-                return t, d_previous, d_steps.write(t, tf.concat([d_z, d_r, d_candidate, d_state], axis=-1))
-
-            _, _, d_steps = tf.while_loop(lambda t, *_: t > 0, step_back,
-                                          (steps, empty, tf.TensorArray(dtype, size=steps)))
-            d_zr, d_candidate, d_states_total = tf.split(d_steps.stack(), [2 * units, units, units], axis=-1)
+            d_steps = backward_steps(
+                tf.concat([tf.transpose(d_states, [1, 0, 2]), kept, previous, time_major_scale], axis=-1),
+                recurrent_kernel)
+            d_zr, d_candidate, d_states_total = tf.split(d_steps, [2 * units, units, units], axis=-1)
             z, r, candidate, _ = tf.split(kept, 4, axis=-1)
             flat_d_projected = tf.reshape(tf.concat([d_zr, d_candidate], axis=-1), [-1, 3 * units])
             flat_d_from_state = tf.reshape(tf.concat([d_zr, d_candidate * r], axis=-1), [-1, 3 * units])
@@ -297,12 +351,14 @@ class InterestEvolution(tf.keras.layers.Layer):
     ``cell_trainable``: False keeps the recurrent cell's weights at their initial values (the attention still
     trains, through the cell): DeepCTR 0.9.4's DIEN on TF 2 runs that way, because its AUGRU/AGRU cells create
     their variables with ``tf.compat.v1.get_variable`` inside a Keras layer, which Keras does not track, so its
-    optimizer never updates them (measured: bench/RESULTS.md, issue 12, branch dien3).
+    optimizer never updates them (measured: bench/RESULTS.md, issue 12, branch dien3). ``xla``: as
+    ``InterestExtractor``'s.
     """
 
     def __init__(self, units: int, variant: str = "augru", attention_units=(64, 16), attention_activation="dice",
-                 gate_bias: float = 0.0, cell_trainable: bool = True, **kwargs):
+                 gate_bias: float = 0.0, cell_trainable: bool = True, xla: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self.xla = bool(xla)
         if variant not in GRU_VARIANTS:
             raise ValueError(f"{self.name}: variant must be one of {GRU_VARIANTS}, got {variant!r}")
         self.units = units
@@ -337,10 +393,11 @@ class InterestEvolution(tf.keras.layers.Layer):
             inputs = interests
             scale = (1.0 + scores if self.variant == "augru_keep" else scores) * tf.cast(mask, scores.dtype)
         states = gated_recurrence(inputs, scale, self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias,
-                                  gate="gru" if self.variant == "aigru" else self.variant)
+                                  gate="gru" if self.variant == "aigru" else self.variant,
+                                  xla=self.xla and bool(training))
         return states[:, -1]  # padded steps keep the state: the state after the last valid step
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "variant": self.variant,
                 "attention_units": self.attention_units, "attention_activation": self.attention_activation,
-                "gate_bias": self.gate_bias, "cell_trainable": self.cell_trainable}
+                "gate_bias": self.gate_bias, "cell_trainable": self.cell_trainable, "xla": self.xla}
