@@ -9,7 +9,7 @@ A schema lists four kinds of feature:
   path of a file of them, one per line): value ``x`` → row ``i`` with ``b[i-1] <= x < b[i]``, ``len(b) + 1``
   rows, no OOV row (every number has a bucket). Read from a dense feature's column (``source``), such a
   feature embeds a continuous input by its range (an age band, a quantile of a heavy-tailed amount) beside
-  or instead of its value.
+  or instead of its value; a serving client still sends that column once (``serving_aliases``).
 * ``DenseFeature``: ``dim`` values per row, float32, or int64 for values a float would round (a request
   time of 1.7e9 s keeps only multiples of 128 s in float32); an int64 feature is parsed and served as int64.
   ``log1p`` (float32 only): the model reads ``sign(x)·log(1 + |x|)`` instead of ``x``, for heavy-tailed
