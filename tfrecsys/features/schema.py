@@ -415,8 +415,8 @@ class FeatureSchema:
         """``{feature: input}``: serving inputs that ``serving_default`` does not take under their own name,
         because another serving input already carries their stored column (an id feature bucketing a dense
         feature's value: ``capital_gains_bucket`` → ``capital_gains``), so a client sends each column once.
-        Only one-value-per-row features share this way (two cuts of one history differ in ``max_len``). The
-        input that carries a column is the serving input named after it, else the first that reads it."""
+        Sequences do not share this way (two cuts of one history differ in ``max_len``). The input that
+        carries a column is the serving input named after it, else the first that reads it."""
         single = [f for f in self.serving_inputs if not f.is_sequence]
         carriers = {f.source: f.name for f in single if f.name == f.source}
         aliases = {}
