@@ -9,7 +9,8 @@ validation split and only then measured on the test split.
 Protocol of ../shared/reference/peer-baselines.md §2 (configs/multitask_datasets.py's census world): the
 official test file split 80/20 with seed 0. ``--split=validation`` never reads the 20 % test part: it carves
 a validation split out of the 80 % training part (``--validation_fraction`` of its rows, drawn with
-``--validation_seed``; written once to ``<data_dir>_validation``, vocabularies as preprocessed) and reports
+``--validation_seed``; written once to ``<data_dir>_validation``, vocabularies as preprocessed, the configs'
+bucket boundaries cut again on the carved training rows, as preprocessing cuts them on its train split) and reports
 the validation AUC of both tasks after every loop of ``config.train.steps_per_loop`` steps, so variants
 (config overrides) and the number of steps can be chosen on it. ``--split=test`` trains the configs as
 they are (plus ``--variant`` overrides, if any) on the whole training part and reports the test AUC of the
@@ -60,12 +61,21 @@ class ValidationCurve(tf.keras.callbacks.Callback):
             self.points.append([step] + [round(float(logs[f"val_{task}_auc"]), 5) for task in TASKS])
 
 
-def carve_validation(data_dir: str, fraction: float, seed: int) -> str:
+def carve_validation(data_dir: str, fraction: float, seed: int, bucketized: dict) -> str:
     """``<data_dir>_validation``: the training rows of ``data_dir`` split into train and eval (a seeded random
-    ``fraction`` of rows), with ``data_dir``'s vocabularies (built on the same training rows). Made once."""
+    ``fraction`` of rows), with ``data_dir``'s vocabularies (built on the same training rows). Made once; the
+    boundaries files of ``bucketized`` (``{feature: (column, max_buckets)}``, what preprocessing cut on all
+    training rows) are cut again on the validation run's training rows only, at every call."""
     out_dir = f"{data_dir.rstrip('/')}_validation"
-    if os.path.exists(os.path.join(out_dir, "eval-00000-of-00001.tfrecord")):
-        return out_dir
+    if not os.path.exists(os.path.join(out_dir, "eval-00000-of-00001.tfrecord")):
+        _write_validation_split(data_dir, out_dir, fraction, seed)
+    for feature, (column, max_buckets) in bucketized.items():
+        with open(os.path.join(out_dir, "vocabularies", f"{feature}.txt"), "w") as f:
+            f.writelines(f"{b!r}\n" for b in equal_frequency_boundaries(train_column(out_dir, column), max_buckets))
+    return out_dir
+
+
+def _write_validation_split(data_dir: str, out_dir: str, fraction: float, seed: int) -> None:
     records = [r.numpy() for r in tf.data.TFRecordDataset(resolve_files("train-*.tfrecord", data_dir))]
     held_out = np.random.default_rng(seed).random(len(records)) < fraction
     os.makedirs(out_dir, exist_ok=True)
@@ -76,7 +86,6 @@ def carve_validation(data_dir: str, fraction: float, seed: int) -> str:
                 writer.write(record)
     print(f"validation split: {int((~held_out).sum()):,} train / {int(held_out.sum()):,} validation rows in "
           f"{out_dir}", flush=True)
-    return out_dir
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -158,12 +167,14 @@ def main(argv=None) -> int:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"--families {unknown} are not among {FAMILIES}")
+    config = load_config(os.path.join(CONFIGS, "mmoe.py:census"), {"data.dir": args.data_dir})
     if not os.path.exists(os.path.join(args.data_dir, METADATA_FILE)):
-        config = load_config(os.path.join(CONFIGS, "mmoe.py:census"), {"data.dir": args.data_dir})
         preprocess(PreprocessConfig.from_config(config.preprocess), config.features, args.data_dir)
     validation = args.split == "validation"
-    data_dir = (carve_validation(args.data_dir, args.validation_fraction, args.validation_seed) if validation
-                else args.data_dir)
+    bucketized = {name: (config.features[name].get("source", name), int(count))
+                  for name, count in config.preprocess.max_buckets.items()}
+    data_dir = (carve_validation(args.data_dir, args.validation_fraction, args.validation_seed, bucketized)
+                if validation else args.data_dir)
     variants = [parse_variant(v) for v in args.variant or ["base:"]]
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []

@@ -13,6 +13,14 @@ as its columns (string ids → the preprocessed vocabularies' indices, 0 unseen;
 train); ours get the raw columns (strings, unscaled dense). ESMM pairs ctr = income and ctcvr = income ∧ never
 married: a throughput pairing.
 
+Both stacks see the same inputs, the configs' money buckets included: the census configs embed the four
+money columns (wage per hour, capital gains, capital losses, dividends) by their bucket beside their value
+(``<column>_bucket``, 8-d, at most 16 equal-frequency buckets cut on the train split by preprocessing). Ours
+bucket the raw value inside the model (``Bucketize`` on the preprocessed boundaries file); DeepCTR gets the
+same bucket index computed here from the same file (``b[i-1] <= x < b[i]`` → ``i``) as a ``SparseFeat`` of
+``len(b) + 1`` rows and the same embedding dimension, beside the column's ``DenseFeat``. Every ``SparseFeat``
+takes its embedding dimension from the config (16 for the nominal columns, 8 for the buckets).
+
 Both stacks get one input path (``in_memory_batches``): shuffled row indices each epoch, batched, and one
 gather per column from the in-memory columns, what Keras' ``fit(numpy arrays, shuffle=True)`` does, but
 without its cost for string columns: Keras hands ``Dataset.from_tensors(columns).repeat()`` to each batch,
@@ -45,6 +53,7 @@ from tfrecsys.config import load_config
 from tfrecsys.data.input import resolve_files
 from tfrecsys.data.preprocess import METADATA_FILE, PreprocessConfig, preprocess
 from tfrecsys.data.simulators.common import auc
+from tfrecsys.features.embedding import IdLookup
 from tfrecsys.features.schema import DenseFeature, FeatureSchema, IdFeature
 from tfrecsys.train.loop import build_and_compile, create_variables
 from tfrecsys.train.strategy import PRECISION_POLICIES, precision_policy
@@ -136,10 +145,22 @@ def deepctr_inputs(schema: FeatureSchema, data_dir: str, train: dict, test: dict
 
     columns, train_x, test_x = [], {}, {}
     for feature in schema.inputs:
-        if isinstance(feature, IdFeature):
+        if isinstance(feature, IdFeature) and feature.vocab.boundaries is not None:
+            # float32 cut points, as the Bucketize op holds them.
+            boundaries = np.asarray(feature.vocab.bucket_boundaries(), np.float32)
+            columns.append(SparseFeat(feature.name, vocabulary_size=feature.vocab.size,
+                                      embedding_dim=feature.embedding_dim))
+            ours = IdLookup(feature.vocab, feature.dtype)
+            for rows, out in ((train, train_x), (test, test_x)):
+                # side="right": a value on a cut point opens the next bucket, as our model's Bucketize does.
+                out[feature.name] = np.searchsorted(boundaries, rows[feature.name], side="right").astype(np.int64)
+                if not np.array_equal(out[feature.name], ours(rows[feature.name]).numpy()):
+                    raise AssertionError(f"{feature.name}: DeepCTR's bucket indices differ from our model's")
+        elif isinstance(feature, IdFeature):
             entries = [line.rstrip("\n").encode() for line in open(feature.vocab.vocabulary, encoding="utf-8")]
             index = {value: i + 1 for i, value in enumerate(entries)}
-            columns.append(SparseFeat(feature.name, vocabulary_size=len(entries) + 1, embedding_dim=16))
+            columns.append(SparseFeat(feature.name, vocabulary_size=len(entries) + 1,
+                                      embedding_dim=feature.embedding_dim))
             for rows, out in ((train, train_x), (test, test_x)):
                 out[feature.name] = np.array([index.get(v, 0) for v in rows[feature.name]], np.int64)
         elif isinstance(feature, DenseFeature):

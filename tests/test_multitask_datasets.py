@@ -32,11 +32,12 @@ def test_every_family_has_a_config_on_every_dataset_whose_tasks_are_its_outputs(
     config = load_config(os.path.join(CONFIGS, f"{family}.py:{name}"), {"data.dir": str(tmp_path)})
     assert config.model.name == family and "preprocess" in config
     features = {key: dict(value) for key, value in config.features.items()}
-    for value in features.values():  # the vocabularies preprocessing would build, as one-entry files
-        if isinstance(value.get("vocabulary"), str):
-            os.makedirs(os.path.dirname(value["vocabulary"]), exist_ok=True)
-            with open(value["vocabulary"], "w") as f:
-                f.write("1\n")
+    for value in features.values():  # the vocabularies and boundaries preprocessing would write, one entry each
+        for kind in ("vocabulary", "boundaries"):
+            if isinstance(value.get(kind), str):
+                os.makedirs(os.path.dirname(value[kind]), exist_ok=True)
+                with open(value[kind], "w") as f:
+                    f.write("1\n")
     model = build_model(config, FeatureSchema.from_config(features))
     assert set(config.tasks) <= set(model.output_names_served)
 

@@ -466,7 +466,7 @@ def test_census_age_band_gets_train_split_boundaries_and_reads_the_written_age(t
     assert "age_band" not in metadata["columns"] and metadata["columns"]["age"] == "float32"
     assert metadata["features"]["age_band"]["boundaries"] == os.path.join("vocabularies", "age_band.txt")
     schema = FeatureSchema.from_config(features_from_metadata(out))
-    cuts = schema["age_band"].vocab.bucket_boundaries("age_band")
+    cuts = schema["age_band"].vocab.bucket_boundaries()
     assert len(cuts) == 3 and metadata["vocabularies"]["age_band"] == {
         "file": os.path.join("vocabularies", "age_band.txt"), "size": 4, "min_count": 1, "max_buckets": 4}
     train_ages = _records(resolve_files("train-*.tfrecord", out), {"age": tf.io.FixedLenFeature([], tf.float32)})

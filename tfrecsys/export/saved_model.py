@@ -7,7 +7,8 @@ Serving, tfrecsys-serve) never sees a half-written version.
 Signatures of a ranking model (``saved_model_cli show --all`` lists them so):
 
 * ``serving_default`` (``tensorflow/serving/predict``): raw named features with explicit dtypes — ids as
-  int64 or strings, dense floats, sequences as padded ``[batch, max_len]`` matrices plus ``<name>_length``.
+  int64 or strings, dense floats, sequences as padded ``[batch, max_len]`` matrices plus ``<name>_length``;
+  a stored column that several features read is one input (``FeatureSchema.serving_aliases``).
   Vocabulary lookup and hashing are inside the model, training-only features are not inputs. Outputs: the
   model's outputs, named by task (``score``; ``ctr``/``cvr``/``ctcvr``).
 * ``serving_examples`` (``tensorflow/serving/predict``): ``inputs``, a ``[batch]`` string tensor of
@@ -104,7 +105,8 @@ class ServingModule(tf.Module):
         return served
 
     def _serve(self, features):
-        return self._outputs(features)
+        # A column that several features read is one signature input (a money amount and its bucket).
+        return self._outputs(self._schema.with_serving_aliases(features))
 
     def _serve_examples(self, serialized):
         return self._outputs(self._schema.parse_examples(serialized, with_labels=False, serving=True))
@@ -355,7 +357,8 @@ def _write_warmup_requests(path: str, schema: FeatureSchema, model_name: str, ex
     from tensorflow_serving.apis import (classification_pb2, input_pb2, model_pb2, predict_pb2,
                                          prediction_log_pb2, regression_pb2)
 
-    features = schema.parse_examples(tf.constant(examples), with_labels=False, serving=True)
+    parsed = schema.parse_examples(tf.constant(examples), with_labels=False, serving=True)
+    features = {name: parsed[name] for name in schema.input_signature(serving=True)}
     example_input = input_pb2.Input(example_list=input_pb2.ExampleList(
         examples=[tf.train.Example.FromString(example) for example in examples]))
     with tf.io.TFRecordWriter(path) as writer:

@@ -28,7 +28,7 @@ class IdLookup(tf.keras.layers.Layer):
         else:
             self._table = None
         # Read once here (from a file, if named): the SavedModel holds the cut points as constants.
-        self._boundaries = list(vocab.bucket_boundaries(self.name)) if vocab.boundaries is not None else None
+        self._boundaries = list(vocab.bucket_boundaries()) if vocab.boundaries is not None else None
 
     def call(self, ids):
         if self._table is not None:
@@ -46,7 +46,8 @@ class IdLookup(tf.keras.layers.Layer):
                 "vocab": {"num_buckets": self.vocab.num_buckets, "hash_buckets": self.vocab.hash_buckets,
                           "num_oov": self.vocab.num_oov,
                           "vocabulary": list(vocabulary) if isinstance(vocabulary, tuple) else vocabulary,
-                          "boundaries": list(boundaries) if isinstance(boundaries, tuple) else boundaries}}
+                          "boundaries": list(boundaries) if isinstance(boundaries, tuple) else boundaries,
+                          "feature": self.vocab.feature}}
 
     @classmethod
     def from_config(cls, config):

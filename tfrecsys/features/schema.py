@@ -9,7 +9,7 @@ A schema lists four kinds of feature:
   path of a file of them, one per line): value ``x`` → row ``i`` with ``b[i-1] <= x < b[i]``, ``len(b) + 1``
   rows, no OOV row (every number has a bucket). Read from a dense feature's column (``source``), such a
   feature embeds a continuous input by its range (an age band, a quantile of a heavy-tailed amount) beside
-  or instead of its value.
+  or instead of its value; a serving client still sends that column once (``serving_aliases``).
 * ``DenseFeature``: ``dim`` values per row, float32, or int64 for values a float would round (a request
   time of 1.7e9 s keeps only multiples of 128 s in float32); an int64 feature is parsed and served as int64.
   ``log1p`` (float32 only): the model reads ``sign(x)·log(1 + |x|)`` instead of ``x``, for heavy-tailed
@@ -41,6 +41,7 @@ export or a dataset records (``to_json``) is read back with ``FeatureSchema.from
 """
 
 import dataclasses
+import functools
 from typing import Mapping, Optional, Sequence, Union
 
 import tensorflow as tf
@@ -63,7 +64,9 @@ class Vocabulary:
     ``vocabulary`` is a tuple of ids or the path of a vocabulary file (one id per line, as written by
     preprocessing); a file travels inside the SavedModel as an asset. ``boundaries`` (numbers only) is a
     tuple of strictly increasing cut points or the path of a file of them, one per line; the model reads the
-    file when it is built and holds the cut points as constants.
+    file when it is built and holds the cut points as constants. A file is read once per ``Vocabulary``
+    (its cut points or line count are kept), whatever asks for them. ``feature``: the feature it belongs to,
+    named in errors (a schema sets it; not part of the description).
     """
 
     num_buckets: Optional[int] = None
@@ -71,6 +74,7 @@ class Vocabulary:
     hash_buckets: Optional[int] = None
     boundaries: Optional[Union[tuple, str]] = None
     num_oov: int = 1
+    feature: str = dataclasses.field(default="", compare=False, repr=False)
 
     def validate(self, feature: str, dtype: str) -> None:
         given = [k for k in _VOCABULARY_KINDS if getattr(self, k) is not None]
@@ -95,24 +99,31 @@ class Vocabulary:
         if self.num_oov < 1:
             raise SchemaError(f"feature {feature!r}: num_oov must be at least 1, got {self.num_oov}")
 
-    def check_file(self, feature: str) -> None:
+    def check_file(self) -> None:
         """A vocabulary or boundaries file must exist (and a boundaries file hold increasing numbers) where a
         schema is built for training or export; a schema read back from an export's JSON does not open it (the
         SavedModel holds its own copy)."""
         for kind in ("vocabulary", "boundaries"):
             path = getattr(self, kind)
             if isinstance(path, str) and not tf.io.gfile.exists(path):
-                raise SchemaError(f"feature {feature!r}: {kind} file {path} does not exist")
+                raise SchemaError(f"{self._named()}: {kind} file {path} does not exist")
         if isinstance(self.boundaries, str):
-            self.bucket_boundaries(feature)
+            self.bucket_boundaries()
 
-    def bucket_boundaries(self, feature: str) -> tuple:
-        """The cut points of a ``boundaries`` vocabulary, read from its file if it names one."""
+    def _named(self) -> str:
+        return f"feature {self.feature!r}" if self.feature else "vocabulary"
+
+    def bucket_boundaries(self) -> tuple:
+        """The cut points of a ``boundaries`` vocabulary, read from its file (once) if it names one."""
         if not isinstance(self.boundaries, str):
             return tuple(float(b) for b in self.boundaries)
+        return self._boundaries_in_file
+
+    @functools.cached_property
+    def _boundaries_in_file(self) -> tuple:
         with tf.io.gfile.GFile(self.boundaries) as lines:
             texts = [line.strip() for line in lines if line.strip()]
-        where = f"feature {feature!r} (boundaries file {self.boundaries})"
+        where = f"{self._named()} (boundaries file {self.boundaries})"
         try:
             values = tuple(float(text) for text in texts)
         except ValueError as error:
@@ -120,19 +131,28 @@ class Vocabulary:
         check_boundaries(values, where)
         return values
 
+    @functools.cached_property
+    def _lines_in_vocabulary_file(self) -> int:
+        with tf.io.gfile.GFile(self.vocabulary) as lines:
+            return sum(1 for _ in lines)
+
     @property
     def size(self) -> int:
         """Rows of the embedding table, OOV rows included."""
         if self.boundaries is not None:
-            return len(self.bucket_boundaries("")) + 1
+            return len(self.bucket_boundaries()) + 1
         if self.num_buckets is not None:
             return self.num_buckets + self.num_oov
         if isinstance(self.vocabulary, str):
-            with tf.io.gfile.GFile(self.vocabulary) as lines:
-                return sum(1 for _ in lines) + self.num_oov
+            return self._lines_in_vocabulary_file + self.num_oov
         if self.vocabulary is not None:
             return len(self.vocabulary) + self.num_oov
         return self.hash_buckets
+
+    def describe(self) -> dict:
+        """The keys a config or ``to_json`` gives for this vocabulary (tuples as lists)."""
+        return {kind: (list(value) if isinstance(value, tuple) else value)
+                for kind in _VOCABULARY_KEYS if (value := getattr(self, kind)) is not None}
 
 
 def check_boundaries(boundaries, where: str) -> None:
@@ -354,7 +374,7 @@ class FeatureSchema:
         schema = cls.from_json(features_config)
         for feature in schema.features:
             if getattr(feature, "vocab", None) is not None:
-                feature.vocab.check_file(feature.name)
+                feature.vocab.check_file()
         return schema
 
     @classmethod
@@ -389,6 +409,26 @@ class FeatureSchema:
     def serving_inputs(self) -> list:
         """What a serving client sends: inputs that are not training-only."""
         return [f for f in self.inputs if not f.training_only]
+
+    @property
+    def serving_aliases(self) -> dict:
+        """``{feature: input}``: serving inputs that ``serving_default`` does not take under their own name,
+        because another serving input already carries their stored column (an id feature bucketing a dense
+        feature's value: ``capital_gains_bucket`` → ``capital_gains``), so a client sends each column once.
+        Sequences do not share this way (two cuts of one history differ in ``max_len``). The input that
+        carries a column is the serving input named after it, else the first that reads it."""
+        single = [f for f in self.serving_inputs if not f.is_sequence]
+        carriers = {f.source: f.name for f in single if f.name == f.source}
+        aliases = {}
+        for feature in single:
+            carrier = carriers.setdefault(feature.source, feature.name)
+            if carrier != feature.name:
+                aliases[feature.name] = carrier
+        return aliases
+
+    def with_serving_aliases(self, inputs: Mapping) -> dict:
+        """``serving_default``'s inputs → the model's: each of ``serving_aliases`` gets its carrier's value."""
+        return {**inputs, **{name: inputs[carrier] for name, carrier in self.serving_aliases.items()}}
 
     # Parsing -----------------------------------------------------------------------------------------------
 
@@ -450,9 +490,13 @@ class FeatureSchema:
 
     def input_signature(self, serving: bool = True) -> dict:
         """``{name: tf.TensorSpec}`` for the raw-feature signature (``serving_default``), each feature in its
-        own dtype (int64 stays int64)."""
+        own dtype (int64 stays int64). Served, a stored column is one input (``serving_aliases``); the
+        training signature (``serving=False``) names every input, as parsed batches do."""
         specs = {}
+        aliases = self.serving_aliases if serving else {}
         for feature in self.serving_inputs if serving else self.inputs:
+            if feature.name in aliases:
+                continue
             dtype = _DTYPES[feature.dtype]
             if isinstance(feature, SequenceFeature):
                 specs[feature.name] = tf.TensorSpec([None, feature.max_len], dtype, name=feature.name)
@@ -485,8 +529,7 @@ class FeatureSchema:
                         or (isinstance(feature, DenseFeature) and field.name == "log1p" and not value)):
                     continue
                 if isinstance(value, Vocabulary):
-                    entry.update({k: (list(v) if isinstance(v, tuple) else v)
-                                  for k, v in dataclasses.asdict(value).items() if v is not None})
+                    entry.update(value.describe())
                 else:
                     entry[field.name] = value
             out[feature.name] = entry
@@ -509,7 +552,7 @@ def _feature_from_entry(name: str, entry: Mapping) -> Feature:
             raise SchemaError(f"raw sequence feature {name!r} is not embedded, so {not_for_raw} do not apply; "
                               "drop raw=True to embed it")
     elif kind == "id" or (kind == "sequence" and ("shares" not in spec or vocab_keys)):
-        spec["vocab"] = Vocabulary(**vocab_keys)
+        spec["vocab"] = Vocabulary(**vocab_keys, feature=name)
     elif vocab_keys and kind != "sequence":
         raise SchemaError(f"feature {name!r}: {sorted(vocab_keys)} only apply to id and sequence features")
     fields = {f.name for f in dataclasses.fields(_KINDS[kind])}
