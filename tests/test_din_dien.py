@@ -280,7 +280,7 @@ def test_dien_evolution_trainable_false_leaves_only_the_evolving_grus_weights_to
 
 
 def test_dien_recurrence_xla_from_the_config_gives_the_plain_loops_loss_and_gradients():
-    """``model.recurrence_xla`` (default off) compiles the GRUs' step loops in training only; a training
+    """``model.recurrence_xla`` (default on) compiles the GRUs' step loops in training only; a training
     forward and backward from the same weights equal the plain loops' to float rounding."""
     def built(**options):
         config = ml_collections.ConfigDict(dict(
@@ -292,7 +292,7 @@ def test_dien_recurrence_xla_from_the_config_gives_the_plain_loops_loss_and_grad
         model(_batch(), training=False)
         return model
 
-    compiled, plain = built(recurrence_xla=True), built()
+    compiled, plain = built(), built(recurrence_xla=False)
     assert (compiled.extractor.xla, compiled.evolution.xla, plain.extractor.xla, plain.evolution.xla) == (
         True, True, False, False)
     plain.set_weights(compiled.get_weights())
