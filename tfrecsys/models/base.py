@@ -266,18 +266,16 @@ class RecModel(tf.keras.Model):
     def _test_logs(self) -> dict:
         return {metric.name: metric.result() for metric in self.metrics}
 
-    # In-memory inputs -------------------------------------------------------------------------------------
-
     def fit(self, x=None, y=None, *args, **kwargs):
         """Keras' ``fit``; numpy arrays in ``x``, ``y``, ``sample_weight`` and ``validation_data`` become tensors
         with one copy each instead of Keras' two (``tfrecsys.models.in_memory``), the same tensors."""
         return super().fit(in_memory.as_tensors(x), in_memory.as_tensors(y), *args,
-                           **_with_tensors(kwargs, ("sample_weight", "validation_data")))
+                           **in_memory.keywords_as_tensors(kwargs, ("sample_weight", "validation_data")))
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """Keras' ``evaluate``, its numpy arrays copied once as in ``fit``."""
         return super().evaluate(in_memory.as_tensors(x), in_memory.as_tensors(y), *args,
-                                **_with_tensors(kwargs, ("sample_weight",)))
+                                **in_memory.keywords_as_tensors(kwargs, ("sample_weight",)))
 
     def predict(self, x, *args, **kwargs):
         """Keras' ``predict``, its numpy arrays copied once as in ``fit``."""
@@ -299,8 +297,3 @@ class RecModel(tf.keras.Model):
             self.test_function = execution.test_function(self, self._test_logs)
             return self.test_function
         return super().make_test_function(force=force)
-
-
-def _with_tensors(kwargs: dict, names) -> dict:
-    """``kwargs`` with the numpy arrays under ``names`` as ``in_memory.as_tensors`` makes them."""
-    return {key: in_memory.as_tensors(value) if key in names else value for key, value in kwargs.items()}

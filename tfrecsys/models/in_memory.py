@@ -44,3 +44,8 @@ def as_tensors(structure):
     if not hasattr(mmap, "MAP_ANONYMOUS"):  # not a POSIX system: Keras converts, as it would
         return structure
     return tf.nest.map_structure(lambda value: _copied_once(value) if _is_copied(value) else value, structure)
+
+
+def keywords_as_tensors(kwargs: dict, names) -> dict:
+    """Keyword arguments with those under ``names`` (e.g. ``sample_weight``) put through ``as_tensors``."""
+    return {key: as_tensors(value) if key in names else value for key, value in kwargs.items()}
