@@ -410,7 +410,7 @@ class FeatureSchema:
         """What a serving client sends: inputs that are not training-only."""
         return [f for f in self.inputs if not f.training_only]
 
-    @property
+    @functools.cached_property
     def serving_aliases(self) -> dict:
         """``{feature: input}``: serving inputs that ``serving_default`` does not take under their own name,
         because another serving input already carries their stored column (an id feature bucketing a dense
