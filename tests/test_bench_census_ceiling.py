@@ -78,3 +78,16 @@ def test_skips_with_the_reason_when_neither_preprocessed_rows_nor_the_dataset_ar
     monkeypatch.chdir(tmp_path)  # the configs' ../shared/datasets is then absent
     assert main(["--data_dir", str(tmp_path / "census")]) == 0
     assert "skipped: no preprocessed census rows" in capsys.readouterr().out
+
+
+def test_lost_auc_by_group_sums_to_one_minus_the_auc_and_sits_where_the_mistakes_are():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from bench.bench_census_ceiling import lost_auc_by
+    rng = np.random.default_rng(1)
+    groups = np.array(["clear"] * 600 + ["mixed"] * 400)
+    labels = np.concatenate([np.repeat([0, 1], 300), rng.integers(0, 2, 400)]).astype(np.float32)
+    scores = np.where(groups == "clear", labels, 0.5) + 0.01 * rng.random(1000)  # "mixed" scores carry no signal
+    lost = lost_auc_by(labels, scores, groups)
+    assert sum(part for _, _, part in lost.values()) == pytest.approx(1 - sklearn_metrics.roc_auc_score(labels, scores))
+    assert lost["clear"][:2] == (600, 300)
+    assert lost["clear"][2] < 0.1 * lost["mixed"][2]
