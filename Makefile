@@ -36,14 +36,16 @@ $(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
 
 # The peer benchmarks (bench/bench_*_peers.py) run our models and DeepCTR's in one process on the same rows, so
 # their environment is the project's plus DeepCTR 0.9.4 (installed without its dependencies: it would pull in
-# another TensorFlow). It is never a dependency of the project.
+# another TensorFlow) and bench/requirements-peers.txt (scikit-learn and LightGBM for bench_census_ceiling). None
+# of it is a dependency of the project.
 PEERS_VENV := .venv-peers
 peers-env: $(PEERS_VENV)/.installed
 
-$(PEERS_VENV)/.installed: requirements.lock pyproject.toml | $(UV)
+$(PEERS_VENV)/.installed: requirements.lock pyproject.toml bench/requirements-peers.txt | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(PEERS_VENV)
 	VIRTUAL_ENV=$(PEERS_VENV) $(UV) pip install --quiet -r requirements.lock
 	VIRTUAL_ENV=$(PEERS_VENV) $(UV) pip install --quiet --no-deps -e . deepctr==0.9.4
+	VIRTUAL_ENV=$(PEERS_VENV) $(UV) pip install --quiet -r bench/requirements-peers.txt -c requirements.lock
 	touch $@
 
 quickstart: env
