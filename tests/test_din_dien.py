@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.augru import InterestEvolution
+from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.metrics.ranking import GroupAUC
 from tfrecsys.models import build_model
 from tfrecsys.models.dien import DIEN
@@ -101,15 +102,66 @@ def test_din_softmax_pools_a_repeated_behaviour_to_itself_and_raw_weights_grow_w
              "hist_item_id": tf.constant(np.where(valid, 7, 0), tf.int64),
              "hist_category": tf.constant(np.where(valid, 3, 0), tf.int64),
              "hist_item_id_length": tf.constant(lengths, tf.int64)}
-    embedded = model.embedding(batch)
-    keys = model.behaviours.keys(embedded)
-    interest = model.attention(keys, model.behaviours.mask(embedded), model.behaviours.query(embedded),
+    history = model.history_embedding(batch)
+    keys = model.behaviours.keys(history)
+    interest = model.attention(keys, model.behaviours.mask(history), model.behaviours.query(model.embedding(batch)),
                                training=False).numpy()
     if normalization == "softmax":
         np.testing.assert_allclose(interest, keys[:, 0].numpy(), rtol=1e-5, atol=1e-7)
     else:
         np.testing.assert_allclose(interest, lengths[:, None] * interest[:1], rtol=1e-4, atol=1e-7)
         assert np.abs(interest[0]).max() > 1e-4
+
+
+def _din_over_padded_history(model, batch, training):
+    """DIN's outputs with the history embedded padded ``[batch, len, d]`` and the padding masked in the
+    attention (its form before the packed lookup; still its form under XLA)."""
+    embedded = model.embedding(batch)
+    history = model.history_embedding(batch)
+    interest = model.attention(model.behaviours.keys(history), model.behaviours.mask(history),
+                               model.behaviours.query(embedded), training=training)
+    hidden = model.tower(tf.concat([concat_pooled(embedded, model.schema, model.other_features), interest], -1))
+    return tf.sigmoid(tf.squeeze(model.heads["score"](hidden), -1))
+
+
+@pytest.mark.parametrize("normalization", ["none", "softmax"])
+@pytest.mark.parametrize("training", [True, False])
+def test_din_over_packed_valid_behaviours_equals_it_over_the_padded_history(normalization, training):
+    """Only the valid behaviours' embeddings are looked up: scores and the gradients of every weight (the
+    embedding tables included) equal the padded form's; ragged histories give the same scores."""
+    model, batch = _din(attention_normalization=normalization, mba_l2=1e-3), _batch()
+    model(batch)
+    results = []
+    for function in (lambda: model(batch, training=training)["score"],
+                     lambda: _din_over_padded_history(model, batch, training)):
+        with tf.GradientTape() as tape:
+            scores = function()
+            loss = tf.reduce_sum(tf.sin(5.0 * scores))
+        results.append((scores.numpy(), tape.gradient(loss, model.trainable_variables)))
+    (packed, packed_gradients), (padded, padded_gradients) = results
+    np.testing.assert_allclose(packed, padded, rtol=1e-5, atol=1e-6)
+    for ours, reference in zip(packed_gradients, padded_gradients):
+        np.testing.assert_allclose(tf.convert_to_tensor(ours).numpy(), tf.convert_to_tensor(reference).numpy(),
+                                   rtol=1e-4, atol=1e-6)
+    ragged = dict(batch)
+    for name in HISTORY:
+        ragged[name] = tf.RaggedTensor.from_tensor(batch[name], lengths=batch["hist_item_id_length"])
+    del ragged["hist_item_id_length"]
+    np.testing.assert_allclose(model(ragged, training=False)["score"].numpy(),
+                               model(batch, training=False)["score"].numpy(), rtol=1e-6)
+
+
+def test_din_mini_batch_l2_counts_each_valid_history_id_once_per_use():
+    """``mba_l2``: the penalty over the rows the batch uses, the history's valid ids read from the packed
+    behaviours: the same value as from the padded history's mask."""
+    model, batch = _din(mba_l2=1e-2), _batch()
+    model(batch)
+    valid = batch["hist_item_id"].numpy()[np.arange(MAX_LEN)[None, :] < batch["hist_item_id_length"].numpy()[:, None]]
+    packed = model.mini_batch_regularization(batch, model.embedding(batch), model.packed_history(batch)[2]).numpy()
+    padded = model.mini_batch_regularization(batch, {**model.embedding(batch), **model.history_embedding(batch)},
+                                             {}).numpy()
+    np.testing.assert_allclose(packed, padded, rtol=1e-6)
+    assert len(model.packed_history(batch)[2]["hist_item_id"].numpy()) == len(valid)
 
 
 def test_dien_depends_on_history_order_but_ignores_padding():

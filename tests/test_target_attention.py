@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfrecsys.layers.activations import Dice, PReLU, activation_layer
-from tfrecsys.layers.target_attention import ActivationUnit, TargetAttention
+from tfrecsys.layers.target_attention import ActivationUnit, TargetAttention, dice_as_batch_norm
 
 
 def _history(batch=3, length=5, dim=4, seed=0):
@@ -206,6 +206,53 @@ def test_masked_dice_and_its_gradients_equal_the_papers_formula_over_valid_posit
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     for ours, reference in zip(*gradients):
         np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [37, 1, 0])
+def test_dice_as_batch_norm_equals_dice_in_values_gradients_and_moving_moments(rows):
+    """The activation unit's fused form of Dice over all-valid rows against the layer itself: outputs, the
+    gradients to the rows and to α, and the moving moments after the update (Bessel's correction undone);
+    one row (variance 0) and no rows (zeros, not NaN) included."""
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(1.5, 3.0, size=(rows, 6)).astype(np.float32))
+    results = []
+    for fused in (True, False):
+        dice = Dice(momentum=0.9)
+        dice.build(tf.TensorShape([None, 6]))
+        dice.alpha.assign(np.linspace(-0.5, 0.8, 6).astype(np.float32))
+        dice.moving_mean.assign(np.full(6, 0.3, np.float32))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = dice_as_batch_norm(dice, x) if fused else dice(x, training=True)
+            loss = tf.reduce_sum(tf.sin(2.0 * out) * tf.range(1.0, 7.0))
+        gradients = tape.gradient(loss, [x, dice.alpha])
+        results.append([out.numpy()] + [g.numpy() for g in gradients]
+                       + [dice.moving_mean.numpy(), dice.moving_variance.numpy()])
+    # One row: x̂ ≡ 0, and its zero gradient is a difference of terms scaled by 1/sqrt(ε) = 1e4 in both forms,
+    # so their rounding differs at 1e-4 relative there.
+    tolerance = 1e-3 if rows == 1 else 2e-5
+    for fused, layer in zip(*results):
+        assert np.isfinite(fused).all()
+        np.testing.assert_allclose(fused, layer, rtol=tolerance, atol=tolerance)
+    if rows:
+        np.testing.assert_allclose(results[0][3], 0.9 * 0.3 + 0.1 * x.numpy().mean(0), rtol=1e-5)
+        np.testing.assert_allclose(results[0][4], 0.9 + 0.1 * x.numpy().var(0), rtol=1e-5)
+
+
+def test_packed_activation_unit_runs_dice_as_one_batch_norm_op_in_training_only():
+    """The training trace of the packed unit holds a FusedBatchNormV3 per Dice and no Dice layer call; an
+    inference trace (moving moments) and a masked XLA-free call over every slot use the layer."""
+    keys, mask, query = (tf.constant(x) for x in _history(batch=3, length=6, dim=4))
+    unit = ActivationUnit(hidden_units=(8, 4), activation="dice")
+    unit(keys, query, key_mask=mask)
+
+    def op_types(training):
+        graph = tf.function(lambda k, q: unit(k, q, key_mask=mask, training=training)).get_concrete_function(
+            keys, query).graph
+        return [op.type for op in graph.get_operations()]
+
+    assert op_types(True).count("FusedBatchNormV3") == 2
+    assert "FusedBatchNormV3" not in op_types(False)
 
 
 def test_dice_under_mixed_bfloat16_keeps_its_moving_moments_in_float32():

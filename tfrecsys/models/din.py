@@ -7,6 +7,7 @@ from tfrecsys.layers.mlp import MLP
 from tfrecsys.layers.pooling import concat_pooled
 from tfrecsys.layers.regularization import mini_batch_aware_l2
 from tfrecsys.layers.target_attention import TargetAttention
+from tfrecsys.layers.xla import tracing_inside_xla
 from tfrecsys.models.base import RecModel
 from tfrecsys.models.behaviours import behaviour_history
 from tfrecsys.models.registry import register
@@ -24,6 +25,10 @@ class DIN(RecModel):
     the embedding rows each training batch uses; 0 turns it off. ``attention_normalization``: ``"none"`` (the
     paper's raw weights, the default) or ``"softmax"`` over the valid behaviours (``TargetAttention``).
     Outputs ``{task: [batch]}``.
+
+    The history's valid behaviours are packed before their embeddings are looked up (``packed_history``):
+    the attention runs on ``[n_valid, d]`` rows, and no padded ``[batch, len, d]`` tensor or its gradient is
+    built. Inside an XLA-compiled step (static shapes) the padded history is embedded and masked instead.
     """
 
     def __init__(self, schema: FeatureSchema, tasks, history, attention_units=(80, 40),
@@ -33,7 +38,8 @@ class DIN(RecModel):
         self.behaviours = behaviour_history(schema, history)
         self.other_features = [name for name in self.serving_features if name not in self.behaviours.sequences]
         self.mba_l2 = mba_l2
-        self.embedding = self.embedding_view(self.serving_features, name="features")
+        self.embedding = self.embedding_view(self.other_features, name="features")
+        self.history_embedding = self.embedding_view(self.behaviours.sequences, name="history")
         self.attention = TargetAttention(attention_units, attention_activation, attention_normalization,
                                          name="target_attention")
         self.tower = MLP(hidden_units, dropout=dropout, name="tower")
@@ -42,26 +48,57 @@ class DIN(RecModel):
 
     def call(self, features, training=None):
         embedded = self.embedding(features)
-        interest = self.attention(self.behaviours.keys(embedded), self.behaviours.mask(embedded),
-                                  self.behaviours.query(embedded), training=training)
+        query = self.behaviours.query(embedded)
+        if tracing_inside_xla():
+            # XLA compiles static shapes: the padded history, the padding masked (TargetAttention).
+            history = self.history_embedding(features)
+            interest = self.attention(self.behaviours.keys(history), self.behaviours.mask(history), query,
+                                      training=training)
+            embedded, history_ids = {**embedded, **history}, {}
+        else:
+            keys, rows, history_ids = self.packed_history(features)
+            interest = self.attention(keys, None, query, rows=rows, training=training)
         if training and self.mba_l2:
-            self.add_loss(self.mini_batch_regularization(features, embedded))
+            self.add_loss(self.mini_batch_regularization(features, embedded, history_ids))
         hidden = self.tower(tf.concat([concat_pooled(embedded, self.schema, self.other_features), interest], -1),
                             training=training)
         return {name: tf.sigmoid(tf.squeeze(head(hidden), axis=-1)) for name, head in self.heads.items()}
 
-    def mini_batch_regularization(self, features, embedded) -> tf.Tensor:
+    def packed_history(self, features):
+        """The valid behaviours only, in row-major order: ``(e [n, d], rows [n] int64, {sequence: ids [n]})``,
+        ``e_i`` the behaviour of row ``rows[i]``. The ids are gathered before the lookup, so neither the padding's
+        embeddings nor their gradients (a scatter back into ``[batch, len, d]``) are ever built."""
+        first = self.schema[self.behaviours.sequences[0]]
+        padded = {}
+        for name in self.behaviours.sequences:
+            value = features[name]
+            if isinstance(value, tf.RaggedTensor):  # as FeatureEmbedding pads a ragged batch
+                lengths = value.row_lengths()
+                value = value.to_tensor(shape=[None, first.max_len])
+            padded[name] = value
+        if not isinstance(features[first.name], tf.RaggedTensor):
+            lengths = features[first.length_name]
+        positions = tf.where(tf.sequence_mask(lengths, first.max_len))  # [n, 2]: (row, step)
+        ids = {name: tf.gather_nd(value, positions) for name, value in padded.items()}
+        keys = tf.concat([self.embeddings.embed(self.schema[name].table, ids[name])
+                          for name in self.behaviours.sequences], axis=-1)
+        return keys, positions[:, 0], ids
+
+    def mini_batch_regularization(self, features, embedded, history_ids) -> tf.Tensor:
         """``λ Σ_tables Σ_{j ∈ batch} ‖w_j‖²`` over the rows the batch's embedded features use (padding
-        excluded)."""
+        excluded); ``history_ids``: the valid ids of the history sequences that ``embedded`` does not hold."""
         rows = {}
         for feature in self.schema.serving_inputs:
             if not feature.embedded:
                 continue
-            ids = features[feature.name]
-            if isinstance(ids, tf.RaggedTensor):
-                ids = ids.flat_values
-            elif feature.is_sequence:
-                ids = tf.boolean_mask(ids, embedded[feature.name + "_mask"])
+            if feature.name in history_ids:
+                ids = history_ids[feature.name]
+            else:
+                ids = features[feature.name]
+                if isinstance(ids, tf.RaggedTensor):
+                    ids = ids.flat_values
+                elif feature.is_sequence:
+                    ids = tf.boolean_mask(ids, embedded[feature.name + "_mask"])
             rows.setdefault(feature.table, []).append(tf.reshape(self.embeddings.rows(feature.table, ids), [-1]))
         return tf.add_n([mini_batch_aware_l2(self.embeddings.table(table).embeddings, tf.concat(ids, 0), self.mba_l2)
                          for table, ids in rows.items()])
