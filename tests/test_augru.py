@@ -454,3 +454,31 @@ def test_reset_before_layers_start_as_tf_compat_v1_gru_cell_joint_glorot_kernels
     keras_extractor.build([None, 50, dim])
     recurrent = keras_extractor.cell.recurrent_kernel.numpy()
     np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(units), atol=1e-5)  # orthogonal rows
+
+
+def test_attention_moments_over_every_slot_count_padding_but_not_its_values():
+    """``every_slot`` (DeepCTR's): in training Dice's batch moments span every ``[batch, len]`` slot, so more
+    padding changes the result while the padded interests' values do not (they are zeroed, as DeepCTR's
+    ``dynamic_rnn`` outputs); ``valid`` moments ignore padding altogether."""
+    values, mask, target = _sequences(batch=3, length=5, seed=9)
+    longer_values = np.concatenate([values, np.random.default_rng(10).normal(size=(3, 3, UNITS))], axis=1)
+    longer_mask = np.concatenate([mask, np.zeros((3, 3), bool)], axis=1)
+    garbage = np.where(mask[..., None], values, 7.0).astype(np.float32)
+    outputs = {}
+    for moments in ("valid", "every_slot"):
+        tf.keras.utils.set_random_seed(0)
+        layer = InterestEvolution(UNITS, "augru", attention_units=(8, 4), attention_activation="dice",
+                                  attention_moments=moments)
+        layer(tf.constant(values), tf.constant(mask), tf.constant(target))
+        outputs[moments] = [layer(tf.constant(v, tf.float32), tf.constant(m), tf.constant(target),
+                                  training=True).numpy()
+                            for v, m in ((values, mask), (longer_values, longer_mask), (garbage, mask))]
+        assert layer.get_config()["attention_moments"] == moments
+    short, longer, with_garbage = outputs["valid"]
+    np.testing.assert_allclose(longer, short, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(with_garbage, short, rtol=0, atol=1e-6)
+    short, longer, with_garbage = outputs["every_slot"]
+    assert np.abs(longer - short)[:2].max() > 1e-4  # the third row's empty history stays 0
+    np.testing.assert_allclose(with_garbage, short, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="attention_moments"):
+        InterestEvolution(UNITS, attention_moments="all")

@@ -20,6 +20,7 @@ from tfrecsys.layers.target_attention import TargetAttention
 from tfrecsys.layers.xla import in_serving_mode, tracing_inside_xla
 
 GRU_VARIANTS = ("aigru", "agru", "augru", "augru_keep")
+ATTENTION_MOMENTS = ("valid", "every_slot")
 AUX_NORMALIZATIONS = ("valid_pairs", "grid")
 
 
@@ -443,13 +444,20 @@ class InterestEvolution(tf.keras.layers.Layer):
     trains, through the cell): DeepCTR 0.9.4's DIEN on TF 2 runs that way, because its AUGRU/AGRU cells create
     their variables with ``tf.compat.v1.get_variable`` inside a Keras layer, which Keras does not track, so its
     optimizer never updates them (measured: bench/RESULTS.md, issue 12, branch dien3). ``xla`` and
-    ``reset_after``: as ``InterestExtractor``'s.
+    ``reset_after``: as ``InterestExtractor``'s. ``attention_moments``: where the attention's Dice takes its
+    batch moments in training: ``valid`` (default) the valid steps only; ``every_slot`` every ``[batch, len]``
+    slot, padding included with its interests zeroed, as DeepCTR's DIEN (its ``BatchNormalization`` over the
+    zero-padded GRU outputs of ``dynamic_rnn``); the activation unit then runs on every slot.
     """
 
     def __init__(self, units: int, variant: str = "augru", attention_units=(64, 16), attention_activation="dice",
                  gate_bias: float = 0.0, cell_trainable: bool = True, xla: bool = True, reset_after: bool = True,
-                 **kwargs):
+                 attention_moments: str = "valid", **kwargs):
         super().__init__(**kwargs)
+        if attention_moments not in ATTENTION_MOMENTS:
+            raise ValueError(f"{self.name}: attention_moments must be one of {ATTENTION_MOMENTS}, "
+                             f"got {attention_moments!r}")
+        self.attention_moments = attention_moments
         self.xla = bool(xla)
         self.reset_after = bool(reset_after)
         if variant not in GRU_VARIANTS:
@@ -480,7 +488,15 @@ class InterestEvolution(tf.keras.layers.Layer):
         super().build(interests_shape)
 
     def call(self, interests, mask, target, training=None):
-        scores = self.attention.weights_for(interests, mask, target, training=training)
+        if self.attention_moments == "every_slot":
+            # Without a key mask the activation unit runs on every slot and Dice's moments span them all; the
+            # softmax over valid steps is TargetAttention.weights_for's.
+            padded = tf.where(mask[..., tf.newaxis], interests, tf.zeros_like(interests))
+            raw = self.attention.unit(padded, target, key_mask=None, training=training)
+            lowest = tf.fill(tf.shape(raw), tf.constant(raw.dtype.min, raw.dtype))
+            scores = tf.nn.softmax(tf.where(mask, raw, lowest), axis=-1) * tf.cast(mask, raw.dtype)
+        else:
+            scores = self.attention.weights_for(interests, mask, target, training=training)
         # AIGRU needs the mask (a zero input still moves a GRU); AGRU/AUGRU keep their state at padding anyway,
         # where the attention is 0, and the mask makes that independent of float rounding.
         # augru_keep's attention 0 is a GRU step, not a kept state: its padding needs its own mark, s = 0.
@@ -498,4 +514,4 @@ class InterestEvolution(tf.keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "variant": self.variant,
                 "attention_units": self.attention_units, "attention_activation": self.attention_activation,
                 "gate_bias": self.gate_bias, "cell_trainable": self.cell_trainable, "xla": self.xla,
-                "reset_after": self.reset_after}
+                "reset_after": self.reset_after, "attention_moments": self.attention_moments}
