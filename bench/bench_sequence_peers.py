@@ -79,8 +79,8 @@ class OurOptions:
     ``model.embedding_l2``); ``embedding_init_stddev``: the tables' rows start N(0, stddev²)
     (``EmbeddingTables.initialize_normal``; 0: the model's truncated N(0, 0.05²)), seeded by
     ``embedding_init_seed`` (None: the global seed; an integer: every table with it, as DeepCTR);
-    ``aux_normalization``, ``gru_gate_bias``, ``evolution_trainable``, ``gru_variant``, ``recurrence_xla``: DIEN's config keys of
-    the same names under ``model.``.
+    ``aux_normalization``, ``gru_gate_bias``, ``evolution_trainable``, ``gru_variant``, ``recurrence_xla``,
+    ``gru_reset_after``, ``attention_moments``: DIEN's config keys of the same names under ``model.``.
     """
     embedding_l2: float = 0.0
     aux_normalization: str = "valid_pairs"
@@ -90,6 +90,8 @@ class OurOptions:
     evolution_trainable: bool = True
     gru_variant: str = "augru"
     recurrence_xla: bool = True
+    gru_reset_after: bool = True
+    attention_moments: str = "valid"
 
     def flags(self) -> list:
         """The command-line flags that give these options to a ``--one`` run."""
@@ -97,18 +99,23 @@ class OurOptions:
                 f"--gru_gate_bias={self.gru_gate_bias}", f"--embedding_init_stddev={self.embedding_init_stddev}",
                 f"--embedding_init_seed={-1 if self.embedding_init_seed is None else self.embedding_init_seed}",
                 f"--evolution_trainable={int(self.evolution_trainable)}", f"--gru_variant={self.gru_variant}",
-                f"--recurrence_xla={int(self.recurrence_xla)}"]
+                f"--recurrence_xla={int(self.recurrence_xla)}", f"--gru_reset_after={int(self.gru_reset_after)}",
+                f"--attention_moments={self.attention_moments}"]
 
 
 # DeepCTR 0.9.4's DIN and DIEN as they run on TF 2.16, and what the bench gives ours by default: l2_reg_embedding
 # 1e-6; DIEN's auxiliary loss a reduce_mean over [batch, T − 1] with padding counting 0; tf.compat.v1 GRUCell gate
 # biases 1; SparseFeat's embeddings N(0, 1e-4²) drawn with seed 2020 for every table (ours: the run's seed unless
 # --embedding_init_seed); its AUGRU (VecAttGRUCell) scales the keep gate and its weights are never trained
-# (Keras does not track them).
+# (Keras does not track them); its GRUs are tf.compat.v1 GRUCell's form, the candidate reset before its matmul
+# with joint glorot kernels over [x ; h]; its attention's Dice takes its moments over every [batch, T] slot.
+# The bench gives ours all but the seed 2020 (ours: the run's seed), the reset-before GRUs and Dice's moments
+# over padding, which are options here (--gru_reset_after, --attention_moments) measured in bench/RESULTS.md.
 DEEPCTR_OPTIONS = OurOptions(embedding_l2=1e-6, aux_normalization="grid", gru_gate_bias=1.0,
                              embedding_init_stddev=1e-4, embedding_init_seed=2020, evolution_trainable=False,
-                             gru_variant="augru_keep")
-BENCH_DEFAULTS = dataclasses.replace(DEEPCTR_OPTIONS, embedding_init_seed=None)
+                             gru_variant="augru_keep", gru_reset_after=False, attention_moments="every_slot")
+BENCH_DEFAULTS = dataclasses.replace(DEEPCTR_OPTIONS, embedding_init_seed=None, gru_reset_after=True,
+                                     attention_moments="valid")
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -244,7 +251,8 @@ def our_model(name: str, vocabulary: dict, options: OurOptions = OurOptions()):
                      aux_net="inner_product" if name == "dien_inner_product" else "mlp", attention_units=(64, 16),
                      hidden_units=DNN_UNITS, aux_normalization=options.aux_normalization,
                      gru_gate_bias=options.gru_gate_bias, evolution_trainable=options.evolution_trainable,
-                     gru_variant=options.gru_variant, recurrence_xla=options.recurrence_xla, name=name)
+                     gru_variant=options.gru_variant, recurrence_xla=options.recurrence_xla,
+                     gru_reset_after=options.gru_reset_after, attention_moments=options.attention_moments, name=name)
     if options.embedding_l2:
         model.embeddings.regularize(options.embedding_l2)
     if options.embedding_init_stddev:
@@ -528,6 +536,15 @@ def main(argv=None) -> int:
                         help="1 (the model's and this bench's default) XLA-compiles our DIEN's GRU step loops in "
                              "training (config model.recurrence_xla): less CPU per step, about 0.6 s more to the "
                              "first step; 0 runs them plain")
+    parser.add_argument("--gru_reset_after", type=int, choices=(0, 1), default=int(BENCH_DEFAULTS.gru_reset_after),
+                        help="1 (the model's and this bench's default): our DIEN's GRUs in Keras' reset_after form; "
+                             "0: the candidate reset before its matmul with tf.compat.v1 GRUCell's joint glorot "
+                             "kernels, DeepCTR's (config model.gru_reset_after)")
+    parser.add_argument("--attention_moments", default=BENCH_DEFAULTS.attention_moments,
+                        choices=("valid", "every_slot"),
+                        help="where our DIEN's attention Dice takes its batch moments (config "
+                             "model.attention_moments): valid steps (the model's and this bench's default) or "
+                             "every [batch, T] slot, padding included, DeepCTR's")
     parser.add_argument("--select_epoch", default="none", choices=("none", "validation"),
                         help="none (the default): every run trains the protocol's fixed 2 epochs on all training "
                              "rows and reports the test figures after them; validation: each user's "
@@ -559,7 +576,8 @@ def main(argv=None) -> int:
                          gru_gate_bias=args.gru_gate_bias, embedding_init_stddev=args.embedding_init_stddev,
                          embedding_init_seed=None if args.embedding_init_seed < 0 else args.embedding_init_seed,
                          evolution_trainable=bool(args.evolution_trainable), gru_variant=args.gru_variant,
-                         recurrence_xla=bool(args.recurrence_xla))
+                         recurrence_xla=bool(args.recurrence_xla), gru_reset_after=bool(args.gru_reset_after),
+                         attention_moments=args.attention_moments)
     max_epochs = 3 if args.max_epochs is None else args.max_epochs
     if args.one:
         side, name = args.one.split(":")

@@ -330,3 +330,155 @@ def test_layers_compile_their_loops_in_training_calls_only(layer_type):
     assert forward.experimental_get_tracing_count() == traces + 1
     np.testing.assert_allclose(training.numpy(), inference.numpy(), rtol=0, atol=1e-5)
     assert layer.get_config()["xla"] is True
+
+
+def _reset_before_reference(inputs, scale, kernel, recurrent_kernel, bias, gate):
+    """``tf.compat.v1``'s GRUCell written out step by step (the candidate reset before its matmul), with each
+    gate's share of the candidate from its own definition; TensorFlow differentiates it."""
+    units = recurrent_kernel.shape[0]
+    u_update, u_reset, u_candidate = tf.split(recurrent_kernel, 3, axis=-1)
+    b_update, b_reset, b_candidate = tf.split(bias[1], 3)
+    state, states = tf.zeros([inputs.shape[0], units]), []
+    for t in range(inputs.shape[1]):
+        x_update, x_reset, x_candidate = tf.split(tf.matmul(inputs[:, t], kernel) + bias[0], 3, axis=-1)
+        s = scale[:, t:t + 1]
+        z = tf.sigmoid(x_update + tf.matmul(state, u_update) + b_update)
+        r = tf.sigmoid(x_reset + tf.matmul(state, u_reset) + b_reset)
+        candidate = tf.tanh(x_candidate + tf.matmul(r * state, u_candidate) + b_candidate)
+        share = {"gru": s * (1.0 - z),  # Keras' keep gate z, s the mask
+                 "augru": s * z,  # the paper's update gate scaled by the attention
+                 "agru": s,
+                 # DeepCTR's VecAttGRUCell: keep = (1 − a)(1 − u), s = 1 + a, padding s = 0 keeps the state
+                 "augru_keep": tf.where(s > 0, 1.0 - (1.0 - (s - 1.0)) * (1.0 - z), 0.0)}[gate]
+        state = (1.0 - share) * state + share * candidate
+        states.append(state)
+    return tf.stack(states, axis=1)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+@pytest.mark.parametrize("gate", ["gru", "augru", "agru", "augru_keep"])
+def test_reset_before_recurrence_equals_the_step_by_step_reference_in_values_and_gradients(gate, xla):
+    arguments = _recurrence_inputs(gate)
+
+    def states_and_gradients(compute):
+        with tf.GradientTape() as tape:
+            tape.watch(arguments)
+            states = compute(*arguments)
+            loss = tf.reduce_sum(tf.sin(3.0 * states))
+        return states, tape.gradient(loss, arguments)
+
+    ours, our_gradients = tf.function(lambda: states_and_gradients(
+        lambda *args: gated_recurrence(*args, gate=gate, xla=xla, reset_after=False)))()
+    reference, reference_gradients = states_and_gradients(
+        lambda *args: _reset_before_reference(*args, gate=gate))
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=0, atol=1e-5)
+    for name, mine, theirs in zip(("inputs", "scale", "kernel", "recurrent_kernel", "bias"), our_gradients,
+                                  reference_gradients):
+        assert np.abs(theirs.numpy()).max() > 0, name
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=0, atol=1e-5, err_msg=name)
+    # The two forms are different functions of the same weights.
+    reset_after = gated_recurrence(*arguments, gate=gate, xla=xla)
+    assert np.abs(reset_after.numpy() - ours.numpy()).max() > 1e-2
+
+
+def test_reset_before_cell_at_attention_zero_is_keras_reset_before_gru():
+    """DeepCTR's AUGRU (``augru_keep``) at attention 0 is a plain GRU step; with ``reset_after=False`` it is
+    Keras' ``GRUCell(reset_after=False)`` (``tanh(W^h x + b^h + U^h (r ∘ h))``, one bias: the sum of our two
+    rows), the update gate flipped as in the test above."""
+    cell = AttentionGRUCell(UNITS, "augru_keep", reset_after=False)
+    cell.build([None, DIM + 1])
+    rng = np.random.default_rng(6)
+    for weight in cell.weights:
+        weight.assign(rng.normal(size=weight.shape).astype(np.float32))
+    keras_cell = tf.keras.layers.GRUCell(UNITS, reset_after=False)
+    keras_cell.build([None, DIM])
+    flip = np.concatenate([-np.ones(UNITS), np.ones(2 * UNITS)]).astype(np.float32)
+    keras_cell.kernel.assign(cell.kernel.numpy() * flip)
+    keras_cell.recurrent_kernel.assign(cell.recurrent_kernel.numpy() * flip)
+    keras_cell.bias.assign(cell.bias.numpy().sum(axis=0) * flip)
+    x, state = rng.normal(size=(5, DIM)).astype(np.float32), rng.normal(size=(5, UNITS)).astype(np.float32)
+    ours, _ = cell(np.concatenate([x, np.zeros((5, 1), np.float32)], axis=1), [state])
+    theirs, _ = keras_cell(tf.constant(x), [tf.constant(state)])
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+    cell.reset_after = True  # the reset_after form of the same weights is another function
+    after, _ = cell(np.concatenate([x, np.zeros((5, 1), np.float32)], axis=1), [state])
+    assert np.abs(after.numpy() - theirs.numpy()).max() > 1e-2
+
+
+@pytest.mark.parametrize("variant", ["agru", "augru", "augru_keep"])
+def test_reset_before_evolution_equals_keras_masked_rnn_over_its_cell(variant):
+    rng = np.random.default_rng(7)
+    lengths = np.array([7, 4, 0, 1, 7, 2])
+    values = tf.constant(rng.normal(size=(6, 7, UNITS)).astype(np.float32))
+    mask = tf.constant(np.arange(7)[None, :] < lengths[:, None])
+    target = tf.constant(rng.normal(size=(6, UNITS)).astype(np.float32))
+    layer = InterestEvolution(UNITS, variant, attention_units=(8,), attention_activation="sigmoid",
+                              reset_after=False)
+    layer(values, mask, target)
+    for weight in layer.cell.weights:
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    watched = [values, target] + layer.trainable_weights
+
+    def outputs_and_gradients(compute):
+        with tf.GradientTape() as tape:
+            tape.watch([values, target])
+            outputs = compute()
+            loss = tf.reduce_sum(outputs * np.random.default_rng(8).normal(size=outputs.shape).astype(np.float32))
+        return outputs, tape.gradient(loss, watched, unconnected_gradients="zero")
+
+    ours, our_gradients = outputs_and_gradients(lambda: layer(values, mask, target, training=True))
+    keras, keras_gradients = outputs_and_gradients(lambda: _keras_rnn_reference(layer, values, mask, target))
+    np.testing.assert_allclose(ours.numpy(), keras.numpy(), rtol=0, atol=1e-5)
+    for weight, mine, theirs in zip(watched, our_gradients, keras_gradients):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=0, atol=1e-5,
+                                   err_msg=getattr(weight, "name", "input"))
+    assert layer.get_config()["reset_after"] is False
+
+
+def test_reset_before_layers_start_as_tf_compat_v1_gru_cell_joint_glorot_kernels():
+    """``tf.compat.v1`` GRUCell's kernels act on ``[x ; h]``: gates glorot-uniform over ``[dim + units,
+    2·units]``, candidate over ``[dim + units, units]``; Keras' ``W`` over ``[dim, 3·units]``, ``U`` orthogonal."""
+    dim, units = 48, 32
+    tf.keras.utils.set_random_seed(0)
+    extractor = InterestExtractor(units, reset_after=False)
+    extractor.build([None, 50, dim])
+    evolution = InterestEvolution(units, "augru_keep", attention_units=(8,), reset_after=False)
+    evolution.build([None, 50, dim])
+    gate_limit, candidate_limit = (6.0 / (dim + 3 * units)) ** 0.5, (6.0 / (dim + 2 * units)) ** 0.5
+    for cell in (extractor.cell, evolution.cell):
+        for kernel in (cell.kernel.numpy(), cell.recurrent_kernel.numpy()):
+            gates, candidate = np.abs(kernel[:, :2 * units]), np.abs(kernel[:, 2 * units:])
+            assert 0.97 * gate_limit < gates.max() <= gate_limit
+            assert 0.95 * candidate_limit < candidate.max() <= candidate_limit
+    keras_extractor = InterestExtractor(units)
+    keras_extractor.build([None, 50, dim])
+    recurrent = keras_extractor.cell.recurrent_kernel.numpy()
+    np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(units), atol=1e-5)  # orthogonal rows
+
+
+def test_attention_moments_over_every_slot_count_padding_but_not_its_values():
+    """``every_slot`` (DeepCTR's): in training Dice's batch moments span every ``[batch, len]`` slot, so more
+    padding changes the result while the padded interests' values do not (they are zeroed, as DeepCTR's
+    ``dynamic_rnn`` outputs); ``valid`` moments ignore padding altogether."""
+    values, mask, target = _sequences(batch=3, length=5, seed=9)
+    longer_values = np.concatenate([values, np.random.default_rng(10).normal(size=(3, 3, UNITS))], axis=1)
+    longer_mask = np.concatenate([mask, np.zeros((3, 3), bool)], axis=1)
+    garbage = np.where(mask[..., None], values, 7.0).astype(np.float32)
+    outputs = {}
+    for moments in ("valid", "every_slot"):
+        tf.keras.utils.set_random_seed(0)
+        layer = InterestEvolution(UNITS, "augru", attention_units=(8, 4), attention_activation="dice",
+                                  attention_moments=moments)
+        layer(tf.constant(values), tf.constant(mask), tf.constant(target))
+        outputs[moments] = [layer(tf.constant(v, tf.float32), tf.constant(m), tf.constant(target),
+                                  training=True).numpy()
+                            for v, m in ((values, mask), (longer_values, longer_mask), (garbage, mask))]
+        assert layer.get_config()["attention_moments"] == moments
+    short, longer, with_garbage = outputs["valid"]
+    np.testing.assert_allclose(longer, short, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(with_garbage, short, rtol=0, atol=1e-6)
+    short, longer, with_garbage = outputs["every_slot"]
+    assert np.abs(longer - short)[:2].max() > 1e-4  # the third row's empty history stays 0
+    np.testing.assert_allclose(with_garbage, short, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="attention_moments"):
+        InterestEvolution(UNITS, attention_moments="all")

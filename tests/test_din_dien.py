@@ -314,6 +314,30 @@ def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_laye
         _dien(aux_normalization="rows")
 
 
+def test_dien_gru_reset_after_and_attention_moments_from_the_config_reach_the_layers():
+    def built(**options):
+        config = ml_collections.ConfigDict(dict(
+            model=dict(name="dien", history=HISTORY, negative_history=NEGATIVES, attention_units=(8,),
+                       hidden_units=(8,), **options),
+            tasks=dict(score=dict(label="click"))))
+        tf.keras.utils.set_random_seed(0)
+        model = build_model(config, SCHEMA)
+        model(_batch(), training=True)
+        return model
+
+    default, deepctr = built(), built(gru_reset_after=False, attention_moments="every_slot")
+    assert (default.extractor.reset_after, default.evolution.reset_after, default.evolution.attention_moments) == (
+        True, True, "valid")
+    assert (deepctr.extractor.reset_after, deepctr.evolution.reset_after, deepctr.evolution.cell.reset_after,
+            deepctr.evolution.attention_moments) == (False, False, False, "every_slot")
+    # Keras' orthogonal recurrent kernel by default; tf.compat.v1's joint glorot draw without reset_after.
+    for model, orthogonal in ((default, True), (deepctr, False)):
+        recurrent = model.extractor.cell.recurrent_kernel.numpy()
+        assert np.allclose(recurrent @ recurrent.T, np.eye(recurrent.shape[0]), atol=1e-5) == orthogonal
+    with pytest.raises(ValueError, match="model.attention_moments must be one of"):
+        _dien(attention_moments="all")
+
+
 def test_dien_evolution_trainable_false_leaves_only_the_evolving_grus_weights_to_the_optimizer():
     """DeepCTR 0.9.4's DIEN on TF 2 never updates its AUGRU's weights; ``model.evolution_trainable=False`` is
     that: the cell's weights exist but are not trainable, the attention that drives it still is."""

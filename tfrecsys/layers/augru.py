@@ -20,6 +20,7 @@ from tfrecsys.layers.target_attention import TargetAttention
 from tfrecsys.layers.xla import in_serving_mode, tracing_inside_xla
 
 GRU_VARIANTS = ("aigru", "agru", "augru", "augru_keep")
+ATTENTION_MOMENTS = ("valid", "every_slot")
 AUX_NORMALIZATIONS = ("valid_pairs", "grid")
 
 
@@ -45,11 +46,50 @@ class GateBiasInitializer(tf.keras.initializers.Initializer):
         return {"update": self.update, "reset": self.reset}
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrecsys")
+class JointGlorotUniform(tf.keras.initializers.Initializer):
+    """A ``[rows, 3·units]`` slice (columns: update, reset, candidate) of ``tf.compat.v1.nn.rnn_cell.GRUCell``'s
+    kernels, which act on the joint input ``[x ; h]`` of ``fan_in = dim + units`` rows: the gates' kernel
+    ``[fan_in, 2·units]`` and the candidate's ``[fan_in, units]``, each glorot-uniform over its own shape.
+
+    Why: with ``reset_after=False`` (the reset-before candidate) our GRUs can start as DeepCTR's and the DIEN
+    authors' (``tf.compat.v1`` GRUCell, DeepCTR's ``VecAttGRUCell``): glorot-uniform entries are independent,
+    so ``W`` (``dim`` rows) and ``U`` (``units`` rows) drawn with these limits are the two row blocks of those
+    joint kernels. Keras' GRU draws ``W`` glorot-uniform over ``[dim, 3·units]`` and ``U`` orthogonal.
+    """
+
+    def __init__(self, fan_in: int, seed=None):
+        self.fan_in, self.seed = int(fan_in), seed
+
+    def __call__(self, shape, dtype=None, **kwargs):
+        units = shape[-1] // 3
+        gates = tf.keras.initializers.RandomUniform(-(6.0 / (self.fan_in + 2 * units)) ** 0.5,
+                                                    (6.0 / (self.fan_in + 2 * units)) ** 0.5, seed=self.seed)
+        candidate = tf.keras.initializers.RandomUniform(-(6.0 / (self.fan_in + units)) ** 0.5,
+                                                        (6.0 / (self.fan_in + units)) ** 0.5,
+                                                        seed=None if self.seed is None else self.seed + 1)
+        return tf.concat([gates([shape[0], 2 * units], dtype), candidate([shape[0], units], dtype)], axis=-1)
+
+    def get_config(self):
+        return {"fan_in": self.fan_in, "seed": self.seed}
+
+
+def gru_initializers(dim: int, units: int, reset_after: bool) -> dict:
+    """The kernel and recurrent-kernel initialisers of our GRUs: Keras' (glorot-uniform and orthogonal) for
+    the ``reset_after`` form, ``tf.compat.v1`` GRUCell's joint glorot-uniform for the reset-before form."""
+    if reset_after:
+        return {"kernel_initializer": "glorot_uniform", "recurrent_initializer": "orthogonal"}
+    joint = JointGlorotUniform(dim + units)
+    return {"kernel_initializer": joint, "recurrent_initializer": joint}
+
+
 class AttentionGRUCell(tf.keras.layers.Layer):
     """One step of AGRU or AUGRU; its input is ``[i_t ; a_t]`` ``[batch, dim + 1]``, the attention score last.
 
     ``u_t = σ(W^u i_t + U^u h_{t−1} + b^u)``, ``r_t = σ(W^r i_t + U^r h_{t−1} + b^r)``,
-    ``h̃_t = tanh(W^h i_t + r_t ∘ (U^h h_{t−1}) + b^h)`` (Keras' ``reset_after`` form, as in DIEN), then
+    ``h̃_t = tanh(W^h i_t + r_t ∘ (U^h h_{t−1}) + b^h)`` (Keras' ``reset_after`` form, as in DIEN; with
+    ``reset_after=False`` the reset-before form ``h̃_t = tanh(W^h i_t + U^h (r_t ∘ h_{t−1}) + b^h)`` of
+    ``tf.compat.v1``'s GRUCell and DeepCTR's ``VecAttGRUCell``, with their initialisers: ``gru_initializers``), then
     AUGRU: ``ũ_t = a_t · u_t``, ``h_t = (1 − ũ_t) ∘ h_{t−1} + ũ_t ∘ h̃_t``;
     AGRU:  ``h_t = (1 − a_t) · h_{t−1} + a_t · h̃_t`` (no update gate);
     AUGRU-keep: ``k_t = (1 − a_t) · (1 − u_t)``, ``h_t = k_t ∘ h_{t−1} + (1 − k_t) ∘ h̃_t`` (the DIEN authors' code
@@ -60,7 +100,8 @@ class AttentionGRUCell(tf.keras.layers.Layer):
     ``tf.compat.v1``'s GRUCell starts its keep and reset gates; ``GateBiasInitializer``).
     """
 
-    def __init__(self, units: int, variant: str = "augru", gate_bias: float = 0.0, **kwargs):
+    def __init__(self, units: int, variant: str = "augru", gate_bias: float = 0.0, reset_after: bool = True,
+                 **kwargs):
         super().__init__(**kwargs)
         if variant not in ("agru", "augru", "augru_keep"):
             raise ValueError(f"{self.name}: an attention GRU cell is 'agru', 'augru' or 'augru_keep', "
@@ -68,15 +109,18 @@ class AttentionGRUCell(tf.keras.layers.Layer):
         self.units = units
         self.variant = variant
         self.gate_bias = float(gate_bias)
+        self.reset_after = bool(reset_after)
         self.state_size = units
         self.output_size = units
 
     def build(self, input_shape):
         dim = input_shape[-1] - 1
         # Columns: update, reset, candidate.
-        self.kernel = self.add_weight(name="kernel", shape=[dim, 3 * self.units], initializer="glorot_uniform")
+        initializers = gru_initializers(dim, self.units, self.reset_after)
+        self.kernel = self.add_weight(name="kernel", shape=[dim, 3 * self.units],
+                                      initializer=initializers["kernel_initializer"])
         self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=[self.units, 3 * self.units],
-                                                initializer="orthogonal")
+                                                initializer=initializers["recurrent_initializer"])
         self.bias = self.add_weight(name="bias", shape=[2, 3 * self.units],
                                     initializer=GateBiasInitializer(update=-self.gate_bias, reset=self.gate_bias))
         super().build(input_shape)
@@ -85,11 +129,18 @@ class AttentionGRUCell(tf.keras.layers.Layer):
         state = states[0]
         x, attention = inputs[:, :-1], inputs[:, -1:]
         from_input = tf.matmul(x, self.kernel) + self.bias[0]
-        from_state = tf.matmul(state, self.recurrent_kernel) + self.bias[1]
         x_u, x_r, x_h = tf.split(from_input, 3, axis=-1)
-        h_u, h_r, h_h = tf.split(from_state, 3, axis=-1)
-        reset = tf.sigmoid(x_r + h_r)
-        candidate = tf.tanh(x_h + reset * h_h)
+        if self.reset_after:
+            from_state = tf.matmul(state, self.recurrent_kernel) + self.bias[1]
+            h_u, h_r, h_h = tf.split(from_state, 3, axis=-1)
+            reset = tf.sigmoid(x_r + h_r)
+            candidate = tf.tanh(x_h + reset * h_h)
+        else:
+            gate_kernel, candidate_kernel = tf.split(self.recurrent_kernel, [2 * self.units, self.units], axis=-1)
+            gate_bias, candidate_bias = tf.split(self.bias[1], [2 * self.units, self.units])
+            h_u, h_r = tf.split(tf.matmul(state, gate_kernel) + gate_bias, 2, axis=-1)
+            reset = tf.sigmoid(x_r + h_r)
+            candidate = tf.tanh(x_h + tf.matmul(reset * state, candidate_kernel) + candidate_bias)
         if self.variant == "augru":
             update = attention * tf.sigmoid(x_u + h_u)
         elif self.variant == "augru_keep":
@@ -100,7 +151,8 @@ class AttentionGRUCell(tf.keras.layers.Layer):
         return new_state, [new_state]
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "variant": self.variant, "gate_bias": self.gate_bias}
+        return {**super().get_config(), "units": self.units, "variant": self.variant, "gate_bias": self.gate_bias,
+                "reset_after": self.reset_after}
 
 
 class InterestExtractor(tf.keras.layers.Layer):
@@ -112,27 +164,36 @@ class InterestExtractor(tf.keras.layers.Layer):
     keep (Keras' update) and reset gates (``GateBiasInitializer``: 0 is Keras', 1 ``tf.compat.v1``'s, DeepCTR's).
     ``xla``: in training calls, run the recurrence's forward and backward loops XLA-compiled
     (``gated_recurrence(xla=True)``); other calls (evaluation, prediction, exported signatures) run them plain.
+    ``reset_after``: False runs the reset-before candidate of ``tf.compat.v1``'s GRUCell (DeepCTR's), with its
+    kernels' initialisation (``gated_recurrence``, ``gru_initializers``).
     """
 
-    def __init__(self, units: int, gate_bias: float = 0.0, xla: bool = True, **kwargs):
+    def __init__(self, units: int, gate_bias: float = 0.0, xla: bool = True, reset_after: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.units = units
         self.gate_bias = float(gate_bias)
         self.xla = bool(xla)
+        self.reset_after = bool(reset_after)
+        # Keras' reset_after weight layout ([2, 3·units] bias) in both forms: gated_recurrence reads it either way.
         self.cell = tf.keras.layers.GRUCell(units, bias_initializer=GateBiasInitializer(gate_bias, gate_bias),
                                             name="gru_cell")
 
     def build(self, behaviours_shape, mask_shape=None):
+        if not self.reset_after:  # tf.compat.v1 GRUCell's kernels, which need the input's width
+            initializers = gru_initializers(behaviours_shape[-1], self.units, self.reset_after)
+            self.cell.kernel_initializer = initializers["kernel_initializer"]
+            self.cell.recurrent_initializer = initializers["recurrent_initializer"]
         self.cell.build(behaviours_shape)
         super().build(behaviours_shape)
 
     def call(self, behaviours, mask, training=None):
         cell = self.cell
         return gated_recurrence(behaviours, mask, cell.kernel, cell.recurrent_kernel, cell.bias, gate="gru",
-                                xla=self.xla and bool(training))
+                                xla=self.xla and bool(training), reset_after=self.reset_after)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "gate_bias": self.gate_bias, "xla": self.xla}
+        return {**super().get_config(), "units": self.units, "gate_bias": self.gate_bias, "xla": self.xla,
+                "reset_after": self.reset_after}
 
 
 GATES = ("gru", "augru", "agru", "augru_keep")
@@ -161,20 +222,28 @@ def _update_by_scale(gate: str, z, scale):
     return tf.ones_like(z)
 
 
-def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, units: int):
+def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, units: int, reset_after: bool = True):
     """The forward loop of ``gated_recurrence``: ``step_inputs`` ``[len, batch, 3·units + 1]`` (``W x_t + b_x``
-    and ``s_t``, time-major) → ``[len, batch, 5·units]``: ``h_t``, ``z_t``, ``r_t``, ``h̃_t``, ``U^h h_{t−1} + b^h_h``
-    per step."""
+    and ``s_t``, time-major) → ``[len, batch, 5·units]``: ``h_t``, ``z_t``, ``r_t``, ``h̃_t`` and the candidate's
+    recurrent term (``U^h h_{t−1} + b^h_h``; reset before: ``U^h (r_t ∘ h_{t−1}) + b^h_h``) per step."""
     dtype = step_inputs.dtype
     steps, batch = tf.unstack(tf.shape(step_inputs)[:2])
     inputs = tf.TensorArray(dtype, size=steps).unstack(step_inputs)
+    gate_kernel, candidate_kernel = tf.split(recurrent_kernel, [2 * units, units], axis=-1)
+    gate_bias, candidate_bias = tf.split(recurrent_bias, [2 * units, units])
 
     def forward(t, state, kept):
         x_zr, x_h, step_scale = tf.split(inputs.read(t), [2 * units, units, 1], axis=-1)
-        h_zr, h_h = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
-        zr = tf.sigmoid(x_zr + h_zr)
-        z, r = tf.split(zr, 2, axis=-1)
-        candidate = tf.tanh(x_h + r * h_h)
+        if reset_after:
+            h_zr, h_h = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
+            zr = tf.sigmoid(x_zr + h_zr)
+            z, r = tf.split(zr, 2, axis=-1)
+            candidate = tf.tanh(x_h + r * h_h)
+        else:  # the reset gate needs U^{zr} h first, then U^h sees r ∘ h: two matmuls a step
+            zr = tf.sigmoid(x_zr + tf.matmul(state, gate_kernel) + gate_bias)
+            z, r = tf.split(zr, 2, axis=-1)
+            h_h = tf.matmul(r * state, candidate_kernel) + candidate_bias
+            candidate = tf.tanh(x_h + h_h)
         update, _ = _update(gate, z, step_scale)
         state = state + update * (candidate - state)
         return t + 1, state, kept.write(t, tf.concat([state, zr, candidate, h_h], axis=-1))
@@ -184,15 +253,16 @@ def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, uni
     return kept.stack()
 
 
-def _backward_steps(step_values, recurrent_kernel, gate: str, units: int):
+def _backward_steps(step_values, recurrent_kernel, gate: str, units: int, reset_after: bool = True):
     """The backward loop of ``gated_recurrence``, last step first: ``step_values`` ``[len, batch, 6·units + 1]``
-    (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, ``U^h h_{t−1} + b^h_h``, ``h_{t−1}``, ``s_t``) →
+    (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, the candidate's recurrent term, ``h_{t−1}``, ``s_t``) →
     ``[len, batch, 4·units]``: the gradients at the inputs of ``z_t``'s and ``r_t``'s sigmoids and of ``h̃_t``'s
     tanh, and the total ``∂L/∂h_t``."""
     dtype = step_values.dtype
     steps, batch = tf.unstack(tf.shape(step_values)[:2])
     values = tf.TensorArray(dtype, size=steps).unstack(step_values)
     transposed_kernel = tf.transpose(recurrent_kernel)
+    transposed_gate_kernel, transposed_candidate_kernel = tf.split(transposed_kernel, [2 * units, units], axis=0)
 
     def step_back(t, d_carry, d_steps):
         t = t - 1
@@ -201,10 +271,16 @@ def _backward_steps(step_values, recurrent_kernel, gate: str, units: int):
         d_state = d_carry + d_output
         update, d_update_d_z = _update(gate, z, step_scale)
         d_candidate = d_state * update * (1.0 - candidate * candidate)
-        d_r = d_candidate * h_h * r * (1.0 - r)
         d_z = d_state * (candidate - previous_state) * d_update_d_z * z * (1.0 - z)
-        d_previous = d_state * (1.0 - update) + tf.matmul(tf.concat([d_z, d_r, d_candidate * r], axis=-1),
-                                                           transposed_kernel)
+        if reset_after:
+            d_r = d_candidate * h_h * r * (1.0 - r)
+            d_previous = d_state * (1.0 - update) + tf.matmul(tf.concat([d_z, d_r, d_candidate * r], axis=-1),
+                                                               transposed_kernel)
+        else:  # h̃ = tanh(… + U^h (r ∘ h_{t−1}) + …): ∂L/∂(r ∘ h_{t−1}) first, then r's and h_{t−1}'s shares
+            d_reset_state = tf.matmul(d_candidate, transposed_candidate_kernel)
+            d_r = d_reset_state * previous_state * r * (1.0 - r)
+            d_previous = (d_state * (1.0 - update) + d_reset_state * r
+                          + tf.matmul(tf.concat([d_z, d_r], axis=-1), transposed_gate_kernel))
         return t, d_previous, d_steps.write(t, tf.concat([d_z, d_r, d_candidate, d_state], axis=-1))
 
     empty = tf.zeros(tf.stack([batch, units]), dtype)
@@ -212,16 +288,21 @@ def _backward_steps(step_values, recurrent_kernel, gate: str, units: int):
     return d_steps.stack()
 
 
+def _compiled_steps(gate: str, units: int, reset_after: bool = True):
+    """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``gate``, ``units`` and
+    ``reset_after`` as XLA-compiled functions, one pair per process (traced once for any batch size and length;
+    XLA compiles once per concrete input shape and caches it)."""
+    return _compiled_steps_once(gate, int(units), bool(reset_after))
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled_steps(gate: str, units: int):
-    """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``gate`` and ``units`` as
-    XLA-compiled functions, one pair per process (traced once for any batch size and length; XLA compiles
-    once per concrete input shape and caches it)."""
-    return tuple(tf.function(functools.partial(steps, gate=gate, units=units), jit_compile=True,
-                             reduce_retracing=True) for steps in (_forward_steps, _backward_steps))
+def _compiled_steps_once(gate: str, units: int, reset_after: bool):
+    return tuple(tf.function(functools.partial(steps, gate=gate, units=units, reset_after=reset_after),
+                             jit_compile=True, reduce_retracing=True) for steps in (_forward_steps, _backward_steps))
 
 
-def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru", xla: bool = False):
+def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru", xla: bool = False,
+                     reset_after: bool = True):
     """The GRU family's steps over a sequence, with a hand-written backward pass: ``[batch, len, units]`` states
     ``h_1..h_T`` (``h_0 = 0``).
 
@@ -233,6 +314,8 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     ``s`` the mask), ``augru`` ``s_t z_t`` (``s = a_t``, the update gate in the paper's convention), ``agru``
     ``s_t``, ``augru_keep`` ``1 − (2 − s_t)(1 − z_t)`` for ``s_t = 1 + a_t`` (the keep gate scaled by
     ``1 − a_t``; ``s_t`` 0 marks padding). ``scale`` ``s`` ``[batch, len]``: 0 keeps the state exactly.
+    ``reset_after=False``: the candidate of ``tf.compat.v1``'s GRUCell (DeepCTR's and the DIEN authors' GRUs),
+    reset before the matmul: ``h̃_t = tanh(W^h x_t + b^h_x + U^h (r_t ∘ h_{t−1}) + b^h_h)``; the same weights.
 
     Why by hand: differentiated by TensorFlow, a while loop stacks every intermediate of every step and runs
     about twice the forward's ops per step backward; here the forward keeps ``[h, z, r, h̃, U^h h + b]`` per
@@ -255,11 +338,12 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     dtype = inputs.dtype
     kernel, recurrent_kernel, bias = (tf.cast(weight, dtype) for weight in (kernel, recurrent_kernel, bias))
     dim, units = kernel.shape[0], recurrent_kernel.shape[0]
+    reset_after = bool(reset_after)
     if xla and not in_serving_mode() and not tracing_inside_xla():
-        forward_steps, backward_steps = _compiled_steps(gate, units)
+        forward_steps, backward_steps = _compiled_steps(gate, units, reset_after)
     else:
-        forward_steps = functools.partial(_forward_steps, gate=gate, units=units)
-        backward_steps = functools.partial(_backward_steps, gate=gate, units=units)
+        forward_steps = functools.partial(_forward_steps, gate=gate, units=units, reset_after=reset_after)
+        backward_steps = functools.partial(_backward_steps, gate=gate, units=units, reset_after=reset_after)
 
     @tf.custom_gradient
     def recurrence(inputs, scale, kernel, recurrent_kernel, bias):
@@ -272,7 +356,7 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
         # would have the compiled function keep per-step accumulators, which XLA cannot compile.
         kept = forward_steps(*(tf.stop_gradient(x) for x in (tf.concat([projected, time_major_scale], -1),
                                                               recurrent_kernel, recurrent_bias)))
-        # [len, batch, units] states, [len, batch, 4·units] z, r, h̃, U^h h + b.
+        # [len, batch, units] states, [len, batch, 4·units] z, r, h̃ and the candidate's recurrent term.
         states, kept = tf.split(kept, [units, 4 * units], axis=-1)
         previous = tf.concat([tf.zeros_like(states[:1]), states[:-1]], axis=0)
 
@@ -283,8 +367,16 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
             d_zr, d_candidate, d_states_total = tf.split(d_steps, [2 * units, units, units], axis=-1)
             z, r, candidate, _ = tf.split(kept, 4, axis=-1)
             flat_d_projected = tf.reshape(tf.concat([d_zr, d_candidate], axis=-1), [-1, 3 * units])
-            flat_d_from_state = tf.reshape(tf.concat([d_zr, d_candidate * r], axis=-1), [-1, 3 * units])
-            d_recurrent_kernel = tf.matmul(tf.reshape(previous, [-1, units]), flat_d_from_state, transpose_a=True)
+            flat_previous = tf.reshape(previous, [-1, units])
+            if reset_after:
+                flat_d_from_state = tf.reshape(tf.concat([d_zr, d_candidate * r], axis=-1), [-1, 3 * units])
+                d_recurrent_kernel = tf.matmul(flat_previous, flat_d_from_state, transpose_a=True)
+            else:  # U^{zr} sees h_{t−1}, U^h sees r ∘ h_{t−1}
+                flat_d_from_state = flat_d_projected
+                d_recurrent_kernel = tf.concat([
+                    tf.matmul(flat_previous, tf.reshape(d_zr, [-1, 2 * units]), transpose_a=True),
+                    tf.matmul(tf.reshape(r * previous, [-1, units]), tf.reshape(d_candidate, [-1, units]),
+                              transpose_a=True)], axis=-1)
             d_bias = tf.stack([tf.reduce_sum(flat_d_projected, axis=0), tf.reduce_sum(flat_d_from_state, axis=0)])
             d_inputs = tf.reshape(tf.matmul(flat_d_projected, kernel, transpose_b=True), tf.stack([steps, batch, dim]))
             d_scale = tf.reduce_sum(d_states_total * (candidate - previous)
@@ -351,14 +443,23 @@ class InterestEvolution(tf.keras.layers.Layer):
     ``cell_trainable``: False keeps the recurrent cell's weights at their initial values (the attention still
     trains, through the cell): DeepCTR 0.9.4's DIEN on TF 2 runs that way, because its AUGRU/AGRU cells create
     their variables with ``tf.compat.v1.get_variable`` inside a Keras layer, which Keras does not track, so its
-    optimizer never updates them (measured: bench/RESULTS.md, issue 12, branch dien3). ``xla``: as
-    ``InterestExtractor``'s.
+    optimizer never updates them (measured: bench/RESULTS.md, issue 12, branch dien3). ``xla`` and
+    ``reset_after``: as ``InterestExtractor``'s. ``attention_moments``: where the attention's Dice takes its
+    batch moments in training: ``valid`` (default) the valid steps only; ``every_slot`` every ``[batch, len]``
+    slot, padding included with its interests zeroed, as DeepCTR's DIEN (its ``BatchNormalization`` over the
+    zero-padded GRU outputs of ``dynamic_rnn``); the activation unit then runs on every slot.
     """
 
     def __init__(self, units: int, variant: str = "augru", attention_units=(64, 16), attention_activation="dice",
-                 gate_bias: float = 0.0, cell_trainable: bool = True, xla: bool = True, **kwargs):
+                 gate_bias: float = 0.0, cell_trainable: bool = True, xla: bool = True, reset_after: bool = True,
+                 attention_moments: str = "valid", **kwargs):
         super().__init__(**kwargs)
+        if attention_moments not in ATTENTION_MOMENTS:
+            raise ValueError(f"{self.name}: attention_moments must be one of {ATTENTION_MOMENTS}, "
+                             f"got {attention_moments!r}")
+        self.attention_moments = attention_moments
         self.xla = bool(xla)
+        self.reset_after = bool(reset_after)
         if variant not in GRU_VARIANTS:
             raise ValueError(f"{self.name}: variant must be one of {GRU_VARIANTS}, got {variant!r}")
         self.units = units
@@ -373,17 +474,29 @@ class InterestEvolution(tf.keras.layers.Layer):
             self.cell = tf.keras.layers.GRUCell(units, bias_initializer=GateBiasInitializer(gate_bias, gate_bias),
                                                 name="gru_cell")
         else:
-            self.cell = AttentionGRUCell(units, variant, gate_bias, name=f"{variant}_cell")
+            self.cell = AttentionGRUCell(units, variant, gate_bias, reset_after=reset_after, name=f"{variant}_cell")
         self.cell_trainable = bool(cell_trainable)
         self.cell.trainable = self.cell_trainable
 
     def build(self, interests_shape, mask_shape=None, target_shape=None):
         dim = interests_shape[-1]
+        if self.variant == "aigru" and not self.reset_after:  # as InterestExtractor.build
+            initializers = gru_initializers(dim, self.units, self.reset_after)
+            self.cell.kernel_initializer = initializers["kernel_initializer"]
+            self.cell.recurrent_initializer = initializers["recurrent_initializer"]
         self.cell.build([None, dim] if self.variant == "aigru" else [None, dim + 1])
         super().build(interests_shape)
 
     def call(self, interests, mask, target, training=None):
-        scores = self.attention.weights_for(interests, mask, target, training=training)
+        if self.attention_moments == "every_slot":
+            # Without a key mask the activation unit runs on every slot and Dice's moments span them all; the
+            # softmax over valid steps is TargetAttention.weights_for's.
+            padded = tf.where(mask[..., tf.newaxis], interests, tf.zeros_like(interests))
+            raw = self.attention.unit(padded, target, key_mask=None, training=training)
+            lowest = tf.fill(tf.shape(raw), tf.constant(raw.dtype.min, raw.dtype))
+            scores = tf.nn.softmax(tf.where(mask, raw, lowest), axis=-1) * tf.cast(mask, raw.dtype)
+        else:
+            scores = self.attention.weights_for(interests, mask, target, training=training)
         # AIGRU needs the mask (a zero input still moves a GRU); AGRU/AUGRU keep their state at padding anyway,
         # where the attention is 0, and the mask makes that independent of float rounding.
         # augru_keep's attention 0 is a GRU step, not a kept state: its padding needs its own mark, s = 0.
@@ -394,10 +507,11 @@ class InterestEvolution(tf.keras.layers.Layer):
             scale = (1.0 + scores if self.variant == "augru_keep" else scores) * tf.cast(mask, scores.dtype)
         states = gated_recurrence(inputs, scale, self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias,
                                   gate="gru" if self.variant == "aigru" else self.variant,
-                                  xla=self.xla and bool(training))
+                                  xla=self.xla and bool(training), reset_after=self.reset_after)
         return states[:, -1]  # padded steps keep the state: the state after the last valid step
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "variant": self.variant,
                 "attention_units": self.attention_units, "attention_activation": self.attention_activation,
-                "gate_bias": self.gate_bias, "cell_trainable": self.cell_trainable, "xla": self.xla}
+                "gate_bias": self.gate_bias, "cell_trainable": self.cell_trainable, "xla": self.xla,
+                "reset_after": self.reset_after, "attention_moments": self.attention_moments}

@@ -4,8 +4,8 @@ an attention-gated GRU evolves them towards the target."""
 import tensorflow as tf
 
 from tfrecsys.features.schema import FeatureSchema
-from tfrecsys.layers.augru import (AUX_NORMALIZATIONS, GRU_VARIANTS, InterestEvolution, InterestExtractor,
-                                   auxiliary_loss)
+from tfrecsys.layers.augru import (ATTENTION_MOMENTS, AUX_NORMALIZATIONS, GRU_VARIANTS, InterestEvolution,
+                                   InterestExtractor, auxiliary_loss)
 from tfrecsys.layers.auxiliary_net import AuxiliaryNet
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.layers.pooling import concat_pooled
@@ -57,6 +57,10 @@ class DIEN(RecModel):
     ``recurrence_xla``: the two GRUs' step loops XLA-compiled in training (``gated_recurrence``; evaluation,
     prediction and the exported signatures run them plain): about 19% less CPU per training step on a quiet
     machine, for about 0.6 s more to the first step (the loops' compilation); False runs them plain.
+    ``gru_reset_after``: True (Keras' GRU form) or False, both GRUs' candidate reset before its matmul and their
+    kernels drawn as ``tf.compat.v1``'s GRUCell's (DeepCTR's; ``gated_recurrence``). ``attention_moments``: where
+    the evolution's attention Dice takes its batch moments, ``valid`` steps or ``every_slot`` (DeepCTR's;
+    ``InterestEvolution``).
     Their defaults are not DeepCTR's: a change is to be chosen on the validation split. Outputs
     ``{task: [batch]}``.
     """
@@ -64,7 +68,8 @@ class DIEN(RecModel):
     def __init__(self, schema: FeatureSchema, tasks, history, negative_history=(), gru_variant="augru",
                  aux_weight=1.0, aux_net="inner_product", aux_units=(100, 50), attention_units=(64, 16),
                  attention_activation="dice", hidden_units=(200, 80), dropout=0.0, aux_normalization="valid_pairs",
-                 gru_gate_bias=0.0, evolution_trainable=True, recurrence_xla=True, **kwargs):
+                 gru_gate_bias=0.0, evolution_trainable=True, recurrence_xla=True, gru_reset_after=True,
+                 attention_moments="valid", **kwargs):
         super().__init__(schema, tasks, **kwargs)
         if gru_variant not in GRU_VARIANTS:
             raise ValueError(f"model.gru_variant must be one of {GRU_VARIANTS}, got {gru_variant!r}")
@@ -73,6 +78,8 @@ class DIEN(RecModel):
         if aux_normalization not in AUX_NORMALIZATIONS:
             raise ValueError(f"model.aux_normalization must be one of {AUX_NORMALIZATIONS}, "
                              f"got {aux_normalization!r}")
+        if attention_moments not in ATTENTION_MOMENTS:
+            raise ValueError(f"model.attention_moments must be one of {ATTENTION_MOMENTS}, got {attention_moments!r}")
         self.aux_normalization = aux_normalization
         self.behaviours = behaviour_history(schema, history)
         self.negative_history = (behaviour_history(schema, negative_history, "model.negative_history",
@@ -84,9 +91,11 @@ class DIEN(RecModel):
         if self.negative_history is not None:
             self.negative_embedding = self.embedding_view(self.negative_history.sequences, name="negatives")
         units = sum(schema[name].embedding_dim for name in self.behaviours.targets)
-        self.extractor = InterestExtractor(units, gru_gate_bias, xla=recurrence_xla, name="interest_extractor")
+        self.extractor = InterestExtractor(units, gru_gate_bias, xla=recurrence_xla, reset_after=gru_reset_after,
+                                           name="interest_extractor")
         self.evolution = InterestEvolution(units, gru_variant, attention_units, attention_activation,
                                            gru_gate_bias, cell_trainable=evolution_trainable, xla=recurrence_xla,
+                                           reset_after=gru_reset_after, attention_moments=attention_moments,
                                            name="interest_evolution")
         self.tower = MLP(hidden_units, dropout=dropout, name="tower")
         self.heads = {task.name: tf.keras.layers.Dense(1, name=f"{task.name}_logit", dtype="float32")
@@ -130,4 +139,6 @@ def build_dien(config, schema: FeatureSchema, tables=None) -> DIEN:
                 aux_normalization=model.get("aux_normalization", "valid_pairs"),
                 gru_gate_bias=model.get("gru_gate_bias", 0.0),
                 evolution_trainable=model.get("evolution_trainable", True),
-                recurrence_xla=model.get("recurrence_xla", True), name="dien")
+                recurrence_xla=model.get("recurrence_xla", True),
+                gru_reset_after=model.get("gru_reset_after", True),
+                attention_moments=model.get("attention_moments", "valid"), name="dien")
