@@ -210,6 +210,16 @@ def test_mini_batch_aware_l2_counts_each_used_row_once():
     assert (gradient[[2, 4, 5]] == 0).all() and (gradient[[0, 1, 3]] != 0).any()
 
 
+def _outputs_and_gradients(compute, inputs, watched, seed):
+    """``compute()`` and the gradients of a fixed random projection of it (``seed``) to ``watched``, with the
+    tensors ``inputs`` watched."""
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = compute()
+        loss = tf.reduce_sum(outputs * np.random.default_rng(seed).normal(size=outputs.shape).astype(np.float32))
+    return outputs, tape.gradient(loss, watched, unconnected_gradients="zero")
+
+
 def _keras_rnn_reference(layer, values, mask, target=None):
     """What the layer computed before ``gated_recurrence``: Keras' masked ``RNN`` over the layer's own cell."""
     rnn = tf.keras.layers.RNN(layer.cell, return_sequences=target is None)
@@ -239,15 +249,9 @@ def test_recurrences_equal_keras_masked_rnn_in_outputs_and_gradients(variant):
         weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
     watched = [values, target] + layer.trainable_weights
 
-    def outputs_and_gradients(compute):
-        with tf.GradientTape() as tape:
-            tape.watch([values, target])
-            outputs = compute()
-            loss = tf.reduce_sum(outputs * np.random.default_rng(4).normal(size=outputs.shape).astype(np.float32))
-        return outputs, tape.gradient(loss, watched, unconnected_gradients="zero")
-
-    ours, our_gradients = outputs_and_gradients(lambda: layer(*arguments))
-    keras, keras_gradients = outputs_and_gradients(lambda: _keras_rnn_reference(layer, *arguments))
+    ours, our_gradients = _outputs_and_gradients(lambda: layer(*arguments), [values, target], watched, 4)
+    keras, keras_gradients = _outputs_and_gradients(lambda: _keras_rnn_reference(layer, *arguments),
+                                                    [values, target], watched, 4)
     np.testing.assert_allclose(ours.numpy(), keras.numpy(), rtol=0, atol=1e-5)
     assert len(our_gradients) == len(keras_gradients) >= 5
     for weight, mine, theirs in zip(watched, our_gradients, keras_gradients):
@@ -419,15 +423,10 @@ def test_reset_before_evolution_equals_keras_masked_rnn_over_its_cell(variant):
         weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
     watched = [values, target] + layer.trainable_weights
 
-    def outputs_and_gradients(compute):
-        with tf.GradientTape() as tape:
-            tape.watch([values, target])
-            outputs = compute()
-            loss = tf.reduce_sum(outputs * np.random.default_rng(8).normal(size=outputs.shape).astype(np.float32))
-        return outputs, tape.gradient(loss, watched, unconnected_gradients="zero")
-
-    ours, our_gradients = outputs_and_gradients(lambda: layer(values, mask, target, training=True))
-    keras, keras_gradients = outputs_and_gradients(lambda: _keras_rnn_reference(layer, values, mask, target))
+    ours, our_gradients = _outputs_and_gradients(lambda: layer(values, mask, target, training=True),
+                                                 [values, target], watched, 8)
+    keras, keras_gradients = _outputs_and_gradients(lambda: _keras_rnn_reference(layer, values, mask, target),
+                                                    [values, target], watched, 8)
     np.testing.assert_allclose(ours.numpy(), keras.numpy(), rtol=0, atol=1e-5)
     for weight, mine, theirs in zip(watched, our_gradients, keras_gradients):
         np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=0, atol=1e-5,

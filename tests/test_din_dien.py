@@ -291,18 +291,20 @@ def test_embedding_init_stddev_from_the_config_starts_every_table_normal_and_is_
         model.embeddings.initialize_normal(1e-4)
 
 
-def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_layers():
-    def built(**options):
-        config = ml_collections.ConfigDict(dict(
-            model=dict(name="dien", history=HISTORY, negative_history=NEGATIVES, attention_units=(8,),
-                       hidden_units=(8,), **options),
-            tasks=dict(score=dict(label="click"))))
-        tf.keras.utils.set_random_seed(0)
-        model = build_model(config, SCHEMA)
-        model(_batch(), training=True)
-        return model
+def _built_dien(**options):
+    """A small DIEN built from a config with ``options`` under ``model.``, after one training call (seed 0)."""
+    config = ml_collections.ConfigDict(dict(
+        model=dict(name="dien", history=HISTORY, negative_history=NEGATIVES, attention_units=(8,),
+                   hidden_units=(8,), **options),
+        tasks=dict(score=dict(label="click"))))
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(config, SCHEMA)
+    model(_batch(), training=True)
+    return model
 
-    default, grid, deepctr_bias = built(), built(aux_normalization="grid"), built(gru_gate_bias=1.0)
+
+def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_layers():
+    default, grid, deepctr_bias = _built_dien(), _built_dien(aux_normalization="grid"), _built_dien(gru_gate_bias=1.0)
     units = 6  # item 4 + category 2
     assert not default.extractor.cell.bias.numpy().any()
     np.testing.assert_array_equal(deepctr_bias.extractor.cell.bias.numpy()[0, :2 * units], 1.0)  # keep, reset
@@ -315,17 +317,7 @@ def test_dien_aux_normalization_and_gru_gate_bias_from_the_config_reach_the_laye
 
 
 def test_dien_gru_reset_after_and_attention_moments_from_the_config_reach_the_layers():
-    def built(**options):
-        config = ml_collections.ConfigDict(dict(
-            model=dict(name="dien", history=HISTORY, negative_history=NEGATIVES, attention_units=(8,),
-                       hidden_units=(8,), **options),
-            tasks=dict(score=dict(label="click"))))
-        tf.keras.utils.set_random_seed(0)
-        model = build_model(config, SCHEMA)
-        model(_batch(), training=True)
-        return model
-
-    default, deepctr = built(), built(gru_reset_after=False, attention_moments="every_slot")
+    default, deepctr = _built_dien(), _built_dien(gru_reset_after=False, attention_moments="every_slot")
     assert (default.extractor.reset_after, default.evolution.reset_after, default.evolution.attention_moments) == (
         True, True, "valid")
     assert (deepctr.extractor.reset_after, deepctr.evolution.reset_after, deepctr.evolution.cell.reset_after,
@@ -358,7 +350,7 @@ def test_dien_evolution_trainable_false_leaves_only_the_evolving_grus_weights_to
 def test_dien_recurrence_xla_from_the_config_gives_the_plain_loops_loss_and_gradients():
     """``model.recurrence_xla`` (default on) compiles the GRUs' step loops in training only; a training
     forward and backward from the same weights equal the plain loops' to float rounding."""
-    def built(**options):
+    def _built_dien(**options):
         config = ml_collections.ConfigDict(dict(
             model=dict(name="dien", history=HISTORY, negative_history=NEGATIVES, attention_units=(8,),
                        hidden_units=(8,), aux_net="mlp", aux_units=(8,), gru_variant="augru_keep", **options),
@@ -368,7 +360,7 @@ def test_dien_recurrence_xla_from_the_config_gives_the_plain_loops_loss_and_grad
         model(_batch(), training=False)
         return model
 
-    compiled, plain = built(), built(recurrence_xla=False)
+    compiled, plain = _built_dien(), _built_dien(recurrence_xla=False)
     assert (compiled.extractor.xla, compiled.evolution.xla, plain.extractor.xla, plain.evolution.xla) == (
         True, True, False, False)
     plain.set_weights(compiled.get_weights())
