@@ -23,8 +23,9 @@ from tests.test_data_readers import dataset
 from tfrecsys.config import load_config
 from tfrecsys.data.input import check_schema, make_dataset, resolve_files
 from tfrecsys.data.item_frequency import read_item_frequency
-from tfrecsys.data.preprocess import (PreprocessConfig, features_from_metadata, plan_preprocessing, preprocess,
-                                      vocabulary_path)
+from tfrecsys.data import preprocess as preprocess_module
+from tfrecsys.data.preprocess import (LostElementsError, PreprocessConfig, check_nothing_lost, features_from_metadata,
+                                      plan_preprocessing, preprocess, vocabulary_path)
 from tfrecsys.data.readers import movielens
 from tfrecsys.features.schema import FeatureSchema, SchemaError
 
@@ -169,8 +170,8 @@ def _taobao(input_dir: str, out: str, output_format: str = "tfrecord", pipeline_
 def taobao_runs(taobao_part, tmp_path_factory):
     first, second = str(tmp_path_factory.mktemp("first")), str(tmp_path_factory.mktemp("second"))
     metadata = _taobao(taobao_part, first)
-    # Another bundle layout and element order: two worker threads.
-    _taobao(taobao_part, second, pipeline_args=["--direct_num_workers=2", "--direct_running_mode=multi_threading"])
+    # Another bundle layout and element order: two worker processes.
+    _taobao(taobao_part, second, pipeline_args=["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     return first, second, metadata
 
 
@@ -189,6 +190,37 @@ def test_preprocessing_twice_gives_byte_identical_output(taobao_runs):
     different = [n for n in names if not filecmp.cmp(os.path.join(first, n), os.path.join(second, n), shallow=False)]
     assert different == []
     assert metadata["splits"]["train"]["rows"] + metadata["splits"]["eval"]["rows"] == 12_000
+
+
+def test_check_nothing_lost_names_each_shortfall():
+    check_nothing_lost([("events grouped by user", 12_000, 12_000)])
+    with pytest.raises(LostElementsError) as error:
+        check_nothing_lost([("events grouped by user", 12_000, 11_777), ("examples written", 9_600, 9_600),
+                            ("users written", 40, 41)])
+    assert "events grouped by user: 11,777 came out of 12,000" in str(error.value)
+    assert "users written: 41 came out of 40" in str(error.value) and "examples written" not in str(error.value)
+
+
+def test_a_step_that_loses_events_fails_the_run_without_metadata(taobao_part, tmp_path, monkeypatch):
+    # A runner dropping grouped elements, played by the per-user store's step losing each user's oldest event.
+    keep_events = preprocess_module.user_history_events
+
+    def losing_events(plan, user_events):
+        user, events = user_events
+        return keep_events(plan, (user, sorted(events, key=lambda event: event["timestamp"])[1:]))
+    monkeypatch.setattr(preprocess_module, "user_history_events", losing_events)
+    with pytest.raises(Exception, match=r"events written to the per-user store: [\d,]+ came out of 12,000 "):
+        _taobao(taobao_part, str(tmp_path))
+    assert not os.path.exists(tmp_path / "metadata.json")
+
+
+def test_multi_threaded_local_runs_are_refused_before_the_old_output_is_cleared(movielens_loo):
+    out, _ = movielens_loo
+    config = PreprocessConfig(source="movielens-100k", input=dataset("movielens-100k"))
+    with pytest.raises(ValueError, match="--direct_running_mode=multi_threading with --direct_num_workers=2"):
+        preprocess(config, {"item_id": dict(kind="id", num_buckets=2000), "rating": dict(kind="label")}, out,
+                   pipeline_args=["--direct_num_workers=2", "--direct_running_mode=multi_threading"], overwrite=True)
+    assert os.path.exists(os.path.join(out, "metadata.json"))
 
 
 def test_malformed_rows_go_to_the_dead_letter_file_with_the_reason(taobao_runs):
