@@ -23,6 +23,9 @@
    printed beside them, and so is the ceiling of the fraction: the same FLOPs over the time of the layer's
    matmuls alone (``matmuls_alone``: the same shapes and blocks, every other op left out).
 
+4. Matmul rates (``--sections=dots``, not run by default): each matmul shape of section 3's step alone, with
+   and without XLA, in GFLOP per CPU second beside the square reference: how fast the layer's dots can be.
+
 Sections 1 and 3 also print their figures in process CPU time (all threads): on this shared 2-core machine
 other processes stretch wall times by 2-3x from one minute to the next, CPU time much less. A wall-time ratio
 is what a user gets on idle cores; the CPU-time one is the work per core and hides a method that leaves a
@@ -261,6 +264,63 @@ def flops_section(args) -> None:
           f"{flops / cpu_seconds['matmuls alone'] / matmul_cpu_rate:.2f}", flush=True)
 
 
+def dots_section(args) -> None:
+    """Each matmul shape of the XLA path's step at ``--flops_length`` (projection, output, and the attention's
+    per causal block), alone, XLA-compiled and in a plain ``tf.function``: CPU ms per matmul and GFLOP per CPU
+    second, against the square matmul of section 3. Each call runs ``per_call`` matmuls on distinct operands
+    (XLA cannot merge them) and returns the products; the CPU time of an empty call is subtracted."""
+    width = args.flops_length
+    batch = max(1, args.tokens_per_batch // width)
+    heads, head_dim = args.num_heads, args.model_dim // args.num_heads
+    tokens, heads_dim, per_call = batch * width, args.num_heads * head_dim, 4
+    blocks = [(start, stop or width) for start, stop in built(hstu_layer(args, "xla", width), args.model_dim)
+              .causal_blocks(width)]
+    shapes = {  # name: (operand shapes, matmul, contraction length)
+        "projection x W": (([tokens, args.model_dim], [args.model_dim, 4 * heads_dim]), tf.matmul, args.model_dim),
+        "projection dW = xᵀ dP": (([tokens, args.model_dim], [tokens, 4 * heads_dim]),
+                                  lambda a, b: tf.matmul(a, b, transpose_a=True), tokens),
+        "projection dx = dP Wᵀ": (([tokens, 4 * heads_dim], [args.model_dim, 4 * heads_dim]),
+                                  lambda a, b: tf.matmul(a, b, transpose_b=True), 4 * heads_dim),
+        "output g Wo": (([tokens, heads_dim], [heads_dim, args.model_dim]), tf.matmul, heads_dim),
+        "output dWo = gᵀ dY": (([tokens, heads_dim], [tokens, args.model_dim]),
+                               lambda a, b: tf.matmul(a, b, transpose_a=True), tokens)}
+    for start, stop in sorted({blocks[0], blocks[-1]}):
+        rows = stop - start
+        shapes[f"Q Kᵀ, dO Vᵀ; {rows} x {stop}"] = (([batch, heads, rows, head_dim], [batch, heads, stop, head_dim]),
+                                                  lambda a, b: tf.matmul(a, b, transpose_b=True), head_dim)
+        shapes[f"A V, dS K; {rows} x {stop}"] = (([batch, heads, rows, stop], [batch, heads, stop, head_dim]),
+                                                tf.matmul, stop)
+        shapes[f"dSᵀ Q, Aᵀ dO; {rows} x {stop}"] = (([batch, heads, rows, stop], [batch, heads, rows, head_dim]),
+                                                   lambda a, b: tf.matmul(a, b, transpose_a=True), rows)
+    side = int(round((3 * hstu_forward_matmul_flops(batch, width, args.model_dim, args.num_heads,
+                                                     width * (width + 1) // 2) / 2) ** (1 / 3)))
+    shapes[f"square {side}x{side} (section 3's reference)"] = (([side, side], [side, side]), tf.matmul, side)
+    dtype = tf.bfloat16 if args.dtype == "bfloat16" else tf.float32
+    methods, flops = {"empty": (tf.function(lambda a: a[:1]), (tf.zeros([1], dtype),))}, {}
+    if xla_available(args):
+        methods["empty xla"] = (tf.function(lambda a: a[:1], jit_compile=True), (tf.zeros([1], dtype),))
+    for index, (name, (operand_shapes, matmul, contraction)) in enumerate(shapes.items()):
+        operands = tuple(tf.random.stateless_normal(shape, seed=[index, i], dtype=dtype)
+                         for i in range(per_call) for shape in operand_shapes)
+        flops[name] = 2 * contraction * int(np.prod(matmul(*operands[:2]).shape))
+
+        def products(*operands, matmul=matmul):
+            return [matmul(operands[2 * i], operands[2 * i + 1]) for i in range(per_call)]
+        methods[name] = (tf.function(products), operands)
+        if xla_available(args):
+            methods[name + " xla"] = (tf.function(products, jit_compile=True), operands)
+    cpu = timed_rounds(methods, args.repeats)[1]
+    print(f"\n4. each matmul of the XLA path's step alone (L={width}, batch {batch}; {per_call} per call, an empty "
+          f"call's CPU time subtracted): CPU ms per matmul and GFLOP per CPU second, XLA | tf.function")
+    for name in shapes:
+        cells = []
+        for suffix, empty in ((" xla", "empty xla"), ("", "empty")):
+            if name + suffix in cpu:
+                seconds = max((cpu[name + suffix] - cpu[empty]) / per_call, 1e-9)
+                cells.append(f"{1e3 * seconds:7.2f} ms {flops[name] / seconds / 1e9:6.1f}")
+        print(f"   {name:<40} " + " | ".join(cells), flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=lambda s: [int(v) for v in s.split(",")], default=[256, 1024, 4096],
@@ -278,7 +338,7 @@ def main(argv=None) -> None:
     parser.add_argument("--block", type=int, default=HSTULayer().attention_block_size,
                         help="attention_block_size of every HSTU layer: query rows per causal block (0: full L x L)")
     parser.add_argument("--sections", default="paths,jagged,flops",
-                        help="comma-separated sections to run: paths, jagged, flops")
+                        help="comma-separated sections to run: paths, jagged, flops, dots (the last not by default)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="run on the CPU or on the first GPU TensorFlow sees (stops if there is none)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -290,7 +350,7 @@ def main(argv=None) -> None:
         tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
     print(f"device {args.device}, dtype {args.dtype}, load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
-    sections = {"paths": paths_section, "jagged": jagged_section, "flops": flops_section}
+    sections = {"paths": paths_section, "jagged": jagged_section, "flops": flops_section, "dots": dots_section}
     with tf.device("/GPU:0" if args.device == "gpu" else "/CPU:0"):
         for name in args.sections.split(","):
             sections[name](args)

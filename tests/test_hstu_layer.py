@@ -288,9 +288,11 @@ def test_the_speed_benchmark_runs_its_bfloat16_path_on_cpu(capsys):
     from bench import bench_hstu
     try:
         bench_hstu.main(["--lengths=32", "--tokens_per_batch=64", "--repeats=1", "--jagged_length=32",
-                         "--jagged_batch=4", "--flops_length=32", "--dtype=bfloat16"])
+                         "--jagged_batch=4", "--flops_length=32", "--dtype=bfloat16",
+                         "--sections=paths,jagged,flops,dots"])
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
     printed = capsys.readouterr().out
     assert "dtype bfloat16" in printed and "padded/jagged" in printed and "fraction" in printed
     assert " 32     2 " in printed  # the section-1 row of L = 32
+    assert "Q Kᵀ, dO Vᵀ; 32 x 32" in printed and "square" in printed  # section 4, one causal block at L = 32
