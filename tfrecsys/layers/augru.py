@@ -319,8 +319,11 @@ def _compiled_steps(units: int, reset_after: bool = True):
 
 @functools.lru_cache(maxsize=None)
 def _compiled_steps_once(units: int, reset_after: bool):
-    return tuple(tf.function(functools.partial(steps, units=units, reset_after=reset_after),
-                             jit_compile=True, reduce_retracing=True) for steps in (_forward_steps, _backward_steps))
+    # autograph=False: the loops are tf.while_loops written out, and AutoGraph's conversion of the two (which a
+    # tf.function applies to what it wraps, whatever tfrecsys' DoNotConvert rule says) cost 0.25-0.5 CPU-second
+    # of DIEN's first step (bench/RESULTS.md, issue 12, branch dienfirst2).
+    return tuple(tf.function(functools.partial(steps, units=units, reset_after=reset_after), jit_compile=True,
+                             reduce_retracing=True, autograph=False) for steps in (_forward_steps, _backward_steps))
 
 
 def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru", xla: bool = False,
