@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecsys.layers.augru import (AttentionGRUCell, InterestEvolution, InterestExtractor, _candidate_share,
-                                   _compiled_steps, _gate_coefficients, auxiliary_loss, gated_recurrence)
+from tfrecsys.layers.augru import (GATES, AttentionGRUCell, InterestEvolution, InterestExtractor, _compiled_steps,
+                                   _update, auxiliary_loss, gated_recurrence)
 from tfrecsys.layers.auxiliary_net import AuxiliaryNet
 from tfrecsys.layers.regularization import mini_batch_aware_l2
 from tfrecsys.layers.xla import serving_mode
@@ -304,36 +304,22 @@ def test_xla_compiled_recurrence_loops_equal_the_plain_loops_in_values_and_gradi
 
 
 @pytest.mark.parametrize("gate", ["gru", "augru", "agru", "augru_keep"])
-@pytest.mark.parametrize("keep_gate_as", ["python", "tensor"])
-def test_one_form_of_the_candidate_share_is_each_gates_own_bit_for_bit(gate, keep_gate_as):
-    """``p + q ∘ w`` (``_gate_coefficients``) equals each gate's share ``g`` of the candidate and ``∂g/∂z`` as
-    written out per gate, exactly, whether the loop picks ``w`` when traced (plain) or when it runs (compiled,
-    against the written-out form compiled too: XLA fuses a product and a sum into one rounding)."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gate_picked_when_the_loop_runs_is_the_gate_picked_when_traced_bit_for_bit(gate, compiled):
+    """The compiled loops take the gate as a value (its index in ``GATES``): the share ``g`` of the candidate and
+    ``∂g/∂z`` they select are the named gate's, exactly (eagerly, and XLA-compiled against the named form
+    compiled too)."""
     rng = np.random.default_rng(1)
     z = tf.constant(rng.uniform(size=(64, 4)).astype(np.float32))
     attention = rng.uniform(size=(64, 1)).astype(np.float32)
     valid = (rng.uniform(size=(64, 1)) < 0.7).astype(np.float32)
     scale = tf.constant({"gru": valid, "augru_keep": (1.0 + attention) * valid}.get(gate, attention * valid))
-
-    def own(z, scale):
-        valid = tf.cast(scale > 0, z.dtype)
-        return {"gru": (scale * (1.0 - z), -scale + 0.0 * z),
-                "augru": (scale * z, scale + 0.0 * z),
-                "agru": (scale + 0.0 * z, 0.0 * z),
-                "augru_keep": (valid * (1.0 - (2.0 - scale) * (1.0 - z)), valid * (2.0 - scale) + 0.0 * z)}[gate]
-
-    def one_form(z, scale, keep_gate_tensor=None):
-        p, q, keep_gate = _gate_coefficients(gate, scale)
-        return _candidate_share(z, p, q, keep_gate if keep_gate_tensor is None else keep_gate_tensor)
-
-    if keep_gate_as == "python":
-        share, reference = one_form(z, scale), own(z, scale)
-    else:
-        keep_gate = tf.constant(_gate_coefficients(gate, scale)[2])
-        share = tf.function(one_form, jit_compile=True)(z, scale, keep_gate)
-        reference = tf.function(own, jit_compile=True)(z, scale)
-    for name, value, expected in zip(("g", "dg/dz"), share, reference):
-        np.testing.assert_array_equal(np.broadcast_to(value.numpy(), z.shape), expected.numpy(), err_msg=name)
+    by_name, by_index = (lambda z, scale: _update(gate, z, scale)), (lambda z, scale, index: _update(index, z, scale))
+    if compiled:
+        by_name, by_index = (tf.function(f, jit_compile=True) for f in (by_name, by_index))
+    for name, value, expected in zip(("g", "dg/dz"), by_index(z, scale, tf.constant(GATES.index(gate))),
+                                     by_name(z, scale)):
+        np.testing.assert_array_equal(value.numpy(), np.broadcast_to(expected.numpy(), value.shape), err_msg=name)
 
 
 @pytest.mark.parametrize("reset_after", [True, False])

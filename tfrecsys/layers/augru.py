@@ -199,39 +199,33 @@ class InterestExtractor(tf.keras.layers.Layer):
 GATES = ("gru", "augru", "agru", "augru_keep")
 
 
-def _gate_coefficients(gate: str, scale):
-    """``(p, q, keep_gate)`` with which every gate's share ``g`` of the candidate is one form,
-    ``g = p + q ∘ w`` for ``w = 1 − z`` (``keep_gate`` True: ``z`` is Keras' keep gate) or ``w = z`` (False: the
-    paper's update gate), ``∂g/∂z = ±q``; ``p``, ``q`` ``[batch, len]``, ``keep_gate`` a Python bool.
+def _update(gate, z, scale):
+    """The share ``g`` of the candidate in ``h_t = h_{t−1} + g ∘ (h̃_t − h_{t−1})``, and ``∂g/∂z``.
 
-    Why one form: the loops take ``p``, ``q`` per step and ``keep_gate`` as values, so one compiled loop pair
-    serves every gate, the interest extractor's GRU and the evolution's AUGRU alike (the GRU is the AUGRU form
-    with ``a_t`` = 1 on Keras' keep gate): fewer traces and XLA compilations before the first step
-    (bench/RESULTS.md, issue 12, branch dienfirst2). Each gate's ``g`` is the same float operations as written
-    out per gate: adding 0, multiplying by 1 and negating are exact.
+    ``gate``: a name of ``GATES``, picked when the loop is traced (the plain loops), or an int32 scalar tensor,
+    its index in ``GATES``, picked when the loop runs: every gate's form is computed and the gate's is
+    selected (exact), so one compiled loop pair serves every gate, DIEN's extractor GRU and its evolution's
+    AUGRU alike: fewer traces and XLA compilations before the first step (bench/RESULTS.md, issue 12, branch
+    dienfirst2). A few elementwise ops on ``[batch, units]`` per step; the forms stay the per-gate ones (a
+    generic ``p + q ∘ w`` form with a second per-step input slowed XLA's backward loop by a quarter).
     """
-    zeros = tf.zeros_like(scale)
+    if not isinstance(gate, str):
+        forms = [_update(name, z, scale) for name in GATES]
+        return tuple(functools.reduce(lambda chosen, index: tf.where(tf.equal(gate, index), values[index], chosen),
+                                      range(1, len(GATES)), values[0])
+                     for values in zip(*forms))
     if gate == "gru":  # Keras: h_t = z ∘ h_{t−1} + (1 − z) ∘ h̃_t, scale = the mask
-        return zeros, scale, True
+        return scale * (1.0 - z), -scale
     if gate == "augru":  # ũ_t = a_t · u_t, scale = a_t (0 at padding)
-        return zeros, scale, False
-    if gate == "augru_keep":  # 1 − (1 − a_t)(1 − u_t) = 1 − (2 − s_t)(1 − z_t) for s_t = 1 + a_t (0 at padding)
-        valid = tf.cast(scale > 0, scale.dtype)
-        return valid, -(valid * (2.0 - scale)), True
-    return scale, zeros, False  # agru: a_t replaces the update gate
-
-
-def _candidate_share(z, p, q, keep_gate):
-    """``g = p + q ∘ w`` and ``∂g/∂z`` (``_gate_coefficients``). ``keep_gate``: a Python bool picks ``w`` when the
-    loop is traced (the plain loops); a scalar bool tensor picks it when the loop runs (the compiled loops: one
-    compilation for both)."""
-    if isinstance(keep_gate, bool):
-        return p + q * ((1.0 - z) if keep_gate else z), -q if keep_gate else q
-    return p + q * tf.where(keep_gate, 1.0 - z, z), tf.where(keep_gate, -q, q)
+        return scale * z, scale
+    if gate == "augru_keep":  # 1 − (1 − a_t)(1 − u_t), scale = 1 + a_t (0 at padding)
+        valid = tf.cast(scale > 0, z.dtype)
+        return valid * (1.0 - (2.0 - scale) * (1.0 - z)), valid * (2.0 - scale)
+    return scale + 0.0 * z, 0.0 * z  # agru: a_t replaces the update gate
 
 
 def _update_by_scale(gate: str, z, scale):
-    """``∂g/∂s`` of the share ``g`` of the candidate (``_gate_coefficients``) for ``gate``."""
+    """``∂g/∂s`` of ``_update``'s ``g`` (``gate`` a name)."""
     if gate == "gru":
         return 1.0 - z
     if gate == "augru":
@@ -241,10 +235,10 @@ def _update_by_scale(gate: str, z, scale):
     return tf.ones_like(z)
 
 
-def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, keep_gate, units: int, reset_after: bool = True):
-    """The forward loop of ``gated_recurrence``: ``step_inputs`` ``[len, batch, 3·units + 2]`` (``W x_t + b_x``
-    and the gate's ``p_t``, ``q_t``, time-major; ``keep_gate``: ``_candidate_share``) → ``[len, batch, 5·units]``:
-    ``h_t``, ``z_t``, ``r_t``, ``h̃_t`` and the candidate's recurrent term (``U^h h_{t−1} + b^h_h``; reset before:
+def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate, units: int, reset_after: bool = True):
+    """The forward loop of ``gated_recurrence``: ``step_inputs`` ``[len, batch, 3·units + 1]`` (``W x_t + b_x``
+    and ``s_t``, time-major; ``gate``: ``_update``'s) → ``[len, batch, 5·units]``: ``h_t``, ``z_t``, ``r_t``,
+    ``h̃_t`` and the candidate's recurrent term (``U^h h_{t−1} + b^h_h``; reset before:
     ``U^h (r_t ∘ h_{t−1}) + b^h_h``) per step."""
     dtype = step_inputs.dtype
     steps, batch = tf.unstack(tf.shape(step_inputs)[:2])
@@ -253,7 +247,7 @@ def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, keep_gate, uni
     gate_bias, candidate_bias = tf.split(recurrent_bias, [2 * units, units])
 
     def forward(t, state, kept):
-        x_zr, x_h, p, q = tf.split(inputs.read(t), [2 * units, units, 1, 1], axis=-1)
+        x_zr, x_h, step_scale = tf.split(inputs.read(t), [2 * units, units, 1], axis=-1)
         if reset_after:
             h_zr, h_h = tf.split(tf.matmul(state, recurrent_kernel) + recurrent_bias, [2 * units, units], axis=-1)
             zr = tf.sigmoid(x_zr + h_zr)
@@ -264,7 +258,7 @@ def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, keep_gate, uni
             z, r = tf.split(zr, 2, axis=-1)
             h_h = tf.matmul(r * state, candidate_kernel) + candidate_bias
             candidate = tf.tanh(x_h + h_h)
-        update, _ = _candidate_share(z, p, q, keep_gate)
+        update, _ = _update(gate, z, step_scale)
         state = state + update * (candidate - state)
         return t + 1, state, kept.write(t, tf.concat([state, zr, candidate, h_h], axis=-1))
 
@@ -273,10 +267,9 @@ def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, keep_gate, uni
     return kept.stack()
 
 
-def _backward_steps(step_values, recurrent_kernel, keep_gate, units: int, reset_after: bool = True):
-    """The backward loop of ``gated_recurrence``, last step first: ``step_values`` ``[len, batch, 6·units + 2]``
-    (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, the candidate's recurrent term, ``h_{t−1}``, ``p_t``,
-    ``q_t``) →
+def _backward_steps(step_values, recurrent_kernel, gate, units: int, reset_after: bool = True):
+    """The backward loop of ``gated_recurrence``, last step first: ``step_values`` ``[len, batch, 6·units + 1]``
+    (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, the candidate's recurrent term, ``h_{t−1}``, ``s_t``) →
     ``[len, batch, 4·units]``: the gradients at the inputs of ``z_t``'s and ``r_t``'s sigmoids and of ``h̃_t``'s
     tanh, and the total ``∂L/∂h_t``."""
     dtype = step_values.dtype
@@ -287,10 +280,10 @@ def _backward_steps(step_values, recurrent_kernel, keep_gate, units: int, reset_
 
     def step_back(t, d_carry, d_steps):
         t = t - 1
-        d_output, z, r, candidate, h_h, previous_state, p, q = tf.split(
-            values.read(t), [units] * 6 + [1, 1], axis=-1)
+        d_output, z, r, candidate, h_h, previous_state, step_scale = tf.split(
+            values.read(t), [units] * 6 + [1], axis=-1)
         d_state = d_carry + d_output
-        update, d_update_d_z = _candidate_share(z, p, q, keep_gate)
+        update, d_update_d_z = _update(gate, z, step_scale)
         d_candidate = d_state * update * (1.0 - candidate * candidate)
         d_z = d_state * (candidate - previous_state) * d_update_d_z * z * (1.0 - z)
         if reset_after:
@@ -311,8 +304,8 @@ def _backward_steps(step_values, recurrent_kernel, keep_gate, units: int, reset_
 
 def _compiled_steps(units: int, reset_after: bool = True):
     """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``units`` and ``reset_after`` as
-    XLA-compiled functions, one pair per process for every gate (the gate is in the loops' inputs:
-    ``_gate_coefficients``), traced once for any batch size and length; XLA compiles once per concrete input
+    XLA-compiled functions, one pair per process for every gate (the gate is an input of the loops:
+    ``_update``), traced once for any batch size and length; XLA compiles once per concrete input
     shape and caches it, so DIEN's two GRUs, of equal width, share both compilations."""
     return _compiled_steps_once(int(units), bool(reset_after))
 
@@ -355,7 +348,7 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     each op than on its arithmetic; compiled, a loop is one call that runs its steps without dispatching ops
     (bench/RESULTS.md, issue 12, branch seqspeed6). The projections and the weights' gradients stay plain
     (oneDNN's matmuls). Both loops compile once per input shape (0.05-0.2 CPU-second each), and every gate of
-    the same ``units`` and ``reset_after`` runs the same compiled pair (``_gate_coefficients``). Inside
+    the same ``units`` and ``reset_after`` runs the same compiled pair (``_update``). Inside
     ``serving_mode()`` (exported signatures: TF Serving runs no XLA without its experimental flags) and inside
     an XLA-compiled function (``--jit_compile``) the plain loops run; the results agree to float rounding.
     """
@@ -368,14 +361,12 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     if xla and not in_serving_mode() and not tracing_inside_xla():
         compiled_forward, compiled_backward = _compiled_steps(units, reset_after)
 
-        def forward_steps(step_inputs, recurrent_kernel, recurrent_bias, keep_gate):
-            return compiled_forward(step_inputs, recurrent_kernel, recurrent_bias, tf.constant(keep_gate))
-
-        def backward_steps(step_values, recurrent_kernel, keep_gate):
-            return compiled_backward(step_values, recurrent_kernel, tf.constant(keep_gate))
+        gate_index = tf.constant(GATES.index(gate), tf.int32)
+        forward_steps = functools.partial(compiled_forward, gate=gate_index)
+        backward_steps = functools.partial(compiled_backward, gate=gate_index)
     else:
-        forward_steps = functools.partial(_forward_steps, units=units, reset_after=reset_after)
-        backward_steps = functools.partial(_backward_steps, units=units, reset_after=reset_after)
+        forward_steps = functools.partial(_forward_steps, gate=gate, units=units, reset_after=reset_after)
+        backward_steps = functools.partial(_backward_steps, gate=gate, units=units, reset_after=reset_after)
 
     @tf.custom_gradient
     def recurrence(inputs, scale, kernel, recurrent_kernel, bias):
@@ -384,21 +375,18 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
         input_bias, recurrent_bias = tf.unstack(bias)
         projected = tf.reshape(tf.matmul(flat_inputs, kernel) + input_bias, tf.stack([steps, batch, 3 * units]))
         time_major_scale = tf.transpose(scale)[..., tf.newaxis]
-        # [len, batch, 2]: p_t, q_t of the candidate's share; the gate's form is in them and keep_gate.
-        p, q, keep_gate = _gate_coefficients(gate, time_major_scale)
-        coefficients = tf.concat([p, q], axis=-1)
         # Under stop_gradient: the backward below is the gradient, and an eager tape that saw the loop's inputs
         # would have the compiled function keep per-step accumulators, which XLA cannot compile.
-        kept = forward_steps(*(tf.stop_gradient(x) for x in (tf.concat([projected, coefficients], -1),
-                                                              recurrent_kernel, recurrent_bias)), keep_gate)
+        kept = forward_steps(*(tf.stop_gradient(x) for x in (tf.concat([projected, time_major_scale], -1),
+                                                              recurrent_kernel, recurrent_bias)))
         # [len, batch, units] states, [len, batch, 4·units] z, r, h̃ and the candidate's recurrent term.
         states, kept = tf.split(kept, [units, 4 * units], axis=-1)
         previous = tf.concat([tf.zeros_like(states[:1]), states[:-1]], axis=0)
 
         def backward(d_states):
             d_steps = backward_steps(
-                tf.concat([tf.transpose(d_states, [1, 0, 2]), kept, previous, coefficients], axis=-1),
-                recurrent_kernel, keep_gate)
+                tf.concat([tf.transpose(d_states, [1, 0, 2]), kept, previous, time_major_scale], axis=-1),
+                recurrent_kernel)
             d_zr, d_candidate, d_states_total = tf.split(d_steps, [2 * units, units, units], axis=-1)
             z, r, candidate, _ = tf.split(kept, 4, axis=-1)
             flat_d_projected = tf.reshape(tf.concat([d_zr, d_candidate], axis=-1), [-1, 3 * units])
