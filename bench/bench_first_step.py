@@ -21,11 +21,15 @@ is one phase), the traced train function's nodes
 (its graph and function library) and the 1-minute load; then per family the median over rounds and, with two
 trees, the ratio second ÷ first of each round. Census-Income is preprocessed into ``--data_dir`` by the first
 run that needs it; families whose dataset is absent from ../shared/datasets are skipped with a message.
+``--xla_compilations``: each run also reports the XLA compilations up to its first step (count, and each one's
+LLVM time as XLA's CPU compiler logs it; the child then logs at INFO level, a little extra work), e.g. DIEN's
+compiled GRU loops.
 """
 
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -152,14 +156,26 @@ def first_step(tree: str, family: str, data_dir: str) -> dict:
             "phases_cpu_s": phases, "train_function_nodes": nodes, "load_1min": round(os.getloadavg()[0], 1)}
 
 
-def run(tree: str, family: str, data_dir: str, timeout: float) -> dict:
+# XLA's CPU compiler logs each compilation's LLVM time (VLOG 1 of cpu_compiler.cc).
+XLA_COMPILATION = re.compile(r"Compiling \[\S+\] for CPU using JIT time: ([0-9.]+) (ms|s)")
+
+
+def run(tree: str, family: str, data_dir: str, timeout: float, xla_compilations: bool = False) -> dict:
     """``first_step`` in a fresh process (working directory: this repository, for the datasets' paths)."""
+    env = dict(os.environ)
+    if xla_compilations:
+        env.update(TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="cpu_compiler=1")
     done = subprocess.run([sys.executable, os.path.abspath(__file__), f"--one={family}", f"--tree={tree}",
-                           f"--data_dir={data_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                           f"--data_dir={data_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         raise RuntimeError(f"{family} from {tree} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    if xla_compilations:  # the child prints its JSON after its first step: every compilation logged is before it
+        result["xla_llvm_ms"] = [round(float(value) * (1000.0 if unit == "s" else 1.0), 1)
+                                 for value, unit in XLA_COMPILATION.findall(done.stderr)]
+    return result
 
 
 def main(argv=None) -> int:
@@ -172,6 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "runs", "data", "census"),
                         help="preprocessed Census-Income (written by the first run that needs it)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed to each run")
+    parser.add_argument("--xla_compilations", action="store_true",
+                        help="also report each run's XLA compilations to its first step (count, LLVM ms each)")
     parser.add_argument("--one", default="", help="internal: time this family in this process, print JSON")
     parser.add_argument("--tree", default="", help="internal: the source tree of --one")
     args = parser.parse_args(argv)
@@ -192,7 +210,7 @@ def main(argv=None) -> int:
     for round_ in range(args.rounds):
         for family in families:
             for tree in trees:
-                result = run(tree, family, os.path.abspath(args.data_dir), args.timeout)
+                result = run(tree, family, os.path.abspath(args.data_dir), args.timeout, args.xla_compilations)
                 print(json.dumps({"round": round_, **result}), flush=True)
                 results.setdefault((family, tree), []).append(result)
     print("\n| family | tree | CPU s per round | wall s per round | median CPU s | ÷ first tree, per round | load "

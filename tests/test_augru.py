@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecsys.layers.augru import (AttentionGRUCell, InterestEvolution, InterestExtractor, _compiled_steps,
-                                   auxiliary_loss, gated_recurrence)
+from tfrecsys.layers.augru import (GATES, AttentionGRUCell, InterestEvolution, InterestExtractor, _compiled_steps,
+                                   _update, auxiliary_loss, gated_recurrence)
 from tfrecsys.layers.auxiliary_net import AuxiliaryNet
 from tfrecsys.layers.regularization import mini_batch_aware_l2
 from tfrecsys.layers.xla import serving_mode
@@ -279,16 +279,23 @@ def _states_and_gradients(arguments, gate, xla):
     return states, tape.gradient(loss, arguments)
 
 
+def _compiled_loop_calls(graph):
+    """The calls of XLA-compiled functions in a traced graph: the recurrence loops' (forward and backward)."""
+    return [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+            and "_XlaMustCompile" in op.node_def.attr and op.node_def.attr["_XlaMustCompile"].b]
+
+
 @pytest.mark.parametrize("gate", ["gru", "augru", "agru", "augru_keep"])
 def test_xla_compiled_recurrence_loops_equal_the_plain_loops_in_values_and_gradients(gate):
     arguments = _recurrence_inputs(gate)
-    forward, backward = _compiled_steps(gate, UNITS)
-    traces = forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()
-    compiled, compiled_gradients = tf.function(_states_and_gradients)(arguments, gate, True)
-    plain, plain_gradients = tf.function(_states_and_gradients)(arguments, gate, False)
-    # The compiled path ran (one trace of each loop), and its results are the plain path's to float rounding.
-    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == (
-        traces[0] + 1, traces[1] + 1)
+    compiled_function = tf.function(_states_and_gradients)
+    compiled, compiled_gradients = compiled_function(arguments, gate, True)
+    plain_function = tf.function(_states_and_gradients)
+    plain, plain_gradients = plain_function(arguments, gate, False)
+    # The compiled path ran (the forward and the backward loop, each one XLA-compiled call), and its results
+    # are the plain path's to float rounding.
+    assert len(_compiled_loop_calls(compiled_function.get_concrete_function(arguments, gate, True).graph)) == 2
+    assert not _compiled_loop_calls(plain_function.get_concrete_function(arguments, gate, False).graph)
     np.testing.assert_allclose(compiled.numpy(), plain.numpy(), rtol=0, atol=1e-5)
     for name, xla, reference in zip(("inputs", "scale", "kernel", "recurrent_kernel", "bias"),
                                     compiled_gradients, plain_gradients):
@@ -296,22 +303,93 @@ def test_xla_compiled_recurrence_loops_equal_the_plain_loops_in_values_and_gradi
         np.testing.assert_allclose(xla.numpy(), reference.numpy(), rtol=0, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("gate", ["gru", "augru", "agru", "augru_keep"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_gate_picked_when_the_loop_runs_is_the_gate_picked_when_traced_bit_for_bit(gate, compiled):
+    """The compiled loops take the gate as a value (its index in ``GATES``): the share ``g`` of the candidate and
+    ``∂g/∂z`` they select are the named gate's, exactly (eagerly, and XLA-compiled against the named form
+    compiled too)."""
+    rng = np.random.default_rng(1)
+    z = tf.constant(rng.uniform(size=(64, 4)).astype(np.float32))
+    attention = rng.uniform(size=(64, 1)).astype(np.float32)
+    valid = (rng.uniform(size=(64, 1)) < 0.7).astype(np.float32)
+    scale = tf.constant({"gru": valid, "augru_keep": (1.0 + attention) * valid}.get(gate, attention * valid))
+    by_name, by_index = (lambda z, scale: _update(gate, z, scale)), (lambda z, scale, index: _update(index, z, scale))
+    if compiled:
+        by_name, by_index = (tf.function(f, jit_compile=True) for f in (by_name, by_index))
+    for name, value, expected in zip(("g", "dg/dz"), by_index(z, scale, tf.constant(GATES.index(gate))),
+                                     by_name(z, scale)):
+        np.testing.assert_array_equal(value.numpy(), np.broadcast_to(expected.numpy(), value.shape), err_msg=name)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_every_gate_runs_one_compiled_loop_pair_traced_once(reset_after):
+    """DIEN's interest extractor (a GRU) and interest evolution (AUGRU, DeepCTR's AUGRU) of equal width run the
+    same two compiled functions, traced once: XLA compiles each once per input shape, not once per gate. A
+    width no other test uses, so the pair is this test's own."""
+    units = 7
+    forward, backward = _compiled_steps(units, reset_after)
+    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == (0, 0)
+    rng = np.random.default_rng(3)
+    values, target = (tf.constant(rng.normal(size=shape).astype(np.float32)) for shape in ([3, 5, units], [3, units]))
+    mask = np.arange(5)[None, :] < np.array([5, 3, 0])[:, None]
+    extractor = InterestExtractor(units, reset_after=reset_after)
+    evolutions = [InterestEvolution(units, variant, attention_units=(4,), attention_activation="sigmoid",
+                                    reset_after=reset_after) for variant in ("augru", "augru_keep", "agru")]
+
+    @tf.function
+    def losses_and_gradients():
+        with tf.GradientTape() as tape:
+            interests = extractor(values, tf.constant(mask), training=True)
+            loss = sum(tf.reduce_sum(evolution(interests, tf.constant(mask), target, training=True))
+                       for evolution in evolutions)
+        weights = extractor.trainable_weights + [w for e in evolutions for w in e.trainable_weights]
+        return loss, tape.gradient(loss, weights)
+
+    graph = losses_and_gradients.get_concrete_function().graph
+    calls = _compiled_loop_calls(graph)
+    assert len(calls) == 2 * (1 + len(evolutions))  # a forward and a backward loop per recurrence
+    assert len({op.node_def.attr["f"].func.name for op in calls}) == 2
+    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == (1, 1)
+    loss, gradients = losses_and_gradients()
+    assert np.isfinite(loss.numpy()) and all(np.abs(g.numpy()).max() > 0 for g in gradients)
+
+
+def test_compiled_loops_are_traced_without_autograph(monkeypatch):
+    """The loops are ``tf.while_loop``s written out: their compiled functions skip AutoGraph's conversion
+    (0.25-0.5 CPU-second of DIEN's first step). A width no other test uses, so their first trace is here."""
+    from tensorflow.python.autograph.impl import api
+
+    conversions = []
+    convert = api.converted_call
+
+    def recording_converted_call(function, *args, **kwargs):
+        conversions.append(function)
+        return convert(function, *args, **kwargs)
+
+    monkeypatch.setattr(api, "converted_call", recording_converted_call)
+    units, rng = 9, np.random.default_rng(2)
+    arguments = _recurrence_inputs("augru")[:2] + [tf.constant(rng.normal(scale=0.3, size=shape).astype(np.float32))
+                                                   for shape in ([DIM, 3 * units], [units, 3 * units], [2, 3 * units])]
+    forward, backward = _compiled_steps(units)
+    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == (0, 0)
+    tf.function(_states_and_gradients, autograph=False)(arguments, "augru", True)
+    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == (1, 1)
+    assert not conversions
+
+
 def test_recurrence_loops_run_plain_in_serving_mode_and_under_jit_compile():
     """TF Serving runs no XLA without its experimental flags: traced inside ``serving_mode()`` the recurrence
     holds no XLA-compiled function; inside a whole-step XLA function (``--jit_compile``) its loops are plain
     ops of that function (and still agree)."""
     arguments = _recurrence_inputs("augru")
-    forward, backward = _compiled_steps("augru", UNITS)
     with serving_mode():
         graph = tf.function(lambda *args: gated_recurrence(*args, gate="augru", xla=True)).get_concrete_function(
             *arguments).graph
-    compiled_calls = [op for op in graph.get_operations()
-                      if op.type in ("PartitionedCall", "StatefulPartitionedCall")
-                      and op.get_attr("_XlaMustCompile")]
-    assert not compiled_calls
-    traces = forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()
-    whole, whole_gradients = tf.function(_states_and_gradients, jit_compile=True)(arguments, "augru", True)
-    assert (forward.experimental_get_tracing_count(), backward.experimental_get_tracing_count()) == traces
+    assert not _compiled_loop_calls(graph)
+    whole_function = tf.function(_states_and_gradients, jit_compile=True)
+    whole, whole_gradients = whole_function(arguments, "augru", True)
+    assert not _compiled_loop_calls(whole_function.get_concrete_function(arguments, "augru", True).graph)
     plain, plain_gradients = tf.function(_states_and_gradients)(arguments, "augru", False)
     np.testing.assert_allclose(whole.numpy(), plain.numpy(), rtol=0, atol=1e-5)
     for xla, reference in zip(whole_gradients, plain_gradients):
@@ -322,16 +400,15 @@ def test_recurrence_loops_run_plain_in_serving_mode_and_under_jit_compile():
 def test_layers_compile_their_loops_in_training_calls_only(layer_type):
     values, mask, target = (tf.constant(x) for x in _sequences())
     if layer_type == "extractor":
-        layer, arguments, gate = InterestExtractor(UNITS), (values, mask), "gru"
+        layer, arguments = InterestExtractor(UNITS), (values, mask)
     else:
         layer = InterestEvolution(UNITS, "augru_keep", attention_units=(8,), attention_activation="sigmoid")
-        arguments, gate = (values, mask, target), "augru_keep"
-    forward, _ = _compiled_steps(gate, UNITS)
-    traces = forward.experimental_get_tracing_count()
-    inference = tf.function(lambda: layer(*arguments, training=False))()
-    assert forward.experimental_get_tracing_count() == traces
-    training = tf.function(lambda: layer(*arguments, training=True))()
-    assert forward.experimental_get_tracing_count() == traces + 1
+        arguments = (values, mask, target)
+    inference_function = tf.function(lambda: layer(*arguments, training=False))
+    training_function = tf.function(lambda: layer(*arguments, training=True))
+    inference, training = inference_function(), training_function()
+    assert not _compiled_loop_calls(inference_function.get_concrete_function().graph)
+    assert len(_compiled_loop_calls(training_function.get_concrete_function().graph)) == 1  # no gradient taken
     np.testing.assert_allclose(training.numpy(), inference.numpy(), rtol=0, atol=1e-5)
     assert layer.get_config()["xla"] is True
 
@@ -468,8 +545,8 @@ def test_attention_moments_over_every_slot_count_padding_but_not_its_values():
         tf.keras.utils.set_random_seed(0)
         layer = InterestEvolution(UNITS, "augru", attention_units=(8, 4), attention_activation="dice",
                                   attention_moments=moments)
-        layer(tf.constant(values), tf.constant(mask), tf.constant(target))
-        outputs[moments] = [layer(tf.constant(v, tf.float32), tf.constant(m), tf.constant(target),
+        layer(tf.constant(values), tf.constant(mask), target)
+        outputs[moments] = [layer(tf.constant(v, tf.float32), tf.constant(m), target,
                                   training=True).numpy()
                             for v, m in ((values, mask), (longer_values, longer_mask), (garbage, mask))]
         assert layer.get_config()["attention_moments"] == moments

@@ -199,8 +199,21 @@ class InterestExtractor(tf.keras.layers.Layer):
 GATES = ("gru", "augru", "agru", "augru_keep")
 
 
-def _update(gate: str, z, scale):
-    """The share ``g`` of the candidate in ``h_t = h_{t−1} + g ∘ (h̃_t − h_{t−1})``, and ``∂g/∂z``."""
+def _update(gate, z, scale):
+    """The share ``g`` of the candidate in ``h_t = h_{t−1} + g ∘ (h̃_t − h_{t−1})``, and ``∂g/∂z``.
+
+    ``gate``: a name of ``GATES``, picked when the loop is traced (the plain loops), or an int32 scalar tensor,
+    its index in ``GATES``, picked when the loop runs: every gate's form is computed and the gate's is
+    selected (exact), so one compiled loop pair serves every gate, DIEN's extractor GRU and its evolution's
+    AUGRU alike: fewer traces and XLA compilations before the first step (bench/RESULTS.md, issue 12, branch
+    dienfirst2). A few elementwise ops on ``[batch, units]`` per step; the forms stay the per-gate ones (a
+    generic ``p + q ∘ w`` form with a second per-step input slowed XLA's backward loop by a quarter).
+    """
+    if not isinstance(gate, str):
+        forms = [_update(name, z, scale) for name in GATES]
+        return tuple(functools.reduce(lambda chosen, index: tf.where(tf.equal(gate, index), values[index], chosen),
+                                      range(1, len(GATES)), values[0])
+                     for values in zip(*forms))
     if gate == "gru":  # Keras: h_t = z ∘ h_{t−1} + (1 − z) ∘ h̃_t, scale = the mask
         return scale * (1.0 - z), -scale
     if gate == "augru":  # ũ_t = a_t · u_t, scale = a_t (0 at padding)
@@ -212,7 +225,7 @@ def _update(gate: str, z, scale):
 
 
 def _update_by_scale(gate: str, z, scale):
-    """``∂g/∂s`` of ``_update``'s ``g``."""
+    """``∂g/∂s`` of ``_update``'s ``g`` (``gate`` a name)."""
     if gate == "gru":
         return 1.0 - z
     if gate == "augru":
@@ -222,10 +235,11 @@ def _update_by_scale(gate: str, z, scale):
     return tf.ones_like(z)
 
 
-def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, units: int, reset_after: bool = True):
+def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate, units: int, reset_after: bool = True):
     """The forward loop of ``gated_recurrence``: ``step_inputs`` ``[len, batch, 3·units + 1]`` (``W x_t + b_x``
-    and ``s_t``, time-major) → ``[len, batch, 5·units]``: ``h_t``, ``z_t``, ``r_t``, ``h̃_t`` and the candidate's
-    recurrent term (``U^h h_{t−1} + b^h_h``; reset before: ``U^h (r_t ∘ h_{t−1}) + b^h_h``) per step."""
+    and ``s_t``, time-major; ``gate``: ``_update``'s) → ``[len, batch, 5·units]``: ``h_t``, ``z_t``, ``r_t``,
+    ``h̃_t`` and the candidate's recurrent term (``U^h h_{t−1} + b^h_h``; reset before:
+    ``U^h (r_t ∘ h_{t−1}) + b^h_h``) per step."""
     dtype = step_inputs.dtype
     steps, batch = tf.unstack(tf.shape(step_inputs)[:2])
     inputs = tf.TensorArray(dtype, size=steps).unstack(step_inputs)
@@ -253,7 +267,7 @@ def _forward_steps(step_inputs, recurrent_kernel, recurrent_bias, gate: str, uni
     return kept.stack()
 
 
-def _backward_steps(step_values, recurrent_kernel, gate: str, units: int, reset_after: bool = True):
+def _backward_steps(step_values, recurrent_kernel, gate, units: int, reset_after: bool = True):
     """The backward loop of ``gated_recurrence``, last step first: ``step_values`` ``[len, batch, 6·units + 1]``
     (``∂L/∂h_t`` from outside, ``z_t``, ``r_t``, ``h̃_t``, the candidate's recurrent term, ``h_{t−1}``, ``s_t``) →
     ``[len, batch, 4·units]``: the gradients at the inputs of ``z_t``'s and ``r_t``'s sigmoids and of ``h̃_t``'s
@@ -288,17 +302,21 @@ def _backward_steps(step_values, recurrent_kernel, gate: str, units: int, reset_
     return d_steps.stack()
 
 
-def _compiled_steps(gate: str, units: int, reset_after: bool = True):
-    """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``gate``, ``units`` and
-    ``reset_after`` as XLA-compiled functions, one pair per process (traced once for any batch size and length;
-    XLA compiles once per concrete input shape and caches it)."""
-    return _compiled_steps_once(gate, int(units), bool(reset_after))
+def _compiled_steps(units: int, reset_after: bool = True):
+    """``(forward, backward)``: ``_forward_steps`` and ``_backward_steps`` for ``units`` and ``reset_after`` as
+    XLA-compiled functions, one pair per process for every gate (the gate is an input of the loops:
+    ``_update``), traced once for any batch size and length; XLA compiles once per concrete input
+    shape and caches it, so DIEN's two GRUs, of equal width, share both compilations."""
+    return _compiled_steps_once(int(units), bool(reset_after))
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_steps_once(gate: str, units: int, reset_after: bool):
-    return tuple(tf.function(functools.partial(steps, gate=gate, units=units, reset_after=reset_after),
-                             jit_compile=True, reduce_retracing=True) for steps in (_forward_steps, _backward_steps))
+def _compiled_steps_once(units: int, reset_after: bool):
+    # autograph=False: the loops are tf.while_loops written out, and AutoGraph's conversion of the two (which a
+    # tf.function applies to what it wraps, whatever tfrecsys' DoNotConvert rule says) cost 0.25-0.5 CPU-second
+    # of DIEN's first step (bench/RESULTS.md, issue 12, branch dienfirst2).
+    return tuple(tf.function(functools.partial(steps, units=units, reset_after=reset_after), jit_compile=True,
+                             reduce_retracing=True, autograph=False) for steps in (_forward_steps, _backward_steps))
 
 
 def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = "gru", xla: bool = False,
@@ -329,7 +347,8 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     A step is a few ops on ``[batch, units]`` tensors, where TensorFlow's executor spends more on dispatching
     each op than on its arithmetic; compiled, a loop is one call that runs its steps without dispatching ops
     (bench/RESULTS.md, issue 12, branch seqspeed6). The projections and the weights' gradients stay plain
-    (oneDNN's matmuls). Both loops compile once per input shape (about 0.1 CPU-second each). Inside
+    (oneDNN's matmuls). Both loops compile once per input shape (0.05-0.2 CPU-second each), and every gate of
+    the same ``units`` and ``reset_after`` runs the same compiled pair (``_update``). Inside
     ``serving_mode()`` (exported signatures: TF Serving runs no XLA without its experimental flags) and inside
     an XLA-compiled function (``--jit_compile``) the plain loops run; the results agree to float rounding.
     """
@@ -340,7 +359,11 @@ def gated_recurrence(inputs, scale, kernel, recurrent_kernel, bias, gate: str = 
     dim, units = kernel.shape[0], recurrent_kernel.shape[0]
     reset_after = bool(reset_after)
     if xla and not in_serving_mode() and not tracing_inside_xla():
-        forward_steps, backward_steps = _compiled_steps(gate, units, reset_after)
+        compiled_forward, compiled_backward = _compiled_steps(units, reset_after)
+
+        gate_index = tf.constant(GATES.index(gate), tf.int32)
+        forward_steps = functools.partial(compiled_forward, gate=gate_index)
+        backward_steps = functools.partial(compiled_backward, gate=gate_index)
     else:
         forward_steps = functools.partial(_forward_steps, gate=gate, units=units, reset_after=reset_after)
         backward_steps = functools.partial(_backward_steps, gate=gate, units=units, reset_after=reset_after)

@@ -56,7 +56,8 @@ class DIEN(RecModel):
     initial values (``InterestEvolution(cell_trainable=False)``; DeepCTR 0.9.4's DIEN never trains them on TF 2).
     ``recurrence_xla``: the two GRUs' step loops XLA-compiled in training (``gated_recurrence``; evaluation,
     prediction and the exported signatures run them plain): about 19% less CPU per training step on a quiet
-    machine, for about 0.6 s more to the first step (the loops' compilation); False runs them plain.
+    machine, for two XLA compilations per training batch shape (the two GRUs share one compiled loop pair),
+    a few tenths of a second of the first step; False runs them plain.
     ``gru_reset_after``: True (Keras' GRU form) or False, both GRUs' candidate reset before its matmul and their
     kernels drawn as ``tf.compat.v1``'s GRUCell's (DeepCTR's; ``gated_recurrence``). ``attention_moments``: where
     the evolution's attention Dice takes its batch moments, ``valid`` steps or ``every_slot`` (DeepCTR's;
