@@ -231,13 +231,24 @@ def _keras_rnn_reference(layer, values, mask, target=None):
     return rnn(tf.concat([values, scores], axis=-1), mask=mask)
 
 
-@pytest.mark.parametrize("variant", ["extractor", "aigru", "agru", "augru", "augru_keep"])
-def test_recurrences_equal_keras_masked_rnn_in_outputs_and_gradients(variant):
-    rng = np.random.default_rng(3)
+def _ragged_batch(rng):
+    """``values`` ``[6, 7, UNITS]``, a mask of lengths 7, 4, 0, 1, 7, 2 (an empty row among them), ``target``."""
     lengths = np.array([7, 4, 0, 1, 7, 2])
     values = tf.constant(rng.normal(size=(6, 7, UNITS)).astype(np.float32))
     mask = tf.constant(np.arange(7)[None, :] < lengths[:, None])
-    target = tf.constant(rng.normal(size=(6, UNITS)).astype(np.float32))
+    return values, mask, tf.constant(rng.normal(size=(6, UNITS)).astype(np.float32))
+
+
+def _randomize_cell(layer, rng):
+    """The cell's weights away from the initialisers' zeros and ±1 structure."""
+    for weight in layer.cell.weights:
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("variant", ["extractor", "aigru", "agru", "augru", "augru_keep"])
+def test_recurrences_equal_keras_masked_rnn_in_outputs_and_gradients(variant):
+    rng = np.random.default_rng(3)
+    values, mask, target = _ragged_batch(rng)
     tf.keras.utils.set_random_seed(0)
     if variant == "extractor":
         layer, arguments = InterestExtractor(UNITS), (values, mask)
@@ -245,8 +256,7 @@ def test_recurrences_equal_keras_masked_rnn_in_outputs_and_gradients(variant):
         layer = InterestEvolution(UNITS, variant, attention_units=(8,), attention_activation="sigmoid")
         arguments = (values, mask, target)
     layer(*arguments)
-    for weight in layer.cell.weights:  # away from the initialisers' zeros and ±1 structure
-        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    _randomize_cell(layer, rng)
     watched = [values, target] + layer.trainable_weights
 
     ours, our_gradients = _outputs_and_gradients(lambda: layer(*arguments), [values, target], watched, 4)
@@ -489,15 +499,11 @@ def test_reset_before_cell_at_attention_zero_is_keras_reset_before_gru():
 @pytest.mark.parametrize("variant", ["agru", "augru", "augru_keep"])
 def test_reset_before_evolution_equals_keras_masked_rnn_over_its_cell(variant):
     rng = np.random.default_rng(7)
-    lengths = np.array([7, 4, 0, 1, 7, 2])
-    values = tf.constant(rng.normal(size=(6, 7, UNITS)).astype(np.float32))
-    mask = tf.constant(np.arange(7)[None, :] < lengths[:, None])
-    target = tf.constant(rng.normal(size=(6, UNITS)).astype(np.float32))
+    values, mask, target = _ragged_batch(rng)
     layer = InterestEvolution(UNITS, variant, attention_units=(8,), attention_activation="sigmoid",
                               reset_after=False)
     layer(values, mask, target)
-    for weight in layer.cell.weights:
-        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    _randomize_cell(layer, rng)
     watched = [values, target] + layer.trainable_weights
 
     ours, our_gradients = _outputs_and_gradients(lambda: layer(values, mask, target, training=True),
