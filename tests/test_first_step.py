@@ -124,6 +124,67 @@ def test_multi_step_execution_traces_the_step_once_and_trains_the_same_weights_a
         np.testing.assert_allclose(ours_weight, keras_weight, rtol=0, atol=1e-6)
 
 
+class UserControlFlowDNN(DNNRanker):
+    """A dnn ranker whose ``call`` is the user's own and branches in Python on a tensor: traced into a graph,
+    it works only if AutoGraph converts it."""
+
+    def call(self, features, training=None):
+        outputs = super().call(features, training=training)
+        if tf.reduce_max(outputs["ctr"]) > 2.0:  # never, for a probability
+            outputs = {**outputs, "ctr": tf.zeros_like(outputs["ctr"])}
+        return outputs
+
+
+class UserControlFlowMean(tf.keras.metrics.Mean):
+    """A metric of the user's own that branches in Python on a tensor."""
+
+    def update_state(self, values, sample_weight=None):
+        if tf.reduce_max(values) > 2.0:
+            values = tf.zeros_like(values)
+        return super().update_state(values, sample_weight=sample_weight)
+
+
+def _train_dnn(model_class=DNNRanker, steps: int = 5):
+    """A tiny dnn ranker (``steps_per_execution`` 2) trained ``steps`` steps on fixed batches: the model."""
+    tf.keras.utils.set_random_seed(0)
+    model = model_class(SCHEMA, tasks_from_config({"ctr": dict(label="click")}), hidden_units=(8,))
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), steps_per_execution=2)
+    create_variables(model, SCHEMA)
+    features, labels = batch()
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(32).repeat()
+    model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+    return model
+
+
+def test_autograph_is_off_for_tfrecsys_code_alone_and_the_same_weights_result(monkeypatch):
+    ours = _train_dnn()
+    assert execution.autograph_converts_nothing(ours)
+    assert ours.train_tf_function._autograph is False
+    monkeypatch.setattr(execution, "autograph_converts_nothing", lambda model: False)
+    with_autograph = _train_dnn()
+    assert with_autograph.train_tf_function._autograph is True
+    assert int(ours.optimizer.iterations.numpy()) == int(with_autograph.optimizer.iterations.numpy()) == 5
+    for weight, expected in zip(ours.weights, with_autograph.weights):
+        np.testing.assert_array_equal(weight.numpy(), expected.numpy())
+
+
+def test_a_user_layer_or_metric_keeps_autograph_and_its_python_control_flow_is_converted(monkeypatch):
+    model = _train_dnn(UserControlFlowDNN)
+    assert not execution.autograph_converts_nothing(model)
+    assert model.train_tf_function._autograph is True
+    assert int(model.optimizer.iterations.numpy()) == 5
+
+    metric_model = DNNRanker(SCHEMA, tasks_from_config({"ctr": dict(label="click")}), hidden_units=(8,))
+    assert execution.autograph_converts_nothing(metric_model)
+    metric_model._step.tasks["ctr"].append(UserControlFlowMean(name="user_mean"))
+    assert not execution.autograph_converts_nothing(metric_model)
+
+    # The premise: with AutoGraph off, the user's branch on a tensor cannot be traced.
+    monkeypatch.setattr(execution, "autograph_converts_nothing", lambda model: True)
+    with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
+        _train_dnn(UserControlFlowDNN)
+
+
 class ForwardCountingDNN(DNNRanker):
     """A dnn ranker that counts how often its forward pass is traced."""
 

@@ -18,12 +18,21 @@ call (0.7-1.0 CPU-seconds of MMoE's and DIEN + aux's first step), makes one roun
 and leaves out the two that change nothing in these graphs on CPU (the memory optimizer, the layout
 optimizer); the other passes, which the steady step needs (remapper fusions, constant folding, arithmetic),
 all run (bench/RESULTS.md, "first step, continued").
+
+AutoGraph is off for the train and test functions of a model whose every layer and metric is tfrecsys' or
+tf_keras' own (``autograph_converts_nothing``). With it on, Keras asks AutoGraph to convert each layer's
+``call`` and each metric's ``update_state`` as the step is traced, and the rules of ``tfrecsys/__init__.py``
+answer "leave it as written" for all of that code: the graph is the same, but the checks, and the conversion
+of the loop around the step, cost ~0.25 of DIEN + aux's 2.7 CPU-seconds to its first step. A model with one
+layer or metric of the user's own keeps AutoGraph, so the user's Python control flow over tensors is converted
+as Keras always does.
 """
 
 import contextlib
 
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
+from tensorflow.python.autograph.impl import conversion
 from tensorflow.python.eager import context
 from tf_keras.src.engine.training import _minimum_control_deps, reduce_per_replica
 
@@ -67,6 +76,22 @@ def _optimized(function):
     return call
 
 
+def autograph_converts_nothing(model) -> bool:
+    """Whether AutoGraph would leave every function Keras hands it in ``model``'s step as written: each layer's
+    ``call`` (the model's own included) and each metric's ``update_state`` and ``result`` are of code its rules
+    never convert (``conversion.is_allowlisted``: tfrecsys, tf_keras, TensorFlow). The step itself is
+    ``RecModel.train_step``/``test_step`` (``RecModel.make_train_function`` checks it), and what it calls
+    besides layers and metrics (tasks' losses, loss weighting) is called from tfrecsys' code, which AutoGraph
+    does not convert either way."""
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if not conversion.is_allowlisted(type(layer).call):
+            return False
+    # The class's methods: Keras wraps each metric instance's update_state and result in its own (allowlisted)
+    # wrappers, which would hide a user's method.
+    return all(conversion.is_allowlisted(getattr(type(metric), method))
+               for metric in model.metrics for method in ("update_state", "result"))
+
+
 def _traced_once(model, step, counter, logs):
     """A ``tf.function(iterator)`` running ``model._steps_per_execution`` steps of ``step(data) → logs``
     (each increments ``counter``); it returns the last step's logs. ``logs()``: what a step returns, read from
@@ -77,8 +102,9 @@ def _traced_once(model, step, counter, logs):
             counter.assign_add(1)
         return outputs
 
+    autograph = not autograph_converts_nothing(model)
     if model.jit_compile:
-        run_step = tf.function(run_step, jit_compile=True, reduce_retracing=True)
+        run_step = tf.function(run_step, jit_compile=True, reduce_retracing=True, autograph=autograph)
 
     def one_step(iterator):
         outputs = model.distribute_strategy.run(run_step, args=(next(iterator),))
@@ -91,7 +117,7 @@ def _traced_once(model, step, counter, logs):
                                    (tf.zeros([], model._steps_per_execution.dtype), initial))
         return outputs
 
-    return tf.function(execution, reduce_retracing=True)
+    return tf.function(execution, reduce_retracing=True, autograph=autograph)
 
 
 def multi_step_applies(model) -> bool:
