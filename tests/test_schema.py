@@ -233,8 +233,9 @@ def test_to_json_from_json_round_trip_keeps_the_new_fields():
 def test_from_json_opens_no_vocabulary_file_but_from_config_needs_it(tmp_path):
     features = {"city": dict(kind="id", dtype="string", vocabulary=str(tmp_path / "gone.txt"))}
     assert FeatureSchema.from_json(features)["city"].vocab.vocabulary.endswith("gone.txt")
-    with pytest.raises(SchemaError, match="'city': vocabulary file .*gone.txt does not exist"):
+    with pytest.raises(SchemaError, match="'city': vocabulary file .*gone.txt does not exist") as refused:
         FeatureSchema.from_config(features)
+    assert "run it with this config" in str(refused.value)
 
 
 @pytest.mark.parametrize("features, message", [

@@ -106,7 +106,9 @@ class Vocabulary:
         for kind in ("vocabulary", "boundaries"):
             path = getattr(self, kind)
             if isinstance(path, str) and not tf.io.gfile.exists(path):
-                raise SchemaError(f"{self._named()}: {kind} file {path} does not exist")
+                raise SchemaError(f"{self._named()}: {kind} file {path} does not exist (where tfrecsys-preprocess "
+                                  "writes it, run it with this config: a directory preprocessed with an older "
+                                  "config lacks the files of features added since)")
         if isinstance(self.boundaries, str):
             self.bucket_boundaries()
 
