@@ -77,6 +77,9 @@ def census_world(config: ml_collections.ConfigDict) -> None:
     config.tasks.income = dict(label="income_50k")
     config.tasks.never_married = dict(label="never_married")
     config.model.dense_batch_norm = True
+    # The 32 nominal tables (16-d) and the 4 bucket tables (8-d) as one variable per width
+    # (EmbeddingTables.pack_by_width; docs/performance.md).
+    config.model.fused_embeddings = False
     config.model.dropout = 0.0
     config.model.tower_units = (64,)
     config.train.batch_size = 256
