@@ -24,6 +24,7 @@ from tfrecsys.features.embedding import EmbeddingTables
 from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.models import build_model
 from tfrecsys.train.adam import Adam
+from tfrecsys.train.strategy import precision_policy
 
 CONFIGS = os.path.join(REPO, "configs")
 CENSUS_FAMILIES = ("shared_bottom", "mmoe", "ple", "esmm")
@@ -131,6 +132,17 @@ def test_embed_rows_and_variable_rows_point_into_the_packed_variable():
                                   tf.gather(fused.table_slice("user_id").values(), fused.rows("user_id", ids)).numpy())
     with pytest.raises(ValueError, match=r"table 'user_id' is rows of the packed variable .*table_slice"):
         fused.table("user_id")
+
+
+def test_under_a_mixed_policy_the_packed_rows_are_cast_and_the_variable_stays_float32():
+    with precision_policy("mixed_bfloat16"):
+        tables = EmbeddingTables(MIXED, fused=True)
+    view = tables.view(["user_id", "hist_item_id"])
+    out = view(mixed_batch())  # the first use, after the policy's block: the tables keep the owner's policy
+    assert out["user_id"].dtype == tf.bfloat16 and out["hist_item_id"].dtype == tf.bfloat16
+    assert {v.dtype for v in tables.weights} == {tf.float32}
+    rows = tf.gather(tables.table_slice("user_id").values(), tables.rows("user_id", mixed_batch()["user_id"]))
+    np.testing.assert_array_equal(out["user_id"].numpy(), tf.cast(rows, tf.bfloat16).numpy())
 
 
 def census_config(family: str, data_dir: str, fused: bool, **model_options):

@@ -188,17 +188,19 @@ class EmbeddingTables(tf.keras.layers.Layer):
         """The table layers, made on the first call: ``{table: Embedding}``, or ``{width: PackedEmbedding}``
         when packed."""
         if not self._has_layout:
+            # The owner's dtype policy (the global one at its construction), whenever the first use comes.
+            policy = self._dtype_policy
             if self.fused:
                 widths = {}
                 for name in self._lookups:
                     widths.setdefault(self.packed_group(name), []).append(name)
                 self._packed = {group: PackedEmbedding(
                     [(name, self.schema[name].vocab.size) for name in names], self.schema[names[0]].embedding_dim,
-                    name=f"packed_{group}") for group, names in widths.items()}
+                    name=f"packed_{group}", dtype=policy) for group, names in widths.items()}
             else:
                 self._tables = {name: tf.keras.layers.Embedding(
-                    self.schema[name].vocab.size, self.schema[name].embedding_dim, name=f"{name}_embedding")
-                    for name in self._lookups}
+                    self.schema[name].vocab.size, self.schema[name].embedding_dim, name=f"{name}_embedding",
+                    dtype=policy) for name in self._lookups}
             self._has_layout = True
             self._configure_layers()
         return self._packed if self.fused else self._tables
