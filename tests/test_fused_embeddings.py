@@ -112,9 +112,10 @@ def test_a_view_gives_the_same_rows_order_and_gradients_per_table_row_packed():
     np.testing.assert_array_equal(out_b["hist_time"].numpy(), features["hist_time"].numpy())
     for name in grads_a:
         np.testing.assert_allclose(grads_b[name].numpy(), grads_a[name].numpy(), atol=1e-6, err_msg=name)
-    # Every OOV row was read: the gradient reached user_id's two OOV rows, city's, price's last bucket.
+    # The OOV rows were read: the gradient reached user_id's two OOV rows, city's, and price's last bucket.
     assert np.all(np.abs(grads_b["user_id"].numpy()[7:]).sum(-1) > 0)
     assert np.abs(grads_b["city"].numpy()[0]).sum() > 0
+    assert np.abs(grads_b["price"].numpy()[3]).sum() > 0
     # Padding reads rows (masked later, by the model) as one variable per table does: the same gradient.
     assert len(fused.trainable_variables) == 2 and len(unfused.trainable_variables) == 5
 
@@ -132,6 +133,10 @@ def test_embed_rows_and_variable_rows_point_into_the_packed_variable():
                                   tf.gather(fused.table_slice("user_id").values(), fused.rows("user_id", ids)).numpy())
     with pytest.raises(ValueError, match=r"table 'user_id' is rows of the packed variable .*table_slice"):
         fused.table("user_id")
+    used = EmbeddingTables(MIXED)
+    used.embed("user_id", ids)
+    with pytest.raises(ValueError, match="packed by width before they are used"):
+        used.pack_by_width()
 
 
 def test_under_a_mixed_policy_the_packed_rows_are_cast_and_the_variable_stays_float32():
