@@ -229,7 +229,7 @@ def report(stack: str, family: str, clock: EpochClock, rows: int, batch_size: in
 def table(results: list) -> str:
     """The markdown table; each row's ratios are to the first DeepCTR row of its family (none without one)."""
     lines = ["| family | stack | precision | tables | AUC task 1 | AUC task 2 | steady ex/s | ratio | CPU ms/step | "
-             "CPU ratio | first step s, wall / CPU | params | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "CPU ratio | first step s, wall / CPU | params | load |", "|---" * 13 + "|"]
     for row in results:
         peer = next((r for r in results if r["family"] == row["family"] and r["stack"] != "tfrecsys"), None)
         ratio = f"{row['steady_examples_per_sec'] / peer['steady_examples_per_sec']:.2f}×" if peer else "–"

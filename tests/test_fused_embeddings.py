@@ -129,8 +129,8 @@ def test_embed_rows_and_variable_rows_point_into_the_packed_variable():
     where = fused.table_slice("hist_tag")
     assert variable is where.variable and where.offset > 0
     np.testing.assert_array_equal(rows.numpy(), where.offset + np.array([0, 4, 5]))
-    np.testing.assert_array_equal(fused.embed("user_id", ids).numpy(),
-                                  tf.gather(fused.table_slice("user_id").values(), fused.rows("user_id", ids)).numpy())
+    expected = tf.gather(fused.table_slice("user_id").values(), fused.rows("user_id", ids))
+    np.testing.assert_array_equal(fused.embed("user_id", ids).numpy(), expected.numpy())
     with pytest.raises(ValueError, match=r"table 'user_id' is rows of the packed variable .*table_slice"):
         fused.table("user_id")
     used = EmbeddingTables(MIXED)
@@ -291,7 +291,7 @@ def test_din_mini_batch_aware_l2_penalises_the_same_rows_packed():
         target.assign(source)
     penalties = []
     for model in models:
-        outputs = model(features, training=True)
+        model(features, training=True)
         (penalty,) = model.losses
         penalties.append(float(penalty))
     assert_same_outputs(unfused(features), fused(features))
@@ -308,7 +308,8 @@ def test_a_packed_model_exports_and_its_serving_signature_scores_as_the_model(ce
     loaded = tf.saved_model.load(path)
     signature = loaded.signatures[contract.SERVING_DEFAULT]
     packed = sorted(v.name for v in signature.variables if "packed_" in v.name)
-    assert len(packed) == 2 and not [v.name for v in signature.variables if v.name.endswith("_embedding/embeddings:0")]
+    per_table = [v.name for v in signature.variables if v.name.endswith("_embedding/embeddings:0")]
+    assert len(packed) == 2 and not per_table
     # A money column is sent once; its bucket is read from it inside the SavedModel.
     outputs = signature(**{name: served[name] for name in signature.structured_input_signature[1]})
     expected = fused(served, training=False)

@@ -36,8 +36,9 @@ def build_model(config, schema, tables=None):
     tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty),
     ``model.embedding_l2`` (L2 over the whole tables of ``model.embeddings``, ``EmbeddingTables.regularize``;
     0, the default, is none), ``model.fused_embeddings`` (every table of one embedding width in one variable,
-    ``EmbeddingTables.pack_by_width``; False, the default: one variable per table), ``model.embedding_init_stddev`` (the tables' rows start ``N(0, stddev²)``,
-    ``EmbeddingTables.initialize_normal``; unset or 0, the default: truncated ``N(0, 0.05²)``) and
+    ``EmbeddingTables.pack_by_width``; False, the default: one variable per table), ``model.embedding_init_stddev``
+    (the tables' rows start ``N(0, stddev²)``, ``EmbeddingTables.initialize_normal``; unset or 0, the default:
+    truncated ``N(0, 0.05²)``) and
     ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
     """
     name = config.model.name
