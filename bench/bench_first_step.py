@@ -5,6 +5,7 @@ processes; two source trees alternating (this branch and ``git archive main``) g
     mkdir -p /tmp/main && git archive main | tar -x -C /tmp/main
     .venv/bin/python -m bench.bench_first_step --trees=/tmp/main,. --rounds=3 --families=mmoe,dien
     TF_USE_LEGACY_KERAS=1 .venv-peers/bin/python -m bench.bench_first_step --families=dien,peer_dien --rounds=3
+    .venv/bin/python -m bench.bench_first_step --trees=/tmp/main,.,.@model.fused_embeddings=true --families=mmoe
 
 Each run is a fresh process whose ``tfrecsys`` and ``bench`` packages are the tree's (the same environment):
 it imports TensorFlow, builds the data, then clocks what ``bench_multitask_peers.train_ours`` (mmoe, ple,
@@ -23,10 +24,13 @@ trees, the ratio second ÷ first of each round. Census-Income is preprocessed in
 run that needs it; families whose dataset is absent from ../shared/datasets are skipped with a message.
 ``--xla_compilations``: each run also reports the XLA compilations up to its first step (count, and each one's
 LLVM time as XLA's CPU compiler logs it; the child then logs at INFO level, a little extra work), e.g. DIEN's
-compiled GRU loops.
+compiled GRU loops. A tree may carry config overrides for the census families after ``@``
+(``.@model.fused_embeddings=true``, several as ``@k=v@k2=v2``; values ``true``/``false``, Python literals,
+else strings): one tree then appears as several variants, each its own column of the rounds.
 """
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -44,8 +48,31 @@ DATASETS = {"census": os.path.join(ROOT, os.pardir, "shared", "datasets", "censu
                                    "UserBehavior_head84474.csv")}
 
 
-def first_step(tree: str, family: str, data_dir: str) -> dict:
-    """Runs in the child: ``family``'s first step from ``tree``'s code (see the module docstring)."""
+def split_tree(spec: str) -> tuple:
+    """``"path@k=v@k2=v2"`` → ``(absolute path, {k: v, k2: v2})``: a tree and its config overrides."""
+    path, *assignments = spec.split("@")
+    overrides = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ValueError(f"tree {spec!r}: override {assignment!r} is not key=value")
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text
+        overrides[key] = value
+    return os.path.abspath(path), overrides
+
+
+def first_step(spec: str, family: str, data_dir: str) -> dict:
+    """Runs in the child: ``family``'s first step from the code of the tree of ``spec`` (see the module
+    docstring)."""
+    tree, overrides = split_tree(spec)
+    if overrides and family not in CENSUS_FAMILIES:
+        raise ValueError(f"tree {spec!r}: config overrides apply to the census families {CENSUS_FAMILIES} only")
     sys.path.insert(0, tree)
     import tfrecsys  # noqa: F401  (Keras 2 before TensorFlow)
     import tensorflow as tf
@@ -133,7 +160,7 @@ def first_step(tree: str, family: str, data_dir: str) -> dict:
 
         _, train, _ = census_rows(data_dir)
         config = load_config(os.path.join(CONFIGS, f"{family}.py:census"),
-                             {"data.dir": data_dir, "train.ema_momentum": 0.0})
+                             {"data.dir": data_dir, "train.ema_momentum": 0.0, **overrides})
         schema = FeatureSchema.from_config(config.features)
         inputs, labels = [f.name for f in schema.inputs], [f.name for f in schema.labels]
         tf.keras.utils.set_random_seed(0)
@@ -152,7 +179,7 @@ def first_step(tree: str, family: str, data_dir: str) -> dict:
         [function] = model.train_tf_function._list_all_concrete_functions()
         graph = function.graph.as_graph_def()
         nodes = len(graph.node) + sum(len(f.node_def) for f in graph.library.function)
-    return {"tree": tree, "family": family, "cpu_s": round(first["cpu"], 3), "wall_s": round(first["wall"], 3),
+    return {"tree": spec, "family": family, "cpu_s": round(first["cpu"], 3), "wall_s": round(first["wall"], 3),
             "phases_cpu_s": phases, "train_function_nodes": nodes, "load_1min": round(os.getloadavg()[0], 1)}
 
 
@@ -182,7 +209,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trees", default=ROOT,
                         help="comma-separated source trees (repository roots) to time, alternating in each round; "
-                             "ratios are of each tree to the first")
+                             "ratios are of each tree to the first; path@key=value adds config overrides (census "
+                             "families)")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated, of {FAMILIES}")
     parser.add_argument("--rounds", type=int, default=1, help="rounds; each runs every family from every tree")
     parser.add_argument("--data_dir", default=os.path.join(ROOT, "runs", "data", "census"),
@@ -191,12 +219,15 @@ def main(argv=None) -> int:
     parser.add_argument("--xla_compilations", action="store_true",
                         help="also report each run's XLA compilations to its first step (count, LLVM ms each)")
     parser.add_argument("--one", default="", help="internal: time this family in this process, print JSON")
-    parser.add_argument("--tree", default="", help="internal: the source tree of --one")
+    parser.add_argument("--tree", default="", help="internal: the source tree of --one (with its @overrides)")
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(first_step(os.path.abspath(args.tree), args.one, os.path.abspath(args.data_dir))))
+        print(json.dumps(first_step(args.tree, args.one, os.path.abspath(args.data_dir))))
         return 0
-    trees = [os.path.abspath(tree) for tree in args.trees.split(",")]
+    trees = []
+    for spec in args.trees.split(","):
+        path, _ = split_tree(spec)
+        trees.append(path + spec[len(spec.split("@")[0]):])
     families = args.families.split(",")
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:

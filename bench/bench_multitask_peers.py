@@ -5,6 +5,7 @@
     .venv-peers/bin/python -m bench.bench_multitask_peers --families=mmoe,ple --epochs=2
     .venv/bin/python -m bench.bench_multitask_peers --families=mmoe --stacks=tfrecsys  # ours only, no DeepCTR
     .venv-peers/bin/python -m bench.bench_multitask_peers --mixed_precision=none,mixed_bfloat16  # ours at both
+    .venv-peers/bin/python -m bench.bench_multitask_peers --fused_embeddings=0,1   # ours in both table layouts
 
 Protocol of ../shared/reference/peer-baselines.md §2: configs/<family>.py:census's data (tfrecsys-preprocess:
 the test file split 80/20 with seed 0; run here when ``--data_dir`` holds no preprocessed copy), batch 256,
@@ -36,8 +37,10 @@ and the load average.
 
 ``--mixed_precision`` trains ours once per listed Keras policy, in turn (``none,mixed_bfloat16``: float32, then
 bfloat16 compute with float32 variables, set as ``tfrecsys-train --mixed_precision`` sets it), before
-DeepCTR's model; ``--peer_mixed_precision`` does the same for DeepCTR's. The ratios of a family are to its
-first DeepCTR row.
+DeepCTR's model; ``--peer_mixed_precision`` does the same for DeepCTR's. ``--fused_embeddings`` trains ours
+once per listed table layout (``config.model.fused_embeddings``: 0, one variable per table; 1, one per
+embedding width; default: the config's own), inside each precision. The ratios of a family are to its first
+DeepCTR row.
 """
 
 import argparse
@@ -116,11 +119,12 @@ def in_memory_batches(features: dict, labels, batch_size: int, seed: int) -> tf.
 
 
 def train_ours(family: str, data_dir: str, schema: FeatureSchema, train: dict, test: dict, epochs: int,
-               seed: int, precision: str = "none") -> dict:
+               seed: int, precision: str = "none", fused_embeddings=None) -> dict:
     # No weight averaging (the census configs' train.ema_momentum): DeepCTR's models train without it, and the
     # comparison is of the same network and optimizer step.
+    layout = {} if fused_embeddings is None else {"model.fused_embeddings": bool(fused_embeddings)}
     config = load_config(os.path.join(CONFIGS, f"{family}.py:census"),
-                         {"data.dir": data_dir, "train.ema_momentum": 0.0})
+                         {"data.dir": data_dir, "train.ema_momentum": 0.0, **layout})
     model_schema = FeatureSchema.from_config(config.features)
     inputs = [f.name for f in model_schema.inputs]
     labels = [f.name for f in model_schema.labels]
@@ -136,7 +140,8 @@ def train_ours(family: str, data_dir: str, schema: FeatureSchema, train: dict, t
         outputs = model.predict({k: test[k] for k in inputs}, batch_size=4096, verbose=0)
     tasks = TASKS.get(family, DEFAULT_TASKS)
     return report("tfrecsys", family, clock, len(train["income_50k"]), config.train.batch_size, epochs,
-                  [auc(test[label], outputs[output]) for output, label in tasks], model.count_params(), precision)
+                  [auc(test[label], outputs[output]) for output, label in tasks], model.count_params(), precision,
+                  fused_embeddings=bool(config.model.get("fused_embeddings")))
 
 
 def deepctr_inputs(schema: FeatureSchema, data_dir: str, train: dict, test: dict):
@@ -208,11 +213,12 @@ def _train_deepctr(family: str, columns, train_x: dict, test_x: dict, train: dic
 
 
 def report(stack: str, family: str, clock: EpochClock, rows: int, batch_size: int, epochs: int, aucs: list,
-           params: int, precision: str = "none") -> dict:
+           params: int, precision: str = "none", fused_embeddings=None) -> dict:
     steady = rows * (epochs - 1) / sum(clock.epochs[1:]) if epochs > 1 else float("nan")
     steps = -(-rows // batch_size) * (epochs - 1)
     cpu_ms = 1000 * sum(clock.epochs_cpu[1:]) / steps if epochs > 1 else float("nan")
-    result = {"stack": stack, "family": family, "precision": precision, "steady_examples_per_sec": round(steady),
+    result = {"stack": stack, "family": family, "precision": precision, "fused_embeddings": fused_embeddings,
+              "steady_examples_per_sec": round(steady),
               "cpu_ms_per_step": round(cpu_ms, 2), "first_step_s": round(clock.first_step, 2),
               "first_step_cpu_s": round(clock.first_step_cpu, 2), "auc": [round(a, 4) for a in aucs],
               "params": params, "load": round(os.getloadavg()[0], 1)}
@@ -222,13 +228,14 @@ def report(stack: str, family: str, clock: EpochClock, rows: int, batch_size: in
 
 def table(results: list) -> str:
     """The markdown table; each row's ratios are to the first DeepCTR row of its family (none without one)."""
-    lines = ["| family | stack | precision | AUC task 1 | AUC task 2 | steady ex/s | ratio | CPU ms/step | CPU ratio | "
-             "first step s, wall / CPU | params | load |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| family | stack | precision | tables | AUC task 1 | AUC task 2 | steady ex/s | ratio | CPU ms/step | "
+             "CPU ratio | first step s, wall / CPU | params | load |", "|---" * 13 + "|"]
     for row in results:
         peer = next((r for r in results if r["family"] == row["family"] and r["stack"] != "tfrecsys"), None)
         ratio = f"{row['steady_examples_per_sec'] / peer['steady_examples_per_sec']:.2f}×" if peer else "–"
         cpu_ratio = f"{peer['cpu_ms_per_step'] / row['cpu_ms_per_step']:.2f}×" if peer else "–"
-        lines.append(f"| {row['family']} | {row['stack']} | {row['precision']} | {row['auc'][0]:.4f} | "
+        tables = {None: "–", False: "per table", True: "per width"}[row.get("fused_embeddings")]
+        lines.append(f"| {row['family']} | {row['stack']} | {row['precision']} | {tables} | {row['auc'][0]:.4f} | "
                      f"{row['auc'][1]:.4f} | {row['steady_examples_per_sec']:,} | {ratio} | "
                      f"{row['cpu_ms_per_step']:.1f} | {cpu_ratio} | {row['first_step_s']:.1f} / "
                      f"{row['first_step_cpu_s']:.1f} | {row['params']:,} | {row['load']} |")
@@ -251,6 +258,9 @@ def main(argv=None) -> int:
                         "--mixed_precision sets it).")
     parser.add_argument("--peer_mixed_precision", default="none", help="The same for DeepCTR's models (Keras' "
                         "global policy set around their construction and training).")
+    parser.add_argument("--fused_embeddings", default="", help="Comma-separated table layouts of ours, each "
+                        "trained in turn within each precision: 0 (one variable per table), 1 (one per embedding "
+                        "width, config.model.fused_embeddings); empty: the config's own.")
     parser.add_argument("--train_rows", type=int, default=0, help="Train on the first N training rows only (a "
                         "quick check of the benchmark itself; 0: all, the protocol).")
     args = parser.parse_args(argv)
@@ -269,14 +279,21 @@ def main(argv=None) -> int:
     for side, listed in precisions.items():
         if not listed or set(listed) - set(PRECISION_POLICIES):
             parser.error(f"precisions {listed} of {side} must be a non-empty subset of {sorted(PRECISION_POLICIES)}")
+    layouts = [None]
+    if args.fused_embeddings:
+        layouts = [value for value in args.fused_embeddings.split(",") if value]
+        if not layouts or set(layouts) - {"0", "1"}:
+            parser.error(f"--fused_embeddings {layouts} must be a non-empty list of 0 and 1")
+        layouts = [value == "1" for value in layouts]
     if "deepctr" in stacks:
         columns, train_x, test_x = deepctr_inputs(schema, args.data_dir, train, test)
     results = []
     for family in families:
         if "tfrecsys" in stacks:
             for precision in precisions["tfrecsys"]:
-                results.append(train_ours(family, args.data_dir, schema, train, test, args.epochs, args.seed,
-                                          precision))
+                for fused in layouts:
+                    results.append(train_ours(family, args.data_dir, schema, train, test, args.epochs, args.seed,
+                                              precision, fused))
         if "deepctr" in stacks:
             for precision in precisions["deepctr"]:
                 results.append(train_deepctr(family, columns, train_x, test_x, train, test, args.epochs, args.seed,

@@ -77,6 +77,10 @@ def census_world(config: ml_collections.ConfigDict) -> None:
     config.tasks.income = dict(label="income_50k")
     config.tasks.never_married = dict(label="never_married")
     config.model.dense_batch_norm = True
+    # The 32 nominal tables (16-d) and the 4 bucket tables (8-d) as one variable per width: the first step in
+    # 0.70x the CPU time (median of 24 pairs), the same AUC (EmbeddingTables.pack_by_width; docs/performance.md;
+    # bench/RESULTS.md issue 13, branch fused29). Checkpoints of one variable per table need False.
+    config.model.fused_embeddings = True
     config.model.dropout = 0.0
     config.model.tower_units = (64,)
     config.train.batch_size = 256

@@ -33,8 +33,10 @@ def added_since(name: str, key: str) -> bool:
     if key in ADDED_SINCE:
         return True
     parts = key.split(".")
-    return name.endswith("_census") and (parts[:2] == ["preprocess", "max_buckets"] or (
-        parts[0] == "features" and len(parts) > 1 and parts[1] in CENSUS_MONEY_BUCKETS))
+    # The census configs also gained their tables packed by width (bench/RESULTS.md issue 13, branch fused29).
+    return name.endswith("_census") and (parts[:2] == ["preprocess", "max_buckets"] or key == "model.fused_embeddings"
+                                         or (parts[0] == "features" and len(parts) > 1
+                                             and parts[1] in CENSUS_MONEY_BUCKETS))
 
 
 def fields(tree: dict, prefix: str = "") -> dict:

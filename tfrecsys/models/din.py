@@ -87,7 +87,7 @@ class DIN(RecModel):
     def mini_batch_regularization(self, features, embedded, history_ids) -> tf.Tensor:
         """``λ Σ_tables Σ_{j ∈ batch} ‖w_j‖²`` over the rows the batch's embedded features use (padding
         excluded); ``history_ids``: the valid ids of the history sequences that ``embedded`` does not hold."""
-        rows = {}
+        rows = {}  # by variable: the tables packed into one variable are penalised with one gather
         for feature in self.schema.serving_inputs:
             if not feature.embedded:
                 continue
@@ -99,9 +99,10 @@ class DIN(RecModel):
                     ids = ids.flat_values
                 elif feature.is_sequence:
                     ids = tf.boolean_mask(ids, embedded[feature.name + "_mask"])
-            rows.setdefault(feature.table, []).append(tf.reshape(self.embeddings.rows(feature.table, ids), [-1]))
-        return tf.add_n([mini_batch_aware_l2(self.embeddings.table(table).embeddings, tf.concat(ids, 0), self.mba_l2)
-                         for table, ids in rows.items()])
+            variable, in_variable = self.embeddings.variable_rows(feature.table, ids)
+            rows.setdefault(variable.ref(), (variable, []))[1].append(tf.reshape(in_variable, [-1]))
+        return tf.add_n([mini_batch_aware_l2(variable, tf.concat(ids, 0), self.mba_l2)
+                         for variable, ids in rows.values()])
 
 
 @register("din")

@@ -35,14 +35,18 @@ def build_model(config, schema, tables=None):
     Then the options every family takes from the config: ``model.position_tower`` (a shallow position-bias
     tower, ``RecModel.add_position_tower``'s keyword arguments; none when its ``tasks`` are empty),
     ``model.embedding_l2`` (L2 over the whole tables of ``model.embeddings``, ``EmbeddingTables.regularize``;
-    0, the default, is none), ``model.embedding_init_stddev`` (the tables' rows start ``N(0, stddev²)``,
-    ``EmbeddingTables.initialize_normal``; unset or 0, the default: truncated ``N(0, 0.05²)``) and
+    0, the default, is none), ``model.fused_embeddings`` (every table of one embedding width in one variable,
+    ``EmbeddingTables.pack_by_width``; False, the default: one variable per table), ``model.embedding_init_stddev``
+    (the tables' rows start ``N(0, stddev²)``, ``EmbeddingTables.initialize_normal``; unset or 0, the default:
+    truncated ``N(0, 0.05²)``) and
     ``train.loss_weighting`` (``{"kind": ...}``, ``tfrecsys.losses.weighting``).
     """
     name = config.model.name
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r} in config.model.name; registered models: {available()}")
     model = _BUILDERS[name](config, schema, tables)
+    if config.model.get("fused_embeddings"):
+        model.embeddings.pack_by_width()
     if config.model.get("embedding_l2"):
         model.embeddings.regularize(config.model.embedding_l2)
     if config.model.get("embedding_init_stddev"):
