@@ -15,14 +15,15 @@ history is one uniform random item per history position. Train 148,138 rows, tes
 
 Sizes as DeepCTR's defaults there: embeddings 16, DNN (256, 128, 64) relu, DIN attention (80, 40) Dice,
 DIEN attention (64, 16) Dice with softmax weights, AUGRU, α = 1; Adam 1e-3, batch 256, 2 epochs, shuffled;
-L2 1e-6 over the whole embedding tables (DeepCTR's ``l2_reg_embedding``; ``--embedding_l2`` for ours, whose
-runs before 2026-12-07 had none). Our DIEN takes DeepCTR's auxiliary-loss mean over the whole [batch, T − 1]
-grid and its GRU gate biases starting at 1 (``--aux_normalization``, ``--gru_gate_bias``; the runs before
-2026-12-07 01:00 UTC had the model's defaults, valid_pairs and 0). Since 2026-12-07 04:00 UTC ours also get
-DeepCTR's embedding initialiser N(0, 10⁻⁸) (``--embedding_init_stddev``; the model's default truncated
-N(0, 0.05²) before), DeepCTR's AUGRU gate (``--gru_variant=augru_keep``: attention scales the keep gate; the
-paper's ``augru`` before) and, as DeepCTR's DIEN runs on TF 2, that AUGRU's weights left at their initial
-values (``--evolution_trainable=0``: DeepCTR's AUGRU variables are never tracked by Keras, so never trained).
+L2 1e-6 over the whole embedding tables (DeepCTR's ``l2_reg_embedding``; ``--embedding_l2`` for ours).
+By default ours run with their own settings as chosen on a validation split (bench/RESULTS.md, "DIEN's own
+settings, the reset-before GRU and Dice's moments over padding"; ``BENCH_DEFAULTS``): the model's embedding
+initialiser (truncated N(0, 0.05²)), the paper's AUGRU trained, the auxiliary loss averaged over valid pairs,
+Keras' gate bias 0, with DeepCTR's embedding L2 and its reset-before GRU form (``--gru_reset_after=0``). Each of
+DeepCTR's other choices is a flag (``--embedding_init_stddev``, ``--gru_variant``, ``--evolution_trainable``,
+``--aux_normalization``, ``--gru_gate_bias``, ``--attention_moments``; ``DEEPCTR_OPTIONS`` lists them all).
+Before 2026-12-07 20:30 UTC the bench gave ours DeepCTR's settings by default (DIEN + aux −0.028 ± 0.009 AUC
+against DeepCTR with them, −0.003 ± 0.002 with its own, seeds 0-4).
 Ours train through the model base's step (``RecModel.train_step``) with the house ``steps_per_execution``
 of 20 and ``tfrecsys-train``'s Adam (``tfrecsys.train.adam``: Keras' algorithm, one fused kernel per variable;
 the runs before 2026-12-07 03:30 UTC had Keras' own update ops), their variables created before ``fit`` as
@@ -114,8 +115,9 @@ class OurOptions:
 DEEPCTR_OPTIONS = OurOptions(embedding_l2=1e-6, aux_normalization="grid", gru_gate_bias=1.0,
                              embedding_init_stddev=1e-4, embedding_init_seed=2020, evolution_trainable=False,
                              gru_variant="augru_keep", gru_reset_after=False, attention_moments="every_slot")
-BENCH_DEFAULTS = dataclasses.replace(DEEPCTR_OPTIONS, embedding_init_seed=None, gru_reset_after=True,
-                                     attention_moments="valid")
+# What the bench gives ours by default: their own settings with DeepCTR's embedding L2 and reset-before GRUs,
+# the choice of the validation split for DIN and DIEN alike (bench/RESULTS.md, "DIEN's own settings, ...").
+BENCH_DEFAULTS = OurOptions(embedding_l2=1e-6, gru_reset_after=False)
 DEFAULT_RUNS = ("ours:mean_pooling", "ours:din", "peer:din", "ours:dien", "peer:dien", "ours:dien_no_aux",
                 "peer:dien_no_aux")
 
@@ -505,41 +507,41 @@ def main(argv=None) -> int:
     parser.add_argument("--embedding_l2", type=float, default=BENCH_DEFAULTS.embedding_l2,
                         help="L2 over our models' whole embedding tables (EmbeddingTables.regularize, "
                              "config model.embedding_l2); the default is DeepCTR's l2_reg_embedding, which its "
-                             "models get; 0 is the protocol of the runs before 2026-12-07")
+                             "models get; 0: none")
     parser.add_argument("--aux_normalization", default=BENCH_DEFAULTS.aux_normalization, choices=("grid", "valid_pairs"),
                         help="our DIEN's auxiliary-loss mean (config model.aux_normalization): grid = over every "
-                             "(row, t) slot with padding counting 0, DeepCTR's (the default here); valid_pairs = "
-                             "over valid next-step pairs (the model's default; the runs before 2026-12-07)")
+                             "(row, t) slot with padding counting 0, DeepCTR's; valid_pairs = over valid "
+                             "next-step pairs (the model's and this bench's default)")
     parser.add_argument("--gru_gate_bias", type=float, default=BENCH_DEFAULTS.gru_gate_bias,
                         help="initial gate bias of our DIEN's GRUs (config model.gru_gate_bias): 1 = "
-                             "tf.compat.v1 GRUCell's, DeepCTR's (the default here); 0 = Keras' (the model's "
-                             "default; the runs before 2026-12-07)")
+                             "tf.compat.v1 GRUCell's, DeepCTR's; 0 = Keras' (the model's and this bench's "
+                             "default)")
     parser.add_argument("--embedding_init_stddev", type=float, default=BENCH_DEFAULTS.embedding_init_stddev,
                         help="our models' embedding rows start N(0, stddev²) (config model.embedding_init_stddev); "
-                             "the default is DeepCTR's SparseFeat initialiser; 0 = the model's default, truncated "
-                             "N(0, 0.05²) (the runs before 2026-12-07 04:00 UTC)")
+                             "1e-4 is DeepCTR's SparseFeat initialiser; 0 (the model's and this bench's default) "
+                             "= the model's truncated N(0, 0.05²)")
     parser.add_argument("--embedding_init_seed", type=int, default=-1,
                         help="the seed of our models' --embedding_init_stddev initialiser, every table the same "
                              f"(DeepCTR's: {DEEPCTR_OPTIONS.embedding_init_seed} for every table in every run); -1 (the "
                              "default): the run's global seed (--seeds)")
     parser.add_argument("--evolution_trainable", type=int, choices=(0, 1), default=int(BENCH_DEFAULTS.evolution_trainable),
-                        help="0 (the default here) keeps our DIEN's interest-evolving GRU's weights at their "
-                             "initial values (config model.evolution_trainable=False), as DeepCTR 0.9.4's DIEN runs "
-                             "on TF 2 (its AUGRU variables are never tracked by Keras, so never trained); 1 trains "
-                             "them (the model's default; the runs before 2026-12-07 04:00 UTC)")
+                        help="0 keeps our DIEN's interest-evolving GRU's weights at their initial values "
+                             "(config model.evolution_trainable=False), as DeepCTR 0.9.4's DIEN runs on TF 2 (its "
+                             "AUGRU variables are never tracked by Keras, so never trained); 1 trains them (the "
+                             "model's and this bench's default)")
     parser.add_argument("--gru_variant", default=BENCH_DEFAULTS.gru_variant, choices=("augru", "augru_keep"),
                         help="our DIEN's interest-evolving GRU (config model.gru_variant): augru_keep = attention "
-                             "scales the keep gate, DeepCTR's VecAttGRUCell (the default here); augru = the "
-                             "paper's, attention scales the update gate (the model's default; the runs before "
-                             "2026-12-07 04:00 UTC)")
+                             "scales the keep gate, DeepCTR's VecAttGRUCell; augru = the paper's, attention "
+                             "scales the update gate (the model's and this bench's default)")
     parser.add_argument("--recurrence_xla", type=int, choices=(0, 1), default=int(BENCH_DEFAULTS.recurrence_xla),
                         help="1 (the model's and this bench's default) XLA-compiles our DIEN's GRU step loops in "
                              "training (config model.recurrence_xla): less CPU per step, about 0.6 s more to the "
                              "first step; 0 runs them plain")
     parser.add_argument("--gru_reset_after", type=int, choices=(0, 1), default=int(BENCH_DEFAULTS.gru_reset_after),
-                        help="1 (the model's and this bench's default): our DIEN's GRUs in Keras' reset_after form; "
-                             "0: the candidate reset before its matmul with tf.compat.v1 GRUCell's joint glorot "
-                             "kernels, DeepCTR's (config model.gru_reset_after)")
+                        help="1 (the model's default): our DIEN's GRUs in Keras' reset_after form; 0 (this bench's "
+                             "default, chosen on validation): the candidate reset before its matmul with "
+                             "tf.compat.v1 GRUCell's joint glorot kernels, DeepCTR's (config "
+                             "model.gru_reset_after)")
     parser.add_argument("--attention_moments", default=BENCH_DEFAULTS.attention_moments,
                         choices=("valid", "every_slot"),
                         help="where our DIEN's attention Dice takes its batch moments (config "
