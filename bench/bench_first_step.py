@@ -115,8 +115,7 @@ def first_step(spec: str, family: str, data_dir: str) -> dict:
         model.make_train_function = clocked_make_train_function
 
     if family == "dien":
-        from bench.bench_sequence_peers import (BATCH, DEEPCTR_OPTIONS, LEARNING_RATE, OurOptions, our_model,
-                                                taobao_rows)
+        from bench.bench_sequence_peers import BATCH, BENCH_DEFAULTS, LEARNING_RATE, our_model, taobao_rows
         from tfrecsys.train.adam import Adam
 
         train, _, vocabulary = taobao_rows(DATASETS["taobao"])
@@ -124,10 +123,8 @@ def first_step(spec: str, family: str, data_dir: str) -> dict:
         inputs["hist_item_id_length"] = train["seq_length"]
         tf.keras.utils.set_random_seed(0)
         started = time.perf_counter(), time.process_time()
-        # DeepCTR's L2, auxiliary-loss mean and gate bias; the paper's AUGRU, trained, and our initialiser.
-        model = our_model("dien", vocabulary, OurOptions(embedding_l2=DEEPCTR_OPTIONS.embedding_l2,
-                                                         aux_normalization=DEEPCTR_OPTIONS.aux_normalization,
-                                                         gru_gate_bias=DEEPCTR_OPTIONS.gru_gate_bias))
+        # The peer bench's model with its default settings (ours, chosen on validation), as run_one builds it.
+        model = our_model("dien", vocabulary, BENCH_DEFAULTS)
         model.compile(optimizer=Adam(LEARNING_RATE), steps_per_execution=20)
         cpu = phase("construction + compile", started[1])
         create_variables(model, model.schema)
