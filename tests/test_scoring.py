@@ -140,7 +140,7 @@ def test_missing_version_is_named(model_base):
         saved_models.resolve_model_dir(model_base, 7)
 
 
-def test_key_feature_missing_from_the_first_rows_fails_before_the_job(model_base, records, workdir):
+def test_key_feature_missing_from_the_first_rows_fails_before_the_job(model_base, records, workdir, beam_temp_dirs):
     _, rows = records
     path = str(workdir / "keyless.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -149,6 +149,7 @@ def test_key_feature_missing_from_the_first_rows_fails_before_the_job(model_base
     message = f"None of the first 3 rows of {path} has a key feature 'request_id'"
     with pytest.raises(ValueError, match=re.escape(message)):
         pipeline.score(path, model_base, str(workdir / "keyless" / "scores"), key_feature="request_id")
+    assert beam_temp_dirs() == []
 
 
 def test_key_clashing_with_an_output_or_the_model_tags_is_refused(model_base, records, workdir):
