@@ -51,6 +51,18 @@ def test_a_config_file_that_does_not_exist_is_named_with_the_ones_that_do(tmp_pa
                           "configs/dnn_simulator.py")
 
 
+@pytest.mark.parametrize("config, phrases", [
+    ("configs/din_simulator.py:unknown", ["--config=configs/din_simulator.py:unknown: configs/din_simulator.py takes "
+                                          "no argument after ':' (got 'unknown'); use --config=configs/din_simulator.py"]),
+    ("configs/mmoe.py:unknown", ["--config=configs/mmoe.py:unknown: configs/mmoe.py: dataset 'unknown' is not one of "
+                                 "['ali_ccp', 'aliexpress', 'census', 'simulator']"]),
+])
+def test_a_config_file_that_raises_on_its_argument_is_one_error_line(config, phrases, tmp_path):
+    """ml_collections puts the config file's whole traceback into absl's flag error: it was the error line."""
+    result = run("tfrecsys-train", f"--config={config}", f"--model_dir={tmp_path / 'model'}", cwd=REPO)
+    assert_one_error_line(result, "tfrecsys-train", 2, *phrases)
+
+
 def test_a_missing_required_flag_is_a_usage_error():
     result = run("tfrecsys-export", f"--config={CONFIG}", "--export_base=/tmp/nowhere")
     assert_one_error_line(result, "tfrecsys-export", 2, "--model_dir")
