@@ -95,6 +95,16 @@ def test_best_checkpoint_export_without_one_names_the_fix(run, tmp_path):
         load_trained_model(run["config"], str(tmp_path), checkpoint="best")
 
 
+def test_a_run_restored_with_another_configs_model_fails_naming_the_checkpoint(run):
+    """tfrecsys-export with the config of another family, or one more layer, restored the checkpoint's weights
+    that fit and exported the untrained rest without a word."""
+    other = tiny_config(run["data_dir"], **{"model.hidden_units": (128, 64, 64)})
+    with pytest.raises(ValueError, match=r"checkpoint .*ckpt-60 does not hold the weights of the model that config "
+                                         r"'dnn_simulator' builds \(dnn\): 2 of its objects are not in it, e\.g\. "
+                                         r"dnn/mlp.*/kernel:0.*trained with another config\?"):
+        load_trained_model(other, run["model_dir"])
+
+
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path):
     model = types.SimpleNamespace(stop_training=False, optimizer=types.SimpleNamespace(iterations=tf.Variable(0)))
     stopper = callbacks_lib.EarlyStopping(str(tmp_path), "auc", patience=2)
