@@ -87,8 +87,15 @@ def _config_error_message(error: BaseException, argv) -> str:
     if isinstance(error, (AttributeError, KeyError)) and lines:
         field = lines[0].strip("'\"")
         culprits = [arg for arg in argv[1:] if field in arg.split("=", 1)[0].split(".")[1:]]
-        hint = " ".join(lines[1:]) or "--helpfull lists the config fields"
-        return f"{culprits[0] if culprits else '--config'}: the config has no field {field!r}. {hint}"
+        hint = " ".join(lines[1:]) or "--helpfull lists the config fields."
+        if not culprits:
+            return f"--config: the config has no field {field!r}. {hint}"
+        # ml_collections overrides only the fields a config file sets: a documented model option that the file
+        # leaves at its default (model.embedding_l2) cannot be set from the command line.
+        path = culprits[0].split("=", 1)[0].split(".", 1)[1]
+        return (f"{culprits[0]}: the config has no field {field!r}. {hint} A command-line override only changes "
+                f"a field the config file sets; to set an option the file leaves at its default, add "
+                f"config.{path} = ... to (a copy of) the file")
     config_files = [arg for arg in argv[1:] if arg.startswith(("--config=", "-config="))]
     where = config_files[0] if config_files else "--config"
     if isinstance(error, OSError) and config_files:
