@@ -1,6 +1,6 @@
-"""DEFUSE (or a baseline, by --config.model.method) trained in streaming mode on the delayed-feedback simulator.
+"""DEFUSE (or a baseline: the config argument after ':') trained in streaming mode on the delayed-feedback simulator.
 
-    tfrecsys-simulate --config=configs/defuse_simulator.py        # runs/data/defuse_stream/{window,clicks}-*.tfrecord
+    tfrecsys-simulate --config=configs/defuse_simulator.py        # runs/data/defuse_stream_defuse/{window,clicks}-*
     tfrecsys-train --config=configs/defuse_simulator.py --model_dir=runs/defuse
 
     # a baseline (the config argument after ':'): the stream, the tasks and the model change together

@@ -7,6 +7,8 @@ served ctr is the debiased relevance score.
     tfrecsys-simulate --config=configs/dnn_position_bias_simulator.py
     tfrecsys-train    --config=configs/dnn_position_bias_simulator.py --model_dir=runs/dnn_position_bias
     tfrecsys-train    --config=configs/dnn_position_bias_simulator.py --config.model.position_tower.tasks='()'  # no tower
+    tfrecsys-export   --config=configs/dnn_position_bias_simulator.py --model_dir=runs/dnn_position_bias \
+                      --export_base=runs/export                                            # runs/export/dnn_position_bias/1
 """
 
 import ml_collections
@@ -43,7 +45,10 @@ def position_world(config: ml_collections.ConfigDict) -> None:
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("dnn_position_bias_simulator", data_dir="runs/data/position_bias", model_name="dnn")
+    # Not "dnn": dnn_simulator.py exports that name, and this model reads other features, so its export would
+    # become the next version of a served dnn and fail every request made to it.
+    config = base.get_config("dnn_position_bias_simulator", data_dir="runs/data/position_bias",
+                             model_name="dnn_position_bias")
     position_world(config)
 
     config.model.name = "dnn"

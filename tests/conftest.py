@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -68,6 +69,17 @@ def multi_task_base(tmp_path_factory) -> str:
     base = str(tmp_path_factory.mktemp("multi_task") / "multi_task")
     export_contract_model(base, version=1, multi_task=True)
     return base
+
+
+@pytest.fixture
+def beam_temp_dirs(tmp_path, monkeypatch):
+    """Gives the test an empty temporary directory of its own (``tempfile.tempdir``, where ``beam.Pipeline``
+    makes its ``beam-pipeline-temp*`` directory) and returns a function listing the Beam directories left in
+    it: a pipeline that failed while it was built must not leave one behind."""
+    scratch = tmp_path / "tempdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return lambda: sorted(path.name for path in scratch.glob("beam-pipeline-temp*"))
 
 
 def free_port() -> int:

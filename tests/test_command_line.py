@@ -39,6 +39,10 @@ def assert_one_error_line(result: subprocess.CompletedProcess, program: str, exi
 @pytest.mark.parametrize("args, phrases", [
     (["--config.train.batchsize=5"], ["--config.train.batchsize=5", "no field 'batchsize'", '"batch_size"']),
     (["--config.train.steps=many", "leftover"], ["--config.train.steps=many", "invalid literal"]),
+    # A documented option the config file leaves at its default: the error says how to set it after all.
+    (["--config.model.embedding_l2=1e-6"], ["--config.model.embedding_l2=1e-6: the config has no field "
+                                            "'embedding_l2'", "only changes a field the config file sets",
+                                            "add config.model.embedding_l2 = ... to (a copy of) the file"]),
 ])
 def test_command_line_mistakes_end_in_one_error_line_with_status_2(tmp_path, args, phrases):
     result = run("tfrecsys-train", f"--config={CONFIG}", f"--model_dir={tmp_path / 'model'}", *args)
@@ -49,6 +53,18 @@ def test_a_config_file_that_does_not_exist_is_named_with_the_ones_that_do(tmp_pa
     result = run("tfrecsys-train", "--config=configs/nope.py", f"--model_dir={tmp_path / 'model'}", cwd=REPO)
     assert_one_error_line(result, "tfrecsys-train", 2, "--config=configs/nope.py", "no such config file",
                           "configs/dnn_simulator.py")
+
+
+@pytest.mark.parametrize("config, phrases", [
+    ("configs/din_simulator.py:unknown", ["--config=configs/din_simulator.py:unknown: configs/din_simulator.py takes "
+                                          "no argument after ':' (got 'unknown'); use --config=configs/din_simulator.py"]),
+    ("configs/mmoe.py:unknown", ["--config=configs/mmoe.py:unknown: configs/mmoe.py: dataset 'unknown' is not one of "
+                                 "['ali_ccp', 'aliexpress', 'census', 'simulator']"]),
+])
+def test_a_config_file_that_raises_on_its_argument_is_one_error_line(config, phrases, tmp_path):
+    """ml_collections puts the config file's whole traceback into absl's flag error: it was the error line."""
+    result = run("tfrecsys-train", f"--config={config}", f"--model_dir={tmp_path / 'model'}", cwd=REPO)
+    assert_one_error_line(result, "tfrecsys-train", 2, *phrases)
 
 
 def test_a_missing_required_flag_is_a_usage_error():

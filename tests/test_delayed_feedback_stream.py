@@ -3,6 +3,7 @@
 import glob
 import os
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -62,6 +63,25 @@ def test_rows_per_sample_type_equal_the_simulators_truth(method, world):
                                    keep_future_rows=True)
     rows = stream.emit_rows(columns, settings)
     assert {k: v for k, v in counts(rows).items() if v} == {k: v for k, v in EXPECTED[method](truth).items() if v}
+
+
+def test_a_stream_whose_pipeline_fails_while_it_is_built_leaves_no_temp_dir(world, tmp_path, monkeypatch,
+                                                                             beam_temp_dirs):
+    """beam.Pipeline makes a beam-pipeline-temp* directory that only its run() removes; a transform that
+    raises while the pipeline is built must not leave it in the user's /tmp."""
+    class FailingStream(beam.PTransform):
+        def __init__(self, settings):
+            super().__init__()
+
+        def expand(self, clicks):
+            raise ValueError("the stream could not be built")
+
+    columns, _, _ = world
+    settings = stream.settings_for(columns, "defer", W_O, W_A, window_seconds=86_400, pretrain_seconds=0)
+    monkeypatch.setattr(stream, "DelayedFeedbackStream", FailingStream)
+    with pytest.raises(ValueError, match="could not be built"):
+        stream.build_stream(columns, settings, str(tmp_path))
+    assert beam_temp_dirs() == []
 
 
 def test_the_beam_stream_in_its_window_files_matches_the_truth(world, tmp_path):

@@ -388,3 +388,30 @@ def test_gauc_of_one_user_equals_auc():
     gauc.update_state(labels, predictions, tf.fill([200], tf.constant(7, tf.int64)))
     auc.update_state(labels, predictions)
     np.testing.assert_allclose(gauc.result().numpy(), auc.result().numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize("change, message", [
+    # Left a serving input, every client of the export would have to send negatives the served model never reads.
+    (dict(neg_item_id=dict(training_only=False)), "'neg_item_id' is a serving input: serving never computes the "
+                                                  "auxiliary loss"),
+    # Aligned with each other but not with the history: their own length, or (shorter) out of the history's range.
+    (dict(neg_item_id=dict(aligned_with=None), neg_category=dict(aligned_with="neg_item_id")),
+     "'neg_item_id' is not aligned with the history 'hist_item_id'"),
+    (dict(neg_item_id=dict(aligned_with=None, max_len=3), neg_category=dict(aligned_with="neg_item_id", max_len=3)),
+     "'neg_item_id' is not aligned with the history 'hist_item_id'.*set aligned_with='hist_item_id'"),
+])
+def test_a_negative_history_must_be_training_only_and_aligned_with_the_history(change, message):
+    features = {name: dict(spec) for name, spec in FEATURES.items()}
+    for name, spec in change.items():
+        features[name].update(spec)
+        features[name] = {key: value for key, value in features[name].items() if value is not None}
+    schema = FeatureSchema.from_config(features)
+    with pytest.raises(ValueError, match=f"model.negative_history: {message}"):
+        DIEN(schema, tasks_from_config({"score": dict(label="click")}, schema), history=HISTORY,
+             negative_history=NEGATIVES, attention_units=(8,), hidden_units=(8,))
+
+
+def test_a_history_naming_no_feature_says_which_config_field():
+    with pytest.raises(ValueError, match=r"model.history names 'hist_cat', which is no feature of config.features; "
+                                         r"its sequence features: \['hist_item_id', 'hist_category', "):
+        DIN(SCHEMA, TASKS, history=("hist_item_id", "hist_cat"), attention_units=(8,), hidden_units=(8,))

@@ -319,12 +319,16 @@ def test_bad_values_and_damaged_or_mixed_inputs_are_named(both_formats, tmp_path
         make_dataset([tfrecord_files[0], parquet_files[0]], SCHEMA, 8, targets={"click": "click"}, training=False)
 
     table = parquet.to_table(_columns(3_000))  # rows past the first read chunk (1024 rows)
+    # A null element in a history past the first chunk, every list keeping its length (hist_tag is aligned
+    # with hist_item_id: lists of other lengths would fail the batch on that first).
+    histories = table.column("hist_item_id").to_pylist()
+    null_row = next(row for row in range(1200, table.num_rows) if histories[row])
+    histories[null_row] = [None] + histories[null_row][1:]
     bad_files = {
         "null_price": ("price", pa.array([1.0] * 1500 + [None] + [1.0] * (table.num_rows - 1501), pa.float32()),
                        "column 'price' is null in row 1500"),
-        "null_element": ("hist_item_id", pa.array([[1]] * 1200 + [[2, None]] + [[]] * (table.num_rows - 1201),
-                                                  pa.list_(pa.int64())),
-                         "column 'hist_item_id' holds a null element in row 1200"),
+        "null_element": ("hist_item_id", pa.array(histories, pa.list_(pa.int64())),
+                         f"column 'hist_item_id' holds a null element in row {null_row}"),
         "short_vector": ("position_embedding", pa.array([[0.5] * 3] * 7 + [[0.5]] * (table.num_rows - 7),
                                                        pa.list_(pa.float32())),
                          "column 'position_embedding' holds 1 values in row 7; the schema says dense of dim 3"),

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -396,6 +397,21 @@ def made_up_movielens_100k(directory) -> str:
     the source's columns and only needs the ratings file to exist, so these tests run without the dataset."""
     (directory / "u.data").write_text("1\t10\t4\t881250949\n2\t20\t3\t881250950\n")
     return str(directory)
+
+
+def test_a_pipeline_that_fails_while_it_is_built_leaves_no_temp_dir(tmp_path, monkeypatch, beam_temp_dirs):
+    """beam.Pipeline makes a beam-pipeline-temp* directory that only its run() removes; a build step that
+    raises (played by a builder that adds one read, then fails) must not leave it in the user's /tmp."""
+    def failing_build(pipeline, plan, files, output_dir, make_joiner):
+        _ = pipeline | "Read" >> beam.Create([b"1\t10\t4\t881250949"])
+        raise ValueError("the pipeline could not be built")
+
+    monkeypatch.setattr(preprocess_module, "build_pipeline", failing_build)
+    config = PreprocessConfig(source="movielens-100k", input=made_up_movielens_100k(tmp_path))
+    with pytest.raises(ValueError, match="could not be built"):
+        preprocess(config, {"item_id": dict(kind="id", num_buckets=2000), "rating": dict(kind="label")},
+                   str(tmp_path / "out"))
+    assert beam_temp_dirs() == []
 
 
 @pytest.mark.parametrize("feature, spec, message", [

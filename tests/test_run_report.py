@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 import types
 
 import pytest
@@ -95,6 +96,16 @@ def test_best_checkpoint_export_without_one_names_the_fix(run, tmp_path):
         load_trained_model(run["config"], str(tmp_path), checkpoint="best")
 
 
+def test_a_run_restored_with_another_configs_model_fails_naming_the_checkpoint(run):
+    """tfrecsys-export with the config of another family, or one more layer, restored the checkpoint's weights
+    that fit and exported the untrained rest without a word."""
+    other = tiny_config(run["data_dir"], **{"model.hidden_units": (128, 64, 64)})
+    with pytest.raises(ValueError, match=r"checkpoint .*ckpt-60 does not hold the weights of the model that config "
+                                         r"'dnn_simulator' builds \(dnn\): 2 of its objects are not in it, e\.g\. "
+                                         r"dnn/mlp.*/kernel:0.*trained with another config\?"):
+        load_trained_model(other, run["model_dir"])
+
+
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path):
     model = types.SimpleNamespace(stop_training=False, optimizer=types.SimpleNamespace(iterations=tf.Variable(0)))
     stopper = callbacks_lib.EarlyStopping(str(tmp_path), "auc", patience=2)
@@ -137,7 +148,9 @@ def test_calibration_bins_follow_the_predictions(run):
     assert all(0.0 <= rate <= 1.0 for rate in bins["observed_rate"])
 
 
-def _browser():
+def _browser(scratch: str):
+    """Headless chromium with ``scratch`` as its $TMPDIR: it leaves its process-singleton directory
+    (org.chromium.Chromium.*) there after quitting, which was one more in /tmp for every make test."""
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         pytest.skip("Debian's chromium and chromium-driver packages are not installed "
@@ -149,22 +162,27 @@ def _browser():
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(argument)
-    return webdriver.Chrome(service=Service(driver), options=options)
+    return webdriver.Chrome(service=Service(driver, env={**os.environ, "TMPDIR": scratch}), options=options)
 
 
 def test_the_report_renders_every_plot_in_a_real_browser(run):
     pngs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run["model_dir"], "report", "*.png")))
     assert pngs == ["calibration_score.png", "curve_examples_per_sec.png", "curve_loss.png", "curve_score_auc.png",
                     "curve_score_logloss.png", "curve_score_loss.png"]
-    browser = _browser()
+    # Short: chromium's singleton socket lives in it, and a Unix socket path holds at most 107 bytes.
+    scratch = tempfile.mkdtemp(prefix="chromium-")
     try:
-        browser.set_page_load_timeout(60)
-        browser.get("file://" + os.path.abspath(run["report"]))
-        images = browser.execute_script(
-            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
-        table = browser.execute_script("return document.querySelector('table').innerText;")
+        browser = _browser(scratch)
+        try:
+            browser.set_page_load_timeout(60)
+            browser.get("file://" + os.path.abspath(run["report"]))
+            images = browser.execute_script(
+                "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
+            table = browser.execute_script("return document.querySelector('table').innerText;")
+        finally:
+            browser.quit()
     finally:
-        browser.quit()
+        shutil.rmtree(scratch, ignore_errors=True)
     assert len(images) == len(pngs)
     for alt, complete, width, height in images:
         assert complete and width >= 300 and height >= 200, (alt, width, height)

@@ -319,3 +319,23 @@ def test_scoring_reads_the_export_schema_through_the_one_decoder(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"{metadata_path}: the recorded feature schema is invalid: "
                                                    "raw sequence feature 'hist_time' is not embedded")):
         load_scoring_model(ModelSpec(path))
+
+
+def test_a_side_sequence_that_does_not_line_up_with_its_primary_fails_the_parse_naming_both():
+    """Parsing cut and padded each sequence on its own, so a row whose categories had lost an entry paired
+    every item with the category of another event, silently."""
+    schema = FeatureSchema.from_config({
+        "hist_item_id": dict(kind="sequence", num_buckets=10, max_len=3),
+        "hist_category": dict(kind="sequence", num_buckets=5, max_len=3, aligned_with="hist_item_id")})
+
+    def example(items, categories) -> bytes:
+        return tf.train.Example(features=tf.train.Features(feature={
+            "hist_item_id": tf.train.Feature(int64_list=tf.train.Int64List(value=items)),
+            "hist_category": tf.train.Feature(int64_list=tf.train.Int64List(value=categories))})).SerializeToString()
+
+    parsed = schema.parse_examples(tf.constant([example([1, 2, 3, 4], [1, 2, 3, 4]), example([], [])]),
+                                   with_labels=False)
+    np.testing.assert_array_equal(parsed["hist_category"].numpy(), [[2, 3, 4], [0, 0, 0]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="sequence feature 'hist_category' must hold as many "
+                                                             "values as 'hist_item_id' in every row"):
+        schema.parse_examples(tf.constant([example([1, 2], [1, 2]), example([1, 2, 3], [1])]), with_labels=False)

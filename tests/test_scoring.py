@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +19,8 @@ import pytest
 import tensorflow as tf
 
 from tests.contract_models import example_rows, export_contract_model, to_example
+from tfrecsys.contract import ASSETS_EXTRA_DIR, METADATA_FILE
+from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.scoring import model_handler, outputs, pipeline, rows as scoring_rows, saved_models
 
 ROWS = 60
@@ -140,7 +143,33 @@ def test_missing_version_is_named(model_base):
         saved_models.resolve_model_dir(model_base, 7)
 
 
-def test_key_feature_missing_from_the_first_rows_fails_before_the_job(model_base, records, workdir):
+def test_a_feature_missing_from_every_first_row_fails_before_the_job(model_base, records, workdir, beam_temp_dirs):
+    """Rows without the history (another config's rows, or rows whose histories a per-user store holds) were
+    scored as if every user had an empty history: parsing reads an absent list as an empty one."""
+    _, rows = records
+    # The contract model with the feature schema a tfrecsys export records: what says the history is needed.
+    with_schema = str(workdir / "with_schema" / "1")
+    shutil.copytree(os.path.join(model_base, "2"), with_schema)
+    schema = FeatureSchema.from_config({"user_id": dict(kind="id", num_buckets=100),
+                                        "item_id": dict(kind="id", num_buckets=50), "price": dict(kind="dense"),
+                                        "hist_item_id": dict(kind="sequence", shares="item_id", max_len=4)})
+    os.makedirs(os.path.join(with_schema, ASSETS_EXTRA_DIR), exist_ok=True)
+    with open(os.path.join(with_schema, METADATA_FILE), "w") as f:
+        json.dump({"schema": schema.to_json()}, f)
+    path = str(workdir / "historyless.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for row in rows[:5]:
+            example = tf.train.Example.FromString(to_example(row))
+            del example.features.feature["hist_item_id"]
+            writer.write(example.SerializeToString())
+    message = (f"None of the first 5 rows of {path} has feature(s) 'hist_item_id' (a list of int64), which model "
+               "with_schema/1 parses")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipeline.score(path, os.path.dirname(with_schema), str(workdir / "historyless" / "scores"))
+    assert beam_temp_dirs() == []
+
+
+def test_key_feature_missing_from_the_first_rows_fails_before_the_job(model_base, records, workdir, beam_temp_dirs):
     _, rows = records
     path = str(workdir / "keyless.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -149,6 +178,7 @@ def test_key_feature_missing_from_the_first_rows_fails_before_the_job(model_base
     message = f"None of the first 3 rows of {path} has a key feature 'request_id'"
     with pytest.raises(ValueError, match=re.escape(message)):
         pipeline.score(path, model_base, str(workdir / "keyless" / "scores"), key_feature="request_id")
+    assert beam_temp_dirs() == []
 
 
 def test_key_clashing_with_an_output_or_the_model_tags_is_refused(model_base, records, workdir):

@@ -304,6 +304,33 @@ def test_parquet_rows_with_sequences_score_like_their_examples(trained):
     assert max(abs(line["score"] - run["predictions"]["score"][row_of[line["example_id"]]]) for line in lines) < 1e-5
 
 
+def test_rows_whose_aligned_sequences_differ_in_length_are_dead_letters_naming_both(trained):
+    """A row whose categories do not line up with its items (here the last two dropped) was scored, each
+    item paired with another item's category; now it goes to the dead letters and its neighbours score."""
+    run = trained("din")
+    records = run["records"][:40]
+    path, damaged = str(run["root"] / "misaligned.tfrecord"), set()
+    with tf.io.TFRecordWriter(path) as writer:
+        for row, record in enumerate(records):
+            example = tf.train.Example.FromString(record)
+            categories = example.features.feature["hist_category"].int64_list.value
+            if row % 4 == 1 and len(categories) >= 3:
+                del categories[-2:]
+                damaged.add(run["keys"][row])
+            writer.write(example.SerializeToString())
+    assert damaged
+
+    summary = pipeline.score(path, run["model_base"], str(run["root"] / "misaligned_scores" / "din"), batch_size=16)
+
+    dead = read_lines(summary.dead_letter_files)
+    assert {line["key"] for line in dead} == damaged
+    assert {line["reason"] for line in dead} == {
+        "sequence feature 'hist_category' must hold as many values as 'hist_item_id' in every row (it is "
+        "aligned_with it, one value per event)"}
+    scored = {line["example_id"] for line in read_lines(summary.output_files)}
+    assert scored == set(run["keys"][:len(records)]) - damaged
+
+
 @pytest.mark.slow  # starts a model server process
 @pytest.mark.parametrize("family", ["din", "dien"])
 def test_grpc_scores_of_behaviour_histories_equal_the_in_process_predictions(family, trained, tmp_path):

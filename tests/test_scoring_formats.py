@@ -136,14 +136,15 @@ def test_a_model_without_schema_or_raw_signature_still_scores_parquet(rows, work
      "of int64 (a list column of int64)"),
 ])
 def test_a_parquet_column_that_cannot_feed_its_feature_fails_before_the_job(model_dir, rows, workdir, column, value,
-                                                                            message):
+                                                                            message, beam_temp_dirs):
     path = str(workdir / f"wrong_{column}.parquet")
     pq.write_table(parquet_table(rows, **{column: value}), path)
     with pytest.raises(ValueError, match=re.escape(message.format(path=path))):
         pipeline.score(path, model_dir, str(workdir / "unused"), input_format="parquet")
+    assert beam_temp_dirs() == []  # the pipeline was built before the column was refused
 
 
-def test_missing_parquet_columns_are_named(model_dir, rows, workdir):
+def test_missing_parquet_columns_are_named(model_dir, rows, workdir, beam_temp_dirs):
     path = str(workdir / "no_price.parquet")
     pq.write_table(parquet_table(rows).drop(["price"]), path)
     with pytest.raises(ValueError, match=re.escape(f"{path} has no column 'price'; the model parses feature 'price' "
@@ -154,6 +155,7 @@ def test_missing_parquet_columns_are_named(model_dir, rows, workdir):
     with pytest.raises(ValueError, match="Key column 'hist_item_id' .* is list<element: int32>; a key must be an "
                                          "integer or a string"):
         pipeline.score(path, model_dir, str(workdir / "unused"), input_format="parquet", key_feature="hist_item_id")
+    assert beam_temp_dirs() == []
 
 
 def test_parquet_rows_of_models_without_some_output_hold_nulls():

@@ -380,6 +380,21 @@ def test_grpc_dtype_errors_use_tensorflow_dtype_names(server):
                                                "Expects input price to be float but double is provided")
 
 
+def test_inputs_of_different_batch_sizes_are_named(server):
+    """The model fails deep inside on them (here ``Incompatible shapes``, in DIN a ConcatOp at some node);
+    the answer says which inputs hold how many examples, over gRPC and REST alike."""
+    request = predict_request(example_rows(2))
+    request.inputs["user_id"].CopyFrom(tf.make_tensor_proto(np.array([1, 2, 3], dtype=np.int64)))
+    error = rpc_error(server.predict_stub.Predict, request)
+    named = ("the inputs' first dimensions (batch sizes) differ (2: hist_item_id, hist_item_id_length, item_id, "
+             "price; 3: user_id), one entry per example each. ")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(named), error.details()
+    columns = {name: value.tolist() for name, value in to_serving_inputs(example_rows(2)).items()}
+    status, answer = rest_call(server.rest_api_port, f"/v1/models/{MODEL}:predict",
+                               json.dumps({"inputs": {**columns, "user_id": [1, 2, 3]}}).encode())
+    assert status == 400 and answer["error"].startswith(named), answer
+
+
 def test_rest_json_errors_use_tf_serving_wording(server):
     rows = example_rows(2, seed=4)
     columns = {name: value.tolist() for name, value in to_serving_inputs(rows).items()}

@@ -216,3 +216,14 @@ def test_help_explains_every_flag(binary, expected_flags, binary_help):
     assert result.returncode == 0, result.stderr[-3000:]
     for flag in expected_flags:
         assert f"{flag}:" in result.stdout, f"{binary} --help does not explain {flag}"
+
+
+def test_simulate_help_names_every_simulator_kind(binary_help):
+    """The help listed six kinds; the two stream kinds (defuse_simulator.py's, dnn_streaming_simulator.py's)
+    were missing from it."""
+    from tfrecsys.data.simulators import SIMULATORS
+
+    result = binary_help["tfrecsys-simulate"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    help_text = " ".join(result.stdout.split())
+    assert [kind for kind in SIMULATORS if kind not in help_text] == []

@@ -12,8 +12,10 @@ bar), with the traceback only in the debug log (``--verbosity=1``). Exit status:
 import glob
 import logging as std_logging
 import os
+import re
 import sys
 import traceback
+from typing import Optional
 
 from absl import app, flags, logging
 
@@ -85,8 +87,15 @@ def _config_error_message(error: BaseException, argv) -> str:
     if isinstance(error, (AttributeError, KeyError)) and lines:
         field = lines[0].strip("'\"")
         culprits = [arg for arg in argv[1:] if field in arg.split("=", 1)[0].split(".")[1:]]
-        hint = " ".join(lines[1:]) or "--helpfull lists the config fields"
-        return f"{culprits[0] if culprits else '--config'}: the config has no field {field!r}. {hint}"
+        hint = " ".join(lines[1:]) or "--helpfull lists the config fields."
+        if not culprits:
+            return f"--config: the config has no field {field!r}. {hint}"
+        # ml_collections overrides only the fields a config file sets: a documented model option that the file
+        # leaves at its default (model.embedding_l2) cannot be set from the command line.
+        path = culprits[0].split("=", 1)[0].split(".", 1)[1]
+        return (f"{culprits[0]}: the config has no field {field!r}. {hint} A command-line override only changes "
+                f"a field the config file sets; to set an option the file leaves at its default, add "
+                f"config.{path} = ... to (a copy of) the file")
     config_files = [arg for arg in argv[1:] if arg.startswith(("--config=", "-config="))]
     where = config_files[0] if config_files else "--config"
     if isinstance(error, OSError) and config_files:
@@ -97,6 +106,26 @@ def _config_error_message(error: BaseException, argv) -> str:
             choice = f"; configs in {directory}/: {', '.join(known)}" if known else ""
             return f"{where}: no such config file{choice}"
     return f"{where}: {lines[-1] if lines else type(error).__name__}"
+
+
+_CONFIG_FILE_ERROR = re.compile(r"^flag (?P<flag>--?\w+=(?P<path>[^:\s]+)(:(?P<argument>\S*))?): Error whilst parsing "
+                                r"config file:", re.DOTALL)
+_NO_ARGUMENT = re.compile(r"get_config\(\) takes 0 positional arguments but \d+ (was|were) given")
+
+
+def _config_file_error_message(text: str) -> Optional[str]:
+    """One line for a config file that raised while ml_collections loaded it (absl's message holds the whole
+    traceback): the flag, then the exception's own line, or the fix when the file takes no argument after
+    the colon. None for any other flag error."""
+    match = _CONFIG_FILE_ERROR.match(text)
+    if not match:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    if _NO_ARGUMENT.search(last):
+        return (f"{match.group('flag')}: {match.group('path')} takes no argument after ':' (got "
+                f"{match.group('argument')!r}); use --config={match.group('path')}")
+    return f"{match.group('flag')}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last)}"
 
 
 def exit_on_user_error(program: str, main):
@@ -138,7 +167,9 @@ def parse_flags(program: str, argv):
             if isinstance(load_error, BaseException):
                 raise load_error
     except flags.Error as error:
-        fail(program, f"{error} (--help lists the flags)", EXIT_USAGE_ERROR)
+        logging.debug("%s", traceback.format_exc())
+        fail(program, _config_file_error_message(str(error)) or f"{error} (--help lists the flags)",
+             EXIT_USAGE_ERROR)
     except CONFIG_ERRORS as error:
         logging.debug("%s", traceback.format_exc())
         fail(program, _config_error_message(error, argv), EXIT_USAGE_ERROR)

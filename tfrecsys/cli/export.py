@@ -14,8 +14,9 @@ from tfrecsys.cli.common import run_binary
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The experiment config the run was trained with (configs/*.py, same overrides); it "
-    "rebuilds the model, and its export block names the model (export.model_name) and an optional served "
-    "'fused' output (export.fusion: 'ctr^0.8 * cvr^1.2' or '0.7*ctr + 0.3*ctcvr').")
+    "rebuilds the model, every weight of which must come from the checkpoint (another config's model fails, "
+    "naming the weights the checkpoint lacks), and its export block names the model (export.model_name) and an "
+    "optional served 'fused' output (export.fusion: 'ctr^0.8 * cvr^1.2' or '0.7*ctr + 0.3*ctcvr').")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run directory of tfrecsys-train; --checkpoint says which "
                                  "of its checkpoints is exported.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "last", ["last", "best"], "last: the newest checkpoint; best: the one "

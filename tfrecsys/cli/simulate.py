@@ -4,7 +4,8 @@
     tfrecsys-simulate --config=configs/two_tower_simulator.py    # retrieval: also candidates and item frequencies
 
 The config's data.simulator.kind picks the simulator (click_log, retrieval, sequential, sequential_next_item,
-position_bias, delayed_feedback; tfrecsys/data/simulators), click_log when absent.
+position_bias, delayed_feedback, and the time-windowed click_log_stream and delayed_feedback_stream;
+tfrecsys/data/simulators), click_log when absent.
 """
 
 import json
@@ -16,12 +17,14 @@ from tfrecsys.cli.common import run_binary
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); its data.simulator block picks the simulator "
-    "(kind: click_log, retrieval, sequential, sequential_next_item, position_bias, delayed_feedback) "
+    "(kind: click_log, retrieval, sequential, sequential_next_item, position_bias, delayed_feedback, "
+    "click_log_stream, delayed_feedback_stream) "
     "and sets the world (users, items, events, seed), data.dir the default output directory. Fields can be overridden, "
     "e.g. --config.data.simulator.num_events=50000.")
 _OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Directory for train-*/eval-* TFRecord shards, metadata.json and ground_truth.npz "
-    "(retrieval: also candidates.tfrecord and item_frequency.tsv; default: the config's data.dir).")
+    "output_dir", None, "Directory for the TFRecord shards (train-*/eval-*; the stream kinds: one file per time "
+    "window), metadata.json and ground_truth.npz (retrieval: also candidates.tfrecord and item_frequency.tsv; "
+    "default: the config's data.dir).")
 flags.mark_flag_as_required("config")
 
 

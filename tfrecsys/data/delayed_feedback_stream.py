@@ -47,7 +47,7 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 
-from tfrecsys.beam_runner import pipeline_options
+from tfrecsys.beam_runner import pipeline_options, temp_dir_removed
 from tfrecsys.data import tfrecord
 from tfrecsys.losses.delayed_feedback import (ATTRIBUTED_DUPLICATE, AUXILIARY_DELAYED, AUXILIARY_IMMEDIATE,
                                               AUXILIARY_REAL_NEGATIVE, DELAYED_POSITIVE, FINAL_LABEL,
@@ -227,7 +227,7 @@ def build_stream(clicks: dict, settings: StreamSettings, output_dir: str, pipeli
     rows = len(clicks["click_timestamp"])
     chunks = [{name: np.asarray(values)[start:start + CHUNK_ROWS] for name, values in clicks.items()}
               for start in range(0, rows, CHUNK_ROWS)]
-    with beam.Pipeline(options=pipeline_options(pipeline_args)) as pipeline:
+    with temp_dir_removed(beam.Pipeline(options=pipeline_options(pipeline_args))) as pipeline, pipeline:
         _ = (pipeline
              | "Clicks" >> beam.Create(chunks, reshuffle=False)
              | "Stream" >> DelayedFeedbackStream(settings)

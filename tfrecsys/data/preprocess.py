@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.runners.runner import PipelineState
 
-from tfrecsys.beam_runner import pipeline_options
+from tfrecsys.beam_runner import pipeline_options, temp_dir_removed
 from tfrecsys.data import parquet
 from tfrecsys.data.histories import history_rows
 from tfrecsys.data.item_frequency import write_item_frequency
@@ -1327,9 +1327,9 @@ def preprocess(config: PreprocessConfig, features_config, output_dir: str,
     _clear_previous_output(output_dir, overwrite)
     tf.io.gfile.makedirs(os.path.join(output_dir, VOCABULARY_DIR))
     source = get_source(config.source)
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, plan, files, output_dir, source.make_joiner)
-    state = pipeline.run().wait_until_finish()
+    with temp_dir_removed(beam.Pipeline(options=options)) as pipeline:
+        build_pipeline(pipeline, plan, files, output_dir, source.make_joiner)
+        state = pipeline.run().wait_until_finish()
     if state != PipelineState.DONE:
         raise RuntimeError(f"preprocessing pipeline for {config.source} ended in state {state}")
     return read_metadata(output_dir)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from typing import Optional
 
 import tensorflow as tf
@@ -85,7 +86,20 @@ def restore_weights(model, schema: FeatureSchema, config, path: str) -> None:
     """Restores ``model``'s weights from the checkpoint ``path``: under ``config.train.ema_momentum`` the
     optimizer's moving average of them, the weights training evaluated (tfrecsys.train.callbacks.averaged_weights)."""
     if not config.train.get("ema_momentum", 0.0):
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        status = tf.train.Checkpoint(model=model).restore(path)
+        # Every weight of the model must come from the checkpoint: a run trained with another config (another
+        # family, other features or sizes) would otherwise restore in part, or not at all, without a word.
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            missing = re.findall(r"<tf\.Variable '([^']+)'", str(error))
+            count = re.search(r"Found (\d+) Python objects", str(error))
+            raise ValueError(f"checkpoint {path} does not hold the weights of the model that config "
+                             f"{config.get('experiment', '')!r} builds ({config.model.name}): "
+                             f"{count.group(1) if count else 'some'} of its objects are not in it, e.g. "
+                             f"{', '.join(missing[:3]) or 'a layer'}; was {os.path.dirname(os.path.dirname(path))} "
+                             "trained with another config?") from error
+        status.expect_partial()  # the optimizer's slots are in the checkpoint too
         return
     # The averages are optimizer variables, checkpointed in the order of the variables it was built on:
     # build it as training did, over every trainable variable (the training towers' too).

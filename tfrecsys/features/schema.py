@@ -468,8 +468,21 @@ class FeatureSchema:
     def features_from_columns(self, columns: Mapping, features: Sequence[Feature], ragged: bool = False) -> dict:
         """Parsed stored columns (keyed by ``source``; lists as ragged ``[batch, (len)]``) → ``{name: value}``
         of ``features``: each sequence cut to its own most recent ``max_len`` values, padded with its
-        ``<name>_length`` unless ``ragged``."""
+        ``<name>_length`` unless ``ragged``.
+
+        A side sequence must hold as many values as its primary in every row (one per event): a row where
+        it does not fails (InvalidArgumentError naming both), instead of pairing events with the wrong
+        categories or times.
+        """
         out = {}
+        primaries = {feature.name: feature for feature in features if feature.is_sequence}
+        for feature in features:
+            primary = primaries.get(getattr(feature, "aligned_with", None))
+            if primary is not None and primary.source != feature.source:
+                tf.debugging.assert_equal(
+                    columns[feature.source].row_lengths(), columns[primary.source].row_lengths(),
+                    message=f"sequence feature {feature.source!r} must hold as many values as {primary.source!r} "
+                            "in every row (it is aligned_with it, one value per event)")
         for feature in features:
             value = columns[feature.source]
             if not feature.is_sequence:

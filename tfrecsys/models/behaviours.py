@@ -7,7 +7,7 @@ the table of an id feature of the candidate (``hist_item_id`` shares ``item_id``
 """
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -36,19 +36,28 @@ class BehaviourHistory:
 
 
 def behaviour_history(schema: FeatureSchema, sequences: Sequence[str], what: str = "model.history",
-                      targets: Sequence[str] = ()) -> BehaviourHistory:
+                      targets: Sequence[str] = (), negatives_of: Optional[BehaviourHistory] = None
+                      ) -> BehaviourHistory:
     """Checks ``sequences`` (config ``what``) and pairs each with the id feature it shares.
 
     The sequences must be embedded, of one length, aligned (all but one ``aligned_with`` the first one, or with
     the first one's primary), and each must share an id feature. ``targets``, if given, is the order of the id
-    features they must share (a negative history follows the positive one's tables).
+    features they must share (a lifelong history follows the recent one's tables). ``negatives_of``: the
+    history whose sampled negatives these are (DIEN's negative history): they share its tables in its order,
+    are ``aligned_with`` its primary (one negative per behaviour, at its position, under its length) and are
+    training-only (serving never computes the auxiliary loss they feed, so clients must not have to send them).
     """
+    if negatives_of is not None:
+        targets = negatives_of.targets
     sequences = tuple(sequences)
     if not sequences:
         raise ValueError(f"{what} is empty: name the history's sequence features, e.g. ('hist_item_id', "
                          "'hist_category')")
     features = []
     for name in sequences:
+        if name not in {feature.name for feature in schema.features}:
+            raise ValueError(f"{what} names {name!r}, which is no feature of config.features; its sequence "
+                             f"features: {[f.name for f in schema.of_kind(SequenceFeature)]}")
         feature = schema[name]
         if not isinstance(feature, SequenceFeature) or feature.raw:
             raise ValueError(f"{what}: {name!r} is not an embedded sequence feature")
@@ -61,6 +70,18 @@ def behaviour_history(schema: FeatureSchema, sequences: Sequence[str], what: str
         if (feature.aligned_with or feature.name) != primary:
             raise ValueError(f"{what}: {feature.name!r} is not aligned with {features[0].name!r} (set "
                              f"aligned_with={primary!r}), so their behaviours do not line up")
+    if negatives_of is not None:
+        history = negatives_of.sequences[0]
+        history_primary = schema[history].aligned_with or history
+        for feature in features:
+            if feature.aligned_with != history_primary:
+                raise ValueError(f"{what}: {feature.name!r} is not aligned with the history {history!r}: the "
+                                 "auxiliary loss takes one negative per behaviour, at its position (set "
+                                 f"aligned_with={history_primary!r})")
+            if not feature.training_only:
+                raise ValueError(f"{what}: {feature.name!r} is a serving input: serving never computes the "
+                                 "auxiliary loss, so clients would send negatives for nothing (set "
+                                 "training_only=True)")
     shared = tuple(feature.shares for feature in features)
     if targets and tuple(targets) != shared:
         raise ValueError(f"{what} shares the tables {list(shared)}; it must share {list(targets)}, in that "

@@ -84,7 +84,7 @@ class DIEN(RecModel):
         self.aux_normalization = aux_normalization
         self.behaviours = behaviour_history(schema, history)
         self.negative_history = (behaviour_history(schema, negative_history, "model.negative_history",
-                                                   targets=self.behaviours.targets) if negative_history else None)
+                                                   negatives_of=self.behaviours) if negative_history else None)
         self.aux_weight = aux_weight
         self.aux_net = AuxiliaryNet(aux_units, name="auxiliary_net") if aux_net == "mlp" and aux_weight else None
         self.other_features = [name for name in self.serving_features if name not in self.behaviours.sequences]

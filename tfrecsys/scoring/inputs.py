@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 
 from tfrecsys.scoring.rows import (KEY_DTYPES, DeadLetter, ParquetRows, RowBatch, RowError, example_key,
                                   short_tf_message)
-from tfrecsys.scoring.saved_models import ensure_tensorflow_filesystem
+from tfrecsys.scoring.saved_models import ScoringModel, ensure_tensorflow_filesystem
 
 INPUT_FORMATS = ("tfrecord", "parquet")
 METRICS_NAMESPACE = "tfrecsys.scoring"
@@ -47,31 +47,69 @@ def compression_of(path: str) -> str:
     return _COMPRESSION_BY_SUFFIX.get(os.path.splitext(path)[1].lower(), "")
 
 
+def _first_records(files: list[str], count: int) -> list[bytes]:
+    """Up to ``count`` rows from the start of ``files``, in order; a damaged file gives the rows before the
+    damage (the job reports the rest as a dead letter) and the next file the rest."""
+    records: list[bytes] = []
+    for path in files:
+        ensure_tensorflow_filesystem(path)
+        dataset = tf.data.TFRecordDataset(path, compression_type=compression_of(path)).take(count - len(records))
+        try:
+            for record in dataset:
+                records.append(record.numpy())
+        except tf.errors.OpError:
+            pass
+        if len(records) >= count:
+            break
+    return records
+
+
+def _first_rows_of(files: list[str], count: int) -> str:
+    return f"the first {count} rows of {files[0] if len(files) == 1 else f'{files[0]} and the files after it'}"
+
+
 def tfrecord_key_dtype(files: list[str], key_feature: str) -> str:
     """The key's dtype ("int64" or "string") from the first rows that have a usable key feature.
 
     Raises ValueError naming the feature and file when none of the first ``KEY_PROBE_ROWS`` rows has one.
     """
-    looked_at = 0
-    for path in files:
-        ensure_tensorflow_filesystem(path)
-        records = tf.data.TFRecordDataset(path, compression_type=compression_of(path)).take(KEY_PROBE_ROWS - looked_at)
-        try:
-            for record in records:
-                looked_at += 1
-                dtype = _key_dtype_of(record.numpy(), key_feature)
-                if dtype is not None:
-                    return dtype
-        except tf.errors.OpError:
-            pass  # a damaged file: the job reports it as a dead letter; the next file may have keys
-        if looked_at >= KEY_PROBE_ROWS:
-            break
-    if looked_at == 0:
+    records = _first_records(files, KEY_PROBE_ROWS)
+    if not records:
         return "int64"  # no rows at all: nothing will be keyed
-    where = files[0] if len(files) == 1 else f"{files[0]} and the files after it"
-    raise ValueError(f"None of the first {looked_at} rows of {where} has a key feature {key_feature!r} holding "
+    for record in records:
+        dtype = _key_dtype_of(record, key_feature)
+        if dtype is not None:
+            return dtype
+    raise ValueError(f"None of {_first_rows_of(files, len(records))} has a key feature {key_feature!r} holding "
                      "one int64 or bytes value; each output row carries its input row's key (--key_feature names "
                      "the feature)")
+
+
+def check_tfrecord_features(files: list[str], models: Iterable[ScoringModel]) -> None:
+    """Fails before the job when a feature that a model's export says it parses is in none of the first
+    ``KEY_PROBE_ROWS`` rows: the rows are not what the model reads (another config's data, or rows whose
+    histories a per-user store holds). Left to run, every row would go to the dead letters, or, for a
+    sequence, be scored as an empty history without a word: parsing reads an absent list as an empty one.
+    """
+    records = _first_records(files, KEY_PROBE_ROWS)
+    present: set[str] = set()
+    for record in records:
+        try:
+            present.update(tf.train.Example.FromString(record).features.feature.keys())
+        except DecodeError:
+            continue
+    if not records:
+        return
+    for model in models:
+        if model.needs is None or not model.needs.exact:
+            continue
+        absent = [need for need in model.needs.features if need.name not in present]
+        if absent:
+            described = ", ".join(f"{need.name!r} ({need.describe()})" for need in absent)
+            raise ValueError(
+                f"None of {_first_rows_of(files, len(records))} has feature(s) {described}, which model "
+                f"{model.tag} parses: these are not rows of its schema. Every serving input must be in the rows, "
+                "histories too (a config's data.user_histories store is read by training and export only)")
 
 
 def _key_dtype_of(record: bytes, key_feature: str) -> Optional[str]:

@@ -22,7 +22,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
 from tfrecsys.contract import SERVING_EXAMPLES
-from tfrecsys.beam_runner import pipeline_options
+from tfrecsys.beam_runner import pipeline_options, temp_dir_removed
 from tfrecsys.scoring import inputs, outputs
 from tfrecsys.scoring.inputs import DEAD_LETTER, METRICS_NAMESPACE, ROWS_READ
 from tfrecsys.scoring.model_handler import DEFAULT_BATCH_SIZE, SavedModelBatchHandler
@@ -116,31 +116,31 @@ def score(input_pattern: str, models: Union[str, ModelSpec, Sequence[ModelSpec]]
     formatters = [outputs.RowFormatter(mode, key_feature, model, top_k) for model in scoring_models]
     columns = outputs.output_columns(formatters)
 
-    pipeline = beam.Pipeline(options=options)
-    read, key_dtype = _read(pipeline, input_format, input_pattern, files, key_feature, scoring_models, batch_size)
-    output_writer = outputs.make_output_format(output_format, key_feature, key_dtype, columns)
+    with temp_dir_removed(beam.Pipeline(options=options)) as pipeline:
+        read, key_dtype = _read(pipeline, input_format, input_pattern, files, key_feature, scoring_models, batch_size)
+        output_writer = outputs.make_output_format(output_format, key_feature, key_dtype, columns)
 
-    keyed = read.batches | "KeyRows" >> beam.ParDo(_KeyRows(key_feature, key_dtype)).with_outputs(
-        DEAD_LETTER, main="batches")
-    rows, dead_letters = [], [read[DEAD_LETTER], keyed[DEAD_LETTER]]
-    for model, formatter in zip(scoring_models, formatters):
-        formatted = (keyed.batches
-                     | f"Score[{model.label}]" >> RunInference(SavedModelBatchHandler(model))
-                     | f"Format[{model.label}]" >> beam.ParDo(_FormatRows(formatter, output_writer)).with_outputs(
-                         DEAD_LETTER, main="rows"))
-        rows.append(formatted.rows)
-        dead_letters.append(formatted[DEAD_LETTER])
-    _ = (tuple(rows) | "AllModels" >> beam.Flatten()
-         | "WriteRows" >> output_writer.write(output_prefix, num_output_shards)
-         | "RecordOutputFiles" >> beam.ParDo(_RecordFile(OUTPUT_FILES)))
-    dead_letter_prefix = dead_letter_prefix or output_prefix + DEAD_LETTER_SUFFIX
-    _ = (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
-         | "DeadLetterLines" >> beam.ParDo(_DeadLetterLine())
-         | "WriteDeadLetters" >> beam.io.WriteToText(dead_letter_prefix, file_name_suffix=".jsonl")
-         | "RecordDeadLetterFiles" >> beam.ParDo(_RecordFile(DEAD_LETTER_FILES)))
+        keyed = read.batches | "KeyRows" >> beam.ParDo(_KeyRows(key_feature, key_dtype)).with_outputs(
+            DEAD_LETTER, main="batches")
+        rows, dead_letters = [], [read[DEAD_LETTER], keyed[DEAD_LETTER]]
+        for model, formatter in zip(scoring_models, formatters):
+            formatted = (keyed.batches
+                         | f"Score[{model.label}]" >> RunInference(SavedModelBatchHandler(model))
+                         | f"Format[{model.label}]" >> beam.ParDo(
+                             _FormatRows(formatter, output_writer)).with_outputs(DEAD_LETTER, main="rows"))
+            rows.append(formatted.rows)
+            dead_letters.append(formatted[DEAD_LETTER])
+        _ = (tuple(rows) | "AllModels" >> beam.Flatten()
+             | "WriteRows" >> output_writer.write(output_prefix, num_output_shards)
+             | "RecordOutputFiles" >> beam.ParDo(_RecordFile(OUTPUT_FILES)))
+        dead_letter_prefix = dead_letter_prefix or output_prefix + DEAD_LETTER_SUFFIX
+        _ = (tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+             | "DeadLetterLines" >> beam.ParDo(_DeadLetterLine())
+             | "WriteDeadLetters" >> beam.io.WriteToText(dead_letter_prefix, file_name_suffix=".jsonl")
+             | "RecordDeadLetterFiles" >> beam.ParDo(_RecordFile(DEAD_LETTER_FILES)))
 
-    result = pipeline.run()
-    state = result.wait_until_finish()
+        result = pipeline.run()
+        state = result.wait_until_finish()
     if state != PipelineState.DONE:
         raise RuntimeError(f"Scoring pipeline for {input_pattern} ended in state {state}")
     counters = _counters(result)
@@ -162,6 +162,7 @@ def _read(pipeline: beam.Pipeline, input_format: str, input_pattern: str, files:
     """
     if input_format == "tfrecord":
         key_dtype = inputs.tfrecord_key_dtype(files, key_feature)
+        inputs.check_tfrecord_features(files, models)
         return pipeline | "ReadTFRecord" >> inputs.ReadTFRecord(input_pattern, batch_size), key_dtype
     schema = inputs.parquet_schema(files[0])
     key_dtype = parquet_key_dtype(schema, key_feature, files[0])

@@ -171,6 +171,10 @@ def short_tf_message(message: str) -> str:
         ("Graph execution error", "Detected at node", "<stack traces", "File ", "[["))]
     line = (useful or lines or ["unknown error"])[0]
     line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)
+    # A failed tf.debugging assertion in the model's parsing: its own message, without the tensors' dump.
+    assertion = re.match(r"^assertion failed: \[(.*?)\](?: \[|$)", line)
+    if assertion:
+        line = assertion.group(1).replace("\\'", "'")
     line = re.sub(r"\s*\[\[\{\{node [^]]*\]\]", "", line)
     line = re.sub(r"\s*\[Op:[^\]]*\].*$", "", line)
     # Rows are scored one at a time by then, so the batch index and the unnamed example add nothing.

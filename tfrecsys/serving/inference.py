@@ -110,8 +110,26 @@ def predict_arrays(servable: Servable, signature_name: str, inputs: Arrays, outp
     returns the outputs ``output_filter`` names, all of them by default. REST calls this directly, without
     the copy a TensorProto round trip would make of every tensor."""
     aliases = _output_aliases(servable.signature_defs[signature_name], output_filter)
-    outputs = execute(servable, signature_name, inputs, deadline)
+    try:
+        outputs = execute(servable, signature_name, inputs, deadline)
+    except ServingError as error:
+        raise _with_batch_sizes(error, inputs) from error
     return {alias: outputs[alias] for alias in aliases}
+
+
+def _with_batch_sizes(error: ServingError, inputs: Arrays) -> ServingError:
+    """``error``, naming the inputs' first dimensions when they differ: the model then fails deep inside
+    (``ConcatOp : Dimension 0 in both shapes must be equal`` at some node) without saying which input is
+    short. Only added to a failure: a SavedModel may take inputs whose first dimensions differ on purpose."""
+    sizes = {alias: array.shape[0] for alias, array in inputs.items() if array.ndim}
+    if error.code != grpc.StatusCode.INVALID_ARGUMENT or len(set(sizes.values())) < 2:
+        return error
+    by_size: dict[int, list[str]] = {}
+    for alias, size in sorted(sizes.items()):
+        by_size.setdefault(size, []).append(alias)
+    described = "; ".join(f"{size}: {', '.join(aliases)}" for size, aliases in sorted(by_size.items()))
+    return ServingError(error.code, f"the inputs' first dimensions (batch sizes) differ ({described}), one "
+                                    f"entry per example each. {error.message}")
 
 
 def _check_input_names(signature_def: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest) -> None:
