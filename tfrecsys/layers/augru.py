@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfrecsys.layers.target_attention import TargetAttention
 from tfrecsys.layers.xla import in_serving_mode, tracing_inside_xla
+from tfrecsys.losses.replicas import mean_over_global_batch
 
 GRU_VARIANTS = ("aigru", "agru", "augru", "augru_keep")
 ATTENTION_MOMENTS = ("valid", "every_slot")
@@ -450,7 +451,8 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
     # −log σ(x) = softplus(−x) and −log(1 − σ(x)) = softplus(x), without overflow.
     losses = tf.nn.softplus(-positive_logits) + tf.nn.softplus(negative_logits)
     slots = tf.size(valid) if normalization == "grid" else tf.shape(losses)[0]
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(slots, tf.float32))
+    # Under a strategy, the mean over the global batch's pairs (slots), not the mean of the replicas' means.
+    return mean_over_global_batch(tf.reduce_sum(losses), slots)
 
 
 class InterestEvolution(tf.keras.layers.Layer):
