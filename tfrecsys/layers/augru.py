@@ -425,7 +425,8 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
     ``α`` does not follow a batch's fill; ``grid`` the sum over them divided by every ``(row, t)`` slot,
     ``batch · (len − 1)`` (padding counts 0), as DeepCTR's and the DIEN authors' ``reduce_mean`` of the masked
     loss: longer histories weigh more, and at the same ``α`` the loss weighs the batch's share of valid slots
-    (0.73 on the Taobao peer protocol) times ``valid_pairs``' weight. ``scorer(states, behaviours)`` → logits
+    (0.73 on the Taobao peer protocol) times ``valid_pairs``' weight. Under a distribution strategy ``N`` counts
+    the pairs (slots) of the global batch (``tfrecsys.losses.replicas``). ``scorer(states, behaviours)`` → logits
     ``[2, pairs]`` (``states`` ``[pairs, d]`` broadcast against ``behaviours`` ``[2, pairs, d]``: the positives,
     then the negatives) is the auxiliary network ``s`` (e.g. ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``,
     which projects each state once for both); None is the paper's inner product ``s(h, e) = h · e`` (which
