@@ -10,10 +10,15 @@ strategy").
 * XLA paths inside the replica function: DIEN's compiled recurrence, HSTU's compiled attention (ranking and
   retrieval) are called by each replica's step.
 * Packed embedding tables (``model.fused_embeddings``) under the strategy train as one variable per table.
+* DEFUSE's streaming loop scores and trains the same days on two replicas as on one device.
 
-Logical devices must be configured before TensorFlow starts, so every check runs in one fresh process
-(``python -m tests.test_families_distributed <output.json>``) that writes its findings as JSON; the tests read
-them. Models and batches are tiny, so the whole process takes ~30 CPU-seconds.
+Logical devices must be configured before TensorFlow starts, so the checks run in a fresh process
+(``python -m tests.test_families_distributed fast|slow <output.json>``) that writes its findings as JSON; the
+tests read them. The ``fast`` group (make test: the fixes' checks, Dice, packed tables; ~35 CPU-seconds) and
+the ``slow`` one (make test-slow: every other family; ~2 CPU-minutes) are one process each.
+
+Last, real two-worker runs (MultiWorkerMirroredStrategy) of tfrecsys-train for DIEN, MMoE with packed tables
+and SIM with its per-user history store (slow).
 """
 
 import json
@@ -25,6 +30,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from tests.sim_cases import SMALL_MODEL as SMALL_SIM_MODEL
 from tests.sim_cases import SMALL_SIM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,6 +154,7 @@ def _largest_difference(a: list, b: list) -> float:
 def _xla_call_sites(model) -> int:
     """How many calls of XLA-compiled functions (``_XlaMustCompile``) the model's train function makes, through
     every function it calls: one per replica for each compiled layer call."""
+    # Private, pinned with TF 2.16: the train function's traced graph (it is traced once).
     concrete = model.train_tf_function._list_all_concrete_functions_for_serialization()[0]
     library = {f.signature.name: f for f in concrete.graph.as_graph_def().library.function}
     compiled = {name for name, f in library.items() if f.attr["_XlaMustCompile"].b}
@@ -164,7 +171,6 @@ def _xla_call_sites(model) -> int:
         return count
 
     return calls(concrete.graph.as_graph_def().node)
-
 
 
 def _same_step(one, two, build, schema, batch) -> dict:
@@ -282,13 +288,23 @@ def _defuse_streaming(one, two, root: str) -> dict:
     config.train.pretrain_windows = 2
     config.model.hidden_units, config.model.auxiliary_hidden_units = (8,), (4,)
     write_from_config(simulator, config.data.dir)
+    import tensorflow as tf
+
+    class Replicas(tf.keras.callbacks.Callback):
+        seen = set()
+
+        def on_train_begin(self, logs=None):
+            self.seen.add(self.model.distribute_strategy.num_replicas_in_sync)
+
     out = {}
     for name, strategy in (("one", one), ("two", two)):
         model_dir = os.path.join(root, f"defuse_{name}")
-        train_and_evaluate(config, model_dir, strategy=strategy, verbose=0)
+        replicas = Replicas()
+        replicas.seen = set()
+        train_and_evaluate(config, model_dir, strategy=strategy, verbose=0, callbacks=[replicas])
         with open(os.path.join(model_dir, "streaming_metrics.json")) as f:
             summary = json.load(f)
-        out[name] = {"windows": [w["window"] for w in summary["windows"]],
+        out[name] = {"replicas": sorted(replicas.seen), "windows": [w["window"] for w in summary["windows"]],
                      "windows_trained": summary["windows_trained"], "step": summary["step"],
                      "cvr": summary["row_weighted_average"]["cvr"]}
     return out
@@ -423,13 +439,15 @@ def test_batch_moments_are_per_replica(slow, family):
 
 @pytest.mark.slow
 def test_defuse_streams_the_same_days_on_two_replicas(slow):
-    """DEFUSE's streaming loop under the strategy: the same days scored and trained, the same step count, and
-    the same day-by-day CVR quality as on one device (Adam, so not bit for bit: measured {measured})."""
+    """DEFUSE's streaming loop under the strategy (its pretraining days, then each day scored by the model of
+    the days before): the same days scored and trained, the same step count, and the same day-by-day CVR
+    metrics as on one device (Adam; measured: equal to every printed digit). Stated tolerance: 1e-4."""
     one, two = slow["defuse_streaming"]["one"], slow["defuse_streaming"]["two"]
+    assert one["replicas"] == [1] and two["replicas"] == [2]
     assert two["windows"] == one["windows"] and two["windows_trained"] == one["windows_trained"] > 2
     assert two["step"] == one["step"]
-    assert two["cvr"]["auc"] == pytest.approx(one["cvr"]["auc"], abs=2e-3)
-    assert two["cvr"]["logloss"] == pytest.approx(one["cvr"]["logloss"], abs=2e-3)
+    assert two["cvr"]["auc"] == pytest.approx(one["cvr"]["auc"], abs=1e-4)
+    assert two["cvr"]["logloss"] == pytest.approx(one["cvr"]["logloss"], abs=1e-4)
 
 
 @pytest.mark.slow
@@ -476,6 +494,10 @@ MULTI_WORKER = {
              {"model.attention_units": (8,), "model.hidden_units": (8,)}),
     "mmoe_packed": ("mmoe.py:simulator", {"num_users": 200, "num_requests": 1500},
                     {"model.tower_units": (4,), "model.expert_units": (8,), "model.fused_embeddings": True}),
+    # The rows hold only the user and the time: the input pipeline cuts both histories from the per-user store.
+    "sim": ("sim_simulator.py", {"num_users": 60, "events_per_user": 300, "warmup_events": 100},
+            {**SMALL_SIM_MODEL, **{f"features.{name}.max_len": 60
+                                   for name in ("long_item_id", "long_category", "long_timestamp")}}),
 }
 MULTI_WORKER_TRAIN = {"train.steps": 20, "train.steps_per_loop": 10, "train.steps_per_execution": 5,
                       "train.batch_size": 64, "train.eval_batch_size": 512, "train.shuffle_buffer": 1000}
