@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -173,13 +174,25 @@ def _xla_call_sites(model) -> int:
     return calls(concrete.graph.as_graph_def().node)
 
 
-def _same_step(one, two, build, schema, batch) -> dict:
+def _evaluate(model, batch) -> dict:
+    import tensorflow as tf
+
+    return {name: float(value) for name, value in
+            model.evaluate(tf.data.Dataset.from_tensors(batch), return_dict=True, verbose=0).items()}
+
+
+def _same_step(one, two, build, schema, batch, evaluate: bool = False) -> dict:
+    """Both runs' 3 steps; with ``evaluate``, also both trained models' metrics on the batch (every task's,
+    and the model's own: GAUC, full-corpus recall), which the replicas' partial counts must add up to."""
     single, mirrored = Run(one, build, schema), Run(two, build, schema)
     a, b = single.fit(batch), mirrored.fit(batch)
-    return {"loss_one": a["loss"], "loss_two": b["loss"], "difference": _largest_difference(a["weights"], b["weights"]),
-            "moved": _largest_difference(a["weights"], single.initial),
-            "replicas_identical": mirrored.replicas_identical(),
-            "xla_calls": [_xla_call_sites(single.model), _xla_call_sites(mirrored.model)]}
+    out = {"loss_one": a["loss"], "loss_two": b["loss"], "difference": _largest_difference(a["weights"], b["weights"]),
+           "moved": _largest_difference(a["weights"], single.initial),
+           "replicas_identical": mirrored.replicas_identical(),
+           "xla_calls": [_xla_call_sites(single.model), _xla_call_sites(mirrored.model)]}
+    if evaluate:
+        out["evaluation"] = [_evaluate(single.model, batch), _evaluate(mirrored.model, batch)]
+    return out
 
 
 def _halves(batch):
@@ -281,7 +294,8 @@ def _defuse_streaming(one, two, root: str) -> dict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("defuse")
-    config.data.dir = os.path.join(root, "defuse_data")
+    root = tempfile.mkdtemp(prefix="defuse_", dir=root)  # fresh: a model directory left over would resume
+    config.data.dir = os.path.join(root, "data")
     simulator = config.data.simulator
     simulator.num_clicks, simulator.days, simulator.pretrain_days = 3000, 5, 2
     simulator.num_users, simulator.num_items = 100, 100
@@ -320,9 +334,12 @@ def _checks(group: str, one, two, root: str) -> dict:
         result["packed_against_per_table"] = _packed_against_per_table(two)
         return result
     for name, (config_file, overrides) in SLOW_SAME_STEP.items():
-        result[name] = _same_step(one, two, *_config_model(config_file, overrides))
-    result["mmoe_packed"] = _same_step(one, two, *_config_model(*MMOE_PACKED))
-    result["din_prelu"] = _same_step(one, two, *_sequence_model("din", False, attention_activation="prelu"))
+        result[name] = _same_step(one, two, *_config_model(config_file, overrides), evaluate=True)
+    result["mmoe_packed"] = _same_step(one, two, *_config_model(*MMOE_PACKED), evaluate=True)
+    # din_simulator's task: AUC, logloss and GAUC grouped by user.
+    result["din_prelu"] = _same_step(one, two, *_config_model(
+        "din_simulator.py", {"model.attention_units": (8,), "model.hidden_units": (8,),
+                             "model.attention_activation": "prelu"}), evaluate=True)
     result["dien_dice"] = _per_replica_moments(one, two, *_sequence_model("dien", True))
     result["mmoe_dense_batch_norm"] = _per_replica_moments(one, two, *_same_labels_in_both_halves(_config_model(
         "mmoe.py:simulator", {**MMOE_PACKED[1], "model.dense_batch_norm": True,
@@ -330,11 +347,13 @@ def _checks(group: str, one, two, root: str) -> dict:
     result["defuse_streaming"] = _defuse_streaming(one, two, root)
     for name, (config_file, overrides) in SAMPLED.items():
         build, schema, batch = _config_model(config_file, overrides)
-        run = Run(two, build, schema)
+        run, single = Run(two, build, schema), Run(one, build, schema)
         fitted = run.fit(batch)
+        single.model.set_weights(fitted["weights"])  # the trained weights, evaluated on one device
         result[name] = {"loss": fitted["loss"], "replicas_identical": run.replicas_identical(),
                         "moved": _largest_difference(fitted["weights"], run.initial),
-                        "xla_calls": _xla_call_sites(run.model)}
+                        "xla_calls": _xla_call_sites(run.model),
+                        "evaluation": [_evaluate(single.model, batch), _evaluate(run.model, batch)]}
     return result
 
 
@@ -427,6 +446,20 @@ def test_packed_tables_train_as_one_variable_per_table_under_the_strategy(fast):
 def test_family_takes_the_one_device_step(slow, family):
     assert slow["replicas"] == 2
     assert_same_step(slow[family])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [*SLOW_SAME_STEP, "mmoe_packed", "din_prelu", *SAMPLED])
+def test_evaluation_on_two_replicas_gives_the_one_device_metrics(slow, family):
+    """Every task's metrics (AUC, logloss, GAUC, calibration…) and the model's own (full-corpus recall) over
+    the batch split across two replicas: the replicas' partial counts add up to the one-device metrics."""
+    one, two = slow[family]["evaluation"]
+    assert sorted(one) == sorted(two) and len(one) > 1
+    for name in one:
+        assert np.isfinite(two[name])
+        if family in SAMPLED and name.endswith("loss"):
+            continue  # the sampled-softmax loss meets each replica's own negatives, in evaluation too
+        assert two[name] == pytest.approx(one[name], abs=1e-4), (name, one, two)
 
 
 @pytest.mark.slow
