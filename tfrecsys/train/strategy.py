@@ -183,6 +183,30 @@ def _exit_unless_done_within(timeout_s: float, message: str):
         watchdog.wait()
 
 
+def devices_per_worker(strategy: tf.distribute.Strategy) -> int:
+    """The replicas this process drives: the devices of a MirroredStrategy, or of this worker under
+    MultiWorkerMirroredStrategy; 1 for the default strategy."""
+    try:
+        return len(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no worker devices
+        return 1
+
+
+def check_jit_compile(strategy: tf.distribute.Strategy, jit_compile: bool) -> None:
+    """Refuses ``--jit_compile`` where this process drives several devices: on TF 2.16 an XLA-compiled step run
+    by each of several local replicas reads the other replicas' variables from the first one's device and
+    fails (``Trying to access resource …/replica_1 located in device …:1 from device …:0``; Keras' own train
+    function as ours, tests/test_families_distributed.py). One device per worker (MultiWorkerMirroredStrategy
+    with one GPU per worker, ``tfrecsys-launch --gpus_per_worker=1``) is the supported way."""
+    devices = devices_per_worker(strategy)
+    if jit_compile and devices > 1:
+        raise ValueError(f"--jit_compile cannot run with {devices} devices in one process (MirroredStrategy over "
+                         "local devices): XLA's compiled step cannot read the other devices' variables. Run one "
+                         "worker per device (tfrecsys-launch --gpus_per_worker=1, or one GPU per worker of "
+                         "TF_CONFIG), or train without --jit_compile; the layers' own XLA paths "
+                         "(recurrence_xla, attention_path='xla') run under any strategy")
+
+
 def is_chief() -> bool:
     """The worker that writes checkpoints, logs and exports: the ``chief`` task, else worker 0."""
     spec = cluster_spec()
