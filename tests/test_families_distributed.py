@@ -518,6 +518,22 @@ def test_jit_compile_still_fails_on_two_local_replicas(slow):
     assert "Trying to access resource" in message and "replica_1" in message, message
 
 
+@pytest.mark.slow  # two TensorFlow processes
+def test_jit_compile_on_two_cpu_workers_is_refused_at_once(tmp_path):
+    """Without the refusal both workers failed in their first step: ``No registered 'CollectiveGatherV2'
+    OpKernel for XLA_CPU_JIT`` (the embedding gradients' all-gather inside the compiled step)."""
+    from tests.test_distributed import run_launcher
+
+    command = [os.path.join(os.path.dirname(sys.executable), "tfrecsys-train"),
+               f"--config={os.path.join(REPO, 'configs', 'dnn_simulator.py')}",
+               f"--config.data.dir={tmp_path / 'none'}", f"--model_dir={tmp_path / 'model'}", "--jit_compile",
+               "--connect_timeout_s=120"]
+    status, log = run_launcher(command, 2, tmp_path / "launch.log", timeout_s=MULTI_WORKER_TIMEOUT_S, grace_s=5)
+    assert status == 1, log[-5000:]
+    assert "tfrecsys-train: error: --jit_compile cannot run on 2 CPU workers" in log, log[-5000:]
+    assert "No registered 'CollectiveGatherV2'" not in log  # refused before any step
+
+
 @pytest.mark.slow
 def test_defuse_streams_the_same_days_on_two_replicas(slow):
     """DEFUSE's streaming loop under the strategy (its pretraining days, then each day scored by the model of
