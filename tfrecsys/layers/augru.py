@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfrecsys.layers.target_attention import TargetAttention
 from tfrecsys.layers.xla import in_serving_mode, tracing_inside_xla
+from tfrecsys.losses.replicas import mean_over_global_batch
 
 GRU_VARIANTS = ("aigru", "agru", "augru", "augru_keep")
 ATTENTION_MOMENTS = ("valid", "every_slot")
@@ -424,7 +425,8 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
     ``α`` does not follow a batch's fill; ``grid`` the sum over them divided by every ``(row, t)`` slot,
     ``batch · (len − 1)`` (padding counts 0), as DeepCTR's and the DIEN authors' ``reduce_mean`` of the masked
     loss: longer histories weigh more, and at the same ``α`` the loss weighs the batch's share of valid slots
-    (0.73 on the Taobao peer protocol) times ``valid_pairs``' weight. ``scorer(states, behaviours)`` → logits
+    (0.73 on the Taobao peer protocol) times ``valid_pairs``' weight. Under a distribution strategy ``N`` counts
+    the pairs (slots) of the global batch (``tfrecsys.losses.replicas``). ``scorer(states, behaviours)`` → logits
     ``[2, pairs]`` (``states`` ``[pairs, d]`` broadcast against ``behaviours`` ``[2, pairs, d]``: the positives,
     then the negatives) is the auxiliary network ``s`` (e.g. ``tfrecsys.layers.auxiliary_net.AuxiliaryNet``,
     which projects each state once for both); None is the paper's inner product ``s(h, e) = h · e`` (which
@@ -450,7 +452,8 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
     # −log σ(x) = softplus(−x) and −log(1 − σ(x)) = softplus(x), without overflow.
     losses = tf.nn.softplus(-positive_logits) + tf.nn.softplus(negative_logits)
     slots = tf.size(valid) if normalization == "grid" else tf.shape(losses)[0]
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(slots, tf.float32))
+    # Under a strategy, the mean over the global batch's pairs (slots), not the mean of the replicas' means.
+    return mean_over_global_batch(tf.reduce_sum(losses), slots)
 
 
 class InterestEvolution(tf.keras.layers.Layer):

@@ -38,6 +38,7 @@ from tfrecsys.features.schema import DenseFeature, FeatureSchema, IdFeature, Seq
 from tfrecsys.layers.action_tokens import InterleavedActionTokens
 from tfrecsys.layers.hstu import HSTUStack
 from tfrecsys.layers.mlp import MLP
+from tfrecsys.losses.replicas import mean_over_global_batch
 from tfrecsys.models.base import RecModel
 from tfrecsys.models.registry import register
 from tfrecsys.models.tasks import tasks_from_config
@@ -150,7 +151,8 @@ class HSTURanking(RecModel):
         for name, threshold in self.history_labels.items():
             labels = tf.cast(actions >= threshold, tf.float32)
             per_position = tf.keras.backend.binary_crossentropy(labels[..., None], scores[name][..., None])[..., 0]
-            losses.append(tf.math.divide_no_nan(tf.reduce_sum(per_position * mask), tf.reduce_sum(mask)))
+            # Under a strategy, the mean over the global batch's valid positions.
+            losses.append(mean_over_global_batch(tf.reduce_sum(per_position * mask), tf.reduce_sum(mask)))
         return tf.add_n(losses) / len(losses)
 
 

@@ -183,6 +183,43 @@ def _exit_unless_done_within(timeout_s: float, message: str):
         watchdog.wait()
 
 
+def worker_devices(strategy: tf.distribute.Strategy) -> tuple:
+    """The devices this process drives: a MirroredStrategy's, or this worker's under
+    MultiWorkerMirroredStrategy; none named for the default strategy (one device)."""
+    try:
+        return tuple(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no worker devices
+        return ()
+
+
+def check_jit_compile(strategy: tf.distribute.Strategy, jit_compile: bool) -> None:
+    """Refuses ``--jit_compile`` where TF 2.16 cannot run a whole XLA-compiled step (measured,
+    tests/test_families_distributed.py), at once and naming the way out:
+
+    * several devices in one process: the step run by each local replica reads the other replicas' variables
+      from the first one's device (``Trying to access resource …/replica_1 located in device …:1 from device
+      …:0``; Keras' own train function as ours);
+    * several CPU workers: the sparse embedding gradients' all-gather (``CollectiveGatherV2``) has no XLA CPU
+      kernel.
+
+    One GPU per worker under MultiWorkerMirroredStrategy is not refused (not tested here: no GPU).
+    """
+    if not jit_compile:
+        return
+    devices = worker_devices(strategy)
+    if len(devices) > 1:
+        raise ValueError(f"--jit_compile cannot run with {len(devices)} devices in one process (MirroredStrategy "
+                         "over local devices): XLA's compiled step cannot read the other devices' variables. Run "
+                         "one worker per device (tfrecsys-launch --gpus_per_worker=1, or one GPU per worker of "
+                         "TF_CONFIG), or train without --jit_compile; the layers' own XLA paths "
+                         "(recurrence_xla, attention_path='xla') run under any strategy")
+    if strategy.num_replicas_in_sync > 1 and all("CPU" in device.upper() for device in devices):
+        raise ValueError(f"--jit_compile cannot run on {strategy.num_replicas_in_sync} CPU workers: XLA has no CPU "
+                         "kernel for the all-gather of the embedding gradients (CollectiveGatherV2). Train "
+                         "without --jit_compile; the layers' own XLA paths (recurrence_xla, "
+                         "attention_path='xla') run under any strategy")
+
+
 def is_chief() -> bool:
     """The worker that writes checkpoints, logs and exports: the ``chief`` task, else worker 0."""
     spec = cluster_spec()
