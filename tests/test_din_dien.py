@@ -415,3 +415,37 @@ def test_a_history_naming_no_feature_says_which_config_field():
     with pytest.raises(ValueError, match=r"model.history names 'hist_cat', which is no feature of config.features; "
                                          r"its sequence features: \['hist_item_id', 'hist_category', "):
         DIN(SCHEMA, TASKS, history=("hist_item_id", "hist_cat"), attention_units=(8,), hidden_units=(8,))
+
+
+@pytest.mark.parametrize("aux_net, negatives", [("mlp", NEGATIVES),
+                                                 pytest.param("inner_product", NEGATIVES, marks=pytest.mark.slow),
+                                                 pytest.param("mlp", (), marks=pytest.mark.slow)])
+def test_dien_with_its_auxiliary_loss_trains_compiled_whole_as_it_trains_plain(aux_net, negatives):
+    """``--jit_compile`` compiles the whole train step, where XLA takes static shapes only: the auxiliary loss
+    then scores every ``(row, t)`` slot and masks the invalid pairs instead of gathering the valid ones (their
+    count varies by batch; gathering failed to compile: "Dynamic input unexpectedly found"). One SGD step from
+    the same weights gives the same loss and weights either way, with given or in-batch negatives."""
+    labels = {"click": tf.constant(np.arange(8) % 2, tf.float32)}
+    features = _batch()
+    results = []
+    for jit_compile in (False, True):
+        config = ml_collections.ConfigDict(dict(
+            model=dict(name="dien", history=HISTORY, negative_history=negatives, attention_units=(8,),
+                       hidden_units=(8,), aux_net=aux_net),
+            tasks=dict(score=dict(label="click"))))
+        tf.keras.utils.set_random_seed(0)
+        model = build_model(config, SCHEMA)
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.5), jit_compile=jit_compile)
+        logs = model.train_on_batch(features, labels, return_dict=True)
+        results.append((logs, [(v.name, v.numpy()) for v in model.trainable_variables]))  # built in one order
+    (plain_logs, plain_weights), (compiled_logs, compiled_weights) = results
+    aux_plain, aux_compiled = (logs["loss"] - logs["score_loss"] for logs in (plain_logs, compiled_logs))
+    assert aux_plain > 0.1  # the auxiliary loss is in the step's loss
+    if negatives:  # in-batch negatives are random draws: the same only in distribution
+        np.testing.assert_allclose(aux_compiled, aux_plain, rtol=1e-5)
+        assert len(plain_weights) == len(compiled_weights)
+        for (name, value), (_, compiled) in zip(plain_weights, compiled_weights):
+            np.testing.assert_allclose(compiled, value, atol=1e-5, err_msg=name)
+    else:
+        np.testing.assert_allclose(compiled_logs["score_loss"], plain_logs["score_loss"], rtol=1e-5)
+        assert 0.5 * aux_plain < aux_compiled < 2 * aux_plain

@@ -436,24 +436,39 @@ def auxiliary_loss(interests, next_behaviours, negative_behaviours, mask, scorer
         raise ValueError(f"auxiliary_loss: normalization must be one of {AUX_NORMALIZATIONS}, "
                          f"got {normalization!r}")
     valid = tf.logical_and(mask[:, :-1], mask[:, 1:])
-    # Only the valid pairs are gathered and scored (a quarter of Taobao's steps are padding), positives and
-    # negatives in one call of the scorer, each state given once: the same mean, less work. Gathered by
-    # position from the whole sequences, not from [:, :-1] / [:, 1:] slices: the slices' gradients
-    # (StridedSliceGrad, three of [batch, len, d]) cost 16 of DIEN + aux's ~105 CPU ms per step.
-    positions = tf.where(valid)  # [pairs, 2]: (row, t)
-    next_positions = positions + tf.constant([0, 1], positions.dtype)
-    states = tf.gather_nd(interests, positions)
-    behaviours = tf.stack([tf.gather_nd(next_behaviours, next_positions),
-                           tf.gather_nd(negative_behaviours, next_positions)])
     if scorer is None:
         def scorer(states, behaviours):
             return tf.reduce_sum(states * behaviours, axis=-1)
+    if tracing_inside_xla():
+        # XLA compiles static shapes only (the pairs' count varies by batch): every (row, t) slot is scored
+        # and the invalid pairs' losses are masked out, the same sum over more work.
+        def slots_of(values):  # [batch, len − 1, d] → [batch · (len − 1), d]
+            return tf.reshape(values, [-1, values.shape[-1]])
+
+        states = slots_of(interests[:, :-1])
+        behaviours = tf.stack([slots_of(next_behaviours[:, 1:]), slots_of(negative_behaviours[:, 1:])])
+        pair_weights = tf.reshape(tf.cast(valid, tf.float32), [-1])
+    else:
+        # Only the valid pairs are gathered and scored (a quarter of Taobao's steps are padding), positives and
+        # negatives in one call of the scorer, each state given once: the same mean, less work. Gathered by
+        # position from the whole sequences, not from [:, :-1] / [:, 1:] slices: the slices' gradients
+        # (StridedSliceGrad, three of [batch, len, d]) cost 16 of DIEN + aux's ~105 CPU ms per step.
+        positions = tf.where(valid)  # [pairs, 2]: (row, t)
+        next_positions = positions + tf.constant([0, 1], positions.dtype)
+        states = tf.gather_nd(interests, positions)
+        behaviours = tf.stack([tf.gather_nd(next_behaviours, next_positions),
+                               tf.gather_nd(negative_behaviours, next_positions)])
+        pair_weights = None
     positive_logits, negative_logits = tf.unstack(tf.cast(scorer(states, behaviours), tf.float32))
     # −log σ(x) = softplus(−x) and −log(1 − σ(x)) = softplus(x), without overflow.
     losses = tf.nn.softplus(-positive_logits) + tf.nn.softplus(negative_logits)
-    slots = tf.size(valid) if normalization == "grid" else tf.shape(losses)[0]
+    if pair_weights is None:
+        total, pairs = tf.reduce_sum(losses), tf.shape(losses)[0]
+    else:
+        total, pairs = tf.reduce_sum(losses * pair_weights), tf.reduce_sum(pair_weights)
+    slots = tf.size(valid) if normalization == "grid" else pairs
     # Under a strategy, the mean over the global batch's pairs (slots), not the mean of the replicas' means.
-    return mean_over_global_batch(tf.reduce_sum(losses), slots)
+    return mean_over_global_batch(total, slots)
 
 
 class InterestEvolution(tf.keras.layers.Layer):
