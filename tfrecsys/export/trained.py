@@ -86,7 +86,9 @@ def restore_weights(model, schema: FeatureSchema, config, path: str) -> None:
     """Restores ``model``'s weights from the checkpoint ``path``: under ``config.train.ema_momentum`` the
     optimizer's moving average of them, the weights training evaluated (tfrecsys.train.callbacks.averaged_weights)."""
     if not config.train.get("ema_momentum", 0.0):
-        status = tf.train.Checkpoint(model=model).restore(path)
+        # read, not restore: restore would add the checkpoint's own save_counter to the objects that must match,
+        # and a checkpoint written with Checkpoint.write (no counter) would fail the check.
+        status = tf.train.Checkpoint(model=model).read(path)
         # Every weight of the model must come from the checkpoint: a run trained with another config (another
         # family, other features or sizes) would otherwise restore in part, or not at all, without a word.
         try:
