@@ -15,11 +15,10 @@ A family writes ``call`` (features → named outputs) and its layers; the base g
   weights, masks and per-sample weights through ``loss_weighting`` (``tfrecsys.losses.weighting``: fixed by
   default; uncertainty, DWA, GradNorm or PCGrad by ``set_loss_weighting``), plus the model's own losses
   (``add_loss``: auxiliary losses, regularisers), averaged over the *global* batch under any distribution strategy, and update every task's
-  metrics over its masked rows. Keras scales an ``add_loss`` loss by ``1 / replicas``: a loss that is a mean
-  over a per-replica count (valid positions) is added as ``tfrecsys.losses.replicas.mean_over_global_batch``.
-  ``training_outputs`` (default: ``call``) lets a family hand a loss more than its served outputs
-  (retrieval: logits against sampled negatives); the labels named in ``label_inputs`` (with their
-  ``<name>_length``) reach it inside the features (a next-item model reads its label sequence
+  metrics over its masked rows (a loss that is a mean over a per-replica count of valid positions goes
+  through ``tfrecsys.losses.replicas.mean_over_global_batch``). ``training_outputs`` (default: ``call``) lets
+  a family hand a loss more than its served outputs (retrieval: logits against sampled negatives); the labels
+  named in ``label_inputs`` (with their ``<name>_length``) reach it inside the features (a next-item model reads its label sequence
   to pick its positives), never ``call`` or a serving signature; ``evaluation_metrics`` and
   ``update_evaluation_metrics`` add evaluation metrics that belong to no task (full-corpus recall);
 * **distillation**: ``distill`` makes training add ``λ · CE(t, s)`` to the loss of named outputs, ``t`` a
