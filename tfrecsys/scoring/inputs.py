@@ -47,9 +47,10 @@ def compression_of(path: str) -> str:
     return _COMPRESSION_BY_SUFFIX.get(os.path.splitext(path)[1].lower(), "")
 
 
-def _first_records(files: list[str], count: int) -> list[bytes]:
+def first_records(files: list[str], count: int = KEY_PROBE_ROWS) -> list[bytes]:
     """Up to ``count`` rows from the start of ``files``, in order; a damaged file gives the rows before the
-    damage (the job reports the rest as a dead letter) and the next file the rest."""
+    damage (the job reports the rest as a dead letter) and the next file the rest. The probe that
+    ``tfrecord_key_dtype`` and ``check_tfrecord_features`` read, once per job."""
     records: list[bytes] = []
     for path in files:
         ensure_tensorflow_filesystem(path)
@@ -68,12 +69,12 @@ def _first_rows_of(files: list[str], count: int) -> str:
     return f"the first {count} rows of {files[0] if len(files) == 1 else f'{files[0]} and the files after it'}"
 
 
-def tfrecord_key_dtype(files: list[str], key_feature: str) -> str:
-    """The key's dtype ("int64" or "string") from the first rows that have a usable key feature.
+def tfrecord_key_dtype(files: list[str], records: list[bytes], key_feature: str) -> str:
+    """The key's dtype ("int64" or "string") from the first of ``records`` (``first_records(files)``) that has a
+    usable key feature.
 
-    Raises ValueError naming the feature and file when none of the first ``KEY_PROBE_ROWS`` rows has one.
+    Raises ValueError naming the feature and file when none of them has one.
     """
-    records = _first_records(files, KEY_PROBE_ROWS)
     if not records:
         return "int64"  # no rows at all: nothing will be keyed
     for record in records:
@@ -85,21 +86,20 @@ def tfrecord_key_dtype(files: list[str], key_feature: str) -> str:
                      "the feature)")
 
 
-def check_tfrecord_features(files: list[str], models: Iterable[ScoringModel]) -> None:
-    """Fails before the job when a feature that a model's export says it parses is in none of the first
-    ``KEY_PROBE_ROWS`` rows: the rows are not what the model reads (another config's data, or rows whose
+def check_tfrecord_features(files: list[str], records: list[bytes], models: Iterable[ScoringModel]) -> None:
+    """Fails before the job when a feature that a model's export says it parses is in none of ``records``
+    (``first_records(files)``): the rows are not what the model reads (another config's data, or rows whose
     histories a per-user store holds). Left to run, every row would go to the dead letters, or, for a
     sequence, be scored as an empty history without a word: parsing reads an absent list as an empty one.
     """
-    records = _first_records(files, KEY_PROBE_ROWS)
+    if not records:
+        return
     present: set[str] = set()
     for record in records:
         try:
             present.update(tf.train.Example.FromString(record).features.feature.keys())
         except DecodeError:
             continue
-    if not records:
-        return
     for model in models:
         if model.needs is None or not model.needs.exact:
             continue

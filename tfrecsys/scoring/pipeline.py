@@ -161,8 +161,9 @@ def _read(pipeline: beam.Pipeline, input_format: str, input_pattern: str, files:
     cannot feed its feature fails here, named, before the job starts.
     """
     if input_format == "tfrecord":
-        key_dtype = inputs.tfrecord_key_dtype(files, key_feature)
-        inputs.check_tfrecord_features(files, models)
+        probe = inputs.first_records(files)
+        key_dtype = inputs.tfrecord_key_dtype(files, probe, key_feature)
+        inputs.check_tfrecord_features(files, probe, models)
         return pipeline | "ReadTFRecord" >> inputs.ReadTFRecord(input_pattern, batch_size), key_dtype
     schema = inputs.parquet_schema(files[0])
     key_dtype = parquet_key_dtype(schema, key_feature, files[0])
