@@ -14,6 +14,7 @@ before the file sets its own values, so that every option can be overridden from
 
 import dataclasses
 import difflib
+import re
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -193,12 +194,12 @@ FAMILIES = {
 # ESMM and ESM²: the towers on any backbone, whose sizes are needed only by the backbone named.
 ENTIRE_SPACE = {
     "backbone": "none",                        # none | shared_bottom | mmoe | ple
-    "bottom_units": unset(tuple),
-    "num_experts": unset(int),
-    "num_levels": unset(int),
-    "shared_experts": unset(int),
-    "task_experts": unset(int),
-    "expert_units": unset(tuple),
+    "bottom_units": unset(tuple),              # backbone=shared_bottom
+    "num_experts": unset(int),                 # backbone=mmoe
+    "num_levels": unset(int),                  # backbone=ple
+    "shared_experts": unset(int),              # backbone=ple, per level
+    "task_experts": unset(int),                # backbone=ple, per task and level
+    "expert_units": unset(tuple),              # backbone=mmoe or ple
     **MULTITASK_TOWERS,
 }
 FAMILIES["esmm"] = ENTIRE_SPACE
@@ -274,24 +275,47 @@ def resolve(model) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_resolve_block(_as_dict(model), options(name), "config.model", name))
 
 
+def _declaration_comments() -> dict:
+    """``{(block, option): comment}`` from this file's declarations: a block is a family of ``FAMILIES`` or
+    a module-level dict (``COMMON``, ``MULTITASK_TOWERS``, ...)."""
+    comments, block = {}, None
+    with open(__file__, encoding="utf-8") as source:
+        for line in source:
+            top = re.match(r"^([A-Z_]+) = \{", line)
+            family = re.match(r'^    "(\w+)": \{', line)
+            option = re.match(r'^\s+"(\w+)": .*?#\s*(.+)$', line)
+            if top:
+                block = top.group(1)
+            elif family and block == "FAMILIES":
+                block = ("FAMILIES", family.group(1))
+            elif option and block:
+                comments[(block[1] if isinstance(block, tuple) else block, option.group(1))] = option.group(2)
+            if line.startswith("    },") and isinstance(block, tuple):
+                block = "FAMILIES"
+    return comments
+
+
 def markdown_table() -> str:
-    """The table of docs/model-options.md: each family's options and defaults (a test keeps the page current)."""
-    rows = ["| family | option | default |", "|---|---|---|"]
+    """The table of docs/model-options.md: each family's options, defaults and the declaration's comment (a
+    test keeps the page current)."""
+    comments = _declaration_comments()
+    shared = {"esmm": ("ENTIRE_SPACE", "MULTITASK_TOWERS"), "esm2": ("ENTIRE_SPACE", "MULTITASK_TOWERS"),
+              "shared_bottom": ("MULTITASK_TOWERS",), "mmoe": ("MULTITASK_TOWERS",), "ple": ("MULTITASK_TOWERS",)}
+    rows = ["| family | option | default | note |", "|---|---|---|---|"]
 
     def describe(default) -> str:
         if isinstance(default, NoDefault):
-            return f"required ({default.type.__name__})" if default.required else \
-                f"unset ({default.type.__name__}; needed by some settings)"
+            return f"{'required' if default.required else 'unset'} ({default.type.__name__})"
         if isinstance(default, dict):
             return "{" + ", ".join(f"{key}: {describe(value)}" for key, value in default.items()) + "}" \
                 if default else "{} (free-form)"
         return f"`{default!r}`"
 
     for family, declared in [("every family", COMMON), *sorted(FAMILIES.items())]:
+        blocks = ("COMMON",) if family == "every family" else (family, *shared.get(family, ()))
         for key, default in declared.items():
-            if family != "every family" and key == "name":
-                continue
-            rows.append(f"| {family} | `{key}` | {describe(default)} |")
+            note = next((comments[(block, key)] for block in blocks if (block, key) in comments), "")
+            rows.append(f"| {family} | `{key}` | {describe(default)} | {note.replace('|', '&#124;')} |")
     return "\n".join(rows) + "\n"
 
 
