@@ -6,7 +6,7 @@ says so.
 
 Each family's ``config.model`` options and their defaults are declared once, in ``tfrecsys/model_options.py``
 (pure Python, so that config files fill them in without importing a model): ``register`` refuses a family
-declared there under no name, and ``build_model`` hands the builder the config with ``config.model`` checked
+that declares no options there, and ``build_model`` hands the builder the config with ``config.model`` checked
 against that declaration and completed with its defaults, so a builder reads ``config.model.<option>`` with
 no default of its own.
 """
