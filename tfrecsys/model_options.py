@@ -299,8 +299,8 @@ def markdown_table() -> str:
     """The table of docs/model-options.md: each family's options, defaults and the declaration's comment (a
     test keeps the page current)."""
     comments = _declaration_comments()
-    shared = {"esmm": ("ENTIRE_SPACE", "MULTITASK_TOWERS"), "esm2": ("ENTIRE_SPACE", "MULTITASK_TOWERS"),
-              "shared_bottom": ("MULTITASK_TOWERS",), "mmoe": ("MULTITASK_TOWERS",), "ple": ("MULTITASK_TOWERS",)}
+    # A family's option without a comment of its own takes the one of a shared block it spreads in.
+    shared = {"ENTIRE_SPACE": ENTIRE_SPACE, "MULTITASK_TOWERS": MULTITASK_TOWERS}
     rows = ["| family | option | default | note |", "|---|---|---|---|"]
 
     def describe(default) -> str:
@@ -312,7 +312,8 @@ def markdown_table() -> str:
         return f"`{default!r}`"
 
     for family, declared in [("every family", COMMON), *sorted(FAMILIES.items())]:
-        blocks = ("COMMON",) if family == "every family" else (family, *shared.get(family, ()))
+        blocks = ("COMMON",) if family == "every family" else (
+            family, *[name for name, block in shared.items() if block.items() <= declared.items()])
         for key, default in declared.items():
             note = next((comments[(block, key)] for block in blocks if (block, key) in comments), "")
             rows.append(f"| {family} | `{key}` | {describe(default)} | {note.replace('|', '&#124;')} |")
