@@ -71,7 +71,7 @@ def get_config(dataset: str, encoder: str) -> ml_collections.ConfigDict:
     config.model.export_k = 100
     # HSTU-only HSTULayer arguments; per-head widths default to embedding_dim / num_heads, as SASRec's.
     # attention_path: padded | xla (length-bucketed, compiled) | jagged; exports always take the padded one.
-    config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
+    config.model.hstu.attention_path = "padded"
 
     config.tasks.next_item = dict(loss="next_item_softmax")
 

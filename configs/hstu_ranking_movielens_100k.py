@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Also train the towers at every history item, labelled by its own rating (like: >= 4, love: 5).
     config.model.history_labels = {"like": 4, "love": 5}
     config.model.history_weight = 1.0
-    config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
+    config.model.hstu.attention_path = "padded"
 
     for task in ("like", "love"):
         config.tasks[task] = dict(label=task, metrics=("auc", "logloss", "gauc"), group="user_id")

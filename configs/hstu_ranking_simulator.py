@@ -46,6 +46,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.history_labels = {"score": 1}
     config.model.history_weight = 1.0
     # Other HSTULayer arguments; attention_path: padded | xla | jagged (exports take the padded one).
-    config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
+    config.model.hstu.attention_path = "padded"
     config.train.learning_rate = 0.001
     return config

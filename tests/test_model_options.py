@@ -108,10 +108,20 @@ def test_a_required_option_left_unset_is_named():
 
 
 def test_an_hstu_setting_that_is_no_layer_argument_names_the_closest_one():
-    config = load_config(os.path.join(REPO, "configs", "hstu_ranking_simulator.py"),
-                         {"model.hstu": ml_collections.ConfigDict(dict(atention_path="padded"))})
+    config = load_config(os.path.join(REPO, "configs", "hstu_ranking_simulator.py"))
+    config.model.hstu = ml_collections.ConfigDict(dict(atention_path="padded"))
     with pytest.raises(ValueError, match=r"config.model.hstu.atention_path: .*did you mean 'attention_path'"):
         build_model(config, FeatureSchema.from_config(config.features))
+
+
+def test_hstu_settings_the_config_leaves_unset_are_derived_by_the_model_and_set_ones_reach_the_layers():
+    config = load_config(os.path.join(REPO, "configs", "hstu_ranking_simulator.py"),
+                         {"model.hstu.jagged_groups": 3, "model.hstu.value_dim": 4})
+    model = build_model(config, FeatureSchema.from_config(config.features))
+    layer = model.encoder.hstu_layers[0]
+    assert layer.jagged_groups == 3 and layer.value_dim == 4
+    assert layer.num_heads == config.model.num_heads
+    assert layer.max_seq_len == 2 * config.features.hist_item_id.max_len + 1
 
 
 def _misspelt_config_file(tmp_path) -> str:
@@ -198,6 +208,7 @@ def _defaults(function) -> dict:
 
 
 def test_nested_blocks_and_shared_constants_match_the_code_they_configure():
+    from tfrecsys.layers.hstu import HSTULayer
     from tfrecsys.layers.retrieval import StreamingFrequencyEstimator
     from tfrecsys.metrics.retrieval import DEFAULT_KS
     from tfrecsys.models.base import RecModel
@@ -210,6 +221,11 @@ def test_nested_blocks_and_shared_constants_match_the_code_they_configure():
     assert model_options.FAMILIES["two_tower"]["estimator"] == {k: estimator[k] for k in
                                                                 ("num_buckets", "num_hashes", "alpha")}
     assert model_options.RETRIEVAL_KS == DEFAULT_KS
+    hstu = inspect.signature(HSTULayer.__init__).parameters
+    assert set(model_options.HSTU_LAYER) == {name for name, p in hstu.items()
+                                             if name != "self" and p.kind is not p.VAR_KEYWORD}
+    assert {k: v for k, v in model_options.HSTU_LAYER.items() if not isinstance(v, model_options.NoDefault)} == {
+        k: hstu[k].default for k, v in model_options.HSTU_LAYER.items() if not isinstance(v, model_options.NoDefault)}
 
 
 # A builder default that differs from its model class's keyword default; the builder's (declared) value is

@@ -3,8 +3,8 @@
 An option is ``name: default``; ``required(type)`` is one with no default that the config must set, and
 ``unset(type)`` one with no default that only some settings read (ESMM's backbone sizes, needed by the
 backbone it names). A non-empty dict default is a nested block with its own options (``position_tower``,
-``estimator``); an empty one is free-form and checked where it is used (``hstu`` against ``HSTULayer``'s
-arguments, ``history_labels`` against the tasks).
+``estimator``, ``hstu``); an empty one is free-form and checked where it is used (``history_labels`` against
+the tasks).
 
 Pure Python, no TensorFlow: ``configs/base.py`` fills a config's ``model`` block from here (``model_block``)
 before the file sets its own values, so that every option can be overridden from the command line and
@@ -54,6 +54,25 @@ COMMON = {
     "embedding_l2": 0.0,               # L2 over the whole tables (EmbeddingTables.regularize); 0: none
     "embedding_init_stddev": 0.0,      # rows start N(0, stddev²); 0: truncated N(0, 0.05²)
     "position_tower": POSITION_TOWER,  # a shallow position-bias tower (tfrecsys/models/base.py)
+}
+
+# HSTULayer's arguments (tfrecsys/layers/hstu.py; a test checks the names and defaults). The unset ones the model
+# derives from its own options unless the config sets them.
+HSTU_LAYER = {
+    "num_heads": unset(int),                 # default: the model's num_heads
+    "attention_dim": unset(int),             # per head; default: embedding_dim / num_heads
+    "value_dim": unset(int),                 # per head; default: attention_dim
+    "max_seq_len": unset(int),               # N of A = SiLU(·) / N; default: the tokens a row can hold
+    "dropout": unset(float),                 # default: the model's dropout
+    "num_position_buckets": 128,
+    "position_buckets_per_doubling": 8,
+    "num_time_buckets": 128,
+    "time_buckets_per_doubling": 4,
+    "input_norm": True,                      # the pre-LayerNorm on X
+    "attention_path": "padded",              # padded | xla | jagged; exports take the padded one
+    "length_buckets": (64, 128, 256, 512, 1024, 2048, 4096, 8192),  # the xla path's padded lengths
+    "jagged_groups": 8,                      # length groups of the jagged path
+    "attention_block_size": 256,             # query rows of one causal block; 0: none
 }
 
 # tfrecsys.metrics.retrieval.DEFAULT_KS (a test checks it).
@@ -157,7 +176,7 @@ FAMILIES = {
         "num_sampled": 0,
         "eval_ks": RETRIEVAL_KS,
         "export_k": 100,
-        "hstu": {},                            # any other HSTULayer argument, e.g. attention_path
+        "hstu": HSTU_LAYER,                    # the HSTU encoder's layers (encoder=hstu)
     },
     "hstu_ranking": {
         "history_feature": required(str),
@@ -170,7 +189,7 @@ FAMILIES = {
         "num_heads": required(int),
         "dropout": required(float),
         "hidden_units": (),                    # each task's tower
-        "hstu": {},                            # any other HSTULayer argument, e.g. attention_path
+        "hstu": HSTU_LAYER,                    # the HSTU encoder's layers
         "history_labels": {},                  # {task: a}: also train at history items, label action >= a
         "history_weight": 1.0,
     },
@@ -296,27 +315,34 @@ def _declaration_comments() -> dict:
 
 
 def markdown_table() -> str:
-    """The table of docs/model-options.md: each family's options, defaults and the declaration's comment (a
-    test keeps the page current)."""
+    """The table of docs/model-options.md: each family's options, defaults and the declaration's comment, a
+    nested block's keys on rows of their own (a test keeps the page current)."""
     comments = _declaration_comments()
+    blocks = {name: value for name, value in globals().items() if name.isupper() and isinstance(value, dict)}
     # A family's option without a comment of its own takes the one of a shared block it spreads in.
-    shared = {"ENTIRE_SPACE": ENTIRE_SPACE, "MULTITASK_TOWERS": MULTITASK_TOWERS}
+    shared = ("ENTIRE_SPACE", "MULTITASK_TOWERS")
     rows = ["| family | option | default | note |", "|---|---|---|---|"]
 
     def describe(default) -> str:
         if isinstance(default, NoDefault):
             return f"{'required' if default.required else 'unset'} ({default.type.__name__})"
         if isinstance(default, dict):
-            return "{" + ", ".join(f"{key}: {describe(value)}" for key, value in default.items()) + "}" \
-                if default else "{} (free-form)"
+            return "a block (the rows below)" if default else "`{}` (free-form)"
         return f"`{default!r}`"
 
+    def note(sources, key) -> str:
+        text = next((comments[(source, key)] for source in sources if (source, key) in comments), "")
+        return text.replace("|", "&#124;")
+
     for family, declared in [("every family", COMMON), *sorted(FAMILIES.items())]:
-        blocks = ("COMMON",) if family == "every family" else (
-            family, *[name for name, block in shared.items() if block.items() <= declared.items()])
+        sources = ("COMMON",) if family == "every family" else (
+            family, *[name for name in shared if blocks[name].items() <= declared.items()])
         for key, default in declared.items():
-            note = next((comments[(block, key)] for block in blocks if (block, key) in comments), "")
-            rows.append(f"| {family} | `{key}` | {describe(default)} | {note.replace('|', '&#124;')} |")
+            rows.append(f"| {family} | `{key}` | {describe(default)} | {note(sources, key)} |")
+            if isinstance(default, dict):
+                nested = [name for name, block in blocks.items() if block is default]
+                for inner, value in default.items():
+                    rows.append(f"| {family} | `{key}.{inner}` | {describe(value)} | {note(nested, inner)} |")
     return "\n".join(rows) + "\n"
 
 

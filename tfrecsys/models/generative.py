@@ -28,12 +28,12 @@ import numpy as np
 import tensorflow as tf
 
 from tfrecsys.features.schema import FeatureSchema, IdFeature, LabelFeature, SequenceFeature
-from tfrecsys.layers.hstu import HSTULayer, HSTUStack
+from tfrecsys.layers.hstu import HSTUStack
 from tfrecsys.layers.retrieval import CorpusSampler, MixedNegativeLogits
 from tfrecsys.layers.sasrec import SASRecStack
 from tfrecsys.metrics.retrieval import DEFAULT_KS
 from tfrecsys.models.corpus_retrieval import CorpusRetrievalModel
-from tfrecsys.models.registry import layer_settings, register
+from tfrecsys.models.registry import register, set_options
 from tfrecsys.models.tasks import register_loss, tasks_from_config
 
 ENCODERS = ("hstu", "sasrec")
@@ -238,6 +238,6 @@ def build_generative(config, schema: FeatureSchema, tables=None) -> GenerativeRe
         schema, tasks, corpus, **names, encoder=model.encoder, num_blocks=model.num_blocks,
         num_heads=model.num_heads, dropout=model.dropout, temperature=model.temperature,
         negatives=model.negatives, num_sampled=model.num_sampled, eval_ks=tuple(model.eval_ks),
-        export_k=model.export_k, hstu=layer_settings("config.model.hstu", model.hstu, HSTULayer),
+        export_k=model.export_k, hstu=set_options(model.hstu),
         candidate_model_name=config.get("export", {}).get("candidate_model_name"),
         seed=config.train.seed, name=f"generative_{model.encoder}")

@@ -36,11 +36,11 @@ import tensorflow as tf
 
 from tfrecsys.features.schema import DenseFeature, FeatureSchema, IdFeature, SequenceFeature
 from tfrecsys.layers.action_tokens import InterleavedActionTokens
-from tfrecsys.layers.hstu import HSTULayer, HSTUStack
+from tfrecsys.layers.hstu import HSTUStack
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.losses.replicas import mean_over_global_batch
 from tfrecsys.models.base import RecModel
-from tfrecsys.models.registry import layer_settings, register
+from tfrecsys.models.registry import register, set_options
 from tfrecsys.models.tasks import tasks_from_config
 
 
@@ -195,6 +195,6 @@ def build_hstu_ranking(config, schema: FeatureSchema, tables=None) -> HSTURankin
     return HSTURanking(schema, tasks_from_config(config.tasks, schema), **names, num_blocks=model.num_blocks,
                        num_heads=model.num_heads, dropout=model.dropout,
                        hidden_units=tuple(model.hidden_units),
-                       hstu=layer_settings("config.model.hstu", model.hstu, HSTULayer),
+                       hstu=set_options(model.hstu),
                        history_labels=dict(model.history_labels), history_weight=model.history_weight,
                        name="hstu_ranking")

@@ -11,8 +11,6 @@ against that declaration and completed with its defaults, so a builder reads ``c
 no default of its own.
 """
 
-import difflib
-import inspect
 from typing import Callable
 
 from tfrecsys import model_options
@@ -83,19 +81,9 @@ def with_resolved_model(config):
     return config
 
 
-def layer_settings(where: str, settings, layer_class) -> dict:
-    """A free-form option block (``config.model.hstu``) as keyword arguments of ``layer_class``: a key that is
-    none of its arguments is a ``ValueError`` naming it and the closest argument."""
-    settings = _as_dict(settings)
-    known = [name for name, parameter in inspect.signature(layer_class.__init__).parameters.items()
-             if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)]
-    for key in settings:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            suggestion = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"{where}.{key}: {layer_class.__name__} takes no argument {key!r}; {suggestion}"
-                             f"it takes {known}")
-    return settings
+def set_options(block) -> dict:
+    """The options of a nested block that are set (``config.model.hstu``: an unset one is left to the model)."""
+    return {key: value for key, value in _as_dict(block).items() if value is not None}
 
 
 def _as_dict(block) -> dict:
