@@ -50,14 +50,13 @@ BATCH = 512
 
 def dnn_config(data_dir: str, label: str, train_rows: int, train_files: str = "train-*.tfrecord"):
     base = config_beside(os.path.join(REPO, "configs", "base.py"), "base.py")
-    config = base.get_config("bench_calibration", data_dir=data_dir, model_name="dnn")
+    config = base.get_config("bench_calibration", data_dir=data_dir, model_name="dnn", family="dnn")
     config.data.train_files = train_files
     config.features.user_id = dict(kind="id", num_buckets=WORLD.num_users, embedding_dim=16)
     config.features.item_id = dict(kind="id", num_buckets=WORLD.num_items, embedding_dim=16)
     config.features.item_category = dict(kind="id", num_buckets=WORLD.num_categories, embedding_dim=8)
     config.features.converted = dict(kind="label")
     config.features.converted_in_window = dict(kind="label")
-    config.model.name = "dnn"
     config.model.hidden_units = (64, 32)
     config.tasks.score = dict(label=label, loss="binary_crossentropy")
     steps = EPOCHS * train_rows // BATCH // 10 * 10

@@ -1,13 +1,16 @@
 """The blocks every experiment config repeats: data, train and export, with the house defaults.
 
 An experiment file starts from ``get_config`` and sets what is its own (features, model, tasks, and any
-default it changes):
+default it changes); ``family`` is the model family (``config.model.name``), whose every option
+``config.model`` then holds at its default (``tfrecsys/model_options.py``, docs/model-options.md), so that
+the command line can set one the file leaves out:
 
     from tfrecsys.config import config_beside
     base = config_beside(__file__, "base.py")
 
     def get_config():
-        config = base.get_config("dnn_simulator", data_dir="runs/data/click_log", model_name="dnn")
+        config = base.get_config("dnn_simulator", data_dir="runs/data/click_log", model_name="dnn",
+                                 family="dnn")
         config.train.steps = 400
         ...
 
@@ -16,8 +19,12 @@ Every field here can be overridden from the command line like any other (``--con
 
 import ml_collections
 
+from tfrecsys.model_options import model_block
 
-def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collections.ConfigDict:
+
+def get_config(experiment: str, *, data_dir: str, model_name: str, family: str) -> ml_collections.ConfigDict:
+    """The shared blocks; ``model_name`` is the export's name (``<export_base>/<model_name>/<version>``),
+    ``family`` the model's."""
     config = ml_collections.ConfigDict()
     config.experiment = experiment
 
@@ -29,7 +36,7 @@ def get_config(experiment: str, *, data_dir: str, model_name: str) -> ml_collect
     config.data.eval_files = "eval-*.tfrecord"
 
     config.features = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict()
+    config.model = model_block(family)
     # Output name -> label, loss, weight, mask, sample_weight, metrics (tfrecsys/models/tasks.py).
     config.tasks = ml_collections.ConfigDict()
 

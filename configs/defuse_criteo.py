@@ -27,7 +27,7 @@ def get_config(method: str = "defuse") -> ml_collections.ConfigDict:
     world = simulator.get_config(method)  # the method's tasks and model, checked there
     method = world.model.method  # a variant (defuse_z2) reads its method's stream
     config = base.get_config("defuse_criteo", data_dir=f"runs/data/criteo_conversion_stream_{method}",
-                             model_name="defuse_criteo")
+                             model_name="defuse_criteo", family="defuse")
     config.data.train_files = world.data.train_files
     config.data.window_eval_files = world.data.window_eval_files
     config.data.window_key = world.data.window_key

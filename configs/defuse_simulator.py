@@ -48,7 +48,8 @@ def get_config(method: str = "defuse") -> ml_collections.ConfigDict:
     if variant not in METHOD_LOSS:
         raise ValueError(f"configs/defuse_simulator.py:{variant}: the method is not one of {sorted(METHOD_LOSS)}")
     method = STREAM_METHOD.get(variant, variant)
-    config = base.get_config("defuse_simulator", data_dir=f"runs/data/defuse_stream_{method}", model_name="defuse")
+    config = base.get_config("defuse_simulator", data_dir=f"runs/data/defuse_stream_{method}",
+                             model_name="defuse", family="defuse")
     config.data.train_files = STREAM_FILES
     config.data.window_eval_files = CLICK_FILES
     config.data.window_key = WINDOW_KEY
@@ -66,7 +67,6 @@ def get_config(method: str = "defuse") -> ml_collections.ConfigDict:
     config.features.label = dict(kind="label")
     config.features.sample_type = dict(kind="label", dtype="int64")
 
-    config.model.name = "defuse"
     config.model.method = method
     config.model.hidden_units = (64, 32)
     config.model.auxiliary_hidden_units = (32,)

@@ -19,9 +19,8 @@ din = config_beside(__file__, "din_simulator.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("dien_simulator", data_dir="runs/data/sequential", model_name="dien")
+    config = base.get_config("dien_simulator", data_dir="runs/data/sequential", model_name="dien", family="dien")
     din.sequential_world(config)
-    config.model.name = "dien"
     config.model.history = ("hist_item_id", "hist_category")
     config.model.negative_history = ()
     config.model.gru_variant = "augru"

@@ -24,10 +24,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     if variant not in ("", "no_aux"):
         raise ValueError(f"configs/dien_taobao.py: unknown variant {variant!r}; use configs/dien_taobao.py or "
                          "configs/dien_taobao.py:no_aux")
-    config = base.get_config("dien_taobao", data_dir="runs/data/taobao", model_name="dien_taobao")
+    config = base.get_config("dien_taobao", data_dir="runs/data/taobao", model_name="dien_taobao", family="dien")
     # Validation AUC after 1 / 2 epochs: 0.840 / 0.790 with the auxiliary loss, 0.748 / 0.750 without.
     din.taobao_world(config, epochs=2 if variant == "no_aux" else 1)
-    config.model.name = "dien"
     config.model.history = ("hist_item_id", "hist_category_id")
     config.model.negative_history = ("neg_hist_item_id", "neg_hist_category_id")
     config.model.gru_variant = "augru"

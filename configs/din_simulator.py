@@ -40,9 +40,8 @@ def sequential_world(config: ml_collections.ConfigDict) -> None:
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("din_simulator", data_dir="runs/data/sequential", model_name="din")
+    config = base.get_config("din_simulator", data_dir="runs/data/sequential", model_name="din", family="din")
     sequential_world(config)
-    config.model.name = "din"
     config.model.history = ("hist_item_id", "hist_category")
     config.model.attention_units = (32, 16)
     config.model.attention_activation = "dice"

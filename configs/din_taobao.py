@@ -78,9 +78,8 @@ def taobao_world(config: ml_collections.ConfigDict, epochs: int) -> None:
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("din_taobao", data_dir="runs/data/taobao", model_name="din_taobao")
+    config = base.get_config("din_taobao", data_dir="runs/data/taobao", model_name="din_taobao", family="din")
     taobao_world(config, epochs=1)  # validation AUC after 1 / 2 epochs: 0.855 / 0.825
-    config.model.name = "din"
     config.model.history = ("hist_item_id", "hist_category_id")
     config.model.attention_units = (80, 40)
     config.model.attention_activation = "dice"

@@ -20,7 +20,7 @@ base = config_beside(__file__, "base.py")
 
 def get_config() -> ml_collections.ConfigDict:
     config = base.get_config("dnn_movielens_100k", data_dir="runs/data/movielens_100k",
-                             model_name="dnn_movielens_100k")
+                             model_name="dnn_movielens_100k", family="dnn")
     data_dir = config.data.get_ref("dir")
 
     config.preprocess = ml_collections.ConfigDict(dict(
@@ -49,7 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.features.hist_item_id = dict(kind="sequence", shares="item_id", max_len=HISTORY_LEN)
     config.features.like = dict(kind="label")
 
-    config.model.name = "dnn"
     config.model.hidden_units = (128, 64)
     config.model.dropout = 0.0
 

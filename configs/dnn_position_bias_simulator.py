@@ -48,17 +48,16 @@ def get_config() -> ml_collections.ConfigDict:
     # Not "dnn": dnn_simulator.py exports that name, and this model reads other features, so its export would
     # become the next version of a served dnn and fail every request made to it.
     config = base.get_config("dnn_position_bias_simulator", data_dir="runs/data/position_bias",
-                             model_name="dnn_position_bias")
+                             model_name="dnn_position_bias", family="dnn")
     position_world(config)
 
-    config.model.name = "dnn"
     config.model.hidden_units = (64, 32)
     config.model.dropout = 0.0
     # The tower's logit is added to ctr in training only; hidden units cross position with device. Position
     # dropout 0.5, not 0.1: the tower also takes relevance the logging ranker put on top (1.4-2x the true
     # position effect), and half the rows without position make the main network explain more of the clicks;
     # the debiased NDCG gain then held on 5 seeds of 5 (bench/RESULTS.md, issue 13).
-    config.model.position_tower = ml_collections.ConfigDict(dict(
+    config.model.position_tower.update(dict(
         tasks=("ctr",), features=("position", "device"), hidden_units=(16,), position_dropout=0.5))
 
     config.tasks.ctr = dict(label="click", loss="binary_crossentropy", weight=1.0)

@@ -17,7 +17,8 @@ base = config_beside(__file__, "base.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("dnn_simulator", data_dir="runs/data/click_log", model_name="dnn")
+    config = base.get_config("dnn_simulator", data_dir="runs/data/click_log",
+                             model_name="dnn", family="dnn")
 
     config.data.simulator = ml_collections.ConfigDict(dict(
         num_users=NUM_USERS, num_items=NUM_ITEMS, num_categories=NUM_CATEGORIES, num_events=120_000,
@@ -34,7 +35,6 @@ def get_config() -> ml_collections.ConfigDict:
                                          aligned_with="hist_item_id")
     config.features.click = dict(kind="label")
 
-    config.model.name = "dnn"
     config.model.hidden_units = (128, 64)
     config.model.dropout = 0.0
 

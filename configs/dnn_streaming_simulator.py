@@ -17,7 +17,7 @@ click_log = config_beside(__file__, "dnn_simulator.py")
 
 def get_config():
     config = base.get_config("dnn_streaming_simulator", data_dir="runs/data/click_log_stream",
-                             model_name="dnn_streaming")
+                             model_name="dnn_streaming", family="dnn")
     # Every window file; window_key's group is a file's window, and windows train in the order of their keys.
     config.data.train_files = WINDOW_FILES
     config.data.window_key = WINDOW_KEY

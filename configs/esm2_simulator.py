@@ -15,15 +15,15 @@ datasets = config_beside(__file__, "multitask_datasets.py")
 
 
 def get_config():
-    config = base.get_config("esm2_simulator", data_dir="runs/data/position_bias_actions", model_name="esm2")
+    config = base.get_config("esm2_simulator", data_dir="runs/data/position_bias_actions",
+                             model_name="esm2", family="esm2")
     datasets.simulator_world(config)
     config.data.simulator.action_rate = 0.3
     config.features.action = dict(kind="label")
-    config.model.name = "esm2"
     config.model.backbone = "none"
     config.model.tower_units = (64, 32)
     config.model.dropout = 0.0
-    config.model.position_tower = datasets.position_tower(("ctr", "ctavr", "ctcvr"))
+    config.model.position_tower.update(datasets.position_tower(("ctr", "ctavr", "ctcvr")))
     config.tasks.ctr = dict(label="click")
     config.tasks.ctavr = dict(label="action")
     config.tasks.cvr = dict(label="conversion", loss=None, mask="click == 1", metrics=("auc",))

@@ -32,7 +32,6 @@ def get_config(dataset: str = "census"):
         config.features.rich_and_never_married = dict(kind="label")
         del config.tasks["income"]
         del config.tasks["never_married"]
-    config.model.name = "esmm"
     config.model.backbone = "none"      # none | shared_bottom | mmoe | ple (with that backbone's keys)
     if dataset == "census":
         config.model.tower_units = (256, 128, 64)
@@ -45,7 +44,7 @@ def get_config(dataset: str = "census"):
         config.model.expert_units = (64,)
         config.model.tower_units = (64, 32)
         config.model.dropout = 0.0
-        config.model.position_tower = datasets.position_tower(("ctr", "ctcvr"))
+        config.model.position_tower.update(datasets.position_tower(("ctr", "ctcvr")))
         config.tasks.ctr = dict(label="click")
         config.tasks.cvr = dict(label="conversion", loss=None, mask="click == 1", metrics=("auc", "calibration"))
         config.tasks.ctcvr = dict(label="conversion")

@@ -37,7 +37,7 @@ def get_config(dataset: str, encoder: str) -> ml_collections.ConfigDict:
                          f"{dataset!r}, {encoder!r}")
     spec = DATASETS[dataset]
     name = f"{encoder}_{dataset}"
-    config = base.get_config(name, data_dir=spec["data_dir"], model_name=name)
+    config = base.get_config(name, data_dir=spec["data_dir"], model_name=name, family="generative")
     max_len = spec["max_len"]
     config.data.candidates_file = "candidates.tfrecord"
     config.data.item_frequency_file = "item_frequency.tsv"
@@ -56,7 +56,6 @@ def get_config(dataset: str, encoder: str) -> ml_collections.ConfigDict:
     config.features.hist_timestamp = dict(kind="sequence", raw=True, aligned_with="hist_item_id", max_len=max_len)
     config.features.next_item_id = dict(kind="label", dtype="int64", max_len=max_len)
 
-    config.model.name = "generative"
     config.model.encoder = encoder
     config.model.history_feature = "hist_item_id"
     config.model.timestamp_feature = "hist_timestamp"
@@ -72,7 +71,7 @@ def get_config(dataset: str, encoder: str) -> ml_collections.ConfigDict:
     config.model.export_k = 100
     # HSTU-only HSTULayer arguments; per-head widths default to embedding_dim / num_heads, as SASRec's.
     # attention_path: padded | xla (length-bucketed, compiled) | jagged; exports always take the padded one.
-    config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
+    config.model.hstu.attention_path = "padded"
 
     config.tasks.next_item = dict(loss="next_item_softmax")
 

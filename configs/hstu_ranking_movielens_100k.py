@@ -26,7 +26,7 @@ NUM_USERS = 943
 
 def get_config() -> ml_collections.ConfigDict:
     config = base.get_config("hstu_ranking_movielens_100k", data_dir="runs/data/movielens_100k_ratings",
-                             model_name="hstu_ranking_movielens_100k")
+                             model_name="hstu_ranking_movielens_100k", family="hstu_ranking")
     config.preprocess = ml_collections.ConfigDict(dict(
         source="movielens-100k", input="../shared/datasets/movielens-100k", split="chronological",
         eval_fraction=0.1, history_len=HISTORY_LEN, history_columns=("item_id", "timestamp", "rating"),
@@ -44,7 +44,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.features.like = dict(kind="label")
     config.features.love = dict(kind="label")
 
-    config.model.name = "hstu_ranking"
     config.model.history_feature = "hist_item_id"
     config.model.action_feature = "hist_rating"
     config.model.num_actions = 6                  # ratings 1..5 (row 0 unused)
@@ -58,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Also train the towers at every history item, labelled by its own rating (like: >= 4, love: 5).
     config.model.history_labels = {"like": 4, "love": 5}
     config.model.history_weight = 1.0
-    config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
+    config.model.hstu.attention_path = "padded"
 
     for task in ("like", "love"):
         config.tasks[task] = dict(label=task, metrics=("auc", "logloss", "gauc"), group="user_id")

@@ -21,7 +21,7 @@ EMBEDDING_DIM = 32
 
 def get_config() -> ml_collections.ConfigDict:
     config = base.get_config("hstu_ranking_simulator", data_dir="runs/data/sequential_impressions",
-                             model_name="hstu_ranking")
+                             model_name="hstu_ranking", family="hstu_ranking")
     din.sequential_world(config)
     config.data.simulator.history = "impressions"
     max_len = config.data.simulator.history_len
@@ -32,7 +32,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.features.hist_timestamp = dict(kind="sequence", raw=True, aligned_with="hist_item_id", max_len=max_len)
     config.features.timestamp = dict(kind="dense", dtype="int64", default=0)
 
-    config.model.name = "hstu_ranking"
     config.model.history_feature = "hist_item_id"
     config.model.action_feature = "hist_action"
     config.model.num_actions = 2                  # 0: shown, not clicked; 1: clicked
@@ -47,6 +46,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.history_labels = {"score": 1}
     config.model.history_weight = 1.0
     # Other HSTULayer arguments; attention_path: padded | xla | jagged (exports take the padded one).
-    config.model.hstu = ml_collections.ConfigDict(dict(attention_path="padded"))
+    config.model.hstu.attention_path = "padded"
     config.train.learning_rate = 0.001
     return config

@@ -12,11 +12,10 @@ click_log = config_beside(__file__, "dnn_simulator.py")
 
 def get_config():
     config = base.get_config("logistic_regression_simulator", data_dir="runs/data/click_log",
-                             model_name="logistic_regression")
+                             model_name="logistic_regression", family="logistic_regression")
     same_world = click_log.get_config()
     config.data.simulator = same_world.data.simulator
     config.features = same_world.features
-    config.model.name = "logistic_regression"
     config.tasks.score = dict(label="click", metrics=("auc", "logloss", "calibration"))
     config.train.steps = 400
     return config

@@ -14,9 +14,9 @@ din = config_beside(__file__, "din_simulator.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("mean_pooling_simulator", data_dir="runs/data/sequential", model_name="mean_pooling")
+    config = base.get_config("mean_pooling_simulator", data_dir="runs/data/sequential",
+                             model_name="mean_pooling", family="dnn")
     din.sequential_world(config)
-    config.model.name = "dnn"
     config.model.hidden_units = (64, 32)
     config.model.dropout = 0.0
     return config

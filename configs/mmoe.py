@@ -17,7 +17,6 @@ EXPERTS = {"census": (3, (256, 128)), "ali_ccp": (4, (128, 64)), "aliexpress": (
 
 def get_config(dataset: str = "census"):
     config = datasets.start("mmoe", dataset)
-    config.model.name = "mmoe"
     config.model.num_experts, config.model.expert_units = EXPERTS[dataset]
     if dataset == "simulator":
         datasets.simulator_ctr_cvr_heads(config)

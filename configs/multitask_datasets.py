@@ -144,10 +144,10 @@ def simulator_world(config: ml_collections.ConfigDict) -> None:
     position_bias.position_world(config)
 
 
-def position_tower(tasks: tuple) -> ml_collections.ConfigDict:
-    """The shallow position-bias tower of the simulator configs, its logit added to ``tasks``."""
-    return ml_collections.ConfigDict(dict(tasks=tasks, features=("position", "device"), hidden_units=(16,),
-                                          position_dropout=0.1))
+def position_tower(tasks: tuple) -> dict:
+    """The shallow position-bias tower of the simulator configs, its logit added to ``tasks``: what
+    ``config.model.position_tower.update`` sets (the block's other options keep their defaults)."""
+    return dict(tasks=tasks, features=("position", "device"), hidden_units=(16,), position_dropout=0.1)
 
 
 def simulator_ctr_cvr_heads(config: ml_collections.ConfigDict) -> None:
@@ -155,7 +155,7 @@ def simulator_ctr_cvr_heads(config: ml_collections.ConfigDict) -> None:
     families without their own conversion structure (shared_bottom, mmoe, ple)."""
     config.model.tower_units = (32,)
     config.model.dropout = 0.0
-    config.model.position_tower = position_tower(("ctr",))
+    config.model.position_tower.update(position_tower(("ctr",)))
     config.tasks.ctr = dict(label="click")
     config.tasks.cvr = dict(label="conversion", mask="click == 1")
     config.train.best_metric = "ctr_auc"
@@ -176,6 +176,7 @@ def start(family: str, dataset: str, data_dir: str = "") -> ml_collections.Confi
         raise ValueError(f"configs/{family}.py: dataset {dataset!r} is not one of {sorted(WORLDS)} (pass it as "
                          f"--config=configs/{family}.py:<dataset>)")
     model_name = family if dataset == "simulator" else f"{family}_{dataset}"
-    config = base.get_config(f"{family}_{dataset}", data_dir=data_dir or DATA_DIRS[dataset], model_name=model_name)
+    config = base.get_config(f"{family}_{dataset}", data_dir=data_dir or DATA_DIRS[dataset], model_name=model_name,
+                             family=family)
     WORLDS[dataset](config)
     return config

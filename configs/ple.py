@@ -17,7 +17,6 @@ EXPERTS = {"census": (2, 1, 1, (256,)), "ali_ccp": (2, 2, 1, (128, 64)), "aliexp
 
 def get_config(dataset: str = "census"):
     config = datasets.start("ple", dataset)
-    config.model.name = "ple"
     (config.model.num_levels, config.model.shared_experts, config.model.task_experts,
      config.model.expert_units) = EXPERTS[dataset]
     if dataset == "simulator":

@@ -15,7 +15,6 @@ BOTTOM_UNITS = {"census": (256, 128), "ali_ccp": (128, 64), "aliexpress": (128, 
 
 def get_config(dataset: str = "census"):
     config = datasets.start("shared_bottom", dataset)
-    config.model.name = "shared_bottom"
     config.model.bottom_units = BOTTOM_UNITS[dataset]
     if dataset == "simulator":
         datasets.simulator_ctr_cvr_heads(config)

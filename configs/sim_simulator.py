@@ -27,7 +27,8 @@ base = config_beside(__file__, "base.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("sim_simulator", data_dir="runs/data/sequential_lifelong", model_name="sim")
+    config = base.get_config("sim_simulator", data_dir="runs/data/sequential_lifelong", model_name="sim",
+                             family="sim")
 
     config.data.simulator = ml_collections.ConfigDict(dict(
         kind="sequential", num_users=NUM_USERS, num_items=NUM_ITEMS, num_categories=NUM_CATEGORIES,
@@ -70,7 +71,6 @@ def lifelong_ranker(config: ml_collections.ConfigDict, *, category: str, item_ca
     features.click = dict(kind="label")
 
     model = config.model
-    model.name = "sim"
     model.recent_history = ("recent_item_id", f"recent_{category}")
     model.lifelong_history = ("long_item_id", f"long_{category}")
     model.lifelong_timestamps = "long_timestamp"

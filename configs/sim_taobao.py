@@ -29,7 +29,7 @@ sim_simulator = config_beside(__file__, "sim_simulator.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("sim_taobao", data_dir="runs/data/taobao", model_name="sim_taobao")
+    config = base.get_config("sim_taobao", data_dir="runs/data/taobao", model_name="sim_taobao", family="sim")
     din.taobao_world(config, epochs=1)  # validation AUC after 1 / 2 epochs: 0.871 / 0.844
     for name in ("user_id", "hist_item_id", "hist_category_id"):
         config.features[name].training_only = True

@@ -25,7 +25,8 @@ base = config_beside(__file__, "base.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("two_tower_movielens", data_dir="runs/data/movielens_100k_retrieval", model_name="two_tower_movielens")
+    config = base.get_config("two_tower_movielens", data_dir="runs/data/movielens_100k_retrieval",
+                             model_name="two_tower_movielens", family="two_tower")
 
     config.data.candidates_file = "candidates.tfrecord"
     config.data.item_frequency_file = "item_frequency.tsv"
@@ -48,7 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
                                        max_len=6, embedding_dim=8)
     config.features.reward = dict(kind="label")
 
-    config.model.name = "two_tower"
     config.model.query_features = ("user_id", "hist_item_id")
     config.model.candidate_features = ("item_id", "genres")
     config.model.candidate_id = "item_id"

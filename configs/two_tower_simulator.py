@@ -23,7 +23,8 @@ base = config_beside(__file__, "base.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = base.get_config("two_tower_simulator", data_dir="runs/data/retrieval_world", model_name="two_tower")
+    config = base.get_config("two_tower_simulator", data_dir="runs/data/retrieval_world",
+                             model_name="two_tower", family="two_tower")
 
     config.data.candidates_file = "candidates.tfrecord"       # one example per corpus item
     config.data.item_frequency_file = "item_frequency.tsv"    # item_id<TAB>training count
@@ -38,7 +39,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.features.item_category = dict(kind="id", num_buckets=NUM_CATEGORIES, embedding_dim=8)
     config.features.reward = dict(kind="label")
 
-    config.model.name = "two_tower"
     config.model.query_features = ("user_id", "hist_item_id")
     config.model.candidate_features = ("item_id", "item_category")
     config.model.candidate_id = "item_id"

@@ -6,9 +6,11 @@ configs, written from the former files before they were folded."""
 import json
 import os
 
+import ml_collections
 import pytest
 
 from tests.serving_dnn import REPO
+from tfrecsys import model_options
 from tfrecsys.config import load_config
 
 CONFIGS = os.path.join(REPO, "configs")
@@ -62,6 +64,10 @@ def test_folded_config_resolves_to_the_former_file_field_by_field(name):
     kept = [feature for feature in now["features"] if not added_since(name, f"features.{feature}")]
     assert kept == list(before["features"]), "feature order (the model's input order)"
     assert list(now["tasks"]) == list(before["tasks"]), "task order (the loss weights' order)"
+    # Every config holds its family's every option since (configs/base.py, tfrecsys/model_options.py): compare
+    # the model blocks the builder gets, each completed with the declared defaults.
+    now["model"], before["model"] = (json.loads(model_options.resolve(ml_collections.ConfigDict(block)).to_json())
+                                     for block in (now["model"], before["model"]))
     now_fields, before_fields = fields(now), fields(before)
     differing = {key: (before_fields.get(key, "<absent>"), now_fields.get(key, "<absent>"))
                  for key in sorted(set(now_fields) | set(before_fields))

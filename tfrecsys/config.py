@@ -11,6 +11,8 @@ import os
 
 import ml_collections
 
+from tfrecsys import model_options
+
 
 def config_beside(config_file: str, name: str):
     """The module ``name`` in the directory of ``config_file`` (an experiment's ``configs/base.py``), loaded by
@@ -25,7 +27,8 @@ def config_beside(config_file: str, name: str):
 
 def load_config(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
     """Loads ``get_config()`` from the file ``path`` (``get_config(argument)`` for ``path:argument``) and
-    applies dotted overrides (``{"train.steps": 100}``); an unknown override key is an error naming it."""
+    applies dotted overrides (``{"train.steps": 100}``); an unknown override key is an error naming it, and so
+    is a ``config.model`` key its family does not declare (``tfrecsys.model_options.resolve``)."""
     arguments = ()
     if not os.path.isfile(path) and ":" in os.path.basename(path):
         path, argument = path.rsplit(":", 1)
@@ -48,4 +51,6 @@ def load_config(path: str, overrides: dict | None = None) -> ml_collections.Conf
         if leaf not in parent:
             raise KeyError(f"config has no field {key!r}")
         parent[leaf] = value
+    if "name" in config.get("model", {}):
+        model_options.resolve(config.model)
     return config

@@ -4,7 +4,8 @@ A user mistake ends in one ``<program>: error: <message>`` line on its own line 
 bar), with the traceback only in the debug log (``--verbosity=1``). Exit status:
 
 - 2: a usage error: an unknown or malformed flag, a missing required flag, a config file that does not load,
-  a config override naming no field or of the wrong type, unexpected arguments;
+  a config override naming no field or of the wrong type, a ``config.model`` key its family does not declare
+  (``tfrecsys.model_options``), unexpected arguments;
 - 1: bad input found while running (unreadable data, a schema mismatch, a missing file or model);
 - 130: Ctrl-C (SIGINT); a training run first finishes its step and saves a checkpoint, and says the step.
 """
@@ -17,8 +18,10 @@ import sys
 import traceback
 from typing import Optional
 
+import ml_collections
 from absl import app, flags, logging
 
+from tfrecsys import model_options
 from tfrecsys.data.input import DataError
 from tfrecsys.features.schema import SchemaError
 
@@ -85,17 +88,18 @@ def _config_error_message(error: BaseException, argv) -> str:
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if isinstance(error, (AttributeError, KeyError)) and lines:
+        # Every declared model option is a field of the config (configs/base.py fills them in), so a field
+        # that is not there is unknown: ml_collections' own line suggests the closest one ("Did you mean").
         field = lines[0].strip("'\"")
         culprits = [arg for arg in argv[1:] if field in arg.split("=", 1)[0].split(".")[1:]]
-        hint = " ".join(lines[1:]) or "--helpfull lists the config fields."
+        hint = " ".join(lines[1:])
         if not culprits:
-            return f"--config: the config has no field {field!r}. {hint}"
-        # ml_collections overrides only the fields a config file sets: a documented model option that the file
-        # leaves at its default (model.embedding_l2) cannot be set from the command line.
-        path = culprits[0].split("=", 1)[0].split(".", 1)[1]
-        return (f"{culprits[0]}: the config has no field {field!r}. {hint} A command-line override only changes "
-                f"a field the config file sets; to set an option the file leaves at its default, add "
-                f"config.{path} = ... to (a copy of) the file")
+            return f"--config: the config has no field {field!r}. {hint}".rstrip()
+        # absl's --helpfull lists no config field (config_flags defines a flag per override given only).
+        listed = (f"The model options of each family: {model_options.OPTIONS_DOC}."
+                  if culprits[0].split("=", 1)[0].split(".")[1:2] == ["model"] else
+                  "The fields: configs/base.py (the shared ones, with defaults) and the config file.")
+        return f"{culprits[0]}: the config has no field {field!r}. {hint + ' ' if hint else ''}{listed}"
     config_files = [arg for arg in argv[1:] if arg.startswith(("--config=", "-config="))]
     where = config_files[0] if config_files else "--config"
     if isinstance(error, OSError) and config_files:
@@ -166,6 +170,11 @@ def parse_flags(program: str, argv):
             load_error = getattr(flags.FLAGS[name].value, "_error", None)
             if isinstance(load_error, BaseException):
                 raise load_error
+        # A misspelt config.model key fails here, before any data is read (ValueError naming the closest option).
+        for name in flags.FLAGS:
+            value = flags.FLAGS[name].value
+            if isinstance(value, ml_collections.ConfigDict) and "name" in value.get("model", {}):
+                model_options.resolve(value.model)
     except flags.Error as error:
         logging.debug("%s", traceback.format_exc())
         fail(program, _config_file_error_message(str(error)) or f"{error} (--help lists the flags)",

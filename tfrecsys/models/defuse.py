@@ -122,5 +122,5 @@ def build_defuse(config, schema: FeatureSchema, tables=None) -> DelayedFeedbackR
     model = config.model
     return DelayedFeedbackRanker(schema, tasks_from_config(config.tasks, schema), method=model.method,
                                  hidden_units=tuple(model.hidden_units),
-                                 auxiliary_hidden_units=tuple(model.get("auxiliary_hidden_units", (64,))),
-                                 expert_units=model.get("expert_units", 32), name="defuse")
+                                 auxiliary_hidden_units=tuple(model.auxiliary_hidden_units),
+                                 expert_units=model.expert_units, name="defuse")

@@ -131,15 +131,10 @@ class DIEN(RecModel):
 def build_dien(config, schema: FeatureSchema, tables=None) -> DIEN:
     model = config.model
     return DIEN(schema, tasks_from_config(config.tasks, schema), history=tuple(model.history),
-                negative_history=tuple(model.get("negative_history", ())),
-                gru_variant=model.get("gru_variant", "augru"), aux_weight=model.get("aux_weight", 1.0),
-                aux_net=model.get("aux_net", "inner_product"), aux_units=tuple(model.get("aux_units", (100, 50))),
-                attention_units=tuple(model.get("attention_units", (64, 16))),
-                attention_activation=model.get("attention_activation", "dice"),
-                hidden_units=tuple(model.get("hidden_units", (200, 80))), dropout=model.get("dropout", 0.0),
-                aux_normalization=model.get("aux_normalization", "valid_pairs"),
-                gru_gate_bias=model.get("gru_gate_bias", 0.0),
-                evolution_trainable=model.get("evolution_trainable", True),
-                recurrence_xla=model.get("recurrence_xla", True),
-                gru_reset_after=model.get("gru_reset_after", True),
-                attention_moments=model.get("attention_moments", "valid"), name="dien")
+                negative_history=tuple(model.negative_history), gru_variant=model.gru_variant,
+                aux_weight=model.aux_weight, aux_net=model.aux_net, aux_units=tuple(model.aux_units),
+                attention_units=tuple(model.attention_units), attention_activation=model.attention_activation,
+                hidden_units=tuple(model.hidden_units), dropout=model.dropout,
+                aux_normalization=model.aux_normalization, gru_gate_bias=model.gru_gate_bias,
+                evolution_trainable=model.evolution_trainable, recurrence_xla=model.recurrence_xla,
+                gru_reset_after=model.gru_reset_after, attention_moments=model.attention_moments, name="dien")

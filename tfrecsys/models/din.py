@@ -109,8 +109,6 @@ class DIN(RecModel):
 def build_din(config, schema: FeatureSchema, tables=None) -> DIN:
     model = config.model
     return DIN(schema, tasks_from_config(config.tasks, schema), history=tuple(model.history),
-               attention_units=tuple(model.get("attention_units", (80, 40))),
-               attention_activation=model.get("attention_activation", "dice"),
-               hidden_units=tuple(model.get("hidden_units", (200, 80))), dropout=model.get("dropout", 0.0),
-               mba_l2=model.get("mba_l2", 0.0),
-               attention_normalization=model.get("attention_normalization", "none"), name="din")
+               attention_units=tuple(model.attention_units), attention_activation=model.attention_activation,
+               hidden_units=tuple(model.hidden_units), dropout=model.dropout, mba_l2=model.mba_l2,
+               attention_normalization=model.attention_normalization, name="din")

@@ -39,4 +39,4 @@ class DNNRanker(RecModel):
 @register("dnn")
 def build_dnn(config, schema: FeatureSchema, tables=None) -> DNNRanker:
     return DNNRanker(schema, tasks_from_config(config.tasks, schema), hidden_units=tuple(config.model.hidden_units),
-                     dropout=config.model.get("dropout", 0.0), name="dnn")
+                     dropout=config.model.dropout, name="dnn")

@@ -64,11 +64,11 @@ class EntireSpaceMultiTaskWithActions(MultiTaskRanker):
 
 @register("esmm")
 def build_esmm(config, schema: FeatureSchema, tables=None) -> EntireSpaceMultiTask:
-    return EntireSpaceMultiTask(schema, tasks_from_config(config.tasks, schema), config.model.get("backbone", "none"),
+    return EntireSpaceMultiTask(schema, tasks_from_config(config.tasks, schema), config.model.backbone,
                                 config.model, name="esmm")
 
 
 @register("esm2")
 def build_esm2(config, schema: FeatureSchema, tables=None) -> EntireSpaceMultiTaskWithActions:
     return EntireSpaceMultiTaskWithActions(schema, tasks_from_config(config.tasks, schema),
-                                           config.model.get("backbone", "none"), config.model, name="esm2")
+                                           config.model.backbone, config.model, name="esm2")

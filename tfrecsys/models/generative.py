@@ -33,7 +33,7 @@ from tfrecsys.layers.retrieval import CorpusSampler, MixedNegativeLogits
 from tfrecsys.layers.sasrec import SASRecStack
 from tfrecsys.metrics.retrieval import DEFAULT_KS
 from tfrecsys.models.corpus_retrieval import CorpusRetrievalModel
-from tfrecsys.models.registry import register
+from tfrecsys.models.registry import register, set_options
 from tfrecsys.models.tasks import register_loss, tasks_from_config
 
 ENCODERS = ("hstu", "sasrec")
@@ -237,7 +237,7 @@ def build_generative(config, schema: FeatureSchema, tables=None) -> GenerativeRe
     return GenerativeRetrieval(
         schema, tasks, corpus, **names, encoder=model.encoder, num_blocks=model.num_blocks,
         num_heads=model.num_heads, dropout=model.dropout, temperature=model.temperature,
-        negatives=model.negatives, num_sampled=model.get("num_sampled", 0),
-        eval_ks=tuple(model.get("eval_ks", DEFAULT_KS)), export_k=model.get("export_k", 100),
-        hstu=dict(model.get("hstu", {})), candidate_model_name=config.get("export", {}).get("candidate_model_name"),
+        negatives=model.negatives, num_sampled=model.num_sampled, eval_ks=tuple(model.eval_ks),
+        export_k=model.export_k, hstu=set_options(model.hstu),
+        candidate_model_name=config.get("export", {}).get("candidate_model_name"),
         seed=config.train.seed, name=f"generative_{model.encoder}")

@@ -40,7 +40,7 @@ from tfrecsys.layers.hstu import HSTUStack
 from tfrecsys.layers.mlp import MLP
 from tfrecsys.losses.replicas import mean_over_global_batch
 from tfrecsys.models.base import RecModel
-from tfrecsys.models.registry import register
+from tfrecsys.models.registry import register, set_options
 from tfrecsys.models.tasks import tasks_from_config
 
 
@@ -190,11 +190,11 @@ def build_hstu_ranking(config, schema: FeatureSchema, tables=None) -> HSTURankin
     model = config.model
     names = dict(history=model.history_feature, actions=model.action_feature, timestamps=model.timestamp_feature,
                  candidate_id=model.candidate_id, num_actions=model.num_actions,
-                 candidate_timestamp=model.get("candidate_timestamp_feature", "") or None)
+                 candidate_timestamp=model.candidate_timestamp_feature or None)
     _check_schema(schema, **names)
     return HSTURanking(schema, tasks_from_config(config.tasks, schema), **names, num_blocks=model.num_blocks,
                        num_heads=model.num_heads, dropout=model.dropout,
-                       hidden_units=tuple(model.get("hidden_units", ())), hstu=dict(model.get("hstu", {})),
-                       history_labels=dict(model.get("history_labels", {})),
-                       history_weight=model.get("history_weight", 1.0),
+                       hidden_units=tuple(model.hidden_units),
+                       hstu=set_options(model.hstu),
+                       history_labels=dict(model.history_labels), history_weight=model.history_weight,
                        name="hstu_ranking")

@@ -38,10 +38,10 @@ def build_backbone(kind: str, num_tasks: int, model_config) -> tf.keras.layers.L
     """The backbone ``kind`` (one of ``BACKBONES``) for ``num_tasks`` towers, sized by ``config.model``."""
     if kind not in BACKBONES:
         raise ValueError(f"config.model.backbone {kind!r} is not one of {list(BACKBONES)}")
-    missing = [key for key in BACKBONE_KEYS[kind] if key not in model_config]
+    missing = [key for key in BACKBONE_KEYS[kind] if model_config.get(key) is None]
     if missing:
         raise ValueError(f"config.model: backbone {kind!r} needs {missing} (it reads {list(BACKBONE_KEYS[kind])})")
-    dropout = model_config.get("dropout", 0.0)
+    dropout = model_config.dropout
     if kind == "none":
         return IdentityBackbone(num_tasks, name="backbone")
     if kind == "shared_bottom":
@@ -67,16 +67,16 @@ class MultiTaskRanker(RecModel):
                  heads: Sequence[str] = (), **kwargs):
         super().__init__(schema, tasks, **kwargs)
         self.head_names = list(heads) or [task.name for task in self.tasks]
-        self.tower_units = tuple(model_config.get("tower_units", ()))
+        self.tower_units = tuple(model_config.tower_units)
         self.embedding = self.embedding_view(self.serving_features, name="features")
         dense = {f.name for f in schema.of_kind(DenseFeature)}
         self.dense_normalization = (tf.keras.layers.BatchNormalization(name="dense_normalization")
-                                    if model_config.get("dense_batch_norm", False) and dense else None)
+                                    if model_config.dense_batch_norm and dense else None)
         self.normalized_features = [name for name in self.serving_features if name in dense]
         self.embedded_features = [name for name in self.serving_features
                                   if not (self.dense_normalization and name in dense)]
         self.backbone = build_backbone(backbone_kind, len(self.head_names), model_config)
-        dropout = model_config.get("dropout", 0.0)
+        dropout = model_config.dropout
         self.towers = {name: MLP(self.tower_units, dropout=dropout, name=f"{name}_tower") for name in self.head_names}
         # float32 logits: under mixed precision the logit, the sigmoid and the loss stay in float32.
         self.logit_layers = {name: tf.keras.layers.Dense(1, dtype="float32", name=f"{name}_logit")

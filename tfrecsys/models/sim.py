@@ -172,12 +172,9 @@ def build_sim(config, schema: FeatureSchema, tables=None) -> SIMRanker:
         schema, tasks_from_config(config.tasks, schema), recent_history=tuple(model.recent_history),
         lifelong_history=tuple(model.lifelong_history),
         lifelong_timestamps=model.lifelong_timestamps, request_time=model.request_time,
-        search=model.get("search", "hard"), hard_search=tuple(model.get("hard_search", ("", ""))),
-        top_k=model.get("top_k", 50), soft_search_dim=model.get("soft_search_dim", 16),
-        gsu_task=model.get("gsu_task", "gsu"), num_heads=model.get("num_heads", 2),
-        head_dim=model.get("head_dim", 16), time_buckets=model.get("time_buckets", 24),
-        time_embedding_dim=model.get("time_embedding_dim", 8),
-        time_unit_seconds=model.get("time_unit_seconds", 60.0),
-        attention_hidden_units=tuple(model.get("attention_hidden_units", (80, 40))),
-        attention_activation=model.get("attention_activation", "dice"),
-        hidden_units=tuple(model.get("hidden_units", (128, 64))), dropout=model.get("dropout", 0.0), name="sim")
+        search=model.search, hard_search=tuple(model.hard_search), top_k=model.top_k,
+        soft_search_dim=model.soft_search_dim, gsu_task=model.gsu_task, num_heads=model.num_heads,
+        head_dim=model.head_dim, time_buckets=model.time_buckets, time_embedding_dim=model.time_embedding_dim,
+        time_unit_seconds=model.time_unit_seconds, attention_hidden_units=tuple(model.attention_hidden_units),
+        attention_activation=model.attention_activation, hidden_units=tuple(model.hidden_units),
+        dropout=model.dropout, name="sim")

@@ -204,14 +204,12 @@ def build_two_tower(config, schema: FeatureSchema, tables=None) -> TwoTowerRetri
         raise ValueError("two_tower indexes its candidate corpus: build it with "
                          "build_model(config, schema, tfrecsys.data.model_tables.ModelTables(config, schema))")
     corpus = tables.candidate_corpus(candidate_features, model.candidate_id)
-    estimator = dict(model.get("estimator", {}))
     return TwoTowerRetrieval(
         schema, tasks, corpus, query_features=query_features, candidate_features=candidate_features,
         candidate_id=model.candidate_id, hidden_units=tuple(model.hidden_units),
-        output_dim=model.output_dim, dropout=model.get("dropout", 0.0), temperature=model.temperature,
-        negatives=model.negatives, num_sampled=model.get("num_sampled", 0),
-        sampler_alpha=model.get("sampler_alpha", 0.0), logq=model.logq,
-        remove_accidental_hits=model.get("remove_accidental_hits", True), estimator=estimator,
-        eval_ks=tuple(model.get("eval_ks", DEFAULT_KS)), export_k=model.get("export_k", 100),
+        output_dim=model.output_dim, dropout=model.dropout, temperature=model.temperature,
+        negatives=model.negatives, num_sampled=model.num_sampled, sampler_alpha=model.sampler_alpha,
+        logq=model.logq, remove_accidental_hits=model.remove_accidental_hits, estimator=model.estimator.to_dict(),
+        eval_ks=tuple(model.eval_ks), export_k=model.export_k,
         candidate_model_name=config.get("export", {}).get("candidate_model_name"), seed=config.train.seed,
         name="two_tower")
