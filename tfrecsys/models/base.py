@@ -38,7 +38,6 @@ from tfrecsys.features.schema import FeatureSchema
 from tfrecsys.layers.position_bias import PositionBiasTower, add_bias_logit
 from tfrecsys.losses.distillation import Distillation
 from tfrecsys.losses.weighting import LossWeighting, TaskLosses
-from tfrecsys.metrics import METRIC_DTYPE
 from tfrecsys.metrics.means import WeightedMean
 from tfrecsys.models import execution, in_memory
 from tfrecsys.models.tasks import Task, task_columns
@@ -75,7 +74,7 @@ class RecModel(tf.keras.Model):
         self.tasks = list(tasks)
         self.embeddings = EmbeddingTables(schema, name="embeddings")
         self._step = StepMetrics()
-        self._step.loss = tf.keras.metrics.Mean(name="loss", dtype=METRIC_DTYPE)
+        self._step.loss = WeightedMean(name="loss")
         self._step.task_losses = {t.name: WeightedMean(name=f"{t.name}_loss")
                                   for t in self.tasks if t.has_loss}
         self._step.tasks = {t.name: t.make_metrics() for t in self.tasks}
