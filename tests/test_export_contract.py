@@ -346,6 +346,33 @@ def test_unknown_ids_read_the_oov_row_and_known_ids_their_own(exports, family):
 
 
 @pytest.mark.parametrize("family", RANKING_FAMILIES)
+def test_a_sequence_length_outside_its_padded_width_is_refused_naming_the_input(exports, family):
+    """``<name>_length`` counts the valid leading entries of ``[batch, max_len]``: 0 and max_len are served,
+    −1 and max_len + 1 fail the request with the input named (the masks would otherwise read every slot, or
+    none, without a word)."""
+    path, config, _ = exports(family)
+    schema = FeatureSchema.from_config(config.features)
+    sequences = [f for f in schema.serving_inputs if f.is_sequence and f.has_own_length]
+    if not sequences:
+        pytest.skip(f"{family}'s contract case serves no sequence")
+    base = {name: value.numpy() for name, value in schema.parse_examples(
+        tf.constant(synthetic_examples(schema, 2, seed=3)), with_labels=False, serving=True).items()}
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures[contract.SERVING_DEFAULT]
+    for feature in sequences:
+        for length, served in ((0, True), (feature.max_len, True), (-1, False), (feature.max_len + 1, False)):
+            features = {**base, feature.length_name: np.array([length, 1], np.int64)}
+            call = lambda: signature(**{name: tf.constant(value) for name, value in features.items()})  # noqa: E731
+            if served:
+                assert all(np.all(np.isfinite(v.numpy())) for v in call().values() if v.dtype.is_floating)
+                continue
+            with pytest.raises(tf.errors.InvalidArgumentError,
+                               match=rf"serving input {feature.length_name} must hold values in "
+                                     rf"\[0, {feature.max_len}\]"):
+                call()
+
+
+@pytest.mark.parametrize("family", RANKING_FAMILIES)
 def test_warmup_requests_are_in_tf_serving_format_and_replay(exports, family):
     path, _, _ = exports(family)
     warmup = os.path.join(path, "assets.extra", contract.WARMUP_FILE)

@@ -355,6 +355,34 @@ def _jit_compile_on_local_replicas(two) -> str:
     return ""
 
 
+# Families trained under a mixed precision policy on two replicas: DIN (Dice, GAUC), DEFUSE (PR-AUC, calibration,
+# its auxiliary tower) and HSTU ranking (float32 towers, the XLA attention, its LayerNorms).
+MIXED_PRECISION = {
+    "din": ("din_simulator.py", {"model.attention_units": (8,), "model.hidden_units": (8,)}),
+    "defuse": SLOW_SAME_STEP["defuse"],
+    "hstu_ranking_xla": FAST_SAME_STEP["hstu_ranking_xla"],
+}
+
+
+def _mixed_precision(two, policy: str, config_file: str, overrides: dict) -> dict:
+    """3 steps of the config's model built under ``policy`` on two replicas (Keras' LossScaleOptimizer under
+    mixed_float16, whose dynamic scale skips a step whose gradients are not finite)."""
+    from tfrecsys.train.strategy import precision_policy
+
+    try:  # an error fails this check's test only, not the whole group's process
+        with precision_policy(policy):
+            build, schema, batch = _config_model(config_file, overrides)
+            run = Run(two, build, schema)
+            fitted = run.fit(batch)
+    except Exception as error:  # noqa: BLE001
+        return {"error": f"{type(error).__name__}: {error}"[:2000]}
+    return {"loss": fitted["loss"], "moved": _largest_difference(fitted["weights"], run.initial),
+            "finite": all(bool(np.all(np.isfinite(w))) for w in fitted["weights"]),
+            "replicas_identical": run.replicas_identical(),
+            "variable_dtypes": sorted({v.dtype.name for v in run.model.variables if v.dtype.is_floating}),
+            "output_dtypes": sorted({v.dtype.name for v in run.model(batch[0], training=False).values()})}
+
+
 def _checks(group: str, one, two, root: str) -> dict:
     """The checks of ``group``: ``fast`` (make test) or ``slow`` (make test-slow)."""
     result = {"replicas": two.num_replicas_in_sync}
@@ -364,6 +392,10 @@ def _checks(group: str, one, two, root: str) -> dict:
         result["hstu_ranking_xla"] = _same_step(one, two, *_config_model(*FAST_SAME_STEP["hstu_ranking_xla"]))
         result["packed_against_per_table"] = _packed_against_per_table(two)
         result["jit_compile_refused"] = _jit_compile_refused(two, root)
+        for name, case in MIXED_PRECISION.items():
+            result[f"mixed_bfloat16_{name}"] = _mixed_precision(two, "mixed_bfloat16", *case)
+        result["mixed_float16_hstu_ranking_xla"] = _mixed_precision(two, "mixed_float16",
+                                                                    *MIXED_PRECISION["hstu_ranking_xla"])
         return result
     for name, (config_file, overrides) in SLOW_SAME_STEP.items():
         result[name] = _same_step(one, two, *_config_model(config_file, overrides), evaluate=True)
@@ -472,6 +504,22 @@ def test_packed_tables_train_as_one_variable_per_table_under_the_strategy(fast):
     assert packed["variables"][1] < packed["variables"][0]  # it is packed
     assert packed["replicas_identical"]
     assert packed["tables"] < 1e-6 and packed["others"] < 1e-6, packed
+
+
+@pytest.mark.parametrize("run", [*(f"mixed_bfloat16_{name}" for name in MIXED_PRECISION),
+                                 "mixed_float16_hstu_ranking_xla"])
+def test_mixed_precision_trains_on_two_replicas(fast, run):
+    """The GPU set-up (--mixed_precision under MirroredStrategy): the steps move finite float32 weights, the
+    replicas stay identical, the outputs stay float32. Failed before: metrics' AutoCastVariables (GAUC,
+    PR-AUC) under the strategy, DEFUSE's bfloat16 auxiliary weights against its float32 logit, HSTU ranking's
+    towers ignoring their float32 policy, and in float16 HSTU's LayerNorm gradient on padded rows (−½ ε^−1.5
+    overflowed, so no step was ever taken)."""
+    check = fast[run]
+    assert "error" not in check, check["error"]
+    assert np.isfinite(check["loss"]) and check["finite"] and check["replicas_identical"], check
+    assert check["moved"] > 1e-3, check
+    assert check["variable_dtypes"] in (["float32"], ["float32", "float64"]), check
+    assert check["output_dtypes"] == ["float32"], check
 
 
 def test_jit_compile_on_several_local_devices_is_refused_with_the_way_out(fast):

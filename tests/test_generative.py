@@ -72,15 +72,17 @@ def test_preprocessing_writes_one_training_and_one_eval_row_per_user_with_next_i
                 "hist_item_id": dict(kind="sequence", shares="item_id", max_len=5),
                 "next_item_id": dict(kind="label", dtype="int64", max_len=5)}
     preprocess(config, features, str(tmp_path / "out"))
-    spec = {"item_id": tf.io.FixedLenFeature([], tf.int64), "hist_item_id": tf.io.RaggedFeature(tf.int64),
-            "next_item_id": tf.io.RaggedFeature(tf.int64)}
+    # user_id is no feature, yet every row carries it: the key tfrecsys-score --mode=retrieve writes per row.
+    spec = {"user_id": tf.io.FixedLenFeature([], tf.int64), "item_id": tf.io.FixedLenFeature([], tf.int64),
+            "hist_item_id": tf.io.RaggedFeature(tf.int64), "next_item_id": tf.io.RaggedFeature(tf.int64)}
     rows = {}
     for split in ("train", "eval"):
         parsed = _records(sorted((tmp_path / "out").glob(f"{split}-*")), spec)
-        rows[split] = sorted((int(item), list(history), list(labels)) for item, history, labels in zip(
-            parsed["item_id"].numpy(), parsed["hist_item_id"].to_list(), parsed["next_item_id"].to_list()))
-    assert rows["train"] == [(12, [10, 11], [11, 12])]  # user 2's training event has no history
-    assert rows["eval"] == [(13, [10, 11, 12], [11, 12, 13]), (21, [20], [21])]
+        rows[split] = sorted((int(user), int(item), list(history), list(labels)) for user, item, history, labels
+                             in zip(parsed["user_id"].numpy(), parsed["item_id"].numpy(),
+                                    parsed["hist_item_id"].to_list(), parsed["next_item_id"].to_list()))
+    assert rows["train"] == [(1, 12, [10, 11], [11, 12])]  # user 2's training event has no history
+    assert rows["eval"] == [(1, 13, [10, 11, 12], [11, 12, 13]), (2, 21, [20], [21])]
     with pytest.raises(ValueError, match="examples_per_user 'last' needs an event log with split 'leave_one_out'"):
         plan_preprocessing(PreprocessConfig(source="movielens-100k", input=made_up_movielens_100k(tmp_path),
                                             split="chronological", examples_per_user="last"),

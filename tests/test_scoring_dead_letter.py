@@ -182,6 +182,12 @@ def test_rows_are_checked_against_exact_feature_needs_like_parse_example_would()
     assert check_example(features, needs) == ("feature 'hist_item_id' holds float_list; the model parses int64 "
                                               "(int64_list)")
     del features["hist_item_id"]
+    # A row without the sequence at all: parse_example reads it as empty, so the check must not reject it
+    # (else the row would be rejected only when another row of its batch fails the call).
+    assert check_example(features, needs) is None
+    parsed = tf.io.parse_example(tf.constant([example.SerializeToString()]),
+                                 {"hist_item_id": tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)})
+    assert parsed["hist_item_id"].to_list() == [[]]
     features["country"].ClearField("bytes_list")
     features["hist_item_id"].SetInParent()
     assert check_example(features, needs) == "feature 'country' holds no values; the model parses string (bytes_list)"

@@ -151,6 +151,25 @@ def test_training_resumes_from_its_checkpoint(run):
     assert metrics["score"]["auc"] >= 0.70
 
 
+def test_eval_steps_beyond_the_eval_split_evaluate_the_whole_split(run, tmp_path):
+    """``train.eval_steps`` caps the eval batches: asked for more than the split holds, Keras' evaluate would run
+    out of data in its first multi-step call and return no metrics (training then failed with "error: loss")."""
+    from tfrecsys.data.input import count_records
+    from tfrecsys.train.loop import EvalInput
+
+    eval_records = count_records(run["eval_files"])
+    config = small_config(run["data_dir"], **{"train.steps": 20, "train.steps_per_loop": 20,
+                                              "train.eval_batch_size": 4096, "train.eval_steps": 10_000})
+    whole_split = -(-eval_records // 4096)
+    assert EvalInput(None, run["eval_files"], run["schema"], config).steps == whole_split > 1
+    config.train.eval_steps = 1
+    assert EvalInput(None, run["eval_files"], run["schema"], config).steps == 1
+    assert count_records(run["eval_files"], limit=100) == 100
+    config.train.eval_steps = 10_000
+    metrics = train_and_evaluate(config, str(tmp_path / "model"), verbose=0)
+    assert 0.0 < metrics["loss"] and 0.5 < metrics["score"]["auc"] <= 1.0
+
+
 def test_export_never_overwrites_a_version(run):
     model, schema, _ = load_trained_model(run["config"], run["model_dir"])
     base = str(run["root"] / "versions")

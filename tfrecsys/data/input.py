@@ -258,12 +258,17 @@ def _windows(chunks: tf.data.Dataset, window_chunks: int, first_window_chunks: i
     return chunks.enumerate().group_by_window(window_of, batched, window_size_func=window_size)
 
 
-def count_records(files: Sequence[str]) -> int:
-    """Number of records in ``files`` (a graph-side scan: no parsing; Parquet: the files' row counts)."""
+def count_records(files: Sequence[str], limit: Optional[int] = None) -> int:
+    """Number of records in ``files`` (a graph-side scan: no parsing; Parquet: the files' row counts), or
+    ``limit`` when there are at least that many (only that many are read)."""
     if is_parquet(files):
-        return parquet.count_rows(files)
+        count = parquet.count_rows(files)
+        return count if limit is None else min(count, limit)
+    records = tf.data.TFRecordDataset(list(files), buffer_size=_READ_BUFFER_BYTES)
+    if limit is not None:
+        records = records.take(limit)
     # Counted in batches of records: one reduce step per record took 10.5 s for 142,172 Taobao rows, 1.0 s so.
-    records = tf.data.TFRecordDataset(list(files), buffer_size=_READ_BUFFER_BYTES).batch(READ_CHUNK_ROWS)
+    records = records.batch(READ_CHUNK_ROWS)
     return int(records.reduce(tf.constant(0, tf.int64), lambda n, batch: n + tf.size(batch, out_type=tf.int64)))
 
 

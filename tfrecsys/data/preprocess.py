@@ -388,8 +388,12 @@ def plan_preprocessing(config: PreprocessConfig, features_config, output_dir: st
             outputs.append(_output_for(dataclasses.replace(feature, name=feature.source), source, columns, config,
                                        rules))
             written.add(feature.source)
-    if source.time_column and source.time_column not in written:
-        outputs.append(Output(source.time_column, columns[source.time_column], False, "column", source.time_column))
+    # The user and time of an event go with it whether or not a feature reads them: the user column is each
+    # row's key for batch scoring (tfrecsys-score --key_feature; a next-item row is one user's history).
+    for column in (source.user_column, source.time_column):
+        if column and column not in written:
+            outputs.append(Output(column, columns[column], False, "column", column))
+            written.add(column)
     if source.is_event_log:
         for column in _history_columns(config, source):
             if HISTORY_PREFIX + column not in written:

@@ -106,7 +106,25 @@ class ServingModule(tf.Module):
 
     def _serve(self, features):
         # A column that several features read is one signature input (a money amount and its bucket).
-        return self._outputs(self._schema.with_serving_aliases(features))
+        with tf.control_dependencies(self._length_checks(features)):
+            return self._outputs(self._schema.with_serving_aliases(features))
+
+    def _length_checks(self, features) -> list:
+        """Asserts that every ``<name>_length`` input lies in ``[0, max_len]``. A length outside it is a client's
+        bug (an unpadded count, a length for another width) that the model would hide: its masks would read
+        every slot, or none, and score without a word. Failing, the request gets INVALID_ARGUMENT naming the
+        input, from TF Serving and tfrecsys-serve alike."""
+        checks = []
+        for feature in self._schema.serving_inputs:
+            if not (feature.is_sequence and feature.has_own_length) or feature.length_name not in features:
+                continue
+            length = features[feature.length_name]
+            # The message as the assert's only data: a loaded SavedModel prints its data, not its name.
+            checks.append(tf.debugging.Assert(
+                tf.reduce_all((length >= 0) & (length <= feature.max_len)),
+                [f"serving input {feature.length_name} must hold values in [0, {feature.max_len}]: the count "
+                 f"of valid leading entries of {feature.name}, [batch, {feature.max_len}]"]))
+        return checks
 
     def _serve_examples(self, serialized):
         return self._outputs(self._schema.parse_examples(serialized, with_labels=False, serving=True))

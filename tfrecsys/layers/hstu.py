@@ -160,8 +160,13 @@ def _silu_keeping_derivative(z: tf.Tensor) -> tf.Tensor:
 
 
 def _layer_norm(x: tf.Tensor) -> tf.Tensor:
-    mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-    return (x - mean) * tf.math.rsqrt(variance + _LAYER_NORM_EPSILON)
+    """``(x − E[x]) / sqrt(Var[x] + ε)`` over the last axis, computed in float32 whatever ``x``'s dtype (a no-op
+    cast for float32): in float16 the gradient of the rsqrt at a zero variance (a padded row),
+    ``−½ ε^−1.5 ≈ −5·10⁸``, overflows, and mixed_float16 training never took a step (every gradient non-finite
+    at any loss scale)."""
+    wide = tf.cast(x, tf.float32)
+    mean, variance = tf.nn.moments(wide, axes=[-1], keepdims=True)
+    return tf.cast((wide - mean) * tf.math.rsqrt(variance + _LAYER_NORM_EPSILON), x.dtype)
 
 
 class HSTULayer(XlaLayer):

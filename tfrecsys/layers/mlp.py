@@ -25,9 +25,11 @@ class MLP(XlaLayer):
         self.activation = activation
         self.dropout = dropout
         self.output_units = output_units
-        self._dense = [tf.keras.layers.Dense(units, activation=activation) for units in self.hidden_units]
-        self._dropout = [tf.keras.layers.Dropout(dropout) for _ in self.hidden_units] if dropout else []
-        self._output = tf.keras.layers.Dense(output_units) if output_units else None
+        # The layers take the MLP's own dtype policy (a float32 tower in a mixed precision model), not the global one.
+        policy = self.dtype_policy
+        self._dense = [tf.keras.layers.Dense(units, activation=activation, dtype=policy) for units in self.hidden_units]
+        self._dropout = [tf.keras.layers.Dropout(dropout, dtype=policy) for _ in self.hidden_units] if dropout else []
+        self._output = tf.keras.layers.Dense(output_units, dtype=policy) if output_units else None
 
     def plain_call(self, inputs, training=None):
         layers = self._dense + ([self._output] if self._output is not None else [])

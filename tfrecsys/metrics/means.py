@@ -11,10 +11,15 @@ Keras' and give the same result.
 
 import tensorflow as tf
 
+from tfrecsys.metrics import METRIC_DTYPE
+
 
 class WeightedMean(tf.keras.metrics.Mean):
     """Keras' ``Mean`` of values ``[batch]`` weighted by ``sample_weight`` ``[batch]`` (the same shape: a
     shape that differs at trace time raises ``ValueError``), without broadcasting the weights."""
+
+    def __init__(self, name: str = "mean", dtype=METRIC_DTYPE):
+        super().__init__(name=name, dtype=dtype)
 
     def update_state(self, values, sample_weight=None):
         values = tf.cast(values, self.dtype)
@@ -36,7 +41,7 @@ class WeightedRowMean(WeightedMean):
     the last axis of ``[batch, 1]`` labels and predictions: Keras' ``MeanMetricWrapper(fn)`` (its
     ``BinaryCrossentropy`` and ``MeanSquaredError`` metrics) with per-row weights ``[batch]``."""
 
-    def __init__(self, fn, name: str, dtype=None):
+    def __init__(self, fn, name: str, dtype=METRIC_DTYPE):
         super().__init__(name=name, dtype=dtype)
         self._fn = fn
 

@@ -3,9 +3,12 @@
 Every metric here takes ``update_state(y_true [batch], y_pred [batch], sample_weight [batch])``; a task passes
 its mask times its per-sample weight as ``sample_weight``, so a masked row counts nowhere. State lives in
 SUM-aggregated variables, so under a distribution strategy ``result()`` is the metric over the global batch.
+Both keep ``METRIC_DTYPE``'s policy whatever the global one (``tfrecsys.metrics``).
 """
 
 import tensorflow as tf
+
+from tfrecsys.metrics import METRIC_DTYPE
 
 
 class Calibration(tf.keras.metrics.Metric):
@@ -14,8 +17,8 @@ class Calibration(tf.keras.metrics.Metric):
     ``y_true``, ``y_pred``, ``sample_weight``: ``[batch]``. 0 when no positive label has been seen.
     """
 
-    def __init__(self, name="calibration", **kwargs):
-        super().__init__(name=name, **kwargs)
+    def __init__(self, name="calibration", dtype=METRIC_DTYPE, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
         self.predicted = self.add_weight(name="predicted", initializer="zeros", dtype=tf.float64)
         self.observed = self.add_weight(name="observed", initializer="zeros", dtype=tf.float64)
 
@@ -46,8 +49,8 @@ class GroupAUC(tf.keras.metrics.Metric):
     int64 or string ids.
     """
 
-    def __init__(self, num_groups: int = 4096, num_thresholds: int = 200, name="gauc", **kwargs):
-        super().__init__(name=name, **kwargs)
+    def __init__(self, num_groups: int = 4096, num_thresholds: int = 200, name="gauc", dtype=METRIC_DTYPE, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
         self.num_groups = num_groups
         self.num_thresholds = num_thresholds
         shape = [num_groups, num_thresholds]

@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfrecsys.metrics import METRIC_DTYPE
+
 DEFAULT_KS = (10, 50, 100)
 MISSING_RANK = np.iinfo(np.int64).max
 
@@ -34,7 +36,7 @@ class RecallAtK(tf.keras.metrics.Mean):
     """Mean of ``rank < k`` (Recall@K = HR@K with one target per query). ``update_state(ranks, weights)``."""
 
     def __init__(self, k: int, name: Optional[str] = None, **kwargs):
-        super().__init__(name=name or f"recall_at_{k}", **kwargs)
+        super().__init__(name=name or f"recall_at_{k}", **{"dtype": METRIC_DTYPE, **kwargs})
         self.k = k
 
     def update_state(self, ranks, sample_weight=None):
@@ -48,7 +50,7 @@ class NDCGAtK(tf.keras.metrics.Mean):
     """Mean of ``1 / log2(rank + 2)`` for ``rank < k``, else 0 (one relevant item, so the ideal DCG is 1)."""
 
     def __init__(self, k: int, name: Optional[str] = None, **kwargs):
-        super().__init__(name=name or f"ndcg_at_{k}", **kwargs)
+        super().__init__(name=name or f"ndcg_at_{k}", **{"dtype": METRIC_DTYPE, **kwargs})
         self.k = k
 
     def update_state(self, ranks, sample_weight=None):
@@ -64,7 +66,7 @@ class MeanReciprocalRank(tf.keras.metrics.Mean):
     """Mean of ``1 / (rank + 1)`` over the full ranking (a missing target contributes 0)."""
 
     def __init__(self, name: str = "mrr", **kwargs):
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name, **{"dtype": METRIC_DTYPE, **kwargs})
 
     def update_state(self, ranks, sample_weight=None):
         ranks = tf.cast(ranks, tf.int64)

@@ -74,7 +74,7 @@ class RecModel(tf.keras.Model):
         self.tasks = list(tasks)
         self.embeddings = EmbeddingTables(schema, name="embeddings")
         self._step = StepMetrics()
-        self._step.loss = tf.keras.metrics.Mean(name="loss")
+        self._step.loss = WeightedMean(name="loss")
         self._step.task_losses = {t.name: WeightedMean(name=f"{t.name}_loss")
                                   for t in self.tasks if t.has_loss}
         self._step.tasks = {t.name: t.make_metrics() for t in self.tasks}

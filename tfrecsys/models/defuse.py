@@ -98,6 +98,7 @@ class DelayedFeedbackRanker(RecModel):
     def _auxiliary_logits(self, features, training) -> dict:
         auxiliary = self.auxiliary_tower(
             concat_pooled(self.auxiliary_embedding(features), self.schema, self.serving_features), training=training)
+        auxiliary = tf.cast(auxiliary, tf.float32)  # logits and the losses' weights stay float32 (mixed precision)
         return {"f_dp_logit": auxiliary[:, 0], "f_rn_logit": auxiliary[:, 1]}
 
     def call(self, features, training=None):

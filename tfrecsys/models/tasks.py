@@ -34,7 +34,7 @@ from typing import Callable, Mapping, Optional
 import tensorflow as tf
 
 from tfrecsys.losses.sampled_softmax import SampledSoftmaxLoss
-from tfrecsys.metrics import means
+from tfrecsys.metrics import METRIC_DTYPE, means
 from tfrecsys.metrics.ranking import Calibration, GroupAUC
 
 
@@ -92,13 +92,15 @@ def sampled_softmax(_, prediction):
 
 
 METRICS = {
-    "auc": lambda task: tf.keras.metrics.AUC(name=f"{task.name}_auc", num_thresholds=2000),
+    # Keras' own metrics too get METRIC_DTYPE (tfrecsys.metrics: no AutoCastVariables under mixed precision).
+    "auc": lambda task: tf.keras.metrics.AUC(name=f"{task.name}_auc", num_thresholds=2000, dtype=METRIC_DTYPE),
     # Keras' BinaryCrossentropy and MeanSquaredError metrics without their runtime broadcast of the weights.
     "logloss": lambda task: means.logloss(name=f"{task.name}_logloss"),
     "mse": lambda task: means.mean_squared_error(name=f"{task.name}_mse"),
     "calibration": lambda task: Calibration(name=f"{task.name}_calibration"),
     "gauc": lambda task: GroupAUC(name=f"{task.name}_gauc"),
-    "pr_auc": lambda task: tf.keras.metrics.AUC(name=f"{task.name}_pr_auc", curve="PR", num_thresholds=2000),
+    "pr_auc": lambda task: tf.keras.metrics.AUC(name=f"{task.name}_pr_auc", curve="PR", num_thresholds=2000,
+                                                dtype=METRIC_DTYPE),
 }
 _CONDITION = re.compile(r"^\s*(?P<column>[A-Za-z_]\w*)\s*(?P<op>==|!=|>=|<=|>|<)\s*(?P<value>-?\d+(\.\d*)?)\s*$")
 _COMPARE = {"==": tf.equal, "!=": tf.not_equal, ">=": tf.greater_equal, "<=": tf.less_equal, ">": tf.greater,

@@ -99,10 +99,14 @@ def check_example(features: Mapping[str, tf.train.Feature], needs: Iterable[Feat
     """The first reason the model's parsing would reject this example, or None when it would parse it.
 
     Mirrors ``tf.io.parse_example`` with the schema's spec: scalars and dense vectors are FixedLenFeature
-    without default (present, right type, exact count), sequences RaggedFeature (any count, right type).
+    without default (present, right type, exact count), sequences RaggedFeature (any count, right type; a
+    sequence the row lacks is parsed as an empty one, so it is no reason to reject the row: the row is scored
+    alike whether or not another row of its batch failed).
     """
     for need in needs:
         if need.name not in features:
+            if need.num_values is None:
+                continue  # parsed as an empty sequence
             return f"feature {need.name!r} is missing (the model parses {need.describe()})"
         feature = features[need.name]
         kind = feature.WhichOneof("kind")

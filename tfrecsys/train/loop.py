@@ -185,9 +185,12 @@ class EvalInput:
 
     @functools.cached_property
     def steps(self) -> int:
-        # steps_per_execution > 1 needs a step count even for a finite eval set.
+        # steps_per_execution > 1 needs a step count even for a finite eval set. eval_steps is a cap: asked for
+        # more batches than the split holds, Keras' evaluate runs out of data inside its first multi-step call
+        # and returns no metrics at all, so only the first eval_steps batches' records are counted.
         train = self._config.train
-        return train.eval_steps or -(-count_records(self._files) // train.eval_batch_size)
+        limit = train.eval_steps * train.eval_batch_size if train.eval_steps else None
+        return -(-count_records(self._files, limit=limit) // train.eval_batch_size)
 
 
 def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1, *, mixed_precision: str = "none",
