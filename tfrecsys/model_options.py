@@ -7,9 +7,10 @@ backbone it names). A non-empty dict default is a nested block with its own opti
 the tasks).
 
 Pure Python, no TensorFlow: ``configs/base.py`` fills a config's ``model`` block from here (``model_block``)
-before the file sets its own values, so that every option can be overridden from the command line and
-``--helpfull`` lists it; ``build_model`` (``tfrecsys.models.registry``) checks a config against it
-(``resolve``) and the builders read ``config.model.<option>`` with no default of their own.
+before the file sets its own values, so that every option can be overridden from the command line
+(docs/model-options.md lists them: absl's ``--helpfull`` shows no config field); ``build_model``
+(``tfrecsys.models.registry``) checks a config against it (``resolve``) and the builders read
+``config.model.<option>`` with no default of their own.
 """
 
 import dataclasses
