@@ -368,6 +368,29 @@ def test_query_with_tfrecord_sends_the_first_rows_to_the_examples_signature(serv
                                   in_process(served.v2, "serving_examples", examples_input(rows[:5])))
 
 
+def test_query_warns_when_no_row_holds_a_sequence_input(served, rows):
+    """Rows without a history (a per-user store's, as SIM's rows are) would be scored as empty histories:
+    the query still answers, and says so on stderr; rows that hold it (even empty) raise no warning."""
+    path = str(served.workdir / "rows_without_history.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for row in rows[:3]:
+            example = tf.train.Example.FromString(to_example(row))
+            del example.features.feature["hist_item_id"]
+            writer.write(example.SerializeToString())
+    result = run_cli("tfrecsys-query", f"--server=127.0.0.1:{served.port}", f"--model_name={MODEL}",
+                     f"--tfrecord={path}")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["score"]) == 3
+    assert "warning: none of the 3 rows" in result.stderr and "'hist_item_id'" in result.stderr, result.stderr
+    with_empty = str(served.workdir / "rows_with_empty_history.tfrecord")
+    with tf.io.TFRecordWriter(with_empty) as writer:
+        for row in rows[:3]:
+            writer.write(to_example({**row, "hist_item_id": []}))
+    result = run_cli("tfrecsys-query", f"--server=127.0.0.1:{served.port}", f"--model_name={MODEL}",
+                     f"--tfrecord={with_empty}")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+
+
 def test_query_names_the_input_whose_value_does_not_fit(served):
     result = run_cli("tfrecsys-query", f"--server=127.0.0.1:{served.port}", f"--model_name={MODEL}",
                      '--inputs={"user_id": [1.5]}')

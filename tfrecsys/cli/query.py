@@ -11,6 +11,9 @@ or let it send the first rows of a TFRecord file of tf.train.Example to the exam
   tfrecsys-query --server=127.0.0.1:8500 --model_name=dnn --tfrecord=data/eval.tfrecord --api=regress \\
       --signature_name=regress_score
 
+With --tfrecord, a sequence input of the model that none of the rows holds is named in a warning on stderr: the
+model would read it as an empty history (rows whose histories a per-user store holds, as SIM's do).
+
 Prints {"<output>": [...], ...} on stdout (Classify: {"classes": [[[label, score], ...], ...]}, Regress:
 {"outputs": [...]}); exits 1 with the server's status and message on failure.
 """
@@ -22,9 +25,10 @@ import grpc
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
+from google.protobuf.message import DecodeError
 
 from tfrecsys.cli.common import run_binary
-from tfrecsys.contract import EXAMPLES_INPUT, SERVING_EXAMPLES
+from tfrecsys.contract import EXAMPLES_INPUT, LENGTH_SUFFIX, SERVING_EXAMPLES
 from tfrecsys.serving.client import DEFAULT_SIGNATURE, ServingClient
 from tfrecsys.serving.tensors import json_to_ndarray, ndarray_to_json
 
@@ -115,8 +119,35 @@ def _records() -> list[bytes]:
 
 def _query_tfrecord(client: ServingClient) -> dict[str, np.ndarray]:
     records = _records()
+    _warn_of_absent_sequences(client, records)
     return client.predict(FLAGS.model_name, {EXAMPLES_INPUT: np.array(records, dtype=object)},
                           FLAGS.signature_name or SERVING_EXAMPLES, FLAGS.model_version, FLAGS.output_filter)
+
+
+def _warn_of_absent_sequences(client: ServingClient, records: list[bytes]) -> None:
+    """Warns on stderr of each sequence input of ``serving_default`` (a ``[batch, n]`` input with its
+    ``<name>_length``) that none of ``records`` holds: the examples signature parses an absent list as an empty
+    one, so such rows are scored as empty histories without a word. Rows of a config whose histories a
+    per-user store holds (SIM's lifelong ones) are such rows. A warning, not an error: a sequence may be read
+    from a column of another name (a feature's ``source``), which the server's metadata does not show."""
+    try:
+        inputs = client.metadata(FLAGS.model_name, FLAGS.model_version).get(DEFAULT_SIGNATURE, {})
+    except grpc.RpcError:
+        return  # the request itself will report what is wrong with the server or the model
+    sequences = sorted(name for name, (_, shape) in inputs.items()
+                       if shape is not None and len(shape) == 2 and name + LENGTH_SUFFIX in inputs)
+    present: set[str] = set()
+    for record in records:
+        try:
+            present.update(tf.train.Example.FromString(record).features.feature.keys())
+        except DecodeError:
+            continue  # the server names a row that is no tf.train.Example
+    absent = [name for name in sequences if name not in present]
+    if absent:
+        print(f"tfrecsys-query: warning: none of the {len(records)} rows of {FLAGS.tfrecord} has "
+              f"{', '.join(repr(name) for name in absent)}, sequence input(s) of model {FLAGS.model_name}: the "
+              "model reads an absent sequence as an empty one. Histories a per-user store holds "
+              "(config.data.user_histories) must be joined into the rows before serving.", file=sys.stderr)
 
 
 def _fail(message: str) -> int:
