@@ -31,7 +31,7 @@ from tfrecsys.models import build_model
 from tfrecsys.models.tasks import tasks_from_config
 from tfrecsys.train import callbacks as callbacks_lib
 from tfrecsys.train.adam import Adam
-from tfrecsys.train.strategy import (check_jit_compile, is_chief, naming_lost_peers, num_workers,
+from tfrecsys.train.strategy import (check_jit_compile, check_ragged_input, is_chief, naming_lost_peers, num_workers,
                                      precision_policy, strategy_from_environment, task_name, worker_dir)
 
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -209,6 +209,7 @@ def train_and_evaluate(config, model_dir: str, strategy=None, verbose: int = 1, 
     """
     strategy = strategy or strategy_from_environment()
     check_jit_compile(strategy, jit_compile)
+    check_ragged_input(strategy, config)
     mode = config.train.get("mode", "batch")
     if mode not in ("batch", "streaming"):
         raise ValueError(f"config.train.mode must be 'batch' or 'streaming', got {mode!r}")

@@ -192,6 +192,24 @@ def worker_devices(strategy: tf.distribute.Strategy) -> tuple:
         return ()
 
 
+def check_ragged_input(strategy: tf.distribute.Strategy, config) -> None:
+    """Refuses ``config.data.ragged`` on several replicas with ``train.steps_per_execution`` > 1, at once and
+    naming the way out. With ragged sequences the replicas' sparse embedding gradients differ in length, and
+    TF 2.16's all-gather of them (a cond between a plain and a padded CollectiveGatherV2) fails inside a
+    multi-step loop: "Shape mismatch in the collective instance ... expected shape [378,4] but another member
+    in the group expected shape [426,4]" (DIN and DIEN, measured; one step per call trains,
+    tests/test_families_distributed.py)."""
+    if not config.data.get("ragged", False) or strategy.num_replicas_in_sync < 2:
+        return
+    if config.train.steps_per_execution > 1:
+        raise ValueError(
+            f"config.data.ragged with {strategy.num_replicas_in_sync} replicas needs "
+            f"config.train.steps_per_execution=1 (it is {config.train.steps_per_execution}): TensorFlow's "
+            "all-gather of the replicas' sparse embedding gradients, of different lengths with ragged sequences, "
+            "fails inside a multi-step call. Or keep steps_per_execution and train on padded sequences (the "
+            "default, config.data.ragged=False)")
+
+
 def check_jit_compile(strategy: tf.distribute.Strategy, jit_compile: bool) -> None:
     """Refuses ``--jit_compile`` where TF 2.16 cannot run a whole XLA-compiled step (measured,
     tests/test_families_distributed.py), at once and naming the way out:
