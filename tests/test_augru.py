@@ -209,6 +209,17 @@ def test_mini_batch_aware_l2_counts_each_used_row_once():
     gradient = tf.convert_to_tensor(tape.gradient(penalty, table)).numpy()
     assert (gradient[[2, 4, 5]] == 0).all() and (gradient[[0, 1, 3]] != 0).any()
 
+    # With the slots' validity (the fixed-length form several replicas need): the same penalty and gradient over
+    # the valid slots' rows, a sparse gradient of one row per slot whatever the ids.
+    padded = tf.constant([[1, 3, 3, 5], [1, 0, 0, 4]])
+    valid = tf.constant([[True, True, True, False], [True, True, True, False]])
+    with tf.GradientTape() as tape:
+        fixed = mini_batch_aware_l2(table, padded, 0.1, valid=valid)
+    np.testing.assert_allclose(fixed.numpy(), expected, rtol=1e-6)
+    sparse = tape.gradient(fixed, table)
+    assert isinstance(sparse, tf.IndexedSlices) and sparse.indices.shape[0] == 8
+    np.testing.assert_allclose(tf.convert_to_tensor(sparse).numpy(), gradient, rtol=1e-6)
+
 
 def _outputs_and_gradients(compute, inputs, watched, seed):
     """``compute()`` and the gradients of a fixed random projection of it (``seed``) to ``watched``, with the

@@ -635,6 +635,11 @@ TRAIN_WORKER = textwrap.dedent("""
 """)
 # Short runs of small models on small simulated worlds: (config, the simulator's world shrunk, overrides).
 MULTI_WORKER = {
+    # DIN packs its valid behaviours on one device; on several replicas it looks up the padded history, and its
+    # mini-batch aware L2 keeps every slot, so the replicas' sparse gradients have one length (the packed ones
+    # failed TF 2.16's all-gather inside the multi-step call: "Shape mismatch in the collective instance").
+    "din": ("din_simulator.py", {"num_users": 200, "events_per_user": 40},
+            {"model.attention_units": (8,), "model.hidden_units": (8,), "model.mba_l2": 1e-4}),
     "dien": ("dien_simulator.py", {"num_users": 200, "events_per_user": 40},
              {"model.attention_units": (8,), "model.hidden_units": (8,)}),
     "mmoe_packed": ("mmoe.py:simulator", {"num_users": 200, "num_requests": 1500},

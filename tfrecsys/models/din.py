@@ -28,7 +28,9 @@ class DIN(RecModel):
 
     The history's valid behaviours are packed before their embeddings are looked up (``packed_history``):
     the attention runs on ``[n_valid, d]`` rows, and no padded ``[batch, len, d]`` tensor or its gradient is
-    built. Inside an XLA-compiled step (static shapes) the padded history is embedded and masked instead.
+    built. Inside an XLA-compiled step (static shapes), and on several replicas, the padded history is
+    embedded and masked instead: the replicas' sparse embedding gradients then have one length (the packed
+    lookup's differ, and TF 2.16's all-gather of them fails inside a multi-step call).
     """
 
     def __init__(self, schema: FeatureSchema, tasks, history, attention_units=(80, 40),
@@ -49,8 +51,10 @@ class DIN(RecModel):
     def call(self, features, training=None):
         embedded = self.embedding(features)
         query = self.behaviours.query(embedded)
-        if tracing_inside_xla():
-            # XLA compiles static shapes: the padded history, the padding masked (TargetAttention).
+        several_replicas = tf.distribute.get_strategy().num_replicas_in_sync > 1
+        if tracing_inside_xla() or several_replicas:
+            # XLA compiles static shapes; replicas all-gather embedding gradients of one length: the padded
+            # history, the padding masked (TargetAttention).
             history = self.history_embedding(features)
             interest = self.attention(self.behaviours.keys(history), self.behaviours.mask(history), query,
                                       training=training)
@@ -59,7 +63,8 @@ class DIN(RecModel):
             keys, rows, history_ids = self.packed_history(features)
             interest = self.attention(keys, None, query, rows=rows, training=training)
         if training and self.mba_l2:
-            self.add_loss(self.mini_batch_regularization(features, embedded, history_ids))
+            self.add_loss(self.mini_batch_regularization(features, embedded, history_ids,
+                                                         fixed_length=several_replicas))
         hidden = self.tower(tf.concat([concat_pooled(embedded, self.schema, self.other_features), interest], -1),
                             training=training)
         return {name: tf.sigmoid(tf.squeeze(head(hidden), axis=-1)) for name, head in self.heads.items()}
@@ -84,25 +89,33 @@ class DIN(RecModel):
                           for name in self.behaviours.sequences], axis=-1)
         return keys, positions[:, 0], ids
 
-    def mini_batch_regularization(self, features, embedded, history_ids) -> tf.Tensor:
+    def mini_batch_regularization(self, features, embedded, history_ids, fixed_length=False) -> tf.Tensor:
         """``λ Σ_tables Σ_{j ∈ batch} ‖w_j‖²`` over the rows the batch's embedded features use (padding
-        excluded); ``history_ids``: the valid ids of the history sequences that ``embedded`` does not hold."""
+        excluded); ``history_ids``: the valid ids of the history sequences that ``embedded`` does not hold.
+        ``fixed_length``: padded sequences keep every slot, the padding weighted 0 (``mini_batch_aware_l2``'s
+        ``valid``), so the gradient's length does not depend on the ids (several replicas)."""
         rows = {}  # by variable: the tables packed into one variable are penalised with one gather
         for feature in self.schema.serving_inputs:
             if not feature.embedded:
                 continue
+            valid = None
             if feature.name in history_ids:
                 ids = history_ids[feature.name]
             else:
                 ids = features[feature.name]
                 if isinstance(ids, tf.RaggedTensor):
                     ids = ids.flat_values
+                elif feature.is_sequence and fixed_length:
+                    valid = embedded[feature.name + "_mask"]
                 elif feature.is_sequence:
                     ids = tf.boolean_mask(ids, embedded[feature.name + "_mask"])
             variable, in_variable = self.embeddings.variable_rows(feature.table, ids)
-            rows.setdefault(variable.ref(), (variable, []))[1].append(tf.reshape(in_variable, [-1]))
-        return tf.add_n([mini_batch_aware_l2(variable, tf.concat(ids, 0), self.mba_l2)
-                         for variable, ids in rows.values()])
+            entry = rows.setdefault(variable.ref(), (variable, [], []))
+            entry[1].append(tf.reshape(in_variable, [-1]))
+            entry[2].append(tf.reshape(tf.ones_like(ids, tf.bool) if valid is None else valid, [-1]))
+        return tf.add_n([mini_batch_aware_l2(variable, tf.concat(ids, 0), self.mba_l2,
+                                             valid=tf.concat(valid, 0) if fixed_length else None)
+                         for variable, ids, valid in rows.values()])
 
 
 @register("din")
