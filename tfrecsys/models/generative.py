@@ -176,7 +176,13 @@ class GenerativeRetrieval(CorpusRetrievalModel):
         positions = tf.where(label_mask)
         query = tf.gather_nd(queries, positions)
         positive_ids = tf.gather_nd(labels, positions)
-        positive = self.candidate_tower(positive_ids, training=training)
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            # Every label slot looked up, then the valid ones kept: the replicas' sparse gradients of the item
+            # table then have one length (the valid positions' differ, and TF 2.16's all-gather of sparse
+            # gradients of different lengths fails inside a multi-step call).
+            positive = tf.gather_nd(self.candidate_tower(labels, training=training), positions)
+        else:
+            positive = self.candidate_tower(positive_ids, training=training)
         sampled = sampled_ids = positive_probability = None
         if self.sampler is not None:
             step = self.optimizer.iterations if training and self.optimizer is not None else 0
