@@ -106,6 +106,26 @@ def test_group_auc_of_integer_ids_compiles_under_xla():
     expected = (3 * 0.5 + 3 * 0.5 + 2 * 1.0) / 8
     np.testing.assert_allclose([plain.result(), compiled.result()], [expected] * 2, rtol=1e-6)
 
+def test_retrieval_corpus_rows_compile_under_xla():
+    """--jit_compile of the retrieval families (two_tower, SASRec, HSTU): a target's corpus row was a hash
+    table lookup, which XLA cannot compile ("LookupTableFindV2" at the first step). Integer ids are now found
+    by binary search: the same rows, ``-1`` outside the corpus, plain or compiled."""
+    from tests.test_generative import _Tables
+    from tfrecsys.config import load_config
+    from tfrecsys.data.model_tables import CandidateCorpus
+    from tfrecsys.features.schema import FeatureSchema
+    from tfrecsys.models import build_model
+
+    config = load_config(os.path.join(REPO, "configs", "sasrec_simulator.py"))
+    tables = _Tables(1)
+    ids = np.array([40, 7, 12, 3, 25], np.int64)  # not sorted: row i holds ids[i]
+    tables.corpus = CandidateCorpus("corpus", ids, {"item_id": ids}, np.ones(len(ids)))
+    model = build_model(config, FeatureSchema.from_config(config.features), tables)
+    query = tf.constant([[12, 3, 5], [40, 25, 99]], tf.int64)
+    expected = [[2, 3, -1], [0, 4, -1]]
+    np.testing.assert_array_equal(model._corpus_rows(query), expected)
+    np.testing.assert_array_equal(tf.function(model._corpus_rows, jit_compile=True)(query), expected)
+
 # Every family through the user's path ----------------------------------------------------------------------
 # ``train_and_evaluate(config, mixed_precision=…)`` on the family's small simulated world (tests/
 # test_scoring_families.py's cases; the generative families on simulator rows, whose labels follow the history
