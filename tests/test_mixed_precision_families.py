@@ -242,7 +242,7 @@ def check_trained(name: str, policy: str, run: dict) -> None:
     assert "float16" not in run["served_dtypes"] and "bfloat16" not in run["served_dtypes"], run
     # The float32 export against the 16-bit model in this process: bfloat16 keeps 8 bits of mantissa.
     for key, difference in run["served_difference"].items():
-        assert difference < (2e-3 if policy == "mixed_float16" else 2e-2), (key, run)
+        assert difference < (5e-3 if policy == "mixed_float16" else 2e-2), (key, run)
 
 
 SWEEP = [*available(), *EXTRA_CASES]
