@@ -44,9 +44,9 @@ class GroupAUC(tf.keras.metrics.Metric):
 
     Each group keeps a histogram of predictions in ``num_thresholds`` buckets per label, ``[num_groups,
     num_thresholds]`` (so AUC_g is exact up to the bucket width, like Keras' AUC); group ids go into
-    ``num_groups`` slots (string ids hashed, integer ids by their remainder), so set ``num_groups`` above the
-    number of evaluated users: users that share a slot are scored as one group. ``update_state(y_true, y_pred, groups, sample_weight)`` with ``groups`` ``[batch]``
-    int64 or string ids.
+    ``num_groups`` slots (string ids hashed, integer ids by their remainder), so set ``num_groups`` above
+    the number of evaluated users: users that share a slot are scored as one group.
+    ``update_state(y_true, y_pred, groups, sample_weight)`` with ``groups`` ``[batch]`` int64 or string ids.
     """
 
     def __init__(self, num_groups: int = 4096, num_thresholds: int = 200, name="gauc", dtype=METRIC_DTYPE, **kwargs):
