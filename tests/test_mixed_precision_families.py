@@ -301,7 +301,7 @@ def two_replicas(tmp_path_factory):
     return results
 
 
-@pytest.mark.slow  # two processes of ~3 CPU-minutes each
+@pytest.mark.slow  # two processes side by side: ~12 min wall at load 4 on the 2 cores (2026-12-08)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("name", SWEEP)
 def test_every_family_trains_and_exports_under_mixed_precision_on_two_replicas(two_replicas, name, policy):
