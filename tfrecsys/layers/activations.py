@@ -30,7 +30,10 @@ class Dice(tf.keras.layers.Layer):
     the activation of real behaviours. Moving moments are ON_READ/MEAN variables like Keras'
     BatchNormalization's, so each replica keeps its own and a read averages them. Under a mixed-precision
     policy (bfloat16/float16 compute) the moving moments stay float32 and are updated in float32: an update
-    of ``(1 − momentum)·x`` would round away in 16 bits.
+    of ``(1 − momentum)·x`` would round away in 16 bits. The whole activation is computed in float32 too (16-bit
+    in, 16-bit out; casts that are no-ops under float32): in float16 ``ε = 1e-8`` rounds to 0, so a channel
+    constant over the batch (zero variance) gave ``0 · inf = NaN``, and the gradient's ``(Var[s] + ε)^(−3/2)``
+    overflows from ``Var[s] ≈ 1e-4`` on (every such step skipped by the loss scale).
     """
 
     def __init__(self, epsilon: float = 1e-8, momentum: float = 0.99, **kwargs):
@@ -40,8 +43,9 @@ class Dice(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.alpha = self.add_weight(name="alpha", shape=[channels], initializer="zeros")
-        # Not autocast: read as float32 even inside a 16-bit call, so the running average is kept in float32.
+        # Not autocast (read as float32 inside a 16-bit call): Dice computes in float32, and the running
+        # averages are kept in float32.
+        self.alpha = self.add_weight(name="alpha", shape=[channels], initializer="zeros", experimental_autocast=False)
         moving = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
                       aggregation=tf.VariableAggregation.MEAN, experimental_autocast=False)
         self.moving_mean = self.add_weight(name="moving_mean", shape=[channels], initializer="zeros", **moving)
@@ -50,16 +54,15 @@ class Dice(tf.keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs, training=None, mask=None):
+        wide = tf.cast(inputs, tf.float32)
         if training:
-            outputs, mean, variance = _dice_over_batch(inputs, mask, tf.cast(self.alpha, inputs.dtype), self.epsilon)
+            outputs, mean, variance = _dice_over_batch(wide, mask, tf.cast(self.alpha, tf.float32), self.epsilon)
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                moving.assign(self.momentum * moving + (1.0 - self.momentum) * tf.cast(batch, moving.dtype))
-            return outputs
-        mean = tf.cast(self.moving_mean, inputs.dtype)
-        variance = tf.cast(self.moving_variance, inputs.dtype)
-        p = tf.sigmoid((inputs - mean) * tf.math.rsqrt(variance + self.epsilon))
+                moving.assign(self.momentum * moving + (1.0 - self.momentum) * batch)
+            return tf.cast(outputs, inputs.dtype)
+        p = tf.sigmoid((wide - self.moving_mean) * tf.math.rsqrt(self.moving_variance + self.epsilon))
         # p·s + (1 − p)·α·s factored as s·(α + (1 − α)·p): fewer passes over [..., channels].
-        return inputs * (self.alpha + (1.0 - self.alpha) * p)
+        return tf.cast(wide * (self.alpha + (1.0 - self.alpha) * p), inputs.dtype)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}

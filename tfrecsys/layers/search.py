@@ -18,6 +18,13 @@ import tensorflow as tf
 _MASKED_LOGIT = -1e9
 
 
+def masked_logit(dtype: tf.DType) -> tf.Tensor:
+    """The logit of a masked position in ``dtype``: ``-1e9``, or the lowest finite value of a narrower type.
+    ``-1e9`` is ``-inf`` in float16 (mixed_float16), and a row masked throughout then softmaxes to NaN
+    (``-inf − (−inf)``), which the ``× mask`` after it does not clear; float32 and bfloat16 keep ``-1e9``."""
+    return tf.constant(max(_MASKED_LOGIT, dtype.min), dtype)
+
+
 def gather_selected(values: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     """``values`` ``[batch, L, ...]`` at the selected positions ``indices`` ``[batch, K]`` → ``[batch, K, ...]``."""
     return tf.gather(values, indices, batch_dims=1)
@@ -59,9 +66,9 @@ class SoftSearch(tf.keras.layers.Layer):
     ``target`` ``[batch, d_a]``.
     Output: ``(indices [batch, K] int32, selected_mask [batch, K] bool, relevance [batch, L])``,
     ``K = min(top_k, L)``, best first; equal scores keep the lower position first (``tf.math.top_k``'s rule);
-    padded behaviours are never chosen before a valid one and are masked. ``relevance`` (``-1e9`` at padding)
-    is what the GSU's auxiliary CTR loss pools by (``relevance_pooling``): the top-K selection itself has no
-    gradient, so that loss is what trains ``W_a``, ``W_b``.
+    padded behaviours are never chosen before a valid one and are masked. ``relevance`` (``masked_logit``, -1e9,
+    at padding) is what the GSU's auxiliary CTR loss pools by (``relevance_pooling``): the top-K selection
+    itself has no gradient, so that loss is what trains ``W_a``, ``W_b``.
     """
 
     def __init__(self, top_k: int, projection_dim: int, **kwargs):
@@ -75,7 +82,7 @@ class SoftSearch(tf.keras.layers.Layer):
 
     def call(self, history, history_mask, target):
         relevance = tf.einsum("bld,bd->bl", self.project_history(history), self.project_target(target))
-        relevance = tf.where(history_mask, relevance, tf.cast(_MASKED_LOGIT, relevance.dtype))
+        relevance = tf.where(history_mask, relevance, masked_logit(relevance.dtype))
         best = tf.math.top_k(relevance, k=min(self.top_k, history.shape[1]), sorted=True)
         return best.indices, gather_selected(history_mask, best.indices), relevance
 
@@ -142,7 +149,7 @@ class ExactSearchUnit(tf.keras.layers.Layer):
         query = tf.reshape(self.project_query(target), [-1, self.num_heads, self.head_dim])
         logits = tf.einsum("bkhd,bhd->bhk", keys, query) / math.sqrt(self.head_dim)
         mask = selected_mask[:, tf.newaxis, :]
-        logits = tf.where(mask, logits, tf.cast(_MASKED_LOGIT, logits.dtype))
+        logits = tf.where(mask, logits, masked_logit(logits.dtype))
         # × mask: a row with nothing selected gets weights 0 (not the uniform softmax of -1e9s).
         attention = tf.nn.softmax(logits, axis=-1) * tf.cast(mask, logits.dtype)
         heads = tf.einsum("bhk,bkd->bhd", attention, selected)

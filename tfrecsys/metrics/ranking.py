@@ -43,10 +43,10 @@ class GroupAUC(tf.keras.metrics.Metric):
     both a positive and a negative row, ``n_g`` the group's (weighted) row count.
 
     Each group keeps a histogram of predictions in ``num_thresholds`` buckets per label, ``[num_groups,
-    num_thresholds]`` (so AUC_g is exact up to the bucket width, like Keras' AUC); group ids are hashed into
-    ``num_groups`` slots, so set ``num_groups`` above the number of evaluated users: users that share a slot
-    are scored as one group. ``update_state(y_true, y_pred, groups, sample_weight)`` with ``groups`` ``[batch]``
-    int64 or string ids.
+    num_thresholds]`` (so AUC_g is exact up to the bucket width, like Keras' AUC); group ids go into
+    ``num_groups`` slots (string ids hashed, integer ids by their remainder), so set ``num_groups`` above
+    the number of evaluated users: users that share a slot are scored as one group.
+    ``update_state(y_true, y_pred, groups, sample_weight)`` with ``groups`` ``[batch]`` int64 or string ids.
     """
 
     def __init__(self, num_groups: int = 4096, num_thresholds: int = 200, name="gauc", dtype=METRIC_DTYPE, **kwargs):
@@ -63,9 +63,12 @@ class GroupAUC(tf.keras.metrics.Metric):
         weight = (tf.ones_like(y_true) if sample_weight is None
                   else tf.cast(tf.reshape(sample_weight, [-1]), tf.float64))
         groups = tf.reshape(groups, [-1])
-        if groups.dtype != tf.string:
-            groups = tf.strings.as_string(groups)
-        slot = tf.strings.to_hash_bucket_fast(groups, self.num_groups)
+        if groups.dtype == tf.string:
+            slot = tf.strings.to_hash_bucket_fast(groups, self.num_groups)
+        else:
+            # Integer ids by their remainder: no string op, so the step still compiles under --jit_compile
+            # (XLA has no string kernels), and ids 0 … num_groups − 1 each get a slot of their own.
+            slot = tf.math.floormod(tf.cast(groups, tf.int64), self.num_groups)
         bucket = tf.minimum(tf.cast(y_pred * self.num_thresholds, tf.int64), self.num_thresholds - 1)
         index = tf.stack([slot, bucket], axis=1)
         self.positives.assign_add(tf.scatter_nd(index, weight * y_true, self.positives.shape))

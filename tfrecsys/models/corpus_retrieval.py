@@ -13,6 +13,7 @@ row lookup, the rank metrics and ``retrieval_export`` (``tfrecsys.export.retriev
 
 from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfrecsys.metrics.retrieval import retrieval_metrics, target_ranks
@@ -33,14 +34,28 @@ class CorpusRetrievalModel(RecModel):
         self.export_k = export_k
         self.candidate_model_name = candidate_model_name
         self._corpus_ids = tf.constant(corpus.ids)
-        self._corpus_row = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(self._corpus_ids, tf.range(len(corpus.ids), dtype=tf.int64)),
-            default_value=-1)
+        ids = np.asarray(corpus.ids)
+        if ids.dtype.kind in "iu":
+            # Integer ids are found by binary search in the sorted ids: XLA compiles it (--jit_compile), where
+            # it has no kernel for a hash table's lookup.
+            order = np.argsort(ids, kind="stable")
+            self._sorted_ids, self._sorted_rows = tf.constant(ids[order]), tf.constant(order, tf.int64)
+            self._corpus_row = None
+        else:
+            self._corpus_row = tf.lookup.StaticHashTable(
+                tf.lookup.KeyValueTensorInitializer(self._corpus_ids, tf.range(len(ids), dtype=tf.int64)),
+                default_value=-1)
         self.corpus_metrics = StepMetrics(retrieval_metrics(eval_ks))
 
     def _corpus_rows(self, ids):
         """Each id's row in the corpus, ``-1`` for an id outside it; same shape as ``ids``."""
-        return self._corpus_row.lookup(tf.cast(ids, self._corpus_ids.dtype))
+        ids = tf.cast(ids, self._corpus_ids.dtype)
+        if self._corpus_row is not None:
+            return self._corpus_row.lookup(ids)
+        flat = tf.reshape(ids, [-1])
+        position = tf.minimum(tf.searchsorted(self._sorted_ids, flat), tf.size(self._sorted_ids) - 1)
+        found = tf.gather(self._sorted_ids, position) == flat
+        return tf.reshape(tf.where(found, tf.gather(self._sorted_rows, position), -1), tf.shape(ids))
 
     def corpus_embeddings(self, training=False):
         """The candidate tower's embedding of every corpus item, ``[N, d]``."""

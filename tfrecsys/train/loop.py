@@ -32,7 +32,8 @@ from tfrecsys.models.tasks import tasks_from_config
 from tfrecsys.train import callbacks as callbacks_lib
 from tfrecsys.train.adam import Adam
 from tfrecsys.train.strategy import (check_jit_compile, check_ragged_input, is_chief, naming_lost_peers, num_workers,
-                                     precision_policy, strategy_from_environment, task_name, worker_dir)
+                                     precision_policy, strategy_from_environment, task_name, worker_devices,
+                                     worker_dir)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # BackupAndRestore's directory: the training state of the last finished loop, read back by every worker
@@ -86,8 +87,28 @@ def build_and_compile(config, schema: FeatureSchema, jit_compile: bool = False, 
     if before_compile is not None:
         before_compile(model)
     model.compile(optimizer=optimizer_from_config(config.train),
-                  steps_per_execution=config.train.steps_per_execution, jit_compile=jit_compile)
+                  steps_per_execution=steps_per_execution(config.train.steps_per_execution), jit_compile=jit_compile)
     return model
+
+
+def steps_per_execution(requested: int) -> int:
+    """The steps per train function call under the current strategy: ``requested``, or 1 where several devices
+    of this process run the step (MirroredStrategy over local devices).
+
+    Measured with two logical CPUs on TF 2.16: in the step loop that steps_per_execution > 1 compiles, the
+    all-gather of a sparse embedding gradient whose row count differs between the replicas and from one step
+    to the next (any family with sequence features: DIN, DIEN, SIM, HSTU, SASRec) fails at once with "Shape
+    mismatch in the collective instance", float32 or mixed precision alike; with one step per call every
+    family trains. Workers of one device each (MultiWorkerMirroredStrategy) keep ``requested``: there the
+    families keep their sparse gradients one length on every replica (DIN's padded history lookup, next-item
+    retrieval's padded positives; docs/adding-a-model.md), and their two-worker runs train with it
+    (tests/test_families_distributed.py). Ragged input is refused there with steps_per_execution > 1
+    (``check_ragged_input``)."""
+    devices = worker_devices(tf.distribute.get_strategy())
+    if requested > 1 and len(devices) > 1:
+        logging.info("%d devices in this process: steps_per_execution %d → 1", len(devices), requested)
+        return 1
+    return requested
 
 
 def create_variables(model, schema: FeatureSchema, optimizer=None) -> None:
