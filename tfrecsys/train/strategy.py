@@ -198,7 +198,7 @@ def check_ragged_input(strategy: tf.distribute.Strategy, config) -> None:
     TF 2.16's all-gather of them (a cond between a plain and a padded CollectiveGatherV2) fails inside a
     multi-step loop: "Shape mismatch in the collective instance ... expected shape [378,4] but another member
     in the group expected shape [426,4]" (DIN and DIEN, measured; one step per call trains,
-    tests/test_families_distributed.py)."""
+    tests/test_ragged_distributed.py)."""
     if not config.data.get("ragged", False) or strategy.num_replicas_in_sync < 2:
         return
     if config.train.steps_per_execution > 1:
